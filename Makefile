@@ -1,0 +1,41 @@
+# The two commands a person needs are `make run` and `make test`; the rest are their parts.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench gen check-gen install clean-data help
+
+help:
+	@echo "make run    - the whole system on embedded defaults (Postgres, generated master, simulator)"
+	@echo "make test   - install, check generated code, run the test suite"
+	@echo "make bench  - benchmarks with figures and ratios"
+	@echo "make gen    - regenerate Python code from protos/"
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Regenerates the protobuf and gRPC modules; output is deterministic for a given protoc.
+gen: $(STAMP)
+	$(PY) -m services.common.codegen write
+
+# Fails when the committed generated code differs from what protos/ produce.
+check-gen: $(STAMP)
+	$(PY) -m services.common.codegen check
+
+run: $(STAMP)
+	$(PY) -m services.stack
+
+test: $(STAMP) check-gen
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean-data:
+	rm -rf var/

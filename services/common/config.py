@@ -1,0 +1,116 @@
+"""Settings read once from the environment and checked at start-up.
+
+Every service calls `load_settings()` in its `serve()` and passes the result down; nothing
+else reads `os.environ`, so a bad value fails the process before it serves anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Postgres; None means start the embedded server under data_dir.
+    database_url: str | None = None
+    data_dir: Path = REPO_ROOT / "var"
+    log_level: str = "INFO"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0
+    metrics_port: int = 0
+    # "dev": calls without a token act as the development admin; "api_key": tokens required.
+    auth_mode: str = "dev"
+    registry_addr: str = "127.0.0.1:50051"
+    subscription_addr: str = "127.0.0.1:50052"
+    gateway_addr: str = "127.0.0.1:50053"
+    dhan_client_id: str | None = field(default=None, repr=False)
+    dhan_access_token: str | None = field(default=None, repr=False)
+    # "generated", "file" or "dhan"; empty picks "dhan" with credentials, else "generated".
+    master_source: str = ""
+    master_file: Path | None = None
+    master_seed: int = 7
+    master_scale: str = "full"
+    feed_url: str = "ws://127.0.0.1:8765"
+    feed_connections: int = 5
+    feed_instruments_per_connection: int = 5000
+    shard_id: int = 0
+    shutdown_grace_seconds: float = 10.0
+    db_pool_max_size: int = 10
+
+    @property
+    def dhan_credentials(self) -> bool:
+        return bool(self.dhan_client_id and self.dhan_access_token)
+
+    @property
+    def effective_master_source(self) -> str:
+        if self.master_source:
+            return self.master_source
+        return "dhan" if self.dhan_credentials else "generated"
+
+
+_AUTH_MODES = ("dev", "api_key")
+_MASTER_SOURCES = ("", "generated", "file", "dhan")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; expected {low}..{high}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; expected {low}..{high}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not accepted; expected one of {[a for a in allowed if a]}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -> Settings:
+    """Builds Settings from `env` (default: os.environ); `grpc_port` is the service's default."""
+    env = os.environ if env is None else env
+    master_file = env.get("MASTER_FILE") or None
+    settings = Settings(
+        database_url=env.get("DATABASE_URL") or None,
+        data_dir=Path(env.get("DATASERVER_DATA_DIR") or REPO_ROOT / "var"),
+        log_level=_choice(env, "LOG_LEVEL", "INFO", _LOG_LEVELS),
+        grpc_host=env.get("GRPC_HOST", "127.0.0.1" if "KUBERNETES_SERVICE_HOST" not in env else "0.0.0.0"),
+        grpc_port=_int(env, "GRPC_PORT", grpc_port, 0, 65535),
+        metrics_port=_int(env, "METRICS_PORT", 0, 0, 65535),
+        auth_mode=_choice(env, "AUTH_MODE", "dev", _AUTH_MODES),
+        registry_addr=env.get("REGISTRY_ADDR", "127.0.0.1:50051"),
+        subscription_addr=env.get("SUBSCRIPTION_ADDR", "127.0.0.1:50052"),
+        gateway_addr=env.get("GATEWAY_ADDR", "127.0.0.1:50053"),
+        dhan_client_id=env.get("DHAN_CLIENT_ID") or None,
+        dhan_access_token=env.get("DHAN_ACCESS_TOKEN") or None,
+        master_source=_choice(env, "MASTER_SOURCE", "", _MASTER_SOURCES),
+        master_file=Path(master_file) if master_file else None,
+        master_seed=_int(env, "MASTER_SEED", 7, 0, 2**31 - 1),
+        master_scale=_choice(env, "MASTER_SCALE", "full", ("full", "small")),
+        feed_url=env.get("FEED_URL", "ws://127.0.0.1:8765"),
+        feed_connections=_int(env, "FEED_CONNECTIONS", 5, 1, 5),
+        feed_instruments_per_connection=_int(env, "FEED_INSTRUMENTS_PER_CONNECTION", 5000, 1, 5000),
+        shard_id=_int(env, "SHARD_ID", 0, 0, 4),
+        db_pool_max_size=_int(env, "DB_POOL_MAX_SIZE", 10, 1, 200),
+    )
+    if settings.effective_master_source == "file" and settings.master_file is None:
+        raise ConfigError("MASTER_SOURCE=file needs MASTER_FILE, the path of a Dhan scrip-master CSV")
+    if settings.effective_master_source == "dhan" and not settings.dhan_credentials:
+        raise ConfigError("MASTER_SOURCE=dhan needs DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN")
+    return settings

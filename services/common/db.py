@@ -1,0 +1,30 @@
+"""The Postgres connection pool every service opens explicitly at start-up."""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.config import Settings
+from services.common.embedded_pg import start_embedded_postgres
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL when set; otherwise the embedded server under the data folder."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded_postgres(settings.data_dir)
+
+
+async def open_pool(conninfo: str, *, max_size: int = 10, name: str = "dataserver") -> AsyncConnectionPool:
+    pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        name=name,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool

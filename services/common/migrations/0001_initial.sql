@@ -1,0 +1,143 @@
+-- The shared state of every service. Released migrations are never edited; add a new file.
+
+-- One row per master load; exactly one is active (serving) at a time.
+CREATE TABLE master_versions (
+    version         bigserial PRIMARY KEY,
+    source          text NOT NULL CHECK (source IN ('dhan', 'file', 'generated')),
+    source_detail   text NOT NULL,
+    trading_date    date NOT NULL,
+    row_count       bigint NOT NULL,
+    rejected_count  bigint NOT NULL,
+    load_seconds    double precision NOT NULL,
+    loaded_at       timestamptz NOT NULL DEFAULT now(),
+    active          boolean NOT NULL DEFAULT false
+);
+CREATE UNIQUE INDEX master_versions_one_active ON master_versions (active) WHERE active;
+
+-- The instrument master, keyed by (segment, security id) within a master version. Rows of
+-- inactive versions are deleted after a reload switches over.
+CREATE TABLE instruments (
+    master_version     bigint NOT NULL REFERENCES master_versions (version) ON DELETE CASCADE,
+    exchange_segment   text NOT NULL,
+    security_id        bigint NOT NULL,
+    exchange           text NOT NULL,
+    instrument_type    text NOT NULL,
+    trading_symbol     text NOT NULL,
+    display_name       text NOT NULL,
+    underlying_symbol  text NOT NULL,
+    lot_size           double precision NOT NULL,
+    tick_size          double precision NOT NULL,
+    expiry_date        date,
+    expiry_flag        text,
+    strike_price       double precision,
+    option_type        text,
+    series             text NOT NULL,
+    previous_close     double precision,
+    PRIMARY KEY (master_version, exchange_segment, security_id)
+);
+CREATE INDEX instruments_chain ON instruments (master_version, underlying_symbol, expiry_date);
+
+-- Option-chain windows computed by the ATM engine, per (underlying, expiry, ATM, width).
+CREATE TABLE atm_cache (
+    master_version     bigint NOT NULL REFERENCES master_versions (version) ON DELETE CASCADE,
+    underlying_symbol  text NOT NULL,
+    expiry_date        date NOT NULL,
+    atm_strike         double precision NOT NULL,
+    strikes_each_side  integer NOT NULL,
+    strike_step        double precision NOT NULL,
+    underlying_price   double precision NOT NULL,
+    -- [[strike, call security id or null, put security id or null], ...], lowest strike first
+    window_strikes     jsonb NOT NULL,
+    computed_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (master_version, underlying_symbol, expiry_date, atm_strike, strikes_each_side)
+);
+
+-- Callers of the API. Tokens are stored only as their SHA-256.
+CREATE TABLE api_keys (
+    key_hash    text PRIMARY KEY,
+    user_id     text NOT NULL,
+    role        text NOT NULL CHECK (role IN ('user', 'admin')),
+    label       text NOT NULL DEFAULT '',
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+
+-- Tier A: one row per user's watchlist item (a unit: the underlying and its chain window).
+CREATE TABLE watchlist_items (
+    item_id                  bigserial PRIMARY KEY,
+    user_id                  text NOT NULL,
+    symbol                   text NOT NULL,
+    expiry_date              date,
+    strikes_each_side        integer NOT NULL,
+    underlying_segment       text NOT NULL,
+    underlying_security_id   bigint NOT NULL,
+    atm_strike               double precision,
+    state                    text NOT NULL DEFAULT 'ACTIVE' CHECK (state IN ('ACTIVE', 'EVICTED')),
+    evicted_at               timestamptz,
+    eviction_reason          text,
+    created_at               timestamptz NOT NULL DEFAULT now(),
+    last_used_at             timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (user_id, symbol, expiry_date)
+);
+CREATE INDEX watchlist_items_lru ON watchlist_items (last_used_at) WHERE state = 'ACTIVE';
+
+-- Desired feed subscriptions: one row per instrument, placed on one shard.
+CREATE TABLE subscriptions (
+    exchange_segment  text NOT NULL,
+    security_id       bigint NOT NULL,
+    feed_mode         text NOT NULL CHECK (feed_mode IN ('TICKER', 'QUOTE', 'FULL')),
+    shard_id          integer NOT NULL,
+    tier              text NOT NULL CHECK (tier IN ('A', 'B')),
+    ref_count         integer NOT NULL CHECK (ref_count > 0),
+    subscribed_at     timestamptz NOT NULL DEFAULT now(),
+    last_used_at      timestamptz NOT NULL DEFAULT now(),
+    version           bigint NOT NULL,
+    PRIMARY KEY (exchange_segment, security_id)
+);
+CREATE INDEX subscriptions_shard ON subscriptions (shard_id);
+
+-- Who holds each subscription: Tier B plan entries and Tier A units.
+CREATE TABLE subscription_owners (
+    exchange_segment  text NOT NULL,
+    security_id       bigint NOT NULL,
+    owner_kind        text NOT NULL CHECK (owner_kind IN ('tier_b', 'unit')),
+    owner_id          text NOT NULL,
+    feed_mode         text NOT NULL CHECK (feed_mode IN ('TICKER', 'QUOTE', 'FULL')),
+    PRIMARY KEY (exchange_segment, security_id, owner_kind, owner_id),
+    FOREIGN KEY (exchange_segment, security_id)
+        REFERENCES subscriptions (exchange_segment, security_id) ON DELETE CASCADE
+);
+CREATE INDEX subscription_owners_owner ON subscription_owners (owner_kind, owner_id);
+
+-- Audit: every subscribe, unsubscribe, eviction, move and re-centre.
+CREATE TABLE subscription_log (
+    log_id            bigserial PRIMARY KEY,
+    logged_at         timestamptz NOT NULL DEFAULT now(),
+    action            text NOT NULL,
+    actor             text NOT NULL,
+    reason            text NOT NULL DEFAULT '',
+    tier              text,
+    exchange_segment  text,
+    security_id       bigint,
+    unit_id           bigint,
+    user_id           text,
+    from_shard        integer,
+    to_shard          integer,
+    details           jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX subscription_log_instrument ON subscription_log (exchange_segment, security_id, logged_at);
+CREATE INDEX subscription_log_time ON subscription_log (logged_at);
+
+-- The scheduler's job runs.
+CREATE TABLE job_runs (
+    run_id       bigserial PRIMARY KEY,
+    job_name     text NOT NULL,
+    trigger      text NOT NULL CHECK (trigger IN ('schedule', 'manual', 'startup')),
+    outcome      text NOT NULL CHECK (outcome IN ('running', 'succeeded', 'failed', 'skipped')),
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    counts       jsonb NOT NULL DEFAULT '{}'::jsonb,
+    error        text NOT NULL DEFAULT '',
+    replica_id   text NOT NULL
+);
+CREATE INDEX job_runs_job ON job_runs (job_name, started_at DESC);

@@ -1,0 +1,362 @@
+import datetime
+
+from dataserver.common.v1 import common_pb2 as _common_pb2
+from dataserver.subscription.v1 import subscription_pb2 as _subscription_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TickPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TICK_PART_UNSPECIFIED: _ClassVar[TickPart]
+    TICK_PART_TICKER: _ClassVar[TickPart]
+    TICK_PART_QUOTE: _ClassVar[TickPart]
+    TICK_PART_OI: _ClassVar[TickPart]
+    TICK_PART_PREV_CLOSE: _ClassVar[TickPart]
+    TICK_PART_FULL: _ClassVar[TickPart]
+
+class InstrumentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INSTRUMENT_STATUS_UNSPECIFIED: _ClassVar[InstrumentStatus]
+    INSTRUMENT_STATUS_SUBSCRIBED: _ClassVar[InstrumentStatus]
+    INSTRUMENT_STATUS_NOT_FOUND: _ClassVar[InstrumentStatus]
+    INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM: _ClassVar[InstrumentStatus]
+    INSTRUMENT_STATUS_LIMIT_EXCEEDED: _ClassVar[InstrumentStatus]
+    INSTRUMENT_STATUS_REMOVED: _ClassVar[InstrumentStatus]
+
+class UpstreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPSTREAM_STATE_UNSPECIFIED: _ClassVar[UpstreamState]
+    UPSTREAM_STATE_INTERRUPTED: _ClassVar[UpstreamState]
+    UPSTREAM_STATE_RESTORED: _ClassVar[UpstreamState]
+
+class ConnectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONNECTION_STATE_UNSPECIFIED: _ClassVar[ConnectionState]
+    CONNECTION_STATE_CONNECTING: _ClassVar[ConnectionState]
+    CONNECTION_STATE_CONNECTED: _ClassVar[ConnectionState]
+    CONNECTION_STATE_BACKING_OFF: _ClassVar[ConnectionState]
+    CONNECTION_STATE_STOPPED: _ClassVar[ConnectionState]
+TICK_PART_UNSPECIFIED: TickPart
+TICK_PART_TICKER: TickPart
+TICK_PART_QUOTE: TickPart
+TICK_PART_OI: TickPart
+TICK_PART_PREV_CLOSE: TickPart
+TICK_PART_FULL: TickPart
+INSTRUMENT_STATUS_UNSPECIFIED: InstrumentStatus
+INSTRUMENT_STATUS_SUBSCRIBED: InstrumentStatus
+INSTRUMENT_STATUS_NOT_FOUND: InstrumentStatus
+INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM: InstrumentStatus
+INSTRUMENT_STATUS_LIMIT_EXCEEDED: InstrumentStatus
+INSTRUMENT_STATUS_REMOVED: InstrumentStatus
+UPSTREAM_STATE_UNSPECIFIED: UpstreamState
+UPSTREAM_STATE_INTERRUPTED: UpstreamState
+UPSTREAM_STATE_RESTORED: UpstreamState
+CONNECTION_STATE_UNSPECIFIED: ConnectionState
+CONNECTION_STATE_CONNECTING: ConnectionState
+CONNECTION_STATE_CONNECTED: ConnectionState
+CONNECTION_STATE_BACKING_OFF: ConnectionState
+CONNECTION_STATE_STOPPED: ConnectionState
+
+class DepthLevel(_message.Message):
+    __slots__ = ("bid_price", "bid_quantity", "bid_orders", "ask_price", "ask_quantity", "ask_orders")
+    BID_PRICE_FIELD_NUMBER: _ClassVar[int]
+    BID_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    BID_ORDERS_FIELD_NUMBER: _ClassVar[int]
+    ASK_PRICE_FIELD_NUMBER: _ClassVar[int]
+    ASK_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    ASK_ORDERS_FIELD_NUMBER: _ClassVar[int]
+    bid_price: float
+    bid_quantity: int
+    bid_orders: int
+    ask_price: float
+    ask_quantity: int
+    ask_orders: int
+    def __init__(self, bid_price: _Optional[float] = ..., bid_quantity: _Optional[int] = ..., bid_orders: _Optional[int] = ..., ask_price: _Optional[float] = ..., ask_quantity: _Optional[int] = ..., ask_orders: _Optional[int] = ...) -> None: ...
+
+class Tick(_message.Message):
+    __slots__ = ("key", "sequence", "present_parts", "last_price", "last_trade_time", "last_trade_quantity", "average_price", "volume", "total_buy_quantity", "total_sell_quantity", "open_interest", "depth", "received_at", "day_open", "day_high", "day_low", "day_close", "day_high_open_interest", "day_low_open_interest", "previous_close", "previous_open_interest")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_PARTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
+    LAST_TRADE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_TRADE_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BUY_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SELL_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    OPEN_INTEREST_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    DAY_OPEN_FIELD_NUMBER: _ClassVar[int]
+    DAY_HIGH_FIELD_NUMBER: _ClassVar[int]
+    DAY_LOW_FIELD_NUMBER: _ClassVar[int]
+    DAY_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    DAY_HIGH_OPEN_INTEREST_FIELD_NUMBER: _ClassVar[int]
+    DAY_LOW_OPEN_INTEREST_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_OPEN_INTEREST_FIELD_NUMBER: _ClassVar[int]
+    key: _common_pb2.InstrumentKey
+    sequence: int
+    present_parts: int
+    last_price: float
+    last_trade_time: _timestamp_pb2.Timestamp
+    last_trade_quantity: int
+    average_price: float
+    volume: int
+    total_buy_quantity: int
+    total_sell_quantity: int
+    open_interest: int
+    depth: _containers.RepeatedCompositeFieldContainer[DepthLevel]
+    received_at: _timestamp_pb2.Timestamp
+    day_open: float
+    day_high: float
+    day_low: float
+    day_close: float
+    day_high_open_interest: int
+    day_low_open_interest: int
+    previous_close: float
+    previous_open_interest: int
+    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., sequence: _Optional[int] = ..., present_parts: _Optional[int] = ..., last_price: _Optional[float] = ..., last_trade_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_trade_quantity: _Optional[int] = ..., average_price: _Optional[float] = ..., volume: _Optional[int] = ..., total_buy_quantity: _Optional[int] = ..., total_sell_quantity: _Optional[int] = ..., open_interest: _Optional[int] = ..., depth: _Optional[_Iterable[_Union[DepthLevel, _Mapping]]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., day_open: _Optional[float] = ..., day_high: _Optional[float] = ..., day_low: _Optional[float] = ..., day_close: _Optional[float] = ..., day_high_open_interest: _Optional[int] = ..., day_low_open_interest: _Optional[int] = ..., previous_close: _Optional[float] = ..., previous_open_interest: _Optional[int] = ...) -> None: ...
+
+class TickBatch(_message.Message):
+    __slots__ = ("ticks", "sent_at")
+    TICKS_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    ticks: _containers.RepeatedCompositeFieldContainer[Tick]
+    sent_at: _timestamp_pb2.Timestamp
+    def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("server_time",)
+    SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    server_time: _timestamp_pb2.Timestamp
+    def __init__(self, server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class InstrumentList(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ...) -> None: ...
+
+class BatchOptions(_message.Message):
+    __slots__ = ("max_batch_size", "max_batch_delay")
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_DELAY_FIELD_NUMBER: _ClassVar[int]
+    max_batch_size: int
+    max_batch_delay: _duration_pb2.Duration
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class InstrumentState(_message.Message):
+    __slots__ = ("key", "status", "mode", "awaiting_first_tick", "message")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    key: _common_pb2.InstrumentKey
+    status: InstrumentStatus
+    mode: _common_pb2.FeedMode
+    awaiting_first_tick: bool
+    message: str
+    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., status: _Optional[_Union[InstrumentStatus, str]] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ..., awaiting_first_tick: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TickSnapshot(_message.Message):
+    __slots__ = ("ticks", "instruments", "correlation_id")
+    TICKS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ticks: _containers.RepeatedCompositeFieldContainer[Tick]
+    instruments: _containers.RepeatedCompositeFieldContainer[InstrumentState]
+    correlation_id: str
+    def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., instruments: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+
+class UpstreamStatusChange(_message.Message):
+    __slots__ = ("shard_id", "state", "affected_instruments", "shard_restarted", "interrupted_at", "reason")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    AFFECTED_INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_RESTARTED_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    state: UpstreamState
+    affected_instruments: int
+    shard_restarted: bool
+    interrupted_at: _timestamp_pb2.Timestamp
+    reason: str
+    def __init__(self, shard_id: _Optional[int] = ..., state: _Optional[_Union[UpstreamState, str]] = ..., affected_instruments: _Optional[int] = ..., shard_restarted: _Optional[bool] = ..., interrupted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SlowConsumerWarning(_message.Message):
+    __slots__ = ("lag", "conflated_updates", "pending_instruments")
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    CONFLATED_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    lag: _duration_pb2.Duration
+    conflated_updates: int
+    pending_instruments: int
+    def __init__(self, lag: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., conflated_updates: _Optional[int] = ..., pending_instruments: _Optional[int] = ...) -> None: ...
+
+class StreamEvent(_message.Message):
+    __slots__ = ("occurred_at", "watchlist", "upstream", "slow_consumer", "instrument_status")
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    WATCHLIST_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    SLOW_CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    occurred_at: _timestamp_pb2.Timestamp
+    watchlist: _subscription_pb2.WatchlistEvent
+    upstream: UpstreamStatusChange
+    slow_consumer: SlowConsumerWarning
+    instrument_status: InstrumentState
+    def __init__(self, occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watchlist: _Optional[_Union[_subscription_pb2.WatchlistEvent, _Mapping]] = ..., upstream: _Optional[_Union[UpstreamStatusChange, _Mapping]] = ..., slow_consumer: _Optional[_Union[SlowConsumerWarning, _Mapping]] = ..., instrument_status: _Optional[_Union[InstrumentState, _Mapping]] = ...) -> None: ...
+
+class StreamTicksRequest(_message.Message):
+    __slots__ = ("instruments", "my_watchlist", "mode", "batch_options")
+    INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MY_WATCHLIST_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    instruments: InstrumentList
+    my_watchlist: bool
+    mode: _common_pb2.FeedMode
+    batch_options: BatchOptions
+    def __init__(self, instruments: _Optional[_Union[InstrumentList, _Mapping]] = ..., my_watchlist: _Optional[bool] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ..., batch_options: _Optional[_Union[BatchOptions, _Mapping]] = ...) -> None: ...
+
+class StreamTicksResponse(_message.Message):
+    __slots__ = ("snapshot", "batch", "event", "heartbeat")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: TickSnapshot
+    batch: TickBatch
+    event: StreamEvent
+    heartbeat: Heartbeat
+    def __init__(self, snapshot: _Optional[_Union[TickSnapshot, _Mapping]] = ..., batch: _Optional[_Union[TickBatch, _Mapping]] = ..., event: _Optional[_Union[StreamEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class AddInstruments(_message.Message):
+    __slots__ = ("keys", "mode")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
+    mode: _common_pb2.FeedMode
+    def __init__(self, keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ...) -> None: ...
+
+class RemoveInstruments(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ...) -> None: ...
+
+class InteractiveStreamTicksRequest(_message.Message):
+    __slots__ = ("correlation_id", "add", "remove", "batch_options")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: str
+    add: AddInstruments
+    remove: RemoveInstruments
+    batch_options: BatchOptions
+    def __init__(self, correlation_id: _Optional[str] = ..., add: _Optional[_Union[AddInstruments, _Mapping]] = ..., remove: _Optional[_Union[RemoveInstruments, _Mapping]] = ..., batch_options: _Optional[_Union[BatchOptions, _Mapping]] = ...) -> None: ...
+
+class CommandResult(_message.Message):
+    __slots__ = ("correlation_id", "instruments")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: str
+    instruments: _containers.RepeatedCompositeFieldContainer[InstrumentState]
+    def __init__(self, correlation_id: _Optional[str] = ..., instruments: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ...) -> None: ...
+
+class InteractiveStreamTicksResponse(_message.Message):
+    __slots__ = ("result", "snapshot", "batch", "event", "heartbeat")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    result: CommandResult
+    snapshot: TickSnapshot
+    batch: TickBatch
+    event: StreamEvent
+    heartbeat: Heartbeat
+    def __init__(self, result: _Optional[_Union[CommandResult, _Mapping]] = ..., snapshot: _Optional[_Union[TickSnapshot, _Mapping]] = ..., batch: _Optional[_Union[TickBatch, _Mapping]] = ..., event: _Optional[_Union[StreamEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class GetSnapshotRequest(_message.Message):
+    __slots__ = ("keys", "mode")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
+    mode: _common_pb2.FeedMode
+    def __init__(self, keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ...) -> None: ...
+
+class GetSnapshotResponse(_message.Message):
+    __slots__ = ("ticks", "missing_keys")
+    TICKS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ticks: _containers.RepeatedCompositeFieldContainer[Tick]
+    missing_keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
+    def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., missing_keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ...) -> None: ...
+
+class ShardStatus(_message.Message):
+    __slots__ = ("shard_id", "shard_epoch", "connection_state", "reachable", "reported_at", "last_disconnect_code", "last_disconnect_reason", "last_disconnect_at", "connected_at", "instruments_assigned", "instruments_subscribed", "instruments_awaiting_first_tick", "frames_received", "packets_received", "protocol_errors", "last_frame_at", "reconnect_count", "next_retry_at", "assignment_version")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_STATE_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_DISCONNECT_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_DISCONNECT_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_DISCONNECT_AT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_AWAITING_FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FRAME_AT_FIELD_NUMBER: _ClassVar[int]
+    RECONNECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RETRY_AT_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    shard_epoch: str
+    connection_state: ConnectionState
+    reachable: bool
+    reported_at: _timestamp_pb2.Timestamp
+    last_disconnect_code: int
+    last_disconnect_reason: str
+    last_disconnect_at: _timestamp_pb2.Timestamp
+    connected_at: _timestamp_pb2.Timestamp
+    instruments_assigned: int
+    instruments_subscribed: int
+    instruments_awaiting_first_tick: int
+    frames_received: int
+    packets_received: int
+    protocol_errors: int
+    last_frame_at: _timestamp_pb2.Timestamp
+    reconnect_count: int
+    next_retry_at: _timestamp_pb2.Timestamp
+    assignment_version: int
+    def __init__(self, shard_id: _Optional[int] = ..., shard_epoch: _Optional[str] = ..., connection_state: _Optional[_Union[ConnectionState, str]] = ..., reachable: _Optional[bool] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_code: _Optional[int] = ..., last_disconnect_reason: _Optional[str] = ..., last_disconnect_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instruments_assigned: _Optional[int] = ..., instruments_subscribed: _Optional[int] = ..., instruments_awaiting_first_tick: _Optional[int] = ..., frames_received: _Optional[int] = ..., packets_received: _Optional[int] = ..., protocol_errors: _Optional[int] = ..., last_frame_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_count: _Optional[int] = ..., next_retry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_version: _Optional[int] = ...) -> None: ...
+
+class GetShardStatusRequest(_message.Message):
+    __slots__ = ("shard_id",)
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    def __init__(self, shard_id: _Optional[int] = ...) -> None: ...
+
+class GetShardStatusResponse(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ...) -> None: ...

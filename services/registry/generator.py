@@ -1,0 +1,612 @@
+"""Deterministic generator of a Dhan compact scrip master for a trading date.
+
+Real equities and indices (ids, symbols, names, lot sizes) come from the extracts in
+./seed; every derivative contract listed on the trading date is generated with a fresh
+security id, following the exchanges' expiry rules (services.common.market_calendar).
+A sidecar CSV carries a previous close for every row, so a feed simulator can quote
+any instrument of the master consistently.
+
+Row formats follow Dhan's compact file (see the protocol reference): lot '65.0',
+strike '25800.00000' (futures '-0.01000', MCX futures '0.00000'), tick in paise with
+four decimals, expiry 'YYYY-MM-DD 14:30:00' (MCX 23:30:00).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal, NamedTuple
+
+from services.common import market_calendar as cal
+
+SEED_DIR: Final = Path(__file__).resolve().parent / "seed"
+EQUITIES_CSV: Final = SEED_DIR / "dhan-scrip-master-equities-indices-2026-07.csv"
+STOCK_FUTURES_CSV: Final = SEED_DIR / "dhan-scrip-master-detailed-stock-futures-2025-07.csv"
+
+HEADER: Final = (
+    "SEM_EXM_EXCH_ID", "SEM_SEGMENT", "SEM_SMST_SECURITY_ID", "SEM_INSTRUMENT_NAME",
+    "SEM_EXPIRY_CODE", "SEM_TRADING_SYMBOL", "SEM_LOT_UNITS", "SEM_CUSTOM_SYMBOL",
+    "SEM_EXPIRY_DATE", "SEM_STRIKE_PRICE", "SEM_OPTION_TYPE", "SEM_TICK_SIZE",
+    "SEM_EXPIRY_FLAG", "SEM_EXCH_INSTRUMENT_TYPE", "SEM_SERIES", "SM_SYMBOL_NAME",
+)  # fmt: skip
+PRICES_HEADER: Final = ("EXCHANGE_SEGMENT", "SECURITY_ID", "PREVIOUS_CLOSE")
+
+# Above every real id in the extracts (max 977,905 in July 2026); the allocator also
+# skips any real id, so a newer extract cannot produce a collision either.
+DERIVATIVE_ID_START: Final = 1_000_000
+
+RISK_FREE_RATE: Final = 0.065  # Indian cost of carry / discount rate
+MCX_CARRY: Final = 0.02  # mild contango between energy futures months
+
+Scale = Literal["full", "small"]
+PriceKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    trading_date: date
+    seed: int = 7
+    scale: Scale = "full"
+
+
+# --- underlyings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """An index with derivatives; strike grids are fractions of spot at 30 days."""
+
+    symbol: str
+    exchange: Literal["NSE", "BSE"]
+    lot: int
+    level: float
+    vol: float
+    near_step: float
+    far_step: float
+    fut_tick_paise: int
+    near_pct: float = 0.06
+    far_pct: float = 0.20
+
+
+INDEX_SPECS: Final = (
+    IndexSpec("NIFTY", "NSE", 65, 25_900.0, 0.12, 50, 100, 10),
+    IndexSpec("BANKNIFTY", "NSE", 30, 58_000.0, 0.14, 100, 500, 20),
+    IndexSpec("FINNIFTY", "NSE", 60, 27_500.0, 0.14, 50, 100, 10),
+    IndexSpec("MIDCPNIFTY", "NSE", 120, 13_500.0, 0.17, 25, 50, 5),
+    IndexSpec("SENSEX", "BSE", 20, 84_500.0, 0.12, 100, 500, 5),
+    IndexSpec("BANKEX", "BSE", 30, 65_000.0, 0.14, 100, 500, 5),
+)
+
+
+@dataclass(frozen=True)
+class McxSpec:
+    symbol: str
+    level: float
+    vol: float
+    step: float
+    fut_tick_paise: int
+    opt_tick_paise: int
+    range_pct: float
+
+
+MCX_SPECS: Final = (
+    McxSpec("CRUDEOIL", 5_400.0, 0.35, 50, 100, 10, 0.30),
+    McxSpec("NATURALGAS", 330.0, 0.55, 5, 10, 5, 0.40),
+)
+
+# Fixed previous closes (rupees) so that well-known names look right; every other
+# symbol gets a seeded lognormal level.
+FIXED_LEVELS: Final[Mapping[str, float]] = MappingProxyType({
+    **{s.symbol: s.level for s in INDEX_SPECS},
+    **{s.symbol: s.level for s in MCX_SPECS},
+    "INDIA VIX": 12.0,
+    "RELIANCE": 1_400.0,
+    "HDFCBANK": 990.0,
+    "ICICIBANK": 1_380.0,
+    "INFY": 1_520.0,
+    "TCS": 3_150.0,
+    "SBIN": 960.0,
+    "BHARTIARTL": 2_050.0,
+    "ITC": 410.0,
+    "LT": 3_950.0,
+    "KOTAKBANK": 2_120.0,
+    "AXISBANK": 1_210.0,
+    "HINDUNILVR": 2_450.0,
+    "MARUTI": 15_800.0,
+    "BAJFINANCE": 1_010.0,
+    "TATASTEEL": 172.0,
+    "SUNPHARMA": 1_720.0,
+})
+
+# Strike steps a stock may get, in rupees (NSE uses these intervals).
+STOCK_STEPS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 250.0, 500.0)
+# Stock chains are denser and wider than NSE's (~0.5% steps, out to +-45%) so that a
+# full master reaches the ~250k rows of the real file with only the underlyings this
+# generator covers (no currency, no other commodities, no BSE stock options).
+STOCK_STEP_FRACTION: Final = 0.005
+STOCK_NEAR_PCT: Final = 0.15
+STOCK_FAR_PCT: Final = 0.45
+STOCK_OPTION_TICK_PAISE: Final = 5
+INDEX_OPTION_TICK_PAISE: Final = 5
+
+
+@dataclass(frozen=True)
+class FnoStock:
+    symbol: str
+    security_id: int  # NSE_EQ id (UNDERLYING_SECURITY_ID of its derivatives)
+    lot: int
+    fut_tick_paise: int
+
+
+@dataclass(frozen=True)
+class _Profile:
+    """What a scale includes; grid_factor shrinks every strike range."""
+
+    index_symbols: tuple[str, ...]
+    index_expiry_limit: int | None
+    stock_symbols: tuple[str, ...] | None  # None: every F&O stock
+    mcx_symbols: tuple[str, ...]
+    grid_factor: float
+    equity_limit: int | None  # NSE EQ-series equities kept besides the chosen stocks
+
+
+_PROFILES: Final[Mapping[str, _Profile]] = MappingProxyType({
+    "full": _Profile(
+        index_symbols=tuple(s.symbol for s in INDEX_SPECS),
+        index_expiry_limit=None,
+        stock_symbols=None,
+        mcx_symbols=tuple(s.symbol for s in MCX_SPECS),
+        grid_factor=1.0,
+        equity_limit=None,
+    ),
+    "small": _Profile(
+        index_symbols=("NIFTY", "BANKNIFTY"),
+        index_expiry_limit=2,
+        stock_symbols=("RELIANCE", "HDFCBANK", "INFY", "TCS", "SBIN"),
+        mcx_symbols=("CRUDEOIL",),
+        grid_factor=0.3,
+        equity_limit=200,
+    ),
+})
+
+
+# --- seeded numbers -------------------------------------------------------------------
+
+
+def _symbol_rng(seed: int, symbol: str) -> random.Random:
+    """Per-symbol stream: a symbol's numbers do not depend on what else is generated,
+    so small and full masters agree and BSE/NSE listings of a name share a price."""
+    return random.Random(f"{seed}:{symbol}")
+
+
+def _round_to(value: float, step: float) -> float:
+    return round(round(value / step) * step, 2)
+
+
+def _seeded_level(rng: random.Random) -> float:
+    """Lognormal around Rs 600, redrawn until within Rs 50..10,000 (no pile-up at the edges)."""
+    while True:
+        level = math.exp(rng.gauss(math.log(600.0), 1.1))
+        if 50.0 <= level <= 10_000.0:
+            return level
+
+
+def underlying_price(symbol: str, config: GeneratorConfig) -> float:
+    """Previous close of a cash instrument or index, in rupees."""
+    if symbol in FIXED_LEVELS:
+        return FIXED_LEVELS[symbol]
+    return _round_to(_seeded_level(_symbol_rng(config.seed, symbol)), 0.05)
+
+
+def _stock_vol(symbol: str, config: GeneratorConfig) -> float:
+    return _symbol_rng(config.seed, "vol:" + symbol).uniform(0.20, 0.45)
+
+
+# --- pricing --------------------------------------------------------------------------
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _smile_vol(base: float, strike: float, forward: float, t: float) -> float:
+    """Put skew plus mild curvature in standardised moneyness, flat beyond 3 sigma."""
+    x = math.log(strike / forward) / (base * math.sqrt(t))
+    x = max(-3.0, min(3.0, x))
+    return base * (1.0 - 0.06 * x + 0.025 * x * x)
+
+
+def black76(forward: float, strike: float, t: float, vol: float, rate: float) -> tuple[float, float]:
+    """(call, put) on a forward; with forward = spot*e^(rt) this is Black-Scholes."""
+    sd = vol * math.sqrt(t)
+    d1 = (math.log(forward / strike) + 0.5 * sd * sd) / sd
+    d2 = d1 - sd
+    df = math.exp(-rate * t)
+    call = df * (forward * _norm_cdf(d1) - strike * _norm_cdf(d2))
+    put = df * (strike * _norm_cdf(-d2) - forward * _norm_cdf(-d1))
+    return call, put
+
+
+def _years_to(expiry: date, trading_date: date) -> float:
+    # Half a day on expiry day keeps some time value in a same-day contract.
+    return ((expiry - trading_date).days + 0.5) / 365.0
+
+
+def _tick_price(value: float, tick_paise: int) -> float:
+    """Rounded to the tick, never below one tick (exchanges quote nothing lower)."""
+    tick = tick_paise / 100.0
+    return max(tick, _round_to(value, tick))
+
+
+# --- strike grids ---------------------------------------------------------------------
+
+
+def strike_grid(spot: float, near_step: float, far_step: float, near_pct: float, far_pct: float) -> list[float]:
+    """Multiples of near_step within +-near_pct of spot, of far_step out to +-far_pct."""
+    strikes: set[float] = set()
+    for step, pct in ((near_step, near_pct), (far_step, far_pct)):
+        lo = max(1, math.ceil(spot * (1 - pct) / step))
+        hi = math.floor(spot * (1 + pct) / step)
+        strikes.update(float(i * step) for i in range(lo, hi + 1))
+    return sorted(strikes)
+
+
+def _index_range_factor(days: int) -> float:
+    """Weeklies list a narrower band than far monthlies/quarterlies (~sqrt of time)."""
+    return min(1.5, max(0.5, math.sqrt(max(days, 1) / 30.0)))
+
+
+def stock_step(price: float) -> float:
+    """Largest standard strike interval not above ~0.5% of price."""
+    target = price * STOCK_STEP_FRACTION
+    return max((s for s in STOCK_STEPS if s <= target), default=STOCK_STEPS[0])
+
+
+# --- seed extracts --------------------------------------------------------------------
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        return header, [row for row in reader if row]
+
+
+def load_equity_rows() -> list[list[str]]:
+    """Equity and index rows of the extract, in file order, numbers normalised."""
+    header, rows = _read_csv(EQUITIES_CSV)
+    if tuple(header) != HEADER:
+        raise ValueError(f"unexpected header in {EQUITIES_CSV.name}")
+    return [_normalise_seed_row(r) for r in rows]
+
+
+def _normalise_seed_row(row: list[str]) -> list[str]:
+    # The extract was re-saved by a spreadsheet ('1', '0.05'); Dhan writes '1.0', '0.0500'.
+    out = list(row)
+    out[6] = f"{float(row[6]):.1f}"
+    out[11] = f"{float(row[11]):.4f}"
+    return out
+
+
+def _parse_ddmmyy(text: str) -> date:
+    return datetime.strptime(text, "%d/%m/%y").date()
+
+
+def load_fno_stocks(equity_rows: Sequence[list[str]]) -> list[FnoStock]:
+    """F&O stocks of the futures extract, by symbol; lot and tick of each stock's latest
+    expiry. Symbols come from the current equity row (renames: LTIM->LTM, ...); a stock
+    whose NSE_EQ id is no longer listed is dropped."""
+    nse_symbols = {int(r[2]): r[5] for r in equity_rows if r[0] == "NSE" and r[1] == "E"}
+    _, rows = _read_csv(STOCK_FUTURES_CSV)
+    latest: dict[int, tuple[date, int, int]] = {}
+    for r in rows:
+        if "NSETEST" in r[6] or r[4] != "FUTSTK":
+            continue
+        key, expiry = int(r[5]), _parse_ddmmyy(r[12])
+        if key not in latest or expiry > latest[key][0]:
+            latest[key] = (expiry, int(float(r[11])), int(float(r[15])))
+    stocks = [
+        FnoStock(nse_symbols[sid], sid, lot, tick)
+        for sid, (_, lot, tick) in latest.items()
+        if sid in nse_symbols
+    ]
+    return sorted(stocks, key=lambda s: s.symbol)
+
+
+# --- rows -----------------------------------------------------------------------------
+
+
+class Contract(NamedTuple):
+    """One master row plus the feed segment and previous close it is quoted with."""
+
+    row: list[str]
+    segment: str
+    price: float
+
+
+_FEED_SEGMENTS: Final[Mapping[tuple[str, str], str]] = MappingProxyType({
+    ("NSE", "E"): "NSE_EQ",
+    ("BSE", "E"): "BSE_EQ",
+    ("NSE", "I"): "IDX_I",
+    ("BSE", "I"): "IDX_I",
+    ("NSE", "D"): "NSE_FNO",
+    ("BSE", "D"): "BSE_FNO",
+    ("MCX", "M"): "MCX_COMM",
+})
+
+
+def feed_segment(exchange: str, segment: str) -> str:
+    """Dhan feed exchange segment of a master row ('NSE','D' -> 'NSE_FNO')."""
+    return _FEED_SEGMENTS[(exchange, segment)]
+
+
+def _strike_text(strike: float) -> str:
+    """Strike as it appears inside symbols: '25800', '7.5'."""
+    return str(int(strike)) if strike.is_integer() else f"{strike:.2f}".rstrip("0").rstrip(".")
+
+
+class _IdAllocator:
+    """Sequential ids from DERIVATIVE_ID_START, skipping any real id."""
+
+    def __init__(self, reserved: frozenset[int]) -> None:
+        self._next = DERIVATIVE_ID_START
+        self._reserved = reserved
+
+    def take(self) -> str:
+        while self._next in self._reserved:
+            self._next += 1
+        self._next += 1
+        return str(self._next - 1)
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Constant fields of every row of one underlying and expiry."""
+
+    exchange: str  # NSE/BSE/MCX
+    segment: str  # D or M
+    symbol: str
+    lot: str
+    expiry: date
+    flag: str
+    series: str  # MCX rows carry series '2' and the symbol name; NSE/BSE leave both empty
+    symbol_name: str
+
+    @property
+    def expiry_text(self) -> str:
+        return f"{self.expiry.isoformat()} {'23:30:00' if self.exchange == 'MCX' else '14:30:00'}"
+
+    @property
+    def month_text(self) -> str:
+        """Trading-symbol month: 'Nov2026' (NSE/BSE), '19Nov2026' (MCX carries the day)."""
+        fmt = "%d%b%Y" if self.exchange == "MCX" else "%b%Y"
+        return self.expiry.strftime(fmt)
+
+
+def _future_row(chain: _Chain, sid: str, instrument: str, tick_paise: int) -> list[str]:
+    mcx = chain.exchange == "MCX"
+    return [
+        chain.exchange, chain.segment, sid, instrument, "0",
+        f"{chain.symbol}-{chain.month_text}-FUT", chain.lot,
+        f"{chain.symbol} {chain.expiry.strftime('%b').upper()} FUT", chain.expiry_text,
+        "0.00000" if mcx else "-0.01000", "XX", f"{tick_paise:.4f}", chain.flag,
+        "FUTCOM" if mcx else "FUT", chain.series, chain.symbol_name,
+    ]  # fmt: skip
+
+
+def _option_rows(chain: _Chain, sid_ce: str, sid_pe: str, instrument: str, strike: float, tick_paise: int) -> tuple[list[str], list[str]]:
+    k = _strike_text(strike)
+    day_month = chain.expiry.strftime("%d %b").upper()
+    exch_type = "OPTFUT" if chain.exchange == "MCX" else "OP"
+    head = [chain.exchange, chain.segment]
+    tail_common = (chain.expiry_text, f"{strike:.5f}")
+    rows = []
+    for sid, opt, word in ((sid_ce, "CE", "CALL"), (sid_pe, "PE", "PUT")):
+        rows.append([
+            *head, sid, instrument, "0", f"{chain.symbol}-{chain.month_text}-{k}-{opt}", chain.lot,
+            f"{chain.symbol} {day_month} {k} {word}", *tail_common, opt, f"{tick_paise:.4f}",
+            chain.flag, exch_type, chain.series, chain.symbol_name,
+        ])  # fmt: skip
+    return rows[0], rows[1]
+
+
+def _option_chain(
+    chain: _Chain,
+    ids: _IdAllocator,
+    instrument: str,
+    strikes: Iterable[float],
+    forward: float,
+    t: float,
+    base_vol: float,
+    tick_paise: int,
+) -> Iterator[Contract]:
+    """CE and PE at each strike, ascending; Black-76 prices with the smile."""
+    seg = feed_segment(chain.exchange, chain.segment)
+    for strike in strikes:
+        call, put = black76(forward, strike, t, _smile_vol(base_vol, strike, forward, t), RISK_FREE_RATE)
+        ce, pe = _option_rows(chain, ids.take(), ids.take(), instrument, strike, tick_paise)
+        yield Contract(ce, seg, _tick_price(call, tick_paise))
+        yield Contract(pe, seg, _tick_price(put, tick_paise))
+
+
+def _index_contracts(spec: IndexSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
+    """FUTIDX on the first 3 monthlies, OPTIDX on every listed expiry."""
+    spot = underlying_price(spec.symbol, config)
+    expiries = cal.expiries_for(spec.symbol, config.trading_date)[: profile.index_expiry_limit]
+    futures_left = cal.expiry_rule(spec.symbol).monthly_count
+    for expiry, flag in expiries:
+        chain = _Chain(spec.exchange, "D", spec.symbol, f"{spec.lot:.1f}", expiry, flag, "", "")
+        t = _years_to(expiry, config.trading_date)
+        forward = spot * math.exp(RISK_FREE_RATE * t)
+        if flag == "M" and futures_left > 0:
+            futures_left -= 1
+            row = _future_row(chain, ids.take(), "FUTIDX", spec.fut_tick_paise)
+            yield Contract(row, feed_segment(spec.exchange, "D"), _tick_price(forward, spec.fut_tick_paise))
+        factor = _index_range_factor((expiry - config.trading_date).days) * profile.grid_factor
+        strikes = strike_grid(spot, spec.near_step, spec.far_step, spec.near_pct * factor, spec.far_pct * factor)
+        yield from _option_chain(chain, ids, "OPTIDX", strikes, forward, t, spec.vol, INDEX_OPTION_TICK_PAISE)
+
+
+def _stock_contracts(stock: FnoStock, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
+    """FUTSTK + OPTSTK on the next 3 monthly expiries."""
+    spot = underlying_price(stock.symbol, config)
+    vol = _stock_vol(stock.symbol, config)
+    step = stock_step(spot)
+    f = profile.grid_factor
+    strikes = strike_grid(spot, step, 2 * step, STOCK_NEAR_PCT * f, STOCK_FAR_PCT * f)
+    for expiry, flag in cal.expiries_for(stock.symbol, config.trading_date):
+        chain = _Chain("NSE", "D", stock.symbol, f"{stock.lot:.1f}", expiry, flag, "", "")
+        t = _years_to(expiry, config.trading_date)
+        forward = spot * math.exp(RISK_FREE_RATE * t)
+        row = _future_row(chain, ids.take(), "FUTSTK", stock.fut_tick_paise)
+        yield Contract(row, "NSE_FNO", _tick_price(forward, stock.fut_tick_paise))
+        yield from _option_chain(chain, ids, "OPTSTK", strikes, forward, t, vol, STOCK_OPTION_TICK_PAISE)
+
+
+def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
+    """FUTCOM for the next 3 months, each followed by its OPTFUT chain if still alive."""
+    spot = underlying_price(spec.symbol, config)
+    for fut_expiry in cal.mcx_future_expiries(spec.symbol, config.trading_date, cal.MCX_FUTURES_COUNT):
+        fut_chain = _Chain("MCX", "M", spec.symbol, "1.0", fut_expiry, "M", "2", spec.symbol)
+        fut_price = _tick_price(spot * math.exp(MCX_CARRY * _years_to(fut_expiry, config.trading_date)), spec.fut_tick_paise)
+        yield Contract(_future_row(fut_chain, ids.take(), "FUTCOM", spec.fut_tick_paise), "MCX_COMM", fut_price)
+        opt_expiry = cal.mcx_option_expiry(fut_expiry)
+        if opt_expiry < config.trading_date:
+            continue
+        opt_chain = _Chain("MCX", "M", spec.symbol, "1.0", opt_expiry, "M", "2", spec.symbol)
+        pct = spec.range_pct * profile.grid_factor
+        strikes = strike_grid(fut_price, spec.step, spec.step, pct, pct)
+        t = _years_to(opt_expiry, config.trading_date)
+        yield from _option_chain(opt_chain, ids, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise)
+
+
+def _select_equities(rows: list[list[str]], profile: _Profile) -> list[list[str]]:
+    """Full: every row. Small: all indices, the chosen stocks on NSE and BSE, and the
+    first `equity_limit` NSE EQ-series equities of the file."""
+    if profile.equity_limit is None:
+        return rows
+    chosen = set(profile.stock_symbols or ())
+    picked: list[list[str]] = []
+    budget = profile.equity_limit - len([r for r in rows if r[0] == "NSE" and r[1] == "E" and r[5] in chosen])
+    for r in rows:
+        if r[1] == "I" or (r[1] == "E" and r[5] in chosen and r[14] in ("EQ", "A")):
+            picked.append(r)
+        elif r[0] == "NSE" and r[1] == "E" and r[14] == "EQ" and budget > 0:
+            budget -= 1
+            picked.append(r)
+    return picked
+
+
+def _contracts(config: GeneratorConfig) -> Iterator[Contract]:
+    """Every row of the master in file order, with its previous close."""
+    profile = _PROFILES[config.scale]
+    equity_rows = load_equity_rows()
+    real_ids = frozenset(int(r[2]) for r in equity_rows) | _futures_extract_ids()
+    ids = _IdAllocator(real_ids)
+    for row in _select_equities(equity_rows, profile):
+        yield Contract(row, feed_segment(row[0], row[1]), underlying_price(row[5], config))
+    for spec in INDEX_SPECS:
+        if spec.symbol in profile.index_symbols:
+            yield from _index_contracts(spec, profile, config, ids)
+    wanted = profile.stock_symbols
+    for stock in load_fno_stocks(equity_rows):
+        if wanted is None or stock.symbol in wanted:
+            yield from _stock_contracts(stock, profile, config, ids)
+    for mcx in MCX_SPECS:
+        if mcx.symbol in profile.mcx_symbols:
+            yield from _mcx_contracts(mcx, profile, config, ids)
+
+
+def _futures_extract_ids() -> frozenset[int]:
+    _, rows = _read_csv(STOCK_FUTURES_CSV)
+    return frozenset(int(r[2]) for r in rows)
+
+
+def real_security_ids() -> frozenset[int]:
+    """Every security id in the two extracts (equities, indices, 2025 stock futures)."""
+    return frozenset(int(r[2]) for r in load_equity_rows()) | _futures_extract_ids()
+
+
+# --- public API -----------------------------------------------------------------------
+
+
+def generate_rows(config: GeneratorConfig) -> Iterator[list[str]]:
+    """Master rows without the header, in a deterministic order."""
+    return (c.row for c in _contracts(config))
+
+
+def reference_prices(config: GeneratorConfig) -> dict[PriceKey, float]:
+    """(feed segment, security id) -> previous close in rupees, for every row."""
+    return {(c.segment, int(c.row[2])): c.price for c in _contracts(config)}
+
+
+def prices_path_for(master_path: Path) -> Path:
+    """Sidecar next to the master: 'master.csv' -> 'master.prices.csv'."""
+    return master_path.with_name(f"{master_path.stem}.prices.csv")
+
+
+def _temp_beside(target: Path) -> Path:
+    """A temp file in the target's directory, so os.replace is an atomic rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_master(config: GeneratorConfig, path: Path) -> int:
+    """Writes the master CSV and its prices sidecar atomically; returns data rows written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prices_path = prices_path_for(path)
+    tmp_master, tmp_prices = _temp_beside(path), _temp_beside(prices_path)
+    try:
+        count = 0
+        prices: list[tuple[str, str, str]] = []
+        with open(tmp_master, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(HEADER)
+            for c in _contracts(config):
+                writer.writerow(c.row)
+                prices.append((c.segment, c.row[2], f"{c.price:.2f}"))
+                count += 1
+        with open(tmp_prices, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(PRICES_HEADER)
+            writer.writerows(prices)
+        # Sidecar first: whoever sees the new master also finds its prices.
+        os.replace(tmp_prices, prices_path)
+        os.replace(tmp_master, path)
+    except BaseException:
+        tmp_master.unlink(missing_ok=True)
+        tmp_prices.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate a Dhan compact scrip master.")
+    parser.add_argument("--date", type=date.fromisoformat, default=None, help="trading date (default: today IST)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--scale", choices=("full", "small"), default="full")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = GeneratorConfig(args.date or cal.today_ist(), args.seed, args.scale)
+    started = time.perf_counter()
+    rows = write_master(config, args.out)
+    elapsed = time.perf_counter() - started
+    print(f"wrote {rows} rows to {args.out} and {prices_path_for(args.out)} in {elapsed:.2f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,7 +20,9 @@ from services.registry.server import create_server
 from services.registry.servicer import MasterConfig
 from services.registry.sources import from_generator
 
-TRADING_DATE = date(2026, 11, 23)  # a Monday: NIFTY's weekly expires the next day
+TRADING_DATE = date(2026, 11, 20)  # a Friday
+# Tuesday 2026-11-24 is an exchange holiday (Guru Nanak Jayanti): the weekly moves to Monday.
+NIFTY_WEEKLY = "2026-11-23"
 
 
 @dataclass
@@ -41,7 +43,8 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 async def running_registry(conninfo: str, masters_dir: Path, trading_date: date = TRADING_DATE) -> AsyncIterator[RegistryUnderTest]:
     settings = dataclasses.replace(Settings(), auth_mode="api_key", data_dir=masters_dir.parent, master_scale="small")
     pool = await open_pool(conninfo, max_size=4)
-    app, holder, config = create_server(settings, pool)
+    registry = create_server(settings, pool)
+    app, holder, config = registry.app, registry.holder, registry.config
     config.cache_dir = masters_dir
     await app.start()
     await holder.load(from_generator(masters_dir, trading_date, 7, "small"), trading_date)

@@ -14,7 +14,7 @@ from dataserver.registry.v1 import registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import clone_database
-from tests.registry_fixtures import TRADING_DATE, RegistryUnderTest, running_registry
+from tests.registry_fixtures import NIFTY_WEEKLY, TRADING_DATE, RegistryUnderTest, running_registry
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -125,7 +125,11 @@ async def test_search_bad_input(stub, registry) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     oversized = await stub.SearchInstruments(pb.SearchInstrumentsRequest(query="NIFTY", page_size=100_000), metadata=registry.user)
-    assert len(oversized.instruments) == 500
+    assert len(oversized.instruments) == min(500, oversized.total_size)
+    coerced = await stub.SearchInstruments(
+        pb.SearchInstrumentsRequest(query="A", page_size=100_000, exchange_segments=[]), metadata=registry.user
+    )
+    assert len(coerced.instruments) == min(500, coerced.total_size)
 
 
 async def test_get_instrument(stub, registry) -> None:
@@ -155,7 +159,7 @@ async def test_list_expiries(stub, registry) -> None:
     reply = await stub.ListExpiries(pb.ListExpiriesRequest(underlying_symbol="NIFTY", kind=pb.DERIVATIVE_KIND_OPTIONS), metadata=registry.user)
     dates = [e.expiry_date for e in reply.expiries]
     assert dates == sorted(dates) and dates[0] >= TRADING_DATE.isoformat()
-    assert dates[0] == "2026-11-24"  # NIFTY weekly: Tuesday
+    assert dates[0] == NIFTY_WEEKLY
     assert all(e.has_options and e.strike_count > 0 for e in reply.expiries)
     paged = await stub.ListExpiries(pb.ListExpiriesRequest(underlying_symbol="NIFTY", page_size=1), metadata=registry.user)
     assert len(paged.expiries) == 1 and paged.next_page_token
@@ -171,11 +175,14 @@ async def test_option_chain_window_around_atm(stub, registry) -> None:
         pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_912.4, strikes_each_side=5),
         metadata=registry.user,
     )
-    assert reply.expiry_date == "2026-11-24"
+    assert reply.expiry_date == NIFTY_WEEKLY
     assert (reply.underlying.key.exchange_segment, reply.underlying.key.security_id) == (common_pb2.EXCHANGE_SEGMENT_IDX_I, 13)
     assert reply.atm_strike == 25_900 and reply.strike_step == 50
     assert reply.strike_count == 11 == len(reply.strikes)
-    assert [s.strike_price for s in reply.strikes] == [25_650 + 50 * i for i in range(11)]
+    strikes = [s.strike_price for s in reply.strikes]
+    # The window counts listed strikes: 50 apart near the money, wider further out.
+    assert strikes[5] == 25_900 and strikes == sorted(strikes)
+    assert strikes[4:7] == [25_850, 25_900, 25_950]
     for strike in reply.strikes:
         assert strike.call.option_type == common_pb2.OPTION_TYPE_CALL and strike.call.strike_price == strike.strike_price
         assert strike.put.option_type == common_pb2.OPTION_TYPE_PUT and strike.put.expiry_date == reply.expiry_date
@@ -215,7 +222,7 @@ async def test_option_chain_bad_input(stub, registry) -> None:
     malformed = pb.GetOptionChainRequest(underlying_symbol="NIFTY", expiry_date="24-11-2026", underlying_price=25_900)
     assert "YYYY-MM-DD" in await expect_status(stub.GetOptionChain(malformed, metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT)
     unlisted = pb.GetOptionChainRequest(underlying_symbol="NIFTY", expiry_date="2026-11-25", underlying_price=25_900)
-    assert "2026-11-24" in await expect_status(stub.GetOptionChain(unlisted, metadata=registry.user), grpc.StatusCode.NOT_FOUND)
+    assert NIFTY_WEEKLY in await expect_status(stub.GetOptionChain(unlisted, metadata=registry.user), grpc.StatusCode.NOT_FOUND)
     wide = pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_900, strikes_each_side=201)
     assert "1..200" in await expect_status(stub.GetOptionChain(wide, metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT)
     unknown = pb.GetOptionChainRequest(underlying_symbol="NOSUCH", underlying_price=100)

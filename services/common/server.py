@@ -17,9 +17,15 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
+from services.common.config import Settings, load_settings
+from services.common.db import open_pool, resolve_database_url
 from services.common.interceptors import ServerInterceptor
+from services.common.jsonlog import configure_logging
+from services.common.metrics import start_metrics_server
+from services.common.migrate import migrate
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,9 @@ class GrpcApp:
     service_names: tuple[str, ...]
     port: int
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The service's own dependencies (a loaded master, an upstream stream); health says
+    # SERVING only after this returns.
+    until_ready: Callable[[], Awaitable[None]] | None = None
 
     @property
     def address(self) -> str:
@@ -97,3 +106,36 @@ async def run_until_signalled(app: GrpcApp, grace: float) -> None:
     log.info("draining", extra={"grace_seconds": grace})
     await app.stop(grace)
     log.info("stopped")
+
+
+CreateApp = Callable[[Settings, AsyncConnectionPool | None], Awaitable[GrpcApp]]
+
+
+async def serve_service(
+    service: str,
+    default_port: int,
+    create: CreateApp,
+    *,
+    needs_database: bool = True,
+) -> None:
+    """The `serve()` of every service: config, logs, database, metrics, start, drain.
+
+    Health stays NOT_SERVING until the app's `until_ready` returns.
+    """
+    settings = load_settings(grpc_port=default_port)
+    configure_logging(service, settings.log_level)
+    pool: AsyncConnectionPool | None = None
+    if needs_database:
+        conninfo = resolve_database_url(settings)
+        await migrate(conninfo)
+        pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name=service)
+    app = await create(settings, pool)
+    if pool is not None:
+        app.on_stop.append(pool.close)
+    metrics_port = start_metrics_server(settings.metrics_port, settings.grpc_host)
+    await app.start()
+    log.info("started", extra={"port": app.port, "metrics_port": metrics_port})
+    if app.until_ready is not None:
+        await app.until_ready()
+    await app.set_serving(True)
+    await run_until_signalled(app, settings.shutdown_grace_seconds)

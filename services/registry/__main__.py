@@ -1,3 +1,3 @@
-from services.registry.server import main
+from services.registry.server import serve
 
-main()
+serve()

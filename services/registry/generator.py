@@ -59,6 +59,10 @@ class GeneratorConfig:
     seed: int = 7
     scale: Scale = "full"
 
+    def __post_init__(self) -> None:
+        if self.scale not in ("full", "small"):
+            raise ValueError(f"scale must be 'full' or 'small', not {self.scale!r}")
+
 
 # --- underlyings ----------------------------------------------------------------------
 
@@ -370,55 +374,68 @@ class _IdAllocator:
         return str(self._next - 1)
 
 
+# Month abbreviations as Dhan writes them; strftime('%b') would follow the locale.
+_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 @dataclass(frozen=True)
 class _Chain:
-    """Constant fields of every row of one underlying and expiry."""
+    """Text shared by every row of one underlying and expiry, formatted once."""
 
     exchange: str  # NSE/BSE/MCX
     segment: str  # D or M
     symbol: str
     lot: str
-    expiry: date
     flag: str
     series: str  # MCX rows carry series '2' and the symbol name; NSE/BSE leave both empty
     symbol_name: str
+    expiry_text: str  # '2026-11-24 14:30:00'
+    symbol_month: str  # 'NIFTY-Nov2026' (MCX: 'CRUDEOIL-19Nov2026')
+    custom_month: str  # 'NIFTY NOV' for futures
+    custom_day_month: str  # 'NIFTY 24 NOV' for options
 
-    @property
-    def expiry_text(self) -> str:
-        return f"{self.expiry.isoformat()} {'23:30:00' if self.exchange == 'MCX' else '14:30:00'}"
-
-    @property
-    def month_text(self) -> str:
-        """Trading-symbol month: 'Nov2026' (NSE/BSE), '19Nov2026' (MCX carries the day)."""
-        fmt = "%d%b%Y" if self.exchange == "MCX" else "%b%Y"
-        return self.expiry.strftime(fmt)
+    @classmethod
+    def make(cls, exchange: str, symbol: str, lot: str, expiry: date, flag: str) -> _Chain:
+        mcx = exchange == "MCX"
+        month = _MONTHS[expiry.month - 1]
+        day = f"{expiry.day:02d}"
+        return cls(
+            exchange=exchange,
+            segment="M" if mcx else "D",
+            symbol=symbol,
+            lot=lot,
+            flag=flag,
+            series="2" if mcx else "",
+            symbol_name=symbol if mcx else "",
+            expiry_text=f"{expiry.isoformat()} {'23:30:00' if mcx else '14:30:00'}",
+            symbol_month=f"{symbol}-{day if mcx else ''}{month}{expiry.year}",
+            custom_month=f"{symbol} {month.upper()}",
+            custom_day_month=f"{symbol} {day} {month.upper()}",
+        )
 
 
 def _future_row(chain: _Chain, sid: str, instrument: str, tick_paise: int) -> list[str]:
     mcx = chain.exchange == "MCX"
     return [
-        chain.exchange, chain.segment, sid, instrument, "0",
-        f"{chain.symbol}-{chain.month_text}-FUT", chain.lot,
-        f"{chain.symbol} {chain.expiry.strftime('%b').upper()} FUT", chain.expiry_text,
-        "0.00000" if mcx else "-0.01000", "XX", f"{tick_paise:.4f}", chain.flag,
-        "FUTCOM" if mcx else "FUT", chain.series, chain.symbol_name,
+        chain.exchange, chain.segment, sid, instrument, "0", f"{chain.symbol_month}-FUT", chain.lot,
+        f"{chain.custom_month} FUT", chain.expiry_text, "0.00000" if mcx else "-0.01000", "XX",
+        f"{tick_paise:.4f}", chain.flag, "FUTCOM" if mcx else "FUT", chain.series, chain.symbol_name,
     ]  # fmt: skip
 
 
-def _option_rows(chain: _Chain, sid_ce: str, sid_pe: str, instrument: str, strike: float, tick_paise: int) -> tuple[list[str], list[str]]:
+def _option_pair(chain: _Chain, sids: tuple[str, str], instrument: str, strike: float, tick: str) -> tuple[list[str], list[str]]:
+    """CE and PE rows of one strike; `tick` is the formatted tick size."""
     k = _strike_text(strike)
-    day_month = chain.expiry.strftime("%d %b").upper()
+    strike_text = f"{strike:.5f}"
     exch_type = "OPTFUT" if chain.exchange == "MCX" else "OP"
-    head = [chain.exchange, chain.segment]
-    tail_common = (chain.expiry_text, f"{strike:.5f}")
-    rows = []
-    for sid, opt, word in ((sid_ce, "CE", "CALL"), (sid_pe, "PE", "PUT")):
-        rows.append([
-            *head, sid, instrument, "0", f"{chain.symbol}-{chain.month_text}-{k}-{opt}", chain.lot,
-            f"{chain.symbol} {day_month} {k} {word}", *tail_common, opt, f"{tick_paise:.4f}",
-            chain.flag, exch_type, chain.series, chain.symbol_name,
-        ])  # fmt: skip
-    return rows[0], rows[1]
+    ce = [
+        chain.exchange, chain.segment, sids[0], instrument, "0", f"{chain.symbol_month}-{k}-CE", chain.lot,
+        f"{chain.custom_day_month} {k} CALL", chain.expiry_text, strike_text, "CE", tick, chain.flag,
+        exch_type, chain.series, chain.symbol_name,
+    ]  # fmt: skip
+    pe = ce.copy()
+    pe[2], pe[5], pe[7], pe[10] = sids[1], f"{chain.symbol_month}-{k}-PE", f"{chain.custom_day_month} {k} PUT", "PE"
+    return ce, pe
 
 
 def _option_chain(
@@ -433,9 +450,10 @@ def _option_chain(
 ) -> Iterator[Contract]:
     """CE and PE at each strike, ascending; Black-76 prices with the smile."""
     seg = feed_segment(chain.exchange, chain.segment)
+    tick = f"{tick_paise:.4f}"
     for strike in strikes:
         call, put = black76(forward, strike, t, _smile_vol(base_vol, strike, forward, t), RISK_FREE_RATE)
-        ce, pe = _option_rows(chain, ids.take(), ids.take(), instrument, strike, tick_paise)
+        ce, pe = _option_pair(chain, (ids.take(), ids.take()), instrument, strike, tick)
         yield Contract(ce, seg, _tick_price(call, tick_paise))
         yield Contract(pe, seg, _tick_price(put, tick_paise))
 
@@ -446,7 +464,7 @@ def _index_contracts(spec: IndexSpec, profile: _Profile, config: GeneratorConfig
     expiries = cal.expiries_for(spec.symbol, config.trading_date)[: profile.index_expiry_limit]
     futures_left = cal.expiry_rule(spec.symbol).monthly_count
     for expiry, flag in expiries:
-        chain = _Chain(spec.exchange, "D", spec.symbol, f"{spec.lot:.1f}", expiry, flag, "", "")
+        chain = _Chain.make(spec.exchange, spec.symbol, f"{spec.lot:.1f}", expiry, flag)
         t = _years_to(expiry, config.trading_date)
         forward = spot * math.exp(RISK_FREE_RATE * t)
         if flag == "M" and futures_left > 0:
@@ -466,7 +484,7 @@ def _stock_contracts(stock: FnoStock, profile: _Profile, config: GeneratorConfig
     f = profile.grid_factor
     strikes = strike_grid(spot, step, 2 * step, STOCK_NEAR_PCT * f, STOCK_FAR_PCT * f)
     for expiry, flag in cal.expiries_for(stock.symbol, config.trading_date):
-        chain = _Chain("NSE", "D", stock.symbol, f"{stock.lot:.1f}", expiry, flag, "", "")
+        chain = _Chain.make("NSE", stock.symbol, f"{stock.lot:.1f}", expiry, flag)
         t = _years_to(expiry, config.trading_date)
         forward = spot * math.exp(RISK_FREE_RATE * t)
         row = _future_row(chain, ids.take(), "FUTSTK", stock.fut_tick_paise)
@@ -478,13 +496,13 @@ def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig, id
     """FUTCOM for the next 3 months, each followed by its OPTFUT chain if still alive."""
     spot = underlying_price(spec.symbol, config)
     for fut_expiry in cal.mcx_future_expiries(spec.symbol, config.trading_date, cal.MCX_FUTURES_COUNT):
-        fut_chain = _Chain("MCX", "M", spec.symbol, "1.0", fut_expiry, "M", "2", spec.symbol)
+        fut_chain = _Chain.make("MCX", spec.symbol, "1.0", fut_expiry, "M")
         fut_price = _tick_price(spot * math.exp(MCX_CARRY * _years_to(fut_expiry, config.trading_date)), spec.fut_tick_paise)
         yield Contract(_future_row(fut_chain, ids.take(), "FUTCOM", spec.fut_tick_paise), "MCX_COMM", fut_price)
         opt_expiry = cal.mcx_option_expiry(fut_expiry)
         if opt_expiry < config.trading_date:
             continue
-        opt_chain = _Chain("MCX", "M", spec.symbol, "1.0", opt_expiry, "M", "2", spec.symbol)
+        opt_chain = _Chain.make("MCX", spec.symbol, "1.0", opt_expiry, "M")
         pct = spec.range_pct * profile.grid_factor
         strikes = strike_grid(fut_price, spec.step, spec.step, pct, pct)
         t = _years_to(opt_expiry, config.trading_date)
@@ -559,6 +577,7 @@ def prices_path_for(master_path: Path) -> Path:
 def _temp_beside(target: Path) -> Path:
     """A temp file in the target's directory, so os.replace is an atomic rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; the master is meant to be read by other services
     os.close(fd)
     return Path(tmp)
 

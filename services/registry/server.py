@@ -3,33 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+from dataclasses import dataclass
 
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
-from services.common.config import Settings, load_settings
-from services.common.db import open_pool, resolve_database_url
-from services.common.jsonlog import configure_logging
+from services.common.config import Settings
 from services.common.market_calendar import today_ist
-from services.common.metrics import start_metrics_server
-from services.common.migrate import migrate
-from services.common.server import GrpcApp, build_app, run_until_signalled
+from services.common.server import GrpcApp, build_app, serve_service
 from services.registry.loader import MasterHolder
 from services.registry.prices import LastPriceSource, NoLastPrices
 from services.registry.servicer import MasterConfig, RegistryServicer
 from services.registry.store import RegistryStore
 
-log = logging.getLogger(__name__)
-
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 DEFAULT_PORT = 50051
 
 
-def create_server(
-    settings: Settings, pool: AsyncConnectionPool, *, prices: LastPriceSource | None = None
-) -> tuple[GrpcApp, MasterHolder, MasterConfig]:
+@dataclass
+class Registry:
+    app: GrpcApp
+    holder: MasterHolder
+    config: MasterConfig
+
+    async def load_initial_master(self) -> None:
+        """Serves today's master from Postgres if it is there, else loads the configured source."""
+        trading_date = today_ist()
+        if not await self.holder.restore(trading_date):
+            await self.holder.load(self.config.resolve(self.config.default_source, "", trading_date), trading_date)
+
+
+def create_server(settings: Settings, pool: AsyncConnectionPool, *, prices: LastPriceSource | None = None) -> Registry:
     store = RegistryStore(pool)
     holder = MasterHolder(store)
     config = MasterConfig(
@@ -47,31 +52,15 @@ def create_server(
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
     )
-    return app, holder, config
+    return Registry(app, holder, config)
 
 
-async def load_initial_master(holder: MasterHolder, config: MasterConfig) -> None:
-    """Serves today's master from Postgres if it is there, else loads the configured source."""
-    trading_date = today_ist()
-    if not await holder.restore(trading_date):
-        await holder.load(config.resolve(config.default_source, "", trading_date), trading_date)
+async def _create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcApp:
+    assert pool is not None
+    registry = create_server(settings, pool)
+    registry.app.until_ready = registry.load_initial_master
+    return registry.app
 
 
-async def serve() -> None:
-    settings = load_settings(grpc_port=DEFAULT_PORT)
-    configure_logging("registry", settings.log_level)
-    conninfo = resolve_database_url(settings)
-    await migrate(conninfo)
-    pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name="registry")
-    app, holder, config = create_server(settings, pool)
-    app.on_stop.append(pool.close)
-    metrics_port = start_metrics_server(settings.metrics_port, settings.grpc_host)
-    await app.start()
-    log.info("registry started", extra={"port": app.port, "metrics_port": metrics_port})
-    await load_initial_master(holder, config)
-    await app.set_serving(True)
-    await run_until_signalled(app, settings.shutdown_grace_seconds)
-
-
-def main() -> None:
-    asyncio.run(serve())
+def serve() -> None:
+    asyncio.run(serve_service("registry", DEFAULT_PORT, _create))

@@ -1,0 +1,15 @@
+"""python -m services.feed gateway|shard"""
+
+import asyncio
+import sys
+
+from services.common.server import serve_service
+from services.feed import gateway_server, shard_server
+
+ROLES = {"gateway": (gateway_server, True), "shard": (shard_server, False)}
+
+role = sys.argv[1] if len(sys.argv) > 1 else ""
+if role not in ROLES:
+    sys.exit(f"usage: python -m services.feed {{{'|'.join(ROLES)}}}")
+module, needs_database = ROLES[role]
+asyncio.run(serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=needs_database))

@@ -1,0 +1,3 @@
+from services.subscription.server import serve
+
+serve()

@@ -42,8 +42,10 @@ class MasterSummary:
     duplicate_keys: int = 0
     generated_ids: set[int] = field(default_factory=set)
     option_sides: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
-    # (underlying, expiry, option type) -> [(strike, security id)]
-    chains: dict[tuple[str, str, str], list[tuple[float, int]]] = field(default_factory=lambda: defaultdict(list))
+    # (underlying, expiry, option type) -> [(strike, (feed segment, security id))]
+    chains: dict[tuple[str, str, str], list[tuple[float, tuple[str, int]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     special_rows: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     instruments: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lots: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -70,7 +72,7 @@ def _summarise(path: Path, prices_path: Path, returned: int) -> MasterSummary:
             if row[10] in ("CE", "PE"):
                 underlying = row[5].split("-", 1)[0]
                 summary.option_sides[(row[5].rsplit("-", 1)[0], row[8], row[9])].add(row[10])
-                summary.chains[(underlying, row[8][:10], row[10])].append((float(row[9]), int(row[2])))
+                summary.chains[(underlying, row[8][:10], row[10])].append((float(row[9]), key))
             if key in (("NSE_EQ", 2885), ("IDX_I", 13), ("BSE_EQ", 500325)):
                 summary.special_rows[key] = row
     with prices_path.open(newline="", encoding="utf-8") as fh:
@@ -126,15 +128,20 @@ def test_every_equity_and_index_of_the_extract_is_kept(full: MasterSummary) -> N
 
 def test_real_rows_are_written_back_in_dhan_number_format(full: MasterSummary) -> None:
     assert full.special_rows[("NSE_EQ", 2885)] == (
-        "NSE,E,2885,EQUITY,0,RELIANCE,1.0,Reliance Industries,,,,10.0000,NA,ES,EQ,RELIANCE INDUSTRIES LTD".split(",")
-    )
+        "NSE,E,2885,EQUITY,0,RELIANCE,1.0,Reliance Industries,,,,10.0000,NA,ES,EQ,"
+        "RELIANCE INDUSTRIES LTD"
+    ).split(",")
     # Identical to the example row of the protocol reference.
-    assert full.special_rows[("IDX_I", 13)] == "NSE,I,13,INDEX,0,NIFTY,1.0,Nifty 50,0001-01-01,,XX,0.0500,,INDEX,X,NIFTY".split(",")
+    nifty = "NSE,I,13,INDEX,0,NIFTY,1.0,Nifty 50,0001-01-01,,XX,0.0500,,INDEX,X,NIFTY"
+    assert full.special_rows[("IDX_I", 13)] == nifty.split(",")
     assert full.special_rows[("BSE_EQ", 500325)][5] == "RELIANCE"
 
 
 def test_index_lot_sizes(full: MasterSummary) -> None:
-    expected = {"NIFTY": "65.0", "BANKNIFTY": "30.0", "FINNIFTY": "60.0", "MIDCPNIFTY": "120.0", "SENSEX": "20.0", "BANKEX": "30.0"}
+    expected = {
+        "NIFTY": "65.0", "BANKNIFTY": "30.0", "FINNIFTY": "60.0",
+        "MIDCPNIFTY": "120.0", "SENSEX": "20.0", "BANKEX": "30.0",
+    }  # fmt: skip
     for name, lot in expected.items():
         assert full.lots[name] == {lot}, name
     assert full.lots["RELIANCE"] == {"500.0"}  # from the stock-futures extract
@@ -175,19 +182,17 @@ def test_sidecar_prices_cover_every_row_and_are_positive(full: MasterSummary) ->
 
 
 def test_calls_fall_and_puts_rise_with_strike(full: MasterSummary) -> None:
-    def prices(underlying: str, expiry: str, side: str, segment: str) -> list[float]:
-        chain = sorted(full.chains[(underlying, expiry, side)])
-        assert chain, (underlying, expiry, side)
-        return [full.prices[(segment, sid)] for _, sid in chain]
+    def prices(chain_key: tuple[str, str, str]) -> list[float]:
+        return [full.prices[key] for _, key in sorted(full.chains[chain_key])]
 
-    calls = prices("NIFTY", "2026-12-29", "CE", "NSE_FNO")
+    calls = prices(("NIFTY", "2026-12-29", "CE"))
     assert all(a >= b for a, b in zip(calls, calls[1:]))
     assert calls[0] > calls[-1]
-    for (underlying, expiry, side), chain in full.chains.items():
-        segment = "BSE_FNO" if underlying in ("SENSEX", "BANKEX") else "MCX_COMM" if underlying in ("CRUDEOIL", "NATURALGAS") else "NSE_FNO"
-        values = [full.prices[(segment, sid)] for _, sid in sorted(chain)]
-        pairs = list(zip(values, values[1:]))
-        assert all(a >= b for a, b in pairs) if side == "CE" else all(a <= b for a, b in pairs), (underlying, expiry)
+    for chain_key in full.chains:  # and every other chain, both sides
+        values = prices(chain_key)
+        if chain_key[2] == "PE":
+            values.reverse()
+        assert all(a >= b for a, b in zip(values, values[1:])), chain_key
 
 
 # --- small master, formats, determinism ----------------------------------------------
@@ -256,7 +261,9 @@ def test_a_different_seed_changes_prices(small_prices: dict[tuple[str, int], flo
     assert other[("IDX_I", 13)] == small_prices[("IDX_I", 13)] == 25_900.0
 
 
-def test_reference_prices_match_the_sidecar(small_prices: dict[tuple[str, int], float], tmp_path: Path) -> None:
+def test_reference_prices_match_the_sidecar(
+    small_prices: dict[tuple[str, int], float], tmp_path: Path
+) -> None:
     out = tmp_path / "master.csv"
     count = gen.write_master(SMALL, out)
     with out.with_name("master.prices.csv").open(newline="") as fh:

@@ -16,7 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.conftest import clone_database
 from tests.registry_fixtures import NIFTY_WEEKLY, TRADING_DATE, RegistryUnderTest, running_registry
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NSE_EQ = common_pb2.EXCHANGE_SEGMENT_NSE_EQ
 

@@ -116,6 +116,10 @@ class _RpcScope:
         except AbortError:
             outcome.code = context.code() or grpc.StatusCode.UNKNOWN
             raise
+        except NotImplementedError:
+            # The generated base servicer's answer for an RPC a service does not implement yet.
+            outcome.code = grpc.StatusCode.UNIMPLEMENTED
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{self._method} is not implemented yet")
         except (asyncio.CancelledError, GeneratorExit):
             outcome.code = grpc.StatusCode.CANCELLED
             raise

@@ -50,6 +50,8 @@ class GrpcApp:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        # The health servicer starts out SERVING; nothing is ready before `until_ready`.
+        await self.set_serving(False)
         await self.server.start()
 
     async def set_serving(self, serving: bool) -> None:

@@ -7,6 +7,7 @@ readers never see a half-loaded master.
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date
@@ -84,9 +85,12 @@ class Catalog:
         self.by_key: dict[InstrumentId, InstrumentRecord] = {}
         self.by_symbol: dict[str, list[InstrumentRecord]] = defaultdict(list)
         self.groups: dict[str, UnderlyingGroup] = {}
+        upper_symbols: list[str] = []
         for record in records:
             self.by_key[record.key] = record
-            self.by_symbol[record.trading_symbol.upper()].append(record)
+            upper = record.trading_symbol.upper()
+            upper_symbols.append(upper)
+            self.by_symbol[upper].append(record)
             group = self.groups.get(record.underlying_symbol)
             if group is None:
                 group = self.groups[record.underlying_symbol] = UnderlyingGroup(record.underlying_symbol)
@@ -96,7 +100,7 @@ class Catalog:
             matches.sort(key=lambda r: (r.kind_rank, _order_key(r)))
         for group in self.groups.values():
             self._index_group(group)
-        self._build_text_indexes()
+        self._build_text_indexes(upper_symbols)
 
     def _index_group(self, group: UnderlyingGroup) -> None:
         for kind_records in group.by_kind:
@@ -122,7 +126,7 @@ class Catalog:
             listing.strikes = sorted(listing.calls.keys() | listing.puts.keys())
             group.expiries[listing.expiry].strike_count = len(listing.strikes)
 
-    def _build_text_indexes(self) -> None:
+    def _build_text_indexes(self, upper_symbols: list[str]) -> None:
         # Prefix indexes as sorted parallel lists: compact, and bisect does the search.
         symbols = sorted(self.groups)
         self.group_symbols: list[str] = symbols
@@ -139,10 +143,9 @@ class Catalog:
         names.sort()
         self.name_keys: list[str] = [name for name, _ in names]
         self.name_owners: list[str] = [owner for _, owner in names]
+        # Shares the upper-cased strings of by_symbol rather than making a third copy.
         derivatives = sorted(
-            (record.trading_symbol.upper(), index)
-            for index, record in enumerate(self.records)
-            if record.kind_rank >= 2
+            (upper_symbols[index], index) for index, record in enumerate(self.records) if record.kind_rank >= 2
         )
         self.derivative_symbols: list[str] = [symbol for symbol, _ in derivatives]
         self.derivative_positions: list[int] = [index for _, index in derivatives]
@@ -158,6 +161,21 @@ class Catalog:
                 if display != group.symbol:
                     self.fuzzy_choices.append(display)
                     self.fuzzy_owners.append(group.symbol)
+        self.fuzzy_trigrams: dict[str, array[int]] = defaultdict(lambda: array("I"))
+        for position, choice in enumerate(self.fuzzy_choices):
+            for gram in trigrams(choice):
+                self.fuzzy_trigrams[gram].append(position)
+        self.fuzzy_trigrams = dict(self.fuzzy_trigrams)
+
+    def fuzzy_candidates(self, text: str) -> list[int]:
+        """Choices sharing enough trigrams with `text` to be worth scoring: a typo keeps most
+        of a word's trigrams, and scoring a few hundred choices beats scoring all of them."""
+        grams = trigrams(text)
+        hits: Counter[int] = Counter()
+        for gram in grams:
+            hits.update(self.fuzzy_trigrams.get(gram, ()))
+        needed = max(1, len(grams) // 3)
+        return sorted(position for position, count in hits.items() if count >= needed)
 
     def symbols_with_prefix(self, prefix: str) -> list[str]:
         start = bisect.bisect_left(self.group_symbols, prefix)
@@ -173,6 +191,11 @@ class Catalog:
         start = bisect.bisect_left(self.derivative_symbols, prefix)
         end = bisect.bisect_left(self.derivative_symbols, prefix + "\uffff")
         return [self.records[i] for i in self.derivative_positions[start:end]]
+
+
+def trigrams(text: str) -> set[str]:
+    padded = f" {text} "
+    return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
 
 def _word_starts(name: str) -> list[int]:

@@ -256,7 +256,9 @@ def _tick_price(value: float, tick_paise: int) -> float:
 # --- strike grids ---------------------------------------------------------------------
 
 
-def strike_grid(spot: float, near_step: float, far_step: float, near_pct: float, far_pct: float) -> list[float]:
+def strike_grid(
+    spot: float, near_step: float, far_step: float, near_pct: float, far_pct: float
+) -> list[float]:
     """Multiples of near_step within +-near_pct of spot, of far_step out to +-far_pct."""
     strikes: set[float] = set()
     for step, pct in ((near_step, near_pct), (far_step, far_pct)):
@@ -423,7 +425,9 @@ def _future_row(chain: _Chain, sid: str, instrument: str, tick_paise: int) -> li
     ]  # fmt: skip
 
 
-def _option_pair(chain: _Chain, sids: tuple[str, str], instrument: str, strike: float, tick: str) -> tuple[list[str], list[str]]:
+def _option_pair(
+    chain: _Chain, sids: tuple[str, str], instrument: str, strike: float, tick: str
+) -> tuple[list[str], list[str]]:
     """CE and PE rows of one strike; `tick` is the formatted tick size."""
     k = _strike_text(strike)
     strike_text = f"{strike:.5f}"
@@ -434,7 +438,8 @@ def _option_pair(chain: _Chain, sids: tuple[str, str], instrument: str, strike: 
         exch_type, chain.series, chain.symbol_name,
     ]  # fmt: skip
     pe = ce.copy()
-    pe[2], pe[5], pe[7], pe[10] = sids[1], f"{chain.symbol_month}-{k}-PE", f"{chain.custom_day_month} {k} PUT", "PE"
+    pe[2], pe[10] = sids[1], "PE"
+    pe[5], pe[7] = f"{chain.symbol_month}-{k}-PE", f"{chain.custom_day_month} {k} PUT"
     return ce, pe
 
 
@@ -458,7 +463,9 @@ def _option_chain(
         yield Contract(pe, seg, _tick_price(put, tick_paise))
 
 
-def _index_contracts(spec: IndexSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
+def _index_contracts(
+    spec: IndexSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator
+) -> Iterator[Contract]:
     """FUTIDX on the first 3 monthlies, OPTIDX on every listed expiry."""
     spot = underlying_price(spec.symbol, config)
     expiries = cal.expiries_for(spec.symbol, config.trading_date)[: profile.index_expiry_limit]
@@ -472,11 +479,14 @@ def _index_contracts(spec: IndexSpec, profile: _Profile, config: GeneratorConfig
             row = _future_row(chain, ids.take(), "FUTIDX", spec.fut_tick_paise)
             yield Contract(row, feed_segment(spec.exchange, "D"), _tick_price(forward, spec.fut_tick_paise))
         factor = _index_range_factor((expiry - config.trading_date).days) * profile.grid_factor
-        strikes = strike_grid(spot, spec.near_step, spec.far_step, spec.near_pct * factor, spec.far_pct * factor)
+        near, far = spec.near_pct * factor, spec.far_pct * factor
+        strikes = strike_grid(spot, spec.near_step, spec.far_step, near, far)
         yield from _option_chain(chain, ids, "OPTIDX", strikes, forward, t, spec.vol, INDEX_OPTION_TICK_PAISE)
 
 
-def _stock_contracts(stock: FnoStock, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
+def _stock_contracts(
+    stock: FnoStock, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator
+) -> Iterator[Contract]:
     """FUTSTK + OPTSTK on the next 3 monthly expiries."""
     spot = underlying_price(stock.symbol, config)
     vol = _stock_vol(stock.symbol, config)
@@ -492,13 +502,17 @@ def _stock_contracts(stock: FnoStock, profile: _Profile, config: GeneratorConfig
         yield from _option_chain(chain, ids, "OPTSTK", strikes, forward, t, vol, STOCK_OPTION_TICK_PAISE)
 
 
-def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
+def _mcx_contracts(
+    spec: McxSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator
+) -> Iterator[Contract]:
     """FUTCOM for the next 3 months, each followed by its OPTFUT chain if still alive."""
     spot = underlying_price(spec.symbol, config)
     for fut_expiry in cal.mcx_future_expiries(spec.symbol, config.trading_date, cal.MCX_FUTURES_COUNT):
         fut_chain = _Chain.make("MCX", spec.symbol, "1.0", fut_expiry, "M")
-        fut_price = _tick_price(spot * math.exp(MCX_CARRY * _years_to(fut_expiry, config.trading_date)), spec.fut_tick_paise)
-        yield Contract(_future_row(fut_chain, ids.take(), "FUTCOM", spec.fut_tick_paise), "MCX_COMM", fut_price)
+        carry = math.exp(MCX_CARRY * _years_to(fut_expiry, config.trading_date))
+        fut_price = _tick_price(spot * carry, spec.fut_tick_paise)
+        fut_row = _future_row(fut_chain, ids.take(), "FUTCOM", spec.fut_tick_paise)
+        yield Contract(fut_row, "MCX_COMM", fut_price)
         opt_expiry = cal.mcx_option_expiry(fut_expiry)
         if opt_expiry < config.trading_date:
             continue
@@ -506,7 +520,9 @@ def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig, id
         pct = spec.range_pct * profile.grid_factor
         strikes = strike_grid(fut_price, spec.step, spec.step, pct, pct)
         t = _years_to(opt_expiry, config.trading_date)
-        yield from _option_chain(opt_chain, ids, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise)
+        yield from _option_chain(
+            opt_chain, ids, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise
+        )
 
 
 def _select_equities(rows: list[list[str]], profile: _Profile) -> list[list[str]]:
@@ -614,7 +630,9 @@ def write_master(config: GeneratorConfig, path: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate a Dhan compact scrip master.")
-    parser.add_argument("--date", type=date.fromisoformat, default=None, help="trading date (default: today IST)")
+    parser.add_argument(
+        "--date", type=date.fromisoformat, default=None, help="trading date (default: today IST)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--scale", choices=("full", "small"), default="full")
     parser.add_argument("--out", type=Path, required=True)
@@ -623,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows = write_master(config, args.out)
     elapsed = time.perf_counter() - started
-    print(f"wrote {rows} rows to {args.out} and {prices_path_for(args.out)} in {elapsed:.2f}s", file=sys.stderr)
+    sidecar = prices_path_for(args.out)
+    print(f"wrote {rows} rows to {args.out} and {sidecar} in {elapsed:.2f}s", file=sys.stderr)
     return 0
 
 

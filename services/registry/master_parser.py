@@ -131,7 +131,7 @@ def _record(cells: list[str], columns: Mapping[str, int]) -> InstrumentRecord | 
     if "NSETEST" in trading_symbol:
         return f"exchange test instrument {trading_symbol!r} skipped"
     try:
-        security_id = int(float(cell("security_id")))
+        security_id = int(_number(cell("security_id"), "security id"))
         if security_id <= 0:
             return f"security id {cell('security_id')!r} is not positive"
         lot_size = _number(cell("lot_size") or "1", "lot size")

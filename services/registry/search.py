@@ -82,10 +82,12 @@ def _matching_groups(catalog: Catalog, text: str) -> list[UnderlyingGroup]:
 
 
 def _fuzzy_groups(catalog: Catalog, text: str) -> list[UnderlyingGroup]:
-    matches = process.extract(
-        text, catalog.fuzzy_choices, scorer=fuzz.WRatio, limit=_FUZZY_LIMIT * 2, score_cutoff=_FUZZY_CUTOFF
-    )
-    owners = dict.fromkeys(catalog.fuzzy_owners[index] for _, _, index in matches)
+    candidates = catalog.fuzzy_candidates(text)
+    choices = {position: catalog.fuzzy_choices[position] for position in candidates}
+    matches = process.extract(text, choices, scorer=fuzz.WRatio, limit=_FUZZY_LIMIT * 2, score_cutoff=_FUZZY_CUTOFF)
+    # Best score first; equal scores keep catalog order so results are stable.
+    matches.sort(key=lambda match: (-match[1], match[2]))
+    owners = dict.fromkeys(catalog.fuzzy_owners[position] for _, _, position in matches)
     return [catalog.groups[s] for s in itertools.islice(owners, _FUZZY_LIMIT)]
 
 

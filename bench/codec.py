@@ -1,0 +1,105 @@
+"""Feed codec benchmark: decoding Full packets, ours against the official client's.
+
+N Full packets (random but realistic values, 1,000 distinct packets cycled) are decoded
+into complete records, every field and all five depth levels materialised:
+
+- ours: ``services.feed.codec.decode_frame`` per frame (one packet per frame, as Dhan sends
+  them), giving a FullPacket NamedTuple with five DepthLevel records;
+- official: ``dhanhq`` 2.3.0 ``MarketFeed.process_full`` on the same bytes (a dict with
+  2-decimal price strings and an HH:MM:SS time string).
+
+Both run in the same process, interleaved over ROUNDS rounds; the best round of each is
+reported (packets/s) and their ratio against RATIO_TARGET. A few packets are checked to
+decode to the same values first, so the two sides do comparable work.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.report import Report
+from services.feed import codec
+
+N = 200_000
+DISTINCT = 1_000
+ROUNDS = 3
+RATIO_TARGET = 10.0
+
+
+def _packets(seed: int = 11) -> list[bytes]:
+    rng = random.Random(seed)
+
+    def price() -> float:
+        return round(rng.uniform(0.05, 60_000), 2)
+
+    frames = []
+    for _ in range(DISTINCT):
+        ltp = price()
+        depth = [
+            codec.DepthLevel(rng.randrange(1, 500_000), rng.randrange(1, 500_000), rng.randrange(1, 400), rng.randrange(1, 400),
+                             round(ltp - 0.05 * (k + 1), 2), round(ltp + 0.05 * (k + 1), 2))
+            for k in range(5)
+        ]  # fmt: skip
+        frames.append(
+            codec.encode_full(
+                2, rng.randrange(35_000, 90_000), ltp, rng.choice((65, 130, 650)), rng.randrange(1_790_000_000, 1_790_030_000),
+                price(), rng.randrange(0, 2**31), rng.randrange(0, 10**8), rng.randrange(0, 10**8),
+                rng.randrange(0, 10**8), rng.randrange(0, 10**8), rng.randrange(0, 10**8),
+                price(), price(), price(), price(), depth,
+            )  # fmt: skip
+        )
+    return (frames * (N // DISTINCT + 1))[:N]
+
+
+def _time_ours(frames: Sequence[bytes], errors: codec.ProtocolErrors) -> float:
+    decode = codec.decode_frame
+    gc.collect()
+    started = time.perf_counter()
+    for frame in frames:
+        decode(frame, errors)
+    return time.perf_counter() - started
+
+
+def _time_official(decode: Callable[[bytes], Any], frames: Sequence[bytes]) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    for frame in frames:
+        decode(frame)
+    return time.perf_counter() - started
+
+
+def run(report: Report) -> None:
+    from dhanhq.marketfeed import MarketFeed
+
+    official = object.__new__(MarketFeed)  # decoders only; no context, loop or socket
+    official.on_close = None
+    frames = _packets()
+    errors = codec.ProtocolErrors()
+
+    # Same values on both sides for a sample (prices at the official 2-decimal rounding).
+    for frame in frames[:DISTINCT]:
+        (mine,) = codec.decode_frame(frame, errors)
+        theirs = official.process_full(frame)
+        assert (theirs["security_id"], theirs["LTP"], theirs["volume"]) == (mine.security_id, f"{mine.ltp:.2f}", mine.volume)
+        assert [d["bid_quantity"] for d in theirs["depth"]] == [d.bid_qty for d in mine.depth]
+    assert errors.malformed == 0
+
+    best_ours = best_official = float("inf")
+    for _ in range(ROUNDS):
+        best_ours = min(best_ours, _time_ours(frames, errors))
+        best_official = min(best_official, _time_official(official.process_full, frames))
+    ours_rate = N / best_ours
+    official_rate = N / best_official
+    report.note(f"{N} Full packets (162 bytes) decoded into complete records, best of {ROUNDS} interleaved rounds")
+    report.add("codec.full_decode_ours", ours_rate, "packets/s")
+    report.add("codec.full_decode_dhanhq", official_rate, "packets/s")
+    report.add("codec.full_decode_ratio", ours_rate / official_rate, "x", target=RATIO_TARGET, op=">=")
+    report.note(f"per packet: ours {best_ours / N * 1e9:.0f} ns, dhanhq process_full {best_official / N * 1e9:.0f} ns")
+
+
+if __name__ == "__main__":
+    run(Report())

@@ -45,6 +45,10 @@ class Settings:
     shard_id: int = 0
     shutdown_grace_seconds: float = 10.0
     db_pool_max_size: int = 10
+    # The gateway's shards, "host:port" each, in shard-id order.
+    gateway_shard_addrs: tuple[str, ...] = ()
+    # `make run` adds this to every fixed port, so a second stack (or a test) can run beside.
+    stack_port_offset: int = 0
 
     @property
     def dhan_credentials(self) -> bool:
@@ -108,6 +112,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         feed_instruments_per_connection=_int(env, "FEED_INSTRUMENTS_PER_CONNECTION", 5000, 1, 5000),
         shard_id=_int(env, "SHARD_ID", 0, 0, 4),
         db_pool_max_size=_int(env, "DB_POOL_MAX_SIZE", 10, 1, 200),
+        gateway_shard_addrs=tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
+        stack_port_offset=_int(env, "STACK_PORT_OFFSET", 0, 0, 10000),
     )
     if settings.effective_master_source == "file" and settings.master_file is None:
         raise ConfigError("MASTER_SOURCE=file needs MASTER_FILE, the path of a Dhan scrip-master CSV")

@@ -57,6 +57,7 @@ __all__ = [
     "DisconnectReason",
     "EMPTY_DEPTH",
     "EMPTY_LEVEL",
+    "FEED_REQUEST_CODES",
     "FeedMode",
     "FullPacket",
     "OIPacket",
@@ -81,6 +82,7 @@ __all__ = [
     "encode_quote",
     "encode_ticker",
     "parse_request",
+    "segment_name",
 ]
 
 # Dhan's LTT counts seconds since 1970-01-01 00:00 *IST* (a local-time epoch): a trade at

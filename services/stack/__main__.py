@@ -37,17 +37,24 @@ class Process:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def plan(shards: int) -> list[Process]:
+def plan(shards: int, offset: int = 0) -> list[Process]:
     py = sys.executable
+    shard_ports = [50060 + offset + n for n in range(shards)]
     processes = [
-        Process("registry", (py, "-m", "services.registry"), 50051, 9464),
-        Process("subscription", (py, "-m", "services.subscription"), 50052, 9465),
-        Process("gateway", (py, "-m", "services.feed", "gateway"), 50053, 9466),
-        Process("scheduler", (py, "-m", "services.scheduler"), 50055, 9467),
+        Process("registry", (py, "-m", "services.registry"), 50051 + offset, 9464 + offset),
+        Process("subscription", (py, "-m", "services.subscription"), 50052 + offset, 9465 + offset),
+        Process(
+            "gateway",
+            (py, "-m", "services.feed", "gateway"),
+            50053 + offset,
+            9466 + offset,
+            (("GATEWAY_SHARD_ADDRS", ",".join(f"127.0.0.1:{port}" for port in shard_ports)),),
+        ),
+        Process("scheduler", (py, "-m", "services.scheduler"), 50055 + offset, 9467 + offset),
     ]
     processes += [
-        Process(f"shard-{n}", (py, "-m", "services.feed", "shard"), 50060 + n, 9470 + n, (("SHARD_ID", str(n)),))
-        for n in range(shards)
+        Process(f"shard-{n}", (py, "-m", "services.feed", "shard"), port, 9470 + offset + n, (("SHARD_ID", str(n)),))
+        for n, port in enumerate(shard_ports)
     ]
     return processes
 
@@ -69,13 +76,14 @@ async def wait_serving(process: Process, deadline: float) -> None:
 
 
 def banner(processes: list[Process]) -> str:
+    registry = next(p for p in processes if p.name == "registry").grpc_port
     lines = ["", "dataserver is up:"]
     lines += [f"  {p.name:<13} grpc 127.0.0.1:{p.grpc_port:<6} metrics http://127.0.0.1:{p.metrics_port}/metrics" for p in processes]
     lines += [
         "",
         "Try (grpcurl needs no proto files; the server has reflection):",
-        "  grpcurl -plaintext -d '{\"query\": \"RELIANCE\", \"page_size\": 5}' 127.0.0.1:50051 dataserver.registry.v1.RegistryService/SearchInstruments",
-        "  grpcurl -plaintext -d '{\"underlying_symbol\": \"NIFTY\", \"use_last_price\": true, \"strikes_each_side\": 5}' 127.0.0.1:50051 dataserver.registry.v1.RegistryService/GetOptionChain",
+        f"  grpcurl -plaintext -d '{{\"query\": \"RELIANCE\", \"page_size\": 5}}' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/SearchInstruments",
+        f"  grpcurl -plaintext -d '{{\"underlying_symbol\": \"NIFTY\", \"use_last_price\": true, \"strikes_each_side\": 5}}' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/GetOptionChain",
         "",
         "Ctrl-C stops everything.",
     ]
@@ -87,7 +95,7 @@ async def run() -> int:
     configure_logging("stack", settings.log_level)
     conninfo = resolve_database_url(settings)
     await migrate(conninfo)
-    processes = plan(settings.feed_connections)
+    processes = plan(settings.feed_connections, settings.stack_port_offset)
     children: dict[str, subprocess.Popen[bytes]] = {}
     for process in processes:
         env = {

@@ -1,0 +1,56 @@
+"""`make run`'s supervisor brings the whole system up from nothing and stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from dataserver.registry.v1 import registry_pb2 as pb
+from dataserver.registry.v1 import registry_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.stack.__main__ import plan
+
+OFFSET = 3000
+
+
+def test_stack_comes_up_serves_and_stops(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATASERVER_DATA_DIR": str(tmp_path),
+        "MASTER_SCALE": "small",
+        "STACK_PORT_OFFSET": str(OFFSET),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("DATABASE_URL", None)
+    stack = subprocess.Popen([sys.executable, "-m", "services.stack"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert stack.stdout is not None
+        deadline = time.monotonic() + 150
+        banner: list[str] = []
+        for line in stack.stdout:
+            banner.append(line)
+            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
+                break
+        text = "".join(banner)
+        assert "dataserver is up" in text, text
+        registry_port = 50051 + OFFSET
+        assert f"127.0.0.1:{registry_port} dataserver.registry.v1.RegistryService/SearchInstruments" in text
+        for process in plan(5, OFFSET):
+            with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, process.name
+        with grpc.insecure_channel(f"127.0.0.1:{registry_port}") as channel:
+            found = registry_pb2_grpc.RegistryServiceStub(channel).SearchInstruments(
+                pb.SearchInstrumentsRequest(query="RELIANCE"), timeout=5
+            )
+        assert found.instruments[0].key.security_id == 2885
+        assert (tmp_path / "pgdata" / "PG_VERSION").is_file()
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        assert stack.wait(timeout=60) == 0

@@ -33,6 +33,7 @@ class RegistryUnderTest:
     config: MasterConfig
     admin: tuple[tuple[str, str], ...]
     user: tuple[tuple[str, str], ...]
+    address: str
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -53,7 +54,7 @@ async def running_registry(conninfo: str, masters_dir: Path, trading_date: date 
     user = await create_api_key(pool, "alice", "user")
     channel = grpc.aio.insecure_channel(app.address)
     try:
-        yield RegistryUnderTest(channel, pool, holder, config, bearer(admin), bearer(user))
+        yield RegistryUnderTest(channel, pool, holder, config, bearer(admin), bearer(user), app.address)
     finally:
         await channel.close()
         await app.stop(0)

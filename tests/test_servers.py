@@ -9,7 +9,6 @@ import grpc
 import pytest
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc, shard_pb2, shard_pb2_grpc
 from dataserver.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
@@ -19,7 +18,6 @@ from services.common.db import open_pool
 from services.common.server import GrpcApp, build_app
 from services.feed import gateway_server, shard_server
 from services.scheduler import server as scheduler_server
-from services.subscription import server as subscription_server
 
 
 SETTINGS = dataclasses.replace(Settings(), auth_mode="dev")
@@ -31,15 +29,11 @@ async def health_of(app: GrpcApp, service: str = "") -> int:
         return reply.status
 
 
-@pytest.mark.parametrize("which", ["subscription", "scheduler", "gateway", "shard"])
+@pytest.mark.parametrize("which", ["scheduler", "gateway", "shard"])
 async def test_unbuilt_services_start_serve_health_and_answer_unimplemented(which: str, database_url: str) -> None:
     pool = await open_pool(database_url, max_size=2)
     try:
         app, call = {
-            "subscription": lambda: (
-                subscription_server.create_server(SETTINGS, pool),
-                lambda ch: subscription_pb2_grpc.SubscriptionServiceStub(ch).GetSubscriptionStatus(subscription_pb2.GetSubscriptionStatusRequest()),
-            ),
             "scheduler": lambda: (
                 scheduler_server.create_server(SETTINGS, pool),
                 lambda ch: scheduler_pb2_grpc.SchedulerServiceStub(ch).ListJobs(scheduler_pb2.ListJobsRequest()),

@@ -45,6 +45,16 @@ class Settings:
     shard_id: int = 0
     shutdown_grace_seconds: float = 10.0
     db_pool_max_size: int = 10
+    # An API key this service presents to the others (api_key mode).
+    service_token: str | None = field(default=None, repr=False)
+    # Subscription policy.
+    stock_strikes_each_side: int = 12
+    index_strikes_each_side: int = 50
+    max_strikes_each_side: int = 100
+    user_max_items: int = 50
+    user_max_instruments: int = 5000
+    recenter_hysteresis_strikes: float = 1.0
+    move_settle_seconds: float = 2.0
     # The gateway's shards, "host:port" each, in shard-id order.
     gateway_shard_addrs: tuple[str, ...] = ()
     # `make run` adds this to every fixed port, so a second stack (or a test) can run beside.
@@ -74,6 +84,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer; expected {low}..{high}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; expected {low}..{high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; expected {low}..{high}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range; expected {low}..{high}")
     return value
@@ -112,9 +135,20 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         feed_instruments_per_connection=_int(env, "FEED_INSTRUMENTS_PER_CONNECTION", 5000, 1, 5000),
         shard_id=_int(env, "SHARD_ID", 0, 0, 4),
         db_pool_max_size=_int(env, "DB_POOL_MAX_SIZE", 10, 1, 200),
+        service_token=env.get("SERVICE_TOKEN") or None,
+        stock_strikes_each_side=_int(env, "STOCK_STRIKES_EACH_SIDE", 12, 1, 200),
+        index_strikes_each_side=_int(env, "INDEX_STRIKES_EACH_SIDE", 50, 1, 200),
+        max_strikes_each_side=_int(env, "MAX_STRIKES_EACH_SIDE", 100, 1, 200),
+        user_max_items=_int(env, "USER_MAX_ITEMS", 50, 1, 100_000),
+        user_max_instruments=_int(env, "USER_MAX_INSTRUMENTS", 5000, 1, 25_000),
+        recenter_hysteresis_strikes=_float(env, "RECENTER_HYSTERESIS_STRIKES", 1.0, 0.0, 50.0),
+        move_settle_seconds=_float(env, "MOVE_SETTLE_SECONDS", 2.0, 0.0, 600.0),
         gateway_shard_addrs=tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
         stack_port_offset=_int(env, "STACK_PORT_OFFSET", 0, 0, 10000),
     )
+    for name, width in (("STOCK", settings.stock_strikes_each_side), ("INDEX", settings.index_strikes_each_side)):
+        if width > settings.max_strikes_each_side:
+            raise ConfigError(f"{name}_STRIKES_EACH_SIDE={width} exceeds MAX_STRIKES_EACH_SIDE={settings.max_strikes_each_side}")
     if settings.effective_master_source == "file" and settings.master_file is None:
         raise ConfigError("MASTER_SOURCE=file needs MASTER_FILE, the path of a Dhan scrip-master CSV")
     if settings.effective_master_source == "dhan" and not settings.dhan_credentials:

@@ -10,10 +10,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
 from services.common.config import Settings
+from services.common.last_prices import GatewayLastPrices, LastPriceSource, NoLastPrices
 from services.common.market_calendar import today_ist
 from services.common.server import GrpcApp, build_app, serve_service
 from services.registry.loader import MasterHolder
-from services.registry.prices import LastPriceSource, NoLastPrices
 from services.registry.servicer import MasterConfig, RegistryServicer
 from services.registry.store import RegistryStore
 
@@ -57,7 +57,9 @@ def create_server(settings: Settings, pool: AsyncConnectionPool, *, prices: Last
 
 async def _create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcApp:
     assert pool is not None
-    registry = create_server(settings, pool)
+    prices = GatewayLastPrices(settings.gateway_addr, settings.service_token)
+    registry = create_server(settings, pool, prices=prices)
+    registry.app.on_stop.append(prices.close)
     registry.app.until_ready = registry.load_initial_master
     return registry.app
 

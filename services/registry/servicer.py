@@ -25,7 +25,7 @@ from services.registry.chain import chain_window
 from services.registry.convert import instrument_proto, master_status_proto
 from services.registry.loader import LoadedMaster, MasterHolder
 from services.registry.master_parser import MasterFormatError
-from services.registry.prices import LastPriceSource
+from services.common.last_prices import LastPriceSource
 from services.registry.search import SearchFilter, search
 from services.registry.store import RegistryStore
 

@@ -63,38 +63,54 @@ CREATE TABLE api_keys (
 );
 
 -- Tier A: one row per user's watchlist item (a unit: the underlying and its chain window).
+-- The unit's instruments are its rows in subscription_owners (owner_kind 'unit').
 CREATE TABLE watchlist_items (
     item_id                  bigserial PRIMARY KEY,
     user_id                  text NOT NULL,
     symbol                   text NOT NULL,
+    -- the chain's expiry; NULL for an item that is only the underlying
     expiry_date              date,
+    underlying_only          boolean NOT NULL DEFAULT false,
     strikes_each_side        integer NOT NULL,
+    feed_mode                text NOT NULL DEFAULT 'FULL' CHECK (feed_mode IN ('TICKER', 'QUOTE', 'FULL')),
     underlying_segment       text NOT NULL,
     underlying_security_id   bigint NOT NULL,
     atm_strike               double precision,
+    strike_step              double precision,
+    underlying_price         double precision,
+    price_source             text,
+    -- the unit's size when it was last resolved, for quotas and status without a join
+    instrument_count         integer NOT NULL DEFAULT 0,
     state                    text NOT NULL DEFAULT 'ACTIVE' CHECK (state IN ('ACTIVE', 'EVICTED')),
     evicted_at               timestamptz,
     eviction_reason          text,
+    eviction_message         text,
     created_at               timestamptz NOT NULL DEFAULT now(),
-    last_used_at             timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (user_id, symbol, expiry_date)
+    last_used_at             timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE INDEX watchlist_items_lru ON watchlist_items (last_used_at) WHERE state = 'ACTIVE';
+CREATE UNIQUE INDEX watchlist_items_identity
+    ON watchlist_items (user_id, symbol, coalesce(expiry_date, '0001-01-01'::date), underlying_only);
+CREATE INDEX watchlist_items_lru ON watchlist_items (last_used_at, item_id) WHERE state = 'ACTIVE';
+CREATE INDEX watchlist_items_user ON watchlist_items (user_id, item_id);
 
 -- Desired feed subscriptions: one row per instrument, placed on one shard.
 CREATE TABLE subscriptions (
     exchange_segment  text NOT NULL,
     security_id       bigint NOT NULL,
+    trading_symbol    text NOT NULL DEFAULT '',
     feed_mode         text NOT NULL CHECK (feed_mode IN ('TICKER', 'QUOTE', 'FULL')),
     shard_id          integer NOT NULL,
     tier              text NOT NULL CHECK (tier IN ('A', 'B')),
     ref_count         integer NOT NULL CHECK (ref_count > 0),
     subscribed_at     timestamptz NOT NULL DEFAULT now(),
     last_used_at      timestamptz NOT NULL DEFAULT now(),
-    version           bigint NOT NULL,
+    -- make-before-break: while set, the instrument counts against both shards
+    moving_to_shard   integer,
+    move_started_at   timestamptz,
     PRIMARY KEY (exchange_segment, security_id)
 );
 CREATE INDEX subscriptions_shard ON subscriptions (shard_id);
+CREATE INDEX subscriptions_moving ON subscriptions (moving_to_shard) WHERE moving_to_shard IS NOT NULL;
 
 -- Who holds each subscription: Tier B plan entries and Tier A units.
 CREATE TABLE subscription_owners (
@@ -127,6 +143,61 @@ CREATE TABLE subscription_log (
 );
 CREATE INDEX subscription_log_instrument ON subscription_log (exchange_segment, security_id, logged_at);
 CREATE INDEX subscription_log_time ON subscription_log (logged_at);
+
+-- Every change to a shard's assignment, in commit order (writers serialise on one lock),
+-- so a shard's stream can resume from a version; pruned after a while (streams that fall
+-- that far behind take a fresh snapshot).
+CREATE TABLE assignment_changes (
+    version           bigserial PRIMARY KEY,
+    shard_id          integer NOT NULL,
+    exchange_segment  text NOT NULL,
+    security_id       bigint NOT NULL,
+    feed_mode         text NOT NULL,
+    change            text NOT NULL CHECK (change IN ('add', 'update', 'remove')),
+    changed_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX assignment_changes_shard ON assignment_changes (shard_id, version);
+
+-- What users see happen to their watchlists (added, removed, evicted, re-centred).
+CREATE TABLE watchlist_events (
+    event_id    bigserial PRIMARY KEY,
+    user_id     text NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('added', 'removed', 'evicted', 'recentered')),
+    item_id     bigint NOT NULL,
+    added       jsonb NOT NULL DEFAULT '[]'::jsonb,
+    removed     jsonb NOT NULL DEFAULT '[]'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX watchlist_events_user ON watchlist_events (user_id, event_id);
+
+-- Tier B: the plan as last set, and what each entry resolved to.
+CREATE TABLE tier_b_plan (
+    plan_id     integer PRIMARY KEY DEFAULT 1 CHECK (plan_id = 1),
+    request     jsonb NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE tier_b_entries (
+    entry_id                text PRIMARY KEY,
+    kind                    text NOT NULL CHECK (kind IN ('chain', 'instrument')),
+    underlying_symbol       text NOT NULL DEFAULT '',
+    expiry_date             date,
+    strikes_each_side       integer NOT NULL DEFAULT 0,
+    include_underlying      boolean NOT NULL DEFAULT true,
+    feed_mode               text NOT NULL CHECK (feed_mode IN ('TICKER', 'QUOTE', 'FULL')),
+    underlying_segment      text,
+    underlying_security_id  bigint,
+    atm_strike              double precision,
+    strike_step             double precision,
+    instrument_count        integer NOT NULL DEFAULT 0,
+    updated_at              timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per trading date whose end of day has run, so it runs once.
+CREATE TABLE end_of_day_runs (
+    trading_date  date PRIMARY KEY,
+    done_at       timestamptz NOT NULL DEFAULT now(),
+    counts        jsonb NOT NULL
+);
 
 -- The scheduler's job runs.
 CREATE TABLE job_runs (

@@ -1,0 +1,56 @@
+"""python -m services.feed.simulator [--port 8765] [--control-port 8766] [--master PATH] ...
+
+Settings come from SIM_* environment variables (see settings.py); flags override them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.common.config import ConfigError
+from services.common.jsonlog import configure_logging
+
+from .settings import SimulatorSettings
+from .simulator import Simulator
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
+    parser = argparse.ArgumentParser(prog="python -m services.feed.simulator", description="Dhan v2 live-feed simulator")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--control-host")
+    parser.add_argument("--control-port", type=int)
+    parser.add_argument("--master", type=Path, dest="master_path", help="scrip master CSV (+ .prices.csv sidecar)")
+    parser.add_argument("--master-cache-dir", type=Path, help="where to generate the master when --master is not given")
+    parser.add_argument("--master-scale", choices=("small", "full"))
+    parser.add_argument("--master-seed", type=int)
+    parser.add_argument("--tokens", help="comma-separated valid tokens (default: any non-empty token)")
+    parser.add_argument("--client-ids", help="comma-separated valid client ids (default: any non-empty id)")
+    parser.add_argument("--ticks-per-second", type=float, help="per instrument per connection")
+    parser.add_argument("--connection-rate-cap", type=float, help="packets/s per connection")
+    parser.add_argument("--total-rate-cap", type=float, help="packets/s for the whole simulator")
+    parser.add_argument("--burst", action="store_true", default=None, help="tick as fast as the caps allow")
+    parser.add_argument("--ping-interval", type=float)
+    parser.add_argument("--seed", type=int, help="random-walk seed")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = vars(parser.parse_args(argv))
+    for name, field in (("tokens", "valid_tokens"), ("client_ids", "valid_client_ids")):
+        raw = args.pop(name)
+        args[field] = frozenset(v.strip() for v in raw.split(",") if v.strip()) if raw else None
+    try:
+        return SimulatorSettings.from_env().with_overrides(**args)
+    except ConfigError as error:
+        parser.error(str(error))
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_args(argv)
+    configure_logging("feed-simulator", settings.log_level)
+    asyncio.run(Simulator(settings).serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The subscription service's vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+Key = tuple[str, int]  # (Dhan segment name, security id)
+
+MODE_RANK = {"TICKER": 1, "QUOTE": 2, "FULL": 3}
+
+OWNER_UNIT = "unit"
+OWNER_TIER_B = "tier_b"
+
+
+def higher_mode(a: str, b: str) -> str:
+    return a if MODE_RANK[a] >= MODE_RANK[b] else b
+
+
+@dataclass(frozen=True)
+class Budget:
+    connections: int
+    per_connection: int
+
+    @property
+    def capacity(self) -> int:
+        return self.connections * self.per_connection
+
+
+@dataclass(frozen=True)
+class Instrument:
+    key: Key
+    trading_symbol: str
+
+
+@dataclass(frozen=True)
+class ResolvedUnit:
+    """What a watchlist item or Tier B chain subscribes: the underlying and its window."""
+
+    symbol: str
+    underlying: Instrument
+    underlying_type: str
+    expiry: date | None
+    atm_strike: float | None
+    strike_step: float | None
+    underlying_price: float | None
+    price_source: int
+    strikes_each_side: int
+    options: tuple[Instrument, ...] = ()
+
+    def instruments(self, include_underlying: bool = True) -> list[Instrument]:
+        return [self.underlying, *self.options] if include_underlying else list(self.options)
+
+
+@dataclass(frozen=True)
+class Eviction:
+    item_id: int
+    user_id: str
+    symbol: str
+    expiry: date | None
+    reason: str  # CAPACITY, TIER_B_PLAN, RECENTER, END_OF_DAY, ADMIN
+    message: str
+    released: int
+    last_used_at: datetime
+
+
+@dataclass
+class AcquireOutcome:
+    subscribed: list[Key] = field(default_factory=list)
+    evictions: list[Eviction] = field(default_factory=list)

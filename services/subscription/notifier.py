@@ -1,0 +1,71 @@
+"""LISTEN/NOTIFY on one dedicated connection per replica, fanned out to waiting streams.
+
+Only ever a hint to look now: every stream also polls, so a lost notification (or a lost
+connection) costs at most a poll interval, never a missed change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("assignment_changes", "watchlist_events")
+
+
+class ChangeNotifier:
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._waiters: dict[str, set[asyncio.Event]] = {channel: set() for channel in CHANNELS}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="change-notifier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def subscribe(self, channel: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters[channel].add(event)
+        return event
+
+    def unsubscribe(self, channel: str, event: asyncio.Event) -> None:
+        self._waiters[channel].discard(event)
+
+    def _wake(self, channel: str) -> None:
+        for event in self._waiters.get(channel, ()):
+            event.set()
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                    for channel in CHANNELS:
+                        await conn.execute(f"LISTEN {channel}")  # type: ignore[arg-type]  # fixed names
+                    delay = 0.5
+                    for channel in CHANNELS:  # anything missed while (re)connecting
+                        self._wake(channel)
+                    async for notify in conn.notifies():
+                        self._wake(notify.channel)
+            except asyncio.CancelledError:
+                raise
+            except psycopg.Error as error:
+                log.warning("notification connection lost; streams keep polling", extra={"error": str(error)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+async def wait_for(event: asyncio.Event, timeout: float) -> None:
+    """Waits for a wake-up or the poll interval, whichever comes first, then re-arms."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    event.clear()

@@ -1,0 +1,131 @@
+"""Read-only views: status, subscriptions, one subscription with owners and history, audit."""
+
+from __future__ import annotations
+
+from datetime import datetime, time as clock_time
+from typing import Any
+
+from dataserver.subscription.v1 import subscription_pb2 as pb
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.market_calendar import IST, today_ist
+from services.common.sqlfiles import load_queries
+from services.subscription.convert import (
+    MODE_TO_PROTO,
+    TIER_TO_PROTO,
+    key_proto,
+    timestamp,
+)
+from services.subscription.model import Budget, Key
+
+REPORTS = load_queries("services.subscription", "reports.sql")
+_USERS_SHOWN = 1000
+
+
+class Reports:
+    def __init__(self, pool: AsyncConnectionPool, budget: Budget) -> None:
+        self._pool = pool
+        self._budget = budget
+
+    async def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(REPORTS[name], params or {})
+            return await cursor.fetchall()  # type: ignore[return-value]
+
+    async def status(self) -> pb.GetSubscriptionStatusResponse:
+        midnight_ist = datetime.combine(today_ist(), clock_time(0), tzinfo=IST)
+        async with self._pool.connection() as conn:
+            shards = await (await conn.execute(REPORTS["shard_usage"])).fetchall()
+            moving_in = await (await conn.execute(REPORTS["moving_in"])).fetchall()
+            owners = await (await conn.execute(REPORTS["owner_counts"])).fetchall()
+            users = await (await conn.execute(REPORTS["user_usage"], {"limit": _USERS_SHOWN})).fetchall()
+            user_count = await (await conn.execute(REPORTS["user_count"])).fetchone()
+            evictions = await (await conn.execute(REPORTS["evictions_since"], {"since": midnight_ist})).fetchone()
+        by_shard = {row["shard_id"]: row for row in shards}
+        incoming = {row["shard_id"]: row["n"] for row in moving_in}
+        total = sum(row["n"] for row in shards)
+        owner_counts = {row["owner_kind"]: row["n"] for row in owners}
+        response = pb.GetSubscriptionStatusResponse(
+            subscribed_count=total,
+            capacity=self._budget.capacity,
+            connection_count=self._budget.connections,
+            per_connection_limit=self._budget.per_connection,
+            utilization=total / self._budget.capacity if self._budget.capacity else 0.0,
+            tiers=[
+                pb.TierUsage(tier=pb.TIER_A, instrument_count=sum(r["a"] for r in shards), owner_count=owner_counts.get("unit", 0)),
+                pb.TierUsage(tier=pb.TIER_B, instrument_count=sum(r["b"] for r in shards), owner_count=owner_counts.get("tier_b", 0)),
+            ],
+            shards=[
+                pb.ShardUsage(
+                    shard_id=shard,
+                    instrument_count=by_shard.get(shard, {}).get("n", 0) + incoming.get(shard, 0),
+                    limit=self._budget.per_connection,
+                    moves_in_flight=by_shard.get(shard, {}).get("moving_out", 0) + incoming.get(shard, 0),
+                    tier_a_count=by_shard.get(shard, {}).get("a", 0),
+                    tier_b_count=by_shard.get(shard, {}).get("b", 0),
+                )
+                for shard in range(self._budget.connections)
+            ],
+            users=[
+                pb.UserUsage(user_id=r["user_id"], active_item_count=r["active"], evicted_item_count=r["evicted"],
+                             instrument_count=r["instruments"])
+                for r in users
+            ],
+            user_count=user_count["n"] if user_count else 0,
+            evictions_today=evictions["n"] if evictions else 0,
+        )
+        response.as_of.GetCurrentTime()
+        return response
+
+    async def subscriptions(
+        self, *, tier: str | None, shard_id: int | None, user_id: str | None, offset: int, limit: int
+    ) -> tuple[list[pb.Subscription], int]:
+        params = {"tier": tier, "shard_id": shard_id, "user_id": user_id}
+        rows = await self._rows("list_subscriptions", {**params, "limit": limit, "offset": offset})
+        total = await self._rows("count_subscriptions", params)
+        owners = await self._owners([(r["exchange_segment"], r["security_id"]) for r in rows])
+        return [self._subscription(r, owners.get((r["exchange_segment"], r["security_id"]), [])) for r in rows], total[0]["n"]
+
+    async def subscription(self, key: Key) -> pb.Subscription | None:
+        rows = await self._rows("get_subscription", {"segment": key[0], "security_id": key[1]})
+        if not rows:
+            return None
+        owners = await self._owners([key])
+        return self._subscription(rows[0], owners.get(key, []))
+
+    async def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        return await self._rows("audit_entries", filters)
+
+    async def _owners(self, keys: list[Key]) -> dict[Key, list[pb.SubscriptionOwner]]:
+        if not keys:
+            return {}
+        result: dict[Key, list[pb.SubscriptionOwner]] = {}
+        for row in await self._rows("owners_of", {"segments": [k[0] for k in keys], "ids": [k[1] for k in keys]}):
+            unit = row["owner_kind"] == "unit"
+            owner = pb.SubscriptionOwner(
+                tier=pb.TIER_A if unit else pb.TIER_B,
+                user_id=row["user_id"] or "" if unit else "",
+                item_id=row["owner_id"] if unit else "",
+                plan_entry_id="" if unit else row["owner_id"],
+                mode=MODE_TO_PROTO[row["feed_mode"]],
+                created_at=timestamp(row["created_at"]),
+            )
+            result.setdefault((row["exchange_segment"], row["security_id"]), []).append(owner)
+        return result
+
+    @staticmethod
+    def _subscription(row: dict[str, Any], owners: list[pb.SubscriptionOwner]) -> pb.Subscription:
+        subscription = pb.Subscription(
+            key=key_proto((row["exchange_segment"], row["security_id"])),
+            trading_symbol=row["trading_symbol"],
+            mode=MODE_TO_PROTO[row["feed_mode"]],
+            shard_id=row["shard_id"],
+            ref_count=row["ref_count"],
+            owners=owners,
+            tier=TIER_TO_PROTO[row["tier"]],
+            subscribed_at=timestamp(row["subscribed_at"]),
+            last_used_at=timestamp(row["last_used_at"]),
+        )
+        if row["moving_to_shard"] is not None:
+            subscription.moving_to_shard_id = row["moving_to_shard"]
+        return subscription

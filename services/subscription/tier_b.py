@@ -1,0 +1,148 @@
+"""Tier B: the always-on plan (index chains, index values, MCX contracts), replaced whole
+and idempotently, make-before-break: new instruments in, then old ones out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.errors import InvalidArgument
+from services.subscription.ledger import QUERIES
+from services.subscription.model import OWNER_TIER_B, Budget, Eviction, Instrument, ResolvedUnit
+from services.subscription.resolver import UnitResolver
+from services.subscription.transactions import ledger_transaction
+
+_MAX_NEAREST = 12
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    symbol: str
+    expiry_dates: tuple[str, ...]
+    nearest: int
+    strikes_each_side: int
+    include_underlying: bool
+    mode: str
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    entry_id: str
+    kind: str  # "chain" or "instrument"
+    mode: str
+    instruments: tuple[Instrument, ...]
+    unit: ResolvedUnit | None = None
+    include_underlying: bool = True
+
+    def row(self) -> dict[str, Any]:
+        unit = self.unit
+        return {
+            "entry_id": self.entry_id,
+            "kind": self.kind,
+            "underlying_symbol": unit.symbol if unit else "",
+            "expiry_date": unit.expiry if unit else None,
+            "strikes_each_side": unit.strikes_each_side if unit else 0,
+            "include_underlying": self.include_underlying,
+            "feed_mode": self.mode,
+            "underlying_segment": (unit.underlying.key[0] if unit else self.instruments[0].key[0]),
+            "underlying_security_id": (unit.underlying.key[1] if unit else self.instruments[0].key[1]),
+            "atm_strike": unit.atm_strike if unit else None,
+            "strike_step": unit.strike_step if unit else None,
+            "instrument_count": len(self.instruments),
+        }
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    added: int
+    removed: int
+    kept: int
+    evictions: list[Eviction]
+    entries: list[PlanEntry]
+
+
+def chain_entry_id(symbol: str, expiry: date | str) -> str:
+    return f"chain:{symbol}:{expiry}"
+
+
+class _DryRun(Exception):
+    def __init__(self, outcome: PlanOutcome) -> None:
+        self.outcome = outcome
+
+
+class TierB:
+    def __init__(self, pool: AsyncConnectionPool, budget: Budget, resolver: UnitResolver) -> None:
+        self._pool = pool
+        self._budget = budget
+        self._resolver = resolver
+        self.default_width = resolver.widths.index
+        self.max_width = resolver.widths.maximum
+
+    async def current(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
+        """The plan as last set, its entries, and how many instruments Tier B holds."""
+        async with self._pool.connection() as conn:
+            plan = await (await conn.execute(QUERIES["tier_b_plan"])).fetchone()
+            entries = await (await conn.execute(QUERIES["tier_b_entries"])).fetchall()
+            count = await (await conn.execute("SELECT count(*) AS n FROM subscriptions WHERE tier = 'B'")).fetchone()
+        return plan, entries, int(count["n"]) if count else 0  # type: ignore[return-value,index]
+
+    async def resolve_chain(self, spec: ChainSpec) -> list[PlanEntry]:
+        listed = await self._resolver.option_expiries(spec.symbol)
+        if spec.expiry_dates:
+            missing = [e for e in spec.expiry_dates if e not in listed]
+            if missing:
+                raise InvalidArgument(f"{spec.symbol} lists no options expiring {', '.join(missing)}; listed: {', '.join(listed[:12])}")
+            expiries = list(spec.expiry_dates)
+        else:
+            if not 0 <= spec.nearest <= _MAX_NEAREST:
+                raise InvalidArgument(f"nearest_expiries {spec.nearest} is out of range: accepted 1..{_MAX_NEAREST} (0 means 1)")
+            expiries = listed[: spec.nearest or 1]
+        entries = []
+        for expiry in expiries:
+            unit = await self._resolver.window(spec.symbol, expiry, spec.strikes_each_side)
+            entries.append(
+                PlanEntry(chain_entry_id(unit.symbol, expiry), "chain", spec.mode,
+                          tuple(unit.instruments(spec.include_underlying)), unit, spec.include_underlying)
+            )
+        return entries
+
+    async def resolve_instrument(self, key: tuple[str, int], mode: str) -> PlanEntry:
+        instrument = await self._resolver.instrument(key)
+        return PlanEntry(f"instrument:{key[0]}:{key[1]}", "instrument", mode, (instrument,))
+
+    async def apply(self, entries: list[PlanEntry], request: dict[str, Any], actor: str, *, dry_run: bool) -> PlanOutcome:
+        try:
+            return await self._apply(entries, request, actor, dry_run)
+        except _DryRun as rolled_back:
+            return rolled_back.outcome
+
+    async def _apply(self, entries: list[PlanEntry], request: dict[str, Any], actor: str, dry_run: bool) -> PlanOutcome:
+        desired = {e.entry_id: e for e in entries}
+        async with ledger_transaction(self._pool, self._budget, actor) as ledger:
+            current = {row["entry_id"]: row for row in await ledger.fetch("tier_b_entries")}
+            evictions: list[Eviction] = []
+            added = 0
+            for entry in desired.values():  # make: every new instrument first
+                outcome = await ledger.acquire(OWNER_TIER_B, entry.entry_id, entry.instruments, entry.mode, reason="Tier B plan")
+                evictions += outcome.evictions
+                added += len(outcome.subscribed)
+            removed = 0
+            for entry_id in current.keys() - desired.keys():  # then break
+                removed += await ledger.release(OWNER_TIER_B, entry_id, reason="removed from the Tier B plan")
+                await ledger.conn.execute(QUERIES["delete_tier_b_entry"], {"entry_id": entry_id})
+            for entry in desired.values():
+                held = {(r["exchange_segment"], r["security_id"]) for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_TIER_B, "owner_id": entry.entry_id})}
+                stale = held - {i.key for i in entry.instruments}
+                if stale:
+                    removed += await ledger.release(OWNER_TIER_B, entry.entry_id, keys=list(stale), reason="left the Tier B window")
+                await ledger.conn.execute(QUERIES["upsert_tier_b_entry"], entry.row())
+            await ledger.conn.execute(QUERIES["save_tier_b_plan"], {"request": json.dumps(request)})
+            planned = {i.key for e in desired.values() for i in e.instruments}
+            outcome = PlanOutcome(added, removed, len(planned) - added, evictions, list(desired.values()))
+            if dry_run:
+                raise _DryRun(outcome)
+        return outcome

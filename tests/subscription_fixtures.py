@@ -1,0 +1,66 @@
+"""A real registry and subscription service on port 0, over one test database."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from dataserver.subscription.v1 import subscription_pb2_grpc
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.auth import create_api_key
+from services.common.config import Settings
+from services.common.db import open_pool
+from services.common.last_prices import NoLastPrices
+from services.subscription.server import create_server
+from tests.registry_fixtures import bearer, running_registry
+
+
+@dataclass
+class SubscriptionUnderTest:
+    channel: grpc.aio.Channel
+    stub: subscription_pb2_grpc.SubscriptionServiceStub
+    pool: AsyncConnectionPool
+    settings: Settings
+    admin: tuple[tuple[str, str], ...]
+    keys: dict[str, tuple[tuple[str, str], ...]]
+
+    async def user(self, name: str) -> tuple[tuple[str, str], ...]:
+        if name not in self.keys:
+            self.keys[name] = bearer(await create_api_key(self.pool, name, "user"))
+        return self.keys[name]
+
+    async def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(sql, params or None)  # type: ignore[arg-type]
+            return await cursor.fetchall()  # type: ignore[return-value]
+
+
+@asynccontextmanager
+async def running_subscription(conninfo: str, masters_dir: Path, **overrides: Any) -> AsyncIterator[SubscriptionUnderTest]:
+    async with running_registry(conninfo, masters_dir) as registry:
+        settings = dataclasses.replace(
+            Settings(), auth_mode="api_key", registry_addr=registry.address, move_settle_seconds=0.3, **overrides
+        )
+        pool = await open_pool(conninfo, max_size=8)
+        admin_token = await create_api_key(pool, "ops", "admin")
+        settings = dataclasses.replace(settings, service_token=admin_token)
+        subscription = create_server(settings, pool, conninfo, prices=NoLastPrices())
+        await subscription.app.start()
+        assert subscription.app.until_ready is not None
+        await subscription.app.until_ready()
+        await subscription.app.set_serving(True)
+        channel = grpc.aio.insecure_channel(subscription.app.address)
+        try:
+            yield SubscriptionUnderTest(
+                channel, subscription_pb2_grpc.SubscriptionServiceStub(channel), pool, settings, bearer(admin_token), {}
+            )
+        finally:
+            await channel.close()
+            await subscription.app.stop(0)
+            await pool.close()

@@ -46,7 +46,7 @@ UNKNOWN_LEVEL = 100.0
 DERIVATIVE_SEGMENTS = frozenset({"NSE_FNO", "BSE_FNO", "MCX_COMM", "NSE_CURRENCY", "BSE_CURRENCY"})
 _INDEX_VOL = {s.symbol: s.vol for s in gen.INDEX_SPECS}
 _MCX_VOL = {s.symbol: s.vol for s in gen.MCX_SPECS}
-_POOL = 64  # per-book pools of random depth quantities, cycled instead of drawn per tick
+_POOL = 64  # (a power of two) per-book pools of random depth quantities, cycled instead of drawn per tick
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -101,7 +101,7 @@ class Book:
     __slots__ = (
         "contract", "segment", "security_id", "tick_size", "lot", "is_option", "is_derivative", "_fair", "_rnd",
         "prev_close", "prev_oi", "ltp", "ltq", "ltt", "atp", "volume", "_pv", "total_buy_qty", "total_sell_qty",
-        "oi", "day_high_oi", "day_low_oi", "day_open", "day_high", "day_low", "depth", "_max_lots",
+        "oi", "day_high_oi", "day_low_oi", "day_open", "day_high", "day_low", "_best_bid", "_best_ask", "_max_lots",
         "_qty", "_orders", "_k", "ticks",
     )  # fmt: skip
 
@@ -118,12 +118,14 @@ class Book:
         lot = self.lot
         # Trades of 1..max_lots lots, skewed towards small ones; LTQ must fit a uint16.
         self._max_lots = max(1, min(20 if self.is_derivative else 500, UINT16_MAX // lot - 1))
-        self._qty = [lot * rng.randint(1, 200) for _ in range(_POOL)]
-        self._orders = [rng.randint(1, 40) for _ in range(_POOL)]
+        # Pools longer than _POOL so that depth indexes k + 33 without wrapping.
+        self._qty = [lot * rng.randint(1, 200) for _ in range(_POOL + 34)]
+        self._orders = [rng.randint(1, 40) for _ in range(_POOL + 34)]
         self._k = rng.randrange(_POOL)
         self.ticks = 0
 
-        price = self._price(now)
+        n = self._ticks(now)
+        price = round(n * self.tick_size, 4)
         self.prev_close = contract.prev_close or price
         self.prev_oi = lot * rng.randint(2_000, 200_000) if self.is_derivative else 0
         self.ltp = price
@@ -137,40 +139,53 @@ class Book:
         self.total_buy_qty = lot * rng.randint(500, 50_000)
         self.total_sell_qty = lot * rng.randint(500, 50_000)
         self.oi = self.day_high_oi = self.day_low_oi = self.prev_oi
-        self.depth: list[tuple[int, int, int, int, float, float]] = []
-        self._build_depth(round(price / self.tick_size))
+        self._best_bid = self._best_ask = 0
+        self._quote_book(n)
 
-    def _price(self, now: float) -> float:
-        n = round(self._fair(now) / self.tick_size)
+    def _ticks(self, now: float) -> int:
+        """The next print in whole ticks (>= 1): the model's fair value rounded to the
+        tick, +-1 tick of bid/ask bounce except for options (keeps chains monotone)."""
+        n: int = round(self._fair(now) / self.tick_size)
         if not self.is_option:
             r = self._rnd()
             n += -1 if r < 0.25 else (1 if r > 0.75 else 0)
-        return round(max(n, 1) * self.tick_size, 4)
+        return n if n > 1 else 1
 
-    def _build_depth(self, n: int) -> None:
-        """Bids from ``n`` or ``n-1`` ticks down, asks 1-2 ticks above the best bid, one
-        tick apart on each side; a bid level that would be <= 0 is left empty (zeros)."""
+    def _quote_book(self, n: int) -> None:
+        """Best bid at ``n`` or ``n-1`` ticks, best ask 1-2 ticks above it (so bid1 < LTP
+        <= ask1 or bid1 <= LTP < ask1), and a new draw of depth quantities."""
         rnd = self._rnd
-        n = max(n, 1)
-        best_bid = n - 1 if (n > 1 and rnd() < 0.5) else n
-        best_ask = best_bid + (2 if rnd() < 0.3 else 1)
-        tick, qty, orders = self.tick_size, self._qty, self._orders
-        k = self._k = (self._k + 5) % _POOL
-        levels = []
-        for i in range(5):
-            b = best_bid - i
-            j, m = (k + i) % _POOL, (k + i + 29) % _POOL
-            ask_price = round((best_ask + i) * tick, 4)
-            if b >= 1:
-                levels.append((qty[j], qty[m], orders[j], orders[m], round(b * tick, 4), ask_price))
-            else:
-                levels.append((0, qty[m], 0, orders[m], 0.0, ask_price))
-        self.depth = levels
+        self._best_bid = n - 1 if (n > 1 and rnd() < 0.5) else n
+        self._best_ask = self._best_bid + (2 if rnd() < 0.3 else 1)
+        self._k = (self._k + 5) & (_POOL - 1)
+
+    @property
+    def depth(self) -> list[tuple[int, int, int, int, float, float]]:
+        """Five levels (bid qty, ask qty, bid orders, ask orders, bid price, ask price),
+        one tick apart on each side; a bid level that would be <= 0 is empty (zeros).
+        Built on demand: only Full packets carry depth."""
+        t, b, a = self.tick_size, self._best_bid, self._best_ask
+        q, o, k = self._qty, self._orders, self._k
+        if b > 5:  # the common case, unrolled
+            return [
+                (q[k], q[k + 29], o[k], o[k + 29], b * t, a * t),
+                (q[k + 1], q[k + 30], o[k + 1], o[k + 30], (b - 1) * t, (a + 1) * t),
+                (q[k + 2], q[k + 31], o[k + 2], o[k + 31], (b - 2) * t, (a + 2) * t),
+                (q[k + 3], q[k + 32], o[k + 3], o[k + 32], (b - 3) * t, (a + 3) * t),
+                (q[k + 4], q[k + 33], o[k + 4], o[k + 33], (b - 4) * t, (a + 4) * t),
+            ]
+        return [
+            (q[k + i], q[k + 29 + i], o[k + i], o[k + 29 + i], (b - i) * t, (a + i) * t)
+            if b - i >= 1
+            else (0, q[k + 29 + i], 0, o[k + 29 + i], 0.0, (a + i) * t)
+            for i in range(5)
+        ]
 
     def tick(self, now: float) -> None:
         """Prints one trade at ``now`` (UTC epoch seconds)."""
         rnd = self._rnd
-        price = self._price(now)
+        n = self._ticks(now)
+        price = round(n * self.tick_size, 4)
         self.ticks += 1
         self.ltp = price
         self.ltt = int(now)
@@ -192,7 +207,7 @@ class Book:
         step = self.lot * (int(rnd() * 21) - 10)
         self.total_buy_qty = max(self.lot, self.total_buy_qty + step)
         self.total_sell_qty = max(self.lot, self.total_sell_qty - step)
-        self._build_depth(round(price / self.tick_size))
+        self._quote_book(n)
 
     # --- packets (bytes, one per frame) ---------------------------------------------
 

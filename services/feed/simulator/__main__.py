@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_args(argv)
     configure_logging("feed-simulator", settings.log_level)
+    # Our own connection logs carry ids and client ids; websockets repeats them at INFO.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     asyncio.run(Simulator(settings).serve())
 
 

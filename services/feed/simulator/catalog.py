@@ -165,7 +165,7 @@ class Catalog:
         with master_path.open(newline="", encoding="utf-8") as fh:
             result = parse_master(fh, prices)
         if result.rejected:
-            log.warning("master rows rejected", extra={"rejected": len(result.rejected), "path": str(master_path)})
+            log.info("master rows rejected", extra={"rejected": len(result.rejected), "path": str(master_path)})
         catalog = cls.from_records(result.records, trading_date)
         log.info(
             "master loaded",

@@ -42,6 +42,7 @@ MIN_EXPIRY_YEARS = 600.0 / YEAR_SECONDS  # an expired or expiring option keeps 1
 BAND = 0.10  # walks reflect at +-10 % of their start level
 INT32_MAX = 2**31 - 1  # Dhan documents volume and OI as int32: saturate, never wrap
 UINT16_MAX = 0xFFFF  # LTQ field
+MAX_UNIT = 10_000  # largest quantity step (see Book.lot)
 UNKNOWN_LEVEL = 100.0
 DERIVATIVE_SEGMENTS = frozenset({"NSE_FNO", "BSE_FNO", "MCX_COMM", "NSE_CURRENCY", "BSE_CURRENCY"})
 _INDEX_VOL = {s.symbol: s.vol for s in gen.INDEX_SPECS}
@@ -92,6 +93,22 @@ def option_price(forward: float, strike: float, years: float, vol: float, rate: 
     return df * 0.5 * (strike * math.erfc(d2 / _SQRT2) - forward * math.erfc(d1 / _SQRT2))
 
 
+Pools = dict[int, tuple[list[int], list[int]]]
+
+
+def _pools(pools: Pools, lot: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """Depth quantities (lot multiples, <= 2M) and order counts, shared by every book of one lot
+    size (each book reads them at its own offset): 25k books would otherwise hold ~90 MB
+    of int lists. Longer than _POOL so that depth can index k + 33 without wrapping."""
+    pair = pools.get(lot)
+    if pair is None:
+        pair = pools[lot] = (
+            [lot * rng.randint(1, 200) for _ in range(_POOL + 34)],
+            [rng.randint(1, 40) for _ in range(_POOL + 34)],
+        )
+    return pair
+
+
 class Book:
     """One instrument's session: last trade, day OHLC, volume, OI and 5-level depth.
 
@@ -105,27 +122,29 @@ class Book:
         "_qty", "_orders", "_k", "ticks",
     )  # fmt: skip
 
-    def __init__(self, contract: Contract, fair: Callable[[float], float], now: float, rng: random.Random) -> None:
+    def __init__(
+        self, contract: Contract, fair: Callable[[float], float], now: float, rng: random.Random, pools: Pools | None = None
+    ) -> None:
         self.contract = contract
         self.segment = contract.wire_segment
         self.security_id = contract.security_id
         self.tick_size = contract.tick
-        self.lot = contract.lot
+        # Quantities move in lots; lots above MAX_UNIT (BSE debt: up to 10,000,000) would
+        # overflow the int32/uint16 fields, so their quantities use MAX_UNIT instead.
+        self.lot = min(contract.lot, MAX_UNIT)
         self.is_option = contract.kind == "option"
         self.is_derivative = contract.is_derivative
         self._fair = fair
         self._rnd = rng.random
         lot = self.lot
         # Trades of 1..max_lots lots, skewed towards small ones; LTQ must fit a uint16.
-        self._max_lots = max(1, min(20 if self.is_derivative else 500, UINT16_MAX // lot - 1))
-        # Pools longer than _POOL so that depth indexes k + 33 without wrapping.
-        self._qty = [lot * rng.randint(1, 200) for _ in range(_POOL + 34)]
-        self._orders = [rng.randint(1, 40) for _ in range(_POOL + 34)]
+        self._max_lots = max(1, min(20 if self.is_derivative else 500, UINT16_MAX // lot))
+        self._qty, self._orders = _pools({} if pools is None else pools, lot, rng)
         self._k = rng.randrange(_POOL)
         self.ticks = 0
 
         n = self._ticks(now)
-        price = round(n * self.tick_size, 4)
+        price = n * self.tick_size  # the same product as the depth prices, so they compare exactly
         self.prev_close = contract.prev_close or price
         self.prev_oi = lot * rng.randint(2_000, 200_000) if self.is_derivative else 0
         self.ltp = price
@@ -185,11 +204,11 @@ class Book:
         """Prints one trade at ``now`` (UTC epoch seconds)."""
         rnd = self._rnd
         n = self._ticks(now)
-        price = round(n * self.tick_size, 4)
+        price = n * self.tick_size  # the same product as the depth prices, so they compare exactly
         self.ticks += 1
         self.ltp = price
         self.ltt = int(now)
-        ltq = self.lot * (1 + int(rnd() ** 3 * self._max_lots))
+        ltq = self.lot * (1 + int(rnd() ** 3 * self._max_lots))  # <= lot * max_lots <= 65535
         self.ltq = ltq
         if price > self.day_high:
             self.day_high = price
@@ -205,8 +224,8 @@ class Book:
             self.oi = min(INT32_MAX, self.oi + self.lot * (1 + int(rnd() * 20)))
             self.day_high_oi = self.oi  # OI only grows here, so the day's low stays the open
         step = self.lot * (int(rnd() * 21) - 10)
-        self.total_buy_qty = max(self.lot, self.total_buy_qty + step)
-        self.total_sell_qty = max(self.lot, self.total_sell_qty - step)
+        self.total_buy_qty = min(INT32_MAX, max(self.lot, self.total_buy_qty + step))
+        self.total_sell_qty = min(INT32_MAX, max(self.lot, self.total_sell_qty - step))
         self._quote_book(n)
 
     # --- packets (bytes, one per frame) ---------------------------------------------
@@ -255,6 +274,7 @@ class Market:
         self._books: dict[Key, Book] = {}
         self._walks: dict[tuple[Asset, str], Walk] = {}
         self._forwards: dict[Key, Callable[[float], float]] = {}
+        self._pools: Pools = {}
 
     def __len__(self) -> int:
         return len(self._books)
@@ -264,7 +284,7 @@ class Market:
         book = self._books.get(key)
         if book is None:
             contract = self.catalog.get(key) or _unknown_contract(segment, security_id)
-            book = self._books[key] = Book(contract, self._fair(contract), self.now(), self.rng)
+            book = self._books[key] = Book(contract, self._fair(contract), self.now(), self.rng, self._pools)
         return book
 
     # --- models -------------------------------------------------------------------

@@ -188,11 +188,12 @@ class FeedConnection:
 
     # --- writing ------------------------------------------------------------------
 
-    def _write(self, packets: Iterable[bytes]) -> int:
+    def _write(self, packets: Iterable[bytes], *, force: bool = False) -> int:
         """Frames each packet as its own binary message and writes them in one go;
-        returns packets written (0 once the connection is closing)."""
+        returns packets written: 0 once the connection is closing, and 0 while it is not
+        open unless ``force`` (faults and the disconnect packet)."""
         ws = self.ws
-        if ws.transport.is_closing():
+        if ws.transport.is_closing() or not (force or self.state is ConnState.OPEN):
             return 0
         proto = ws.protocol
         n = nbytes = 0
@@ -223,7 +224,15 @@ class FeedConnection:
                     self.binary_frames_ignored += 1
                     continue
                 self.requests += 1
-                if not await self._handle(message):
+                try:
+                    keep = await self._handle(message)
+                except ConnectionClosed:
+                    raise
+                except Exception:  # a simulator bug: answer like Dhan's server would, 800
+                    log.exception("request failed", extra={"conn": self.id})
+                    await self.disconnect(DisconnectReason.INTERNAL_ERROR)
+                    keep = False
+                if not keep:
                     break
         except ConnectionClosed:
             pass
@@ -379,7 +388,7 @@ class FeedConnection:
             return
         except Exception:
             log.exception("send loop failed", extra={"conn": self.id})
-            self.drop()
+            server.spawn(self.disconnect(DisconnectReason.INTERNAL_ERROR))
         finally:
             server.pumps -= 1
 
@@ -395,7 +404,7 @@ class FeedConnection:
         if was_silenced:
             self._resume_io()  # the closing handshake needs to read the client's close frame
         log.info("disconnecting", extra={"conn": self.id, "client_id": self.client_id, "reason": reason})
-        self._write([encode_disconnect(reason)])
+        self._write([encode_disconnect(reason)], force=True)
         with contextlib.suppress(Exception):
             await self.ws.close(1000, _reason_text(reason))
 
@@ -438,7 +447,7 @@ class FeedConnection:
 
     def garbage(self, size: int, count: int = 1) -> int:
         """Sends ``count`` binary frames of ``size`` random bytes that are no packet."""
-        return self._write(garbage_frame(size) for _ in range(count))
+        return self._write((garbage_frame(size) for _ in range(count)), force=True)
 
 
 class FeedServer:

@@ -549,3 +549,22 @@ async def test_stop_closes_open_and_silenced_connections(start_sim: Any) -> None
             for client in (a, b):
                 _, closed = await client.closed()
                 assert isinstance(closed, ConnectionClosed)
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_settings_from_env_and_cli() -> None:
+    from services.common.config import ConfigError
+    from services.feed.simulator.__main__ import parse_args
+
+    env = {"SIM_PORT": "9001", "SIM_VALID_TOKENS": "a, b", "SIM_BURST": "true", "SIM_TICKS_PER_SECOND": "2.5", "SIM_SEED": "4", "SIM_MASTER_PATH": "/tmp/m.csv"}
+    s = SimulatorSettings.from_env(env)
+    assert (s.port, s.valid_tokens, s.burst, s.ticks_per_second, s.seed) == (9001, frozenset({"a", "b"}), True, 2.5, 4)
+    assert s.master_path == Path("/tmp/m.csv") and s.valid_client_ids is None and s.ping_interval == 10.0
+    assert SimulatorSettings.from_env({}) == SimulatorSettings()
+    for bad in ({"SIM_PORT": "x"}, {"SIM_PORT": "70000"}, {"SIM_BURST": "maybe"}, {"SIM_INVALID_REQUEST_ACTION": "shrug"}):
+        with pytest.raises(ConfigError):
+            SimulatorSettings.from_env(bad)
+    cli = parse_args(["--port", "8000", "--control-port", "8001", "--burst", "--tokens", "t1,t2", "--master", "/x.csv"])
+    assert (cli.port, cli.control_port, cli.burst, cli.valid_tokens, cli.master_path) == (8000, 8001, True, frozenset({"t1", "t2"}), Path("/x.csv"))

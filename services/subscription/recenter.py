@@ -89,6 +89,12 @@ class Recentering:
         include_underlying = owner_kind == OWNER_UNIT or row["include_underlying"]
         wanted = window.instruments(include_underlying)
         async with ledger_transaction(self._pool, self._budget, actor) as ledger:
+            # Under the lock: the unit may have been evicted or removed since it was read.
+            current = await ledger.fetch_one("get_item" if owner_kind == OWNER_UNIT else "get_tier_b_entry",
+                                             {"item_id": item_id} if owner_kind == OWNER_UNIT else {"entry_id": owner_id})
+            if current is None or (owner_kind == OWNER_UNIT and current["state"] != "ACTIVE"):
+                return RecenterOutcome(item_id, entry_id, symbol, expiry, window.underlying_price, window.price_source,
+                                       row["atm_strike"], row["atm_strike"], False, 0, 0, [])
             held = {(r["exchange_segment"], r["security_id"]) for r in await ledger.fetch("owner_keys", {"owner_kind": owner_kind, "owner_id": owner_id})}
             outcome = await ledger.acquire(owner_kind, owner_id, wanted, mode, reason=f"re-centre {symbol} {expiry}",
                                            user_id=user_id, protect_items=[item_id] if item_id else [])

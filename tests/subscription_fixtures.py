@@ -29,6 +29,7 @@ class SubscriptionUnderTest:
     settings: Settings
     admin: tuple[tuple[str, str], ...]
     keys: dict[str, tuple[tuple[str, str], ...]]
+    address: str
 
     async def user(self, name: str) -> tuple[tuple[str, str], ...]:
         if name not in self.keys:
@@ -58,7 +59,8 @@ async def running_subscription(conninfo: str, masters_dir: Path, **overrides: An
         channel = grpc.aio.insecure_channel(subscription.app.address)
         try:
             yield SubscriptionUnderTest(
-                channel, subscription_pb2_grpc.SubscriptionServiceStub(channel), pool, settings, bearer(admin_token), {}
+                channel, subscription_pb2_grpc.SubscriptionServiceStub(channel), pool, settings, bearer(admin_token), {},
+                subscription.app.address,
             )
         finally:
             await channel.close()

@@ -43,7 +43,7 @@ async def test_unbuilt_services_start_serve_health_and_answer_unimplemented(whic
                 lambda ch: feed_pb2_grpc.GatewayServiceStub(ch).GetSnapshot(feed_pb2.GetSnapshotRequest()),
             ),
             "shard": lambda: (
-                shard_server.create_server(SETTINGS),
+                shard_server.create_server(SETTINGS).app,
                 lambda ch: shard_pb2_grpc.ShardServiceStub(ch).GetStatus(shard_pb2.GetStatusRequest()),
             ),
         }[which]()
@@ -99,7 +99,7 @@ async def test_unexpected_errors_become_internal_with_the_request_id(database_ur
 
 
 async def test_draining_reports_not_serving_before_stopping() -> None:
-    app = shard_server.create_server(SETTINGS)
+    app = shard_server.create_server(SETTINGS).app
     await app.start()
     await app.set_serving(True)
     async with grpc.aio.insecure_channel(app.address) as channel:

@@ -55,6 +55,13 @@ class Settings:
     user_max_instruments: int = 5000
     recenter_hysteresis_strikes: float = 1.0
     move_settle_seconds: float = 2.0
+    # Feed shard behaviour.
+    feed_watchdog_seconds: float = 30.0
+    feed_first_tick_seconds: float = 30.0
+    feed_market_hours_only: bool = True
+    feed_coalesce_seconds: float = 0.05
+    feed_max_backoff_seconds: float = 60.0
+    feed_kicked_backoff_seconds: float = 300.0
     # The gateway's shards, "host:port" each, in shard-id order.
     gateway_shard_addrs: tuple[str, ...] = ()
     # `make run` adds this to every fixed port, so a second stack (or a test) can run beside.
@@ -143,6 +150,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         user_max_instruments=_int(env, "USER_MAX_INSTRUMENTS", 5000, 1, 25_000),
         recenter_hysteresis_strikes=_float(env, "RECENTER_HYSTERESIS_STRIKES", 1.0, 0.0, 50.0),
         move_settle_seconds=_float(env, "MOVE_SETTLE_SECONDS", 2.0, 0.0, 600.0),
+        feed_watchdog_seconds=_float(env, "FEED_WATCHDOG_SECONDS", 30.0, 0.1, 3600.0),
+        feed_first_tick_seconds=_float(env, "FEED_FIRST_TICK_SECONDS", 30.0, 0.1, 3600.0),
+        feed_market_hours_only=_choice(env, "FEED_MARKET_HOURS_ONLY", "true", ("true", "false")) == "true",
+        feed_coalesce_seconds=_float(env, "FEED_COALESCE_SECONDS", 0.05, 0.0, 5.0),
+        feed_max_backoff_seconds=_float(env, "FEED_MAX_BACKOFF_SECONDS", 60.0, 0.01, 3600.0),
+        feed_kicked_backoff_seconds=_float(env, "FEED_KICKED_BACKOFF_SECONDS", 300.0, 0.01, 7200.0),
         gateway_shard_addrs=tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
         stack_port_offset=_int(env, "STACK_PORT_OFFSET", 0, 0, 10000),
     )

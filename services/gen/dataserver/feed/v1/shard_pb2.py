@@ -27,31 +27,31 @@ from dataserver.feed.v1 import feed_pb2 as dataserver_dot_feed_dot_v1_dot_feed__
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x61taserver/feed/v1/shard.proto\x12\x12\x64\x61taserver.feed.v1\x1a!dataserver/common/v1/common.proto\x1a\x1d\x64\x61taserver/feed/v1/feed.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x10ShardResumePoint\x12\x13\n\x0bshard_epoch\x18\x01 \x01(\t\x12\x16\n\x0eshard_sequence\x18\x02 \x01(\x04\"i\n\x17StreamShardTicksRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12:\n\x0cresume_point\x18\x02 \x01(\x0b\x32$.dataserver.feed.v1.ShardResumePoint\"t\n\nShardHello\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\x12\x13\n\x0bshard_epoch\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\"\x85\x01\n\x0fShardInstrument\x12\x30\n\x03key\x18\x01 \x01(\x0b\x32#.dataserver.common.v1.InstrumentKey\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.dataserver.common.v1.FeedMode\x12\x12\n\nsubscribed\x18\x03 \x01(\x08\"\x9d\x01\n\rShardSnapshot\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\x08\x12\'\n\x05ticks\x18\x02 \x03(\x0b\x32\x18.dataserver.feed.v1.Tick\x12\x38\n\x0binstruments\x18\x03 \x03(\x0b\x32#.dataserver.feed.v1.ShardInstrument\x12\x1a\n\x12\x61ssignment_version\x18\x04 \x01(\x04\"\xa1\x01\n\x16ShardInstrumentsChange\x12\x35\n\x08upserted\x18\x01 \x03(\x0b\x32#.dataserver.feed.v1.ShardInstrument\x12\x34\n\x07removed\x18\x02 \x03(\x0b\x32#.dataserver.common.v1.InstrumentKey\x12\x1a\n\x12\x61ssignment_version\x18\x03 \x01(\x04\"\x83\x03\n\x18StreamShardTicksResponse\x12\x16\n\x0eshard_sequence\x18\x01 \x01(\x04\x12/\n\x05hello\x18\x02 \x01(\x0b\x32\x1e.dataserver.feed.v1.ShardHelloH\x00\x12\x35\n\x08snapshot\x18\x03 \x01(\x0b\x32!.dataserver.feed.v1.ShardSnapshotH\x00\x12.\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x1d.dataserver.feed.v1.TickBatchH\x00\x12H\n\x12instruments_change\x18\x05 \x01(\x0b\x32*.dataserver.feed.v1.ShardInstrumentsChangeH\x00\x12\x31\n\x06status\x18\x06 \x01(\x0b\x32\x1f.dataserver.feed.v1.ShardStatusH\x00\x12\x32\n\theartbeat\x18\x07 \x01(\x0b\x32\x1d.dataserver.feed.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"\x12\n\x10GetStatusRequest\"D\n\x11GetStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.dataserver.feed.v1.ShardStatus2\xd9\x01\n\x0cShardService\x12o\n\x10StreamShardTicks\x12+.dataserver.feed.v1.StreamShardTicksRequest\x1a,.dataserver.feed.v1.StreamShardTicksResponse0\x01\x12X\n\tGetStatus\x12$.dataserver.feed.v1.GetStatusRequest\x1a%.dataserver.feed.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x61taserver/feed/v1/shard.proto\x12\x12\x64\x61taserver.feed.v1\x1a!dataserver/common/v1/common.proto\x1a\x1d\x64\x61taserver/feed/v1/feed.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x17StreamShardTicksRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\"c\n\nShardHello\x12\x10\n\x08shard_id\x18\x01 \x01(\x05\x12\x13\n\x0bshard_epoch\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\nRawPackets\x12\x0f\n\x07records\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\x85\x01\n\x0fShardInstrument\x12\x30\n\x03key\x18\x01 \x01(\x0b\x32#.dataserver.common.v1.InstrumentKey\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.dataserver.common.v1.FeedMode\x12\x12\n\nsubscribed\x18\x03 \x01(\x08\"\x96\x01\n\rShardSnapshot\x12/\n\x07packets\x18\x01 \x01(\x0b\x32\x1e.dataserver.feed.v1.RawPackets\x12\x38\n\x0binstruments\x18\x03 \x03(\x0b\x32#.dataserver.feed.v1.ShardInstrument\x12\x1a\n\x12\x61ssignment_version\x18\x04 \x01(\x04\"\xa1\x01\n\x16ShardInstrumentsChange\x12\x35\n\x08upserted\x18\x01 \x03(\x0b\x32#.dataserver.feed.v1.ShardInstrument\x12\x34\n\x07removed\x18\x02 \x03(\x0b\x32#.dataserver.common.v1.InstrumentKey\x12\x1a\n\x12\x61ssignment_version\x18\x03 \x01(\x04\"\x86\x03\n\x18StreamShardTicksResponse\x12\x16\n\x0eshard_sequence\x18\x01 \x01(\x04\x12/\n\x05hello\x18\x02 \x01(\x0b\x32\x1e.dataserver.feed.v1.ShardHelloH\x00\x12\x35\n\x08snapshot\x18\x03 \x01(\x0b\x32!.dataserver.feed.v1.ShardSnapshotH\x00\x12\x31\n\x07packets\x18\x04 \x01(\x0b\x32\x1e.dataserver.feed.v1.RawPacketsH\x00\x12H\n\x12instruments_change\x18\x05 \x01(\x0b\x32*.dataserver.feed.v1.ShardInstrumentsChangeH\x00\x12\x31\n\x06status\x18\x06 \x01(\x0b\x32\x1f.dataserver.feed.v1.ShardStatusH\x00\x12\x32\n\theartbeat\x18\x07 \x01(\x0b\x32\x1d.dataserver.feed.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"\x12\n\x10GetStatusRequest\"D\n\x11GetStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.dataserver.feed.v1.ShardStatus2\xd9\x01\n\x0cShardService\x12o\n\x10StreamShardTicks\x12+.dataserver.feed.v1.StreamShardTicksRequest\x1a,.dataserver.feed.v1.StreamShardTicksResponse0\x01\x12X\n\tGetStatus\x12$.dataserver.feed.v1.GetStatusRequest\x1a%.dataserver.feed.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dataserver.feed.v1.shard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHARDRESUMEPOINT']._serialized_start=153
-  _globals['_SHARDRESUMEPOINT']._serialized_end=216
-  _globals['_STREAMSHARDTICKSREQUEST']._serialized_start=218
-  _globals['_STREAMSHARDTICKSREQUEST']._serialized_end=323
-  _globals['_SHARDHELLO']._serialized_start=325
-  _globals['_SHARDHELLO']._serialized_end=441
-  _globals['_SHARDINSTRUMENT']._serialized_start=444
-  _globals['_SHARDINSTRUMENT']._serialized_end=577
-  _globals['_SHARDSNAPSHOT']._serialized_start=580
-  _globals['_SHARDSNAPSHOT']._serialized_end=737
-  _globals['_SHARDINSTRUMENTSCHANGE']._serialized_start=740
-  _globals['_SHARDINSTRUMENTSCHANGE']._serialized_end=901
-  _globals['_STREAMSHARDTICKSRESPONSE']._serialized_start=904
-  _globals['_STREAMSHARDTICKSRESPONSE']._serialized_end=1291
-  _globals['_GETSTATUSREQUEST']._serialized_start=1293
-  _globals['_GETSTATUSREQUEST']._serialized_end=1311
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1313
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1381
-  _globals['_SHARDSERVICE']._serialized_start=1384
-  _globals['_SHARDSERVICE']._serialized_end=1601
+  _globals['_STREAMSHARDTICKSREQUEST']._serialized_start=153
+  _globals['_STREAMSHARDTICKSREQUEST']._serialized_end=198
+  _globals['_SHARDHELLO']._serialized_start=200
+  _globals['_SHARDHELLO']._serialized_end=299
+  _globals['_RAWPACKETS']._serialized_start=301
+  _globals['_RAWPACKETS']._serialized_end=345
+  _globals['_SHARDINSTRUMENT']._serialized_start=348
+  _globals['_SHARDINSTRUMENT']._serialized_end=481
+  _globals['_SHARDSNAPSHOT']._serialized_start=484
+  _globals['_SHARDSNAPSHOT']._serialized_end=634
+  _globals['_SHARDINSTRUMENTSCHANGE']._serialized_start=637
+  _globals['_SHARDINSTRUMENTSCHANGE']._serialized_end=798
+  _globals['_STREAMSHARDTICKSRESPONSE']._serialized_start=801
+  _globals['_STREAMSHARDTICKSRESPONSE']._serialized_end=1191
+  _globals['_GETSTATUSREQUEST']._serialized_start=1193
+  _globals['_GETSTATUSREQUEST']._serialized_end=1211
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1213
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1281
+  _globals['_SHARDSERVICE']._serialized_start=1284
+  _globals['_SHARDSERVICE']._serialized_end=1501
 # @@protoc_insertion_point(module_scope)

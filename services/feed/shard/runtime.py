@@ -1,0 +1,374 @@
+"""A feed shard: follows its assignment, keeps one broker connection in line with it, and
+streams the packets it receives to the gateway.
+
+Failure handling, per the broker's rules:
+- reconnect with exponential back-off and jitter, capped (60 s), and a full resubscribe
+  after every reconnect (the broker forgets subscriptions with the connection);
+- a watchdog forces a reconnect when a connection with subscriptions goes silent during
+  market hours (Dhan feeds are known to stall without closing);
+- 805 (too many connections) backs off for minutes and logs an error, since retrying
+  quickly gets the user blocked; 806-810 (entitlement or credentials) stop retrying until an
+  operator acts, and health turns NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import grpc
+from dataserver.feed.v1 import feed_pb2, shard_pb2
+from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
+from prometheus_client import Counter, Gauge
+
+from services.common.clients import ServiceCaller
+from services.common.config import Settings
+from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES
+from services.common.market_calendar import is_market_open
+from services.feed.codec import FeedMode
+from services.feed.shard.broker import BrokerConnection, feed_url
+from services.feed.shard.cache import Ingest, LastValues, packet_key
+from services.feed.shard.reconcile import Instrument, plan_messages
+
+log = logging.getLogger(__name__)
+
+FATAL_REASONS = {
+    806: "data APIs not subscribed",
+    807: "access token expired",
+    808: "authentication failed",
+    809: "access token invalid",
+    810: "client id invalid",
+}
+KICKED = 805
+REASON_TEXT = {800: "internal server error", 804: "instruments exceed limit", 805: "too many connections", **FATAL_REASONS}
+_STABLE_SECONDS = 30.0
+_QUEUE_LIMIT = 20_000
+
+MODES = {1: FeedMode.TICKER, 2: FeedMode.QUOTE, 3: FeedMode.FULL}
+PROTO_MODES = {mode: proto for proto, mode in MODES.items()}
+
+PACKETS = Counter("feed_shard_packets_total", "Packets applied to the last-value cache.", ["shard"])
+RECONNECTS = Counter("feed_shard_reconnects_total", "Broker reconnects, by cause.", ["shard", "cause"])
+AWAITING = Gauge("feed_shard_awaiting_first_tick", "Subscribed instruments with no packet after the first-tick deadline.", ["shard"])
+STATE = Gauge("feed_shard_connected", "1 while the broker connection is up.", ["shard"])
+
+Overflow = object()  # queued to a gateway stream that fell too far behind
+
+
+@dataclass(eq=False)  # identity: streams live in a set
+class GatewayStream:
+    queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue())
+    overflowed: bool = False
+
+    def offer(self, message: object) -> None:
+        if self.overflowed:
+            return
+        if self.queue.qsize() >= _QUEUE_LIMIT:
+            self.overflowed = True
+            self.queue.put_nowait(Overflow)
+            return
+        self.queue.put_nowait(message)
+
+
+def _timestamp(epoch_seconds: float | None) -> object:
+    if not epoch_seconds:
+        return None
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.fromtimestamp(epoch_seconds, tz=timezone.utc))
+    return stamp
+
+
+class ShardRuntime:
+    def __init__(self, settings: Settings, subscription: grpc.aio.Channel) -> None:
+        self.settings = settings
+        self.shard_id = settings.shard_id
+        self.epoch = uuid.uuid4().hex[:12]
+        self.started_at = time.time()
+        self.cache = LastValues()
+        self.ingest = Ingest(self.cache, self._on_disconnect_packet)
+        self.desired: dict[Instrument, FeedMode] = {}
+        self.actual: dict[Instrument, FeedMode] = {}
+        self.assignment_version = 0
+        self.state = feed_pb2.CONNECTION_STATE_CONNECTING
+        self.last_disconnect_code = 0
+        self.last_disconnect_reason = ""
+        self.last_disconnect_at: float | None = None
+        self.connected_at: float | None = None
+        self.next_retry_at: float | None = None
+        self.reconnect_count = 0
+        self.shard_sequence = 0
+        self.streams: set[GatewayStream] = set()
+        self._label = str(self.shard_id)
+        self._url = feed_url(settings.feed_url, settings.dhan_client_id or "sim", settings.dhan_access_token or "sim")
+        self._subscriptions = subscription_pb2_grpc.SubscriptionServiceStub(subscription)
+        self._caller = ServiceCaller("subscription", settings.service_token)
+        self._connection: BrokerConnection | None = None
+        self._connected_monotonic = 0.0
+        self._disconnect_code: int | None = None
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Told when the shard stops for good (806-810) so health can say NOT_SERVING.
+        self.on_health: Callable[[bool], object] = lambda serving: None
+        self.late_first_ticks = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for coroutine, name in (
+            (self._follow_assignments(), "assignments"),
+            (self._run_connection(), "broker"),
+            (self._reconcile(), "reconcile"),
+            (self._watch(), "watchdog"),
+        ):
+            self._tasks.append(asyncio.create_task(coroutine, name=f"shard-{self.shard_id}-{name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._connection is not None:
+            self._connection.close()
+
+    # -- assignment -------------------------------------------------------------------------
+
+    async def _follow_assignments(self) -> None:
+        delay = 0.5
+        request = subscription_pb2.WatchAssignmentsRequest(shard_id=self.shard_id, watcher_id=f"shard-{self.shard_id}/{self.epoch}")
+        while True:
+            try:
+                call = self._subscriptions.WatchAssignments(request, metadata=self._caller.metadata())
+                async for message in call:
+                    delay = 0.5
+                    self.apply_assignment(message)
+            except grpc.aio.AioRpcError as error:
+                log.warning("assignment stream lost; keeping the current set", extra={"code": error.code().name, "details": error.details()})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def apply_assignment(self, message: subscription_pb2.WatchAssignmentsResponse) -> None:
+        before = dict(self.desired)
+        if message.kind == subscription_pb2.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT:
+            self.desired = {self._instrument(a.key): MODES.get(a.mode, FeedMode.FULL) for a in message.assignments}
+        elif message.kind == subscription_pb2.ASSIGNMENT_MESSAGE_KIND_CHANGES:
+            for assignment in (*message.added, *message.updated):
+                self.desired[self._instrument(assignment.key)] = MODES.get(assignment.mode, FeedMode.FULL)
+            for key in message.removed:
+                self.desired.pop(self._instrument(key), None)
+        self.assignment_version = message.version
+        if self.desired != before:
+            self._changed.set()
+            removed = before.keys() - self.desired.keys()
+            for instrument in removed:
+                self.cache.drop(self._packet_key(instrument))
+            changed = [i for i, mode in self.desired.items() if before.get(i) != mode]
+            self._publish(shard_pb2.StreamShardTicksResponse(
+                shard_sequence=self.shard_sequence,
+                instruments_change=shard_pb2.ShardInstrumentsChange(
+                    upserted=[self._shard_instrument(i) for i in changed],
+                    removed=[self._key_proto(i) for i in removed],
+                    assignment_version=self.assignment_version,
+                ),
+            ))
+
+    @staticmethod
+    def _instrument(key: object) -> Instrument:
+        return (PROTO_TO_SEGMENT[key.exchange_segment], key.security_id)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _packet_key(instrument: Instrument) -> int:
+        return packet_key(SEGMENT_WIRE_CODES[instrument[0]], instrument[1])
+
+    @staticmethod
+    def _key_proto(instrument: Instrument) -> object:
+        from dataserver.common.v1 import common_pb2
+
+        return common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[instrument[0]], security_id=instrument[1])  # type: ignore[arg-type]
+
+    def _shard_instrument(self, instrument: Instrument) -> shard_pb2.ShardInstrument:
+        return shard_pb2.ShardInstrument(
+            key=self._key_proto(instrument), mode=PROTO_MODES[self.desired[instrument]],  # type: ignore[arg-type]
+            subscribed=self.actual.get(instrument) == self.desired[instrument],
+        )
+
+    # -- broker connection ------------------------------------------------------------------
+
+    async def _run_connection(self) -> None:
+        failures = 0
+        while True:
+            self.state = feed_pb2.CONNECTION_STATE_CONNECTING
+            connection = BrokerConnection(self.ingest, self._on_records)
+            self._disconnect_code = None
+            uptime = 0.0
+            try:
+                await connection.open(self._url)
+            except Exception as error:  # picows raises several types for refused/failed handshakes
+                self._note_disconnect(0, f"connect failed: {error}")
+            else:
+                self._connection = connection
+                self.state = feed_pb2.CONNECTION_STATE_CONNECTED
+                self.connected_at = time.time()
+                self._connected_monotonic = time.monotonic()
+                self.actual = {}  # a new connection has no subscriptions: resubscribe everything
+                self._changed.set()
+                STATE.labels(self._label).set(1)
+                log.info("connected to the feed", extra={"shard": self.shard_id, "instruments": len(self.desired)})
+                await connection.disconnected.wait()
+                connection.flush()
+                STATE.labels(self._label).set(0)
+                uptime = time.monotonic() - self._connected_monotonic
+                self._connection = None
+                self.actual = {}
+                code = self._disconnect_code or 0
+                self._note_disconnect(code, REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})"))
+            code = self._disconnect_code or 0
+            if code in FATAL_REASONS:
+                self.state = feed_pb2.CONNECTION_STATE_STOPPED
+                self.on_health(False)
+                log.error("feed refused us; not retrying until restarted", extra={"shard": self.shard_id, "reason_code": code,
+                                                                                   "reason": FATAL_REASONS[code]})
+                RECONNECTS.labels(self._label, str(code)).inc()
+                return
+            failures = 0 if uptime > _STABLE_SECONDS else failures + 1
+            if code == KICKED:
+                delay = self.settings.feed_kicked_backoff_seconds * random.uniform(1.0, 1.5)
+                log.error("feed disconnected us with 805 (too many connections); backing off", extra={"shard": self.shard_id, "seconds": round(delay, 1)})
+            else:
+                delay = min(self.settings.feed_max_backoff_seconds, 0.5 * 2 ** min(failures, 20)) * random.uniform(0.5, 1.0)
+            RECONNECTS.labels(self._label, str(code or "closed")).inc()
+            self.reconnect_count += 1
+            self.state = feed_pb2.CONNECTION_STATE_BACKING_OFF
+            self.next_retry_at = time.time() + delay
+            await asyncio.sleep(delay)
+            self.next_retry_at = None
+
+    def _note_disconnect(self, code: int, reason: str) -> None:
+        self.last_disconnect_code = code
+        self.last_disconnect_reason = reason
+        self.last_disconnect_at = time.time()
+        if code:
+            log.warning("feed disconnect", extra={"shard": self.shard_id, "reason_code": code, "reason": reason})
+
+    def _on_disconnect_packet(self, reason: int) -> None:
+        self._disconnect_code = reason
+
+    def _on_records(self, blob: bytes, count: int) -> None:
+        self.shard_sequence += count
+        PACKETS.labels(self._label).inc(count)
+        self._publish(shard_pb2.StreamShardTicksResponse(
+            shard_sequence=self.shard_sequence, packets=shard_pb2.RawPackets(records=blob, count=count)
+        ))
+
+    def _publish(self, message: object) -> None:
+        for stream in self.streams:
+            stream.offer(message)
+
+    # -- reconciling ------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(self.settings.feed_coalesce_seconds)  # gather a burst of changes
+            self._changed.clear()
+            connection = self._connection
+            if connection is None or self.state != feed_pb2.CONNECTION_STATE_CONNECTED:
+                continue
+            desired = dict(self.desired)
+            messages = plan_messages(desired, self.actual)
+            for message in messages:
+                connection.send_text(message)
+            now = time.monotonic()
+            for instrument in desired:
+                if instrument not in self.actual:
+                    self.cache.awaiting[self._packet_key(instrument)] = now
+            self.actual = desired
+            if messages:
+                log.info("reconciled with the feed", extra={"shard": self.shard_id, "messages": len(messages), "instruments": len(desired)})
+
+    # -- watchdog and first ticks -----------------------------------------------------------
+
+    def _in_market_hours(self) -> bool:
+        if not self.settings.feed_market_hours_only:
+            return True
+        now = datetime.now(timezone.utc)
+        return is_market_open("NSE", now) or is_market_open("MCX", now)
+
+    async def _watch(self) -> None:
+        period = min(1.0, self.settings.feed_watchdog_seconds / 4)
+        while True:
+            await asyncio.sleep(period)
+            if not self._in_market_hours():
+                AWAITING.labels(self._label).set(0)
+                continue
+            now = time.monotonic()
+            connection = self._connection
+            last = max(self.ingest.counters.last_frame_monotonic, self._connected_monotonic)
+            if connection is not None and self.actual and now - last > self.settings.feed_watchdog_seconds:
+                log.warning("feed silent; forcing a reconnect", extra={"shard": self.shard_id, "silent_seconds": round(now - last, 1)})
+                self._disconnect_code = None
+                connection.close()
+            deadline = self.settings.feed_first_tick_seconds
+            self.late_first_ticks = sum(1 for asked in self.cache.awaiting.values() if now - asked > deadline)
+            AWAITING.labels(self._label).set(self.late_first_ticks)
+
+    # -- gateway streams and status ---------------------------------------------------------
+
+    def attach(self) -> tuple[GatewayStream, list[shard_pb2.StreamShardTicksResponse]]:
+        """Registers a gateway stream and returns its opening messages, taken in the same
+        step so no packet falls between the snapshot and the stream."""
+        stream = GatewayStream()
+        records, count = self.cache.records()
+        hello = shard_pb2.StreamShardTicksResponse(
+            shard_sequence=self.shard_sequence,
+            hello=shard_pb2.ShardHello(shard_id=self.shard_id, shard_epoch=self.epoch, started_at=_timestamp(self.started_at)),
+        )
+        snapshot = shard_pb2.StreamShardTicksResponse(
+            shard_sequence=self.shard_sequence,
+            snapshot=shard_pb2.ShardSnapshot(
+                packets=shard_pb2.RawPackets(records=records, count=count),
+                instruments=[self._shard_instrument(i) for i in self.desired],
+                assignment_version=self.assignment_version,
+            ),
+        )
+        self.streams.add(stream)
+        return stream, [hello, snapshot]
+
+    def detach(self, stream: GatewayStream) -> None:
+        self.streams.discard(stream)
+
+    def status(self) -> feed_pb2.ShardStatus:
+        counters = self.ingest.counters
+        last_frame = None
+        if counters.last_frame_monotonic:
+            last_frame = time.time() - (time.monotonic() - counters.last_frame_monotonic)
+        return feed_pb2.ShardStatus(
+            shard_id=self.shard_id,
+            shard_epoch=self.epoch,
+            connection_state=self.state,
+            reachable=True,
+            reported_at=_timestamp(time.time()),
+            last_disconnect_code=self.last_disconnect_code,
+            last_disconnect_reason=self.last_disconnect_reason,
+            last_disconnect_at=_timestamp(self.last_disconnect_at),
+            connected_at=_timestamp(self.connected_at) if self.state == feed_pb2.CONNECTION_STATE_CONNECTED else None,
+            instruments_assigned=len(self.desired),
+            instruments_subscribed=sum(1 for i, m in self.actual.items() if self.desired.get(i) == m),
+            instruments_awaiting_first_tick=self.late_first_ticks,
+            frames_received=counters.frames,
+            packets_received=counters.packets,
+            protocol_errors=counters.protocol_errors,
+            last_frame_at=_timestamp(last_frame),
+            reconnect_count=self.reconnect_count,
+            next_retry_at=_timestamp(self.next_retry_at),
+            assignment_version=self.assignment_version,
+        )

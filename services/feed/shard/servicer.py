@@ -1,0 +1,44 @@
+"""ShardService: the internal stream a shard gives the gateway, and its status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
+
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.feed.shard.runtime import Overflow, ShardRuntime
+
+STATUS_SECONDS = 2.0
+
+
+class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
+    def __init__(self, runtime: ShardRuntime) -> None:
+        self._runtime = runtime
+
+    async def StreamShardTicks(
+        self, request: shard_pb2.StreamShardTicksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[shard_pb2.StreamShardTicksResponse]:
+        if not request.gateway_id:
+            raise InvalidArgument("gateway_id is required (any id naming the caller, for logs)")
+        stream, opening = self._runtime.attach()
+        try:
+            for message in opening:
+                yield message
+            while True:
+                try:
+                    message = await asyncio.wait_for(stream.queue.get(), STATUS_SECONDS)
+                except TimeoutError:
+                    # The status doubles as a heartbeat.
+                    yield shard_pb2.StreamShardTicksResponse(shard_sequence=self._runtime.shard_sequence, status=self._runtime.status())
+                    continue
+                if message is Overflow:
+                    raise ResourceExhausted("the gateway fell too far behind this shard; reconnect for a fresh snapshot")
+                yield message  # type: ignore[misc]
+        finally:
+            self._runtime.detach(stream)
+
+    async def GetStatus(self, request: shard_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> shard_pb2.GetStatusResponse:
+        return shard_pb2.GetStatusResponse(status=self._runtime.status())

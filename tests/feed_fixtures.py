@@ -1,0 +1,81 @@
+"""The feed on real parts: the simulator over loopback WebSockets, a real subscription
+service and registry, and shard runtimes with their gRPC servers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.common.config import Settings
+from services.feed import shard_server
+from services.feed.simulator.settings import SimulatorSettings
+from services.feed.simulator.simulator import Simulator
+from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Polls until `condition()` is truthy; fails with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class FeedUnderTest:
+    subscription: SubscriptionUnderTest
+    simulator: Simulator
+    shards: list[shard_server.Shard]
+
+    def subscriptions_on_broker(self) -> list[int]:
+        return [len(c.subscriptions) for c in self.simulator.connections()]
+
+
+@asynccontextmanager
+async def running_feed(
+    conninfo: str, masters_dir: Path, *, shards: int = 1, simulator: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[FeedUnderTest]:
+    async with running_subscription(conninfo, masters_dir, feed_connections=shards, feed_instruments_per_connection=5000) as service:
+        sim = Simulator(SimulatorSettings(
+            port=0, control_port=0, master_cache_dir=masters_dir, master_scale="small", seed=1,
+            ticks_per_second=20.0, **(simulator or {}),
+        ))
+        ws_port, _ = await sim.start()
+        started: list[shard_server.Shard] = []
+        try:
+            for shard_id in range(shards):
+                shard_settings = dataclasses.replace(
+                    service.settings,
+                    shard_id=shard_id,
+                    feed_connections=shards,
+                    feed_url=f"ws://127.0.0.1:{ws_port}",
+                    subscription_addr=service.address,
+                    feed_market_hours_only=False,
+                    feed_watchdog_seconds=1.5,
+                    feed_max_backoff_seconds=0.2,
+                    feed_kicked_backoff_seconds=1.0,
+                    feed_coalesce_seconds=0.02,
+                    grpc_port=0,
+                    **settings,
+                )
+                shard = shard_server.create_server(shard_settings)
+                await shard.app.start()
+                assert shard.app.until_ready is not None
+                await shard.app.until_ready()
+                await shard.app.set_serving(True)
+                started.append(shard)
+            yield FeedUnderTest(service, sim, started)
+        finally:
+            for shard in started:
+                await shard.app.stop(0)
+            await sim.stop()

@@ -1,0 +1,126 @@
+"""A feed shard against the simulator: it follows its assignment, subscribes in messages of
+at most 100, caches last values, streams them to the gateway, and recovers from every fault
+the simulator can inject."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest_asyncio
+from dataserver.feed.v1 import feed_pb2, shard_pb2, shard_pb2_grpc
+from dataserver.subscription.v1 import subscription_pb2 as pb
+
+from services.feed.shard.cache import RECORD_HEADER
+from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
+from tests.test_subscription_capacity import add
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def feed(database_url: str, masters_dir: Path) -> AsyncIterator[FeedUnderTest]:
+    async with running_feed(database_url, masters_dir) as running:
+        yield running
+
+
+def records(blob: bytes) -> list[tuple[int, int, bytes]]:
+    """(sequence, receive µs, packet) for each record of a RawPackets blob."""
+    out, offset = [], 0
+    while offset < len(blob):
+        sequence, received = RECORD_HEADER.unpack_from(blob, offset)
+        offset += RECORD_HEADER.size
+        length = blob[offset + 1] | blob[offset + 2] << 8
+        out.append((sequence, received, blob[offset : offset + length]))
+        offset += length
+    return out
+
+
+async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: FeedUnderTest) -> None:
+    shard = feed.shards[0].runtime
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)  # 11 instruments
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="11 subscriptions on the broker")
+    connection = feed.simulator.connections()[0]
+    assert {mode for _, _, mode in connection.subscriptions} == {"FULL"}
+    await eventually(lambda: len(shard.cache.ticks) == 11 and len(shard.cache.previous_close) == 11, what="a full cache")
+    async with grpc.aio.insecure_channel(feed.shards[0].app.address) as channel:
+        stream = shard_pb2_grpc.ShardServiceStub(channel).StreamShardTicks(shard_pb2.StreamShardTicksRequest(gateway_id="test"))
+        hello = await stream.read()
+        assert hello.hello.shard_id == 0 and hello.hello.shard_epoch == shard.epoch
+        snapshot = (await stream.read()).snapshot
+        assert len(snapshot.instruments) == 11 and snapshot.packets.count >= 22
+        assert all(i.subscribed for i in snapshot.instruments)
+        last: dict[bytes, int] = {}
+        for sequence, _, packet in records(snapshot.packets.records):
+            last[packet[3:8]] = max(last.get(packet[3:8], 0), sequence)
+        seen = 0
+        while seen < 50:
+            message = await asyncio.wait_for(stream.read(), 5)
+            if message.HasField("packets"):
+                for sequence, received, packet in records(message.packets.records):
+                    key = packet[3:8]
+                    assert sequence == last.get(key, 0) + 1  # per-instrument numbering, no gaps
+                    last[key] = sequence
+                    assert received > 0 and packet[0] in (2, 4, 5, 6, 8)
+                    seen += 1
+        stream.cancel()
+
+
+async def test_more_than_100_instruments_go_in_several_messages(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "SBIN", strikes_each_side=30)  # 123 instruments
+    await add(feed.subscription, "bob", "HDFCBANK", strikes_each_side=30)
+    await eventually(lambda: feed.subscriptions_on_broker() == [246], what="246 subscriptions")
+    assert feed.simulator.connections()[0].requests >= 3  # the simulator refuses > 100 per message
+    items = await feed.subscription.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(), metadata=await feed.subscription.user("bob"))
+    await feed.subscription.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id=items.watchlist_items[0].item_id), metadata=await feed.subscription.user("bob"))
+    await eventually(lambda: feed.subscriptions_on_broker() == [123], what="the removal reaching the broker")
+
+
+async def test_reconnect_resubscribes_everything(feed: FeedUnderTest) -> None:
+    shard = feed.shards[0].runtime
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    first = feed.simulator.connections()[0].id
+    feed.simulator.drop("all")
+    await eventually(lambda: [c.id for c in feed.simulator.connections()] not in ([], [first]), what="a new connection")
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="a full resubscribe")
+    assert shard.reconnect_count >= 1
+
+
+async def test_a_silent_feed_trips_the_watchdog(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    first = feed.simulator.connections()[0].id
+    feed.simulator.silence("all")
+    await eventually(lambda: any(c.id != first and len(c.subscriptions) == 11 for c in feed.simulator.connections()),
+                     timeout=10, what="a reconnect after silence")
+
+
+async def test_805_backs_off_long_and_807_stops(feed: FeedUnderTest) -> None:
+    shard = feed.shards[0].runtime
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    feed.simulator.disconnect("all", 805)
+    await eventually(lambda: shard.state == feed_pb2.CONNECTION_STATE_BACKING_OFF, what="backing off")
+    status = shard.status()
+    assert status.last_disconnect_code == 805 and "too many" in status.last_disconnect_reason
+    assert status.next_retry_at.ToSeconds() - status.last_disconnect_at.ToSeconds() >= 0.9  # the long back-off
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], timeout=5, what="the reconnect after 805")
+    health: list[bool] = []
+    shard.on_health = health.append
+    feed.simulator.disconnect("all", 807)
+    await eventually(lambda: shard.state == feed_pb2.CONNECTION_STATE_STOPPED, what="stopped")
+    assert health == [False] and shard.status().last_disconnect_code == 807
+    await asyncio.sleep(1.0)
+    assert feed.simulator.connections() == []  # no retry, let alone a tight loop
+
+
+async def test_garbage_is_counted_not_fatal(feed: FeedUnderTest) -> None:
+    shard = feed.shards[0].runtime
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    before = shard.ingest.counters.packets
+    feed.simulator.garbage("all", size=37, count=5)
+    await eventually(lambda: shard.ingest.counters.protocol_errors >= 1, what="protocol errors counted")
+    await eventually(lambda: shard.ingest.counters.packets > before + 20, what="ticks still flowing")
+    assert shard.state == feed_pb2.CONNECTION_STATE_CONNECTED and shard.reconnect_count == 0

@@ -77,12 +77,17 @@ async def check_invariants(pool: AsyncConnectionPool) -> None:
             refs = await (await conn.execute(
                 "SELECT count(*) AS n FROM subscriptions s WHERE s.ref_count <> (SELECT count(*) FROM subscription_owners o "
                 "WHERE o.exchange_segment = s.exchange_segment AND o.security_id = s.security_id)")).fetchone()
+            drift = await (await conn.execute(
+                "SELECT count(*) AS n FROM (SELECT shard_id, tier, false AS incoming, count(*) AS n FROM subscriptions "
+                "GROUP BY 1, 2 UNION ALL SELECT moving_to_shard, tier, true, count(*) FROM subscriptions "
+                "WHERE moving_to_shard IS NOT NULL GROUP BY 1, 2) actual FULL JOIN (SELECT * FROM subscription_counts "
+                "WHERE n <> 0) kept USING (shard_id, tier, incoming) WHERE actual.n IS DISTINCT FROM kept.n")).fetchone()
             evicted_holding = await (await conn.execute(
                 "SELECT count(*) AS n FROM watchlist_items w JOIN subscription_owners o ON o.owner_kind = 'unit' "
                 "AND o.owner_id = w.item_id::text WHERE w.state = 'EVICTED'")).fetchone()
     assert total["n"] <= CONNECTIONS * PER_CONNECTION, total  # type: ignore[index]
     assert all(row["n"] <= PER_CONNECTION for row in shards), shards
-    assert refs["n"] == 0 and evicted_holding["n"] == 0  # type: ignore[index]
+    assert refs["n"] == 0 and evicted_holding["n"] == 0 and drift["n"] == 0  # type: ignore[index]
 
 
 async def test_invariants_hold_across_two_replicas_under_concurrent_load(replicas) -> None:  # type: ignore[no-untyped-def]

@@ -37,6 +37,13 @@ async def invariants(service: SubscriptionUnderTest) -> None:
         service.settings.feed_instruments_per_connection,
     )
     assert over == []
+    drift = await service.rows(
+        "SELECT * FROM (SELECT shard_id, tier, false AS incoming, count(*) AS n FROM subscriptions GROUP BY 1, 2 "
+        "UNION ALL SELECT moving_to_shard, tier, true, count(*) FROM subscriptions WHERE moving_to_shard IS NOT NULL "
+        "GROUP BY 1, 2) actual FULL JOIN (SELECT * FROM subscription_counts WHERE n <> 0) kept "
+        "USING (shard_id, tier, incoming) WHERE actual.n IS DISTINCT FROM kept.n"
+    )
+    assert drift == []  # the trigger-kept counts match the rows
 
 
 async def test_add_stock_subscribes_underlying_and_chain(service: SubscriptionUnderTest) -> None:

@@ -9,12 +9,10 @@ SELECT pg_advisory_xact_lock(%(lock_key)s);
 SELECT pg_advisory_xact_lock_shared(%(lock_key)s);
 
 -- name: shard_loads
-SELECT shard_id, count(*) AS n FROM subscriptions GROUP BY shard_id
-UNION ALL
-SELECT moving_to_shard, count(*) FROM subscriptions WHERE moving_to_shard IS NOT NULL GROUP BY moving_to_shard;
+SELECT shard_id, sum(n)::int AS n FROM subscription_counts GROUP BY shard_id;
 
 -- name: total_subscribed
-SELECT count(*) AS n FROM subscriptions;
+SELECT coalesce(sum(n), 0)::int AS n FROM subscription_counts WHERE NOT incoming;
 
 -- name: existing_subscriptions
 SELECT s.exchange_segment, s.security_id, s.feed_mode, s.shard_id, s.moving_to_shard, s.tier

@@ -36,13 +36,13 @@ class Reports:
         midnight_ist = datetime.combine(today_ist(), clock_time(0), tzinfo=IST)
         async with self._pool.connection() as conn:
             shards = await (await conn.execute(REPORTS["shard_usage"])).fetchall()
-            moving_in = await (await conn.execute(REPORTS["moving_in"])).fetchall()
+            moving_out = await (await conn.execute(REPORTS["moving_out"])).fetchall()
             owners = await (await conn.execute(REPORTS["owner_counts"])).fetchall()
             users = await (await conn.execute(REPORTS["user_usage"], {"limit": _USERS_SHOWN})).fetchall()
             user_count = await (await conn.execute(REPORTS["user_count"])).fetchone()
             evictions = await (await conn.execute(REPORTS["evictions_since"], {"since": midnight_ist})).fetchone()
         by_shard = {row["shard_id"]: row for row in shards}
-        incoming = {row["shard_id"]: row["n"] for row in moving_in}
+        outgoing = {row["shard_id"]: row["n"] for row in moving_out}
         total = sum(row["n"] for row in shards)
         owner_counts = {row["owner_kind"]: row["n"] for row in owners}
         response = pb.GetSubscriptionStatusResponse(
@@ -58,9 +58,9 @@ class Reports:
             shards=[
                 pb.ShardUsage(
                     shard_id=shard,
-                    instrument_count=by_shard.get(shard, {}).get("n", 0) + incoming.get(shard, 0),
+                    instrument_count=by_shard.get(shard, {}).get("n", 0) + by_shard.get(shard, {}).get("incoming", 0),
                     limit=self._budget.per_connection,
-                    moves_in_flight=by_shard.get(shard, {}).get("moving_out", 0) + incoming.get(shard, 0),
+                    moves_in_flight=outgoing.get(shard, 0) + by_shard.get(shard, {}).get("incoming", 0),
                     tier_a_count=by_shard.get(shard, {}).get("a", 0),
                     tier_b_count=by_shard.get(shard, {}).get("b", 0),
                 )

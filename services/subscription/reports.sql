@@ -1,18 +1,21 @@
 -- Read-only queries behind status, listings and the streams' snapshots.
 
 -- name: shard_usage
-SELECT shard_id, count(*)::int AS n,
-       count(*) FILTER (WHERE tier = 'A')::int AS a,
-       count(*) FILTER (WHERE tier = 'B')::int AS b,
-       count(*) FILTER (WHERE moving_to_shard IS NOT NULL)::int AS moving_out
-FROM subscriptions GROUP BY shard_id;
+SELECT shard_id,
+       coalesce(sum(n) FILTER (WHERE NOT incoming), 0)::int AS n,
+       coalesce(sum(n) FILTER (WHERE NOT incoming AND tier = 'A'), 0)::int AS a,
+       coalesce(sum(n) FILTER (WHERE NOT incoming AND tier = 'B'), 0)::int AS b,
+       coalesce(sum(n) FILTER (WHERE incoming), 0)::int AS incoming
+FROM subscription_counts GROUP BY shard_id;
 
--- name: moving_in
-SELECT moving_to_shard AS shard_id, count(*)::int AS n FROM subscriptions
-WHERE moving_to_shard IS NOT NULL GROUP BY moving_to_shard;
+-- name: moving_out
+SELECT shard_id, count(*)::int AS n FROM subscriptions
+WHERE moving_to_shard IS NOT NULL GROUP BY shard_id;
 
 -- name: owner_counts
-SELECT owner_kind, count(DISTINCT owner_id)::int AS n FROM subscription_owners GROUP BY owner_kind;
+SELECT 'unit' AS owner_kind, count(*)::int AS n FROM watchlist_items WHERE state = 'ACTIVE'
+UNION ALL
+SELECT 'tier_b', count(*)::int FROM tier_b_entries;
 
 -- name: user_usage
 SELECT user_id,
@@ -25,7 +28,9 @@ FROM watchlist_items GROUP BY user_id ORDER BY user_id LIMIT %(limit)s;
 SELECT count(DISTINCT user_id)::int AS n FROM watchlist_items;
 
 -- name: evictions_since
-SELECT count(*)::int AS n FROM subscription_log WHERE action = 'EVICT' AND logged_at >= %(since)s;
+-- Evictions to make room (capacity or the Tier B plan), not admin clears or end of day.
+SELECT count(*)::int AS n FROM subscription_log
+WHERE action = 'EVICT' AND logged_at >= %(since)s AND details->>'reason' IN ('CAPACITY', 'TIER_B_PLAN');
 
 -- name: list_subscriptions
 SELECT s.* FROM subscriptions s

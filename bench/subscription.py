@@ -473,7 +473,7 @@ def _time_sql(report: Report, conninfo: str) -> None:
         midnight = datetime.combine(today_ist(), clock_time(0), tzinfo=IST)
         cases: list[tuple[str, str, dict[str, Any]]] = [
             ("status: shard_usage", reports["shard_usage"], {}),
-            ("status: moving_in", reports["moving_in"], {}),
+            ("status: moving_out", reports["moving_out"], {}),
             ("status: owner_counts", reports["owner_counts"], {}),
             ("status: user_usage", reports["user_usage"], {"limit": 1000}),
             ("status: user_count", reports["user_count"], {}),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import Settings
-from services.feed import shard_server
+from services.feed import gateway_server, shard_server
 from services.feed.simulator.settings import SimulatorSettings
 from services.feed.simulator.simulator import Simulator
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
@@ -36,6 +36,7 @@ class FeedUnderTest:
     subscription: SubscriptionUnderTest
     simulator: Simulator
     shards: list[shard_server.Shard]
+    gateway: gateway_server.Gateway
 
     def subscriptions_on_broker(self) -> list[int]:
         return [len(c.subscriptions) for c in self.simulator.connections()]
@@ -74,7 +75,19 @@ async def running_feed(
                 await shard.app.until_ready()
                 await shard.app.set_serving(True)
                 started.append(shard)
-            yield FeedUnderTest(service, sim, started)
+            gateway = gateway_server.create_server(
+                dataclasses.replace(service.settings, grpc_port=0, subscription_addr=service.address,
+                                    gateway_shard_addrs=tuple(s.app.address for s in started)),
+                service.pool,
+            )
+            await gateway.app.start()
+            assert gateway.app.until_ready is not None
+            await gateway.app.until_ready()
+            await gateway.app.set_serving(True)
+            try:
+                yield FeedUnderTest(service, sim, started, gateway)
+            finally:
+                await gateway.app.stop(0)
         finally:
             for shard in started:
                 await shard.app.stop(0)

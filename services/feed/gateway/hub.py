@@ -1,0 +1,288 @@
+"""The gateway's last-value cache, fed by every shard's internal stream, and the fan-out
+index from instruments to the terminal streams that want them.
+
+Sequence numbers seen by terminals stay increasing per instrument across shard restarts and
+moves: when an instrument's source changes (a new shard epoch, or a move to another shard),
+its numbering continues from the last value plus a visible gap of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+from dataserver.common.v1 import common_pb2
+from dataserver.feed.v1 import feed_pb2, shard_pb2, shard_pb2_grpc
+from prometheus_client import Counter, Gauge
+
+from services.common.clients import open_channel
+from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES, SEGMENTS_BY_WIRE_CODE
+from services.feed.codec import OIPacket, PrevClosePacket, ProtocolErrors, decode_frame
+from services.feed.gateway.values import Value
+
+log = logging.getLogger(__name__)
+
+HISTORY = 8  # values kept per instrument, so a stream that keeps up loses none
+_RECORD = struct.Struct("<Qq")
+PACKETS = Counter("feed_gateway_packets_total", "Packets applied from the shards.")
+SHARDS_UP = Gauge("feed_gateway_shards_connected", "Shard streams currently open.")
+
+
+class Subscriber(Protocol):
+    def mark(self, key: int, sequence: int) -> None: ...
+
+    def upstream_changed(self, event: feed_pb2.UpstreamStatusChange) -> None: ...
+
+
+def wire_key(segment: str, security_id: int) -> int:
+    return SEGMENT_WIRE_CODES[segment] | (security_id << 8)
+
+
+def proto_key(key: int) -> common_pb2.InstrumentKey:
+    return common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[SEGMENTS_BY_WIRE_CODE[key & 0xFF]], security_id=key >> 8)  # type: ignore[arg-type]
+
+
+class Instrument:
+    __slots__ = ("key", "key_proto", "latest", "history", "source", "offset", "subscribers", "mode", "shard_id")
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+        self.key_proto = proto_key(key)
+        self.latest: Value | None = None
+        self.history: deque[Value] = deque(maxlen=HISTORY)
+        self.source: tuple[int, str] | None = None  # (shard id, epoch) whose numbering we follow
+        self.offset = 0
+        self.subscribers: set[Subscriber] = set()
+        self.mode = 0  # upstream mode; 0 when no shard has it
+        self.shard_id: int | None = None
+
+
+@dataclass
+class ShardLink:
+    shard_id: int
+    address: str
+    epoch: str = ""
+    connected: bool = False
+    status: feed_pb2.ShardStatus | None = None
+    instruments: set[int] = field(default_factory=set)
+    interrupted_at: float | None = None
+    restarted: bool = False  # the last hello carried a new epoch
+
+
+class Hub:
+    def __init__(self, shard_addresses: tuple[str, ...], gateway_id: str) -> None:
+        self.instruments: dict[int, Instrument] = {}
+        self.links = [ShardLink(n, address) for n, address in enumerate(shard_addresses)]
+        self.errors = ProtocolErrors()
+        self._gateway_id = gateway_id
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    # -- terminals ----------------------------------------------------------------------------
+
+    def instrument(self, key: int) -> Instrument:
+        found = self.instruments.get(key)
+        if found is None:
+            found = self.instruments[key] = Instrument(key)
+        return found
+
+    def attach(self, subscriber: Subscriber, keys: list[int]) -> None:
+        for key in keys:
+            self.instrument(key).subscribers.add(subscriber)
+
+    def detach(self, subscriber: Subscriber, keys: list[int]) -> None:
+        for key in keys:
+            instrument = self.instruments.get(key)
+            if instrument is not None:
+                instrument.subscribers.discard(subscriber)
+                if not instrument.subscribers and instrument.mode == 0:
+                    del self.instruments[key]
+
+    def upstream(self, key: int) -> bool:
+        instrument = self.instruments.get(key)
+        return instrument is not None and instrument.mode != 0
+
+    # -- shards -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for link in self.links:
+            self._tasks.append(asyncio.create_task(self._follow(link), name=f"gateway-shard-{link.shard_id}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for channel in self._channels:
+            await channel.close()
+
+    async def _follow(self, link: ShardLink) -> None:
+        channel = open_channel(link.address)
+        self._channels.append(channel)
+        stub = shard_pb2_grpc.ShardServiceStub(channel)
+        delay = 0.2
+        while True:
+            try:
+                call = stub.StreamShardTicks(shard_pb2.StreamShardTicksRequest(gateway_id=self._gateway_id))
+                async for message in call:
+                    delay = 0.2
+                    self._on_message(link, message)
+            except grpc.aio.AioRpcError as error:
+                if link.connected or link.interrupted_at is None:
+                    log.warning("shard stream lost", extra={"shard": link.shard_id, "code": error.code().name})
+                self._interrupted(link, f"shard stream lost: {error.code().name}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _on_message(self, link: ShardLink, message: shard_pb2.StreamShardTicksResponse) -> None:
+        body = message.WhichOneof("body")
+        if body == "packets":
+            self.apply(link, message.packets.records)
+        elif body == "hello":
+            link.restarted = bool(link.epoch) and link.epoch != message.hello.shard_epoch
+            link.epoch = message.hello.shard_epoch
+            link.connected = True
+            SHARDS_UP.set(sum(1 for l in self.links if l.connected))
+            if link.restarted:
+                log.warning("shard restarted", extra={"shard": link.shard_id})
+            link.status = None
+        elif body == "snapshot":
+            snapshot = message.snapshot
+            self._set_instruments(link, {self._wire(i.key): i.mode for i in snapshot.instruments}, replace=True)
+            self.apply(link, snapshot.packets.records)
+            self._restored(link)
+        elif body == "instruments_change":
+            change = message.instruments_change
+            self._set_instruments(link, {self._wire(i.key): i.mode for i in change.upserted}, replace=False)
+            self._remove_instruments(link, [self._wire(k) for k in change.removed])
+        elif body == "status":
+            link.status = message.status
+
+    @staticmethod
+    def _wire(key: common_pb2.InstrumentKey) -> int:
+        return wire_key(PROTO_TO_SEGMENT[key.exchange_segment], key.security_id)
+
+    def _set_instruments(self, link: ShardLink, modes: dict[int, int], *, replace: bool) -> None:
+        if replace:
+            self._remove_instruments(link, list(link.instruments - modes.keys()))
+        for key, mode in modes.items():
+            instrument = self.instrument(key)
+            instrument.mode = mode
+            instrument.shard_id = link.shard_id
+            link.instruments.add(key)
+
+    def _remove_instruments(self, link: ShardLink, keys: list[int]) -> None:
+        for key in keys:
+            link.instruments.discard(key)
+            instrument = self.instruments.get(key)
+            if instrument is None:
+                continue
+            if instrument.source is not None and instrument.source[0] == link.shard_id:
+                instrument.source = None  # another shard (a move) may take over the numbering
+            if instrument.shard_id == link.shard_id:
+                instrument.mode = 0
+                instrument.shard_id = None
+                if not instrument.subscribers:
+                    del self.instruments[key]
+
+    def _interrupted(self, link: ShardLink, reason: str) -> None:
+        if link.connected:
+            link.connected = False
+            link.interrupted_at = time.time()
+            SHARDS_UP.set(sum(1 for l in self.links if l.connected))
+            self._tell(link, feed_pb2.UPSTREAM_STATE_INTERRUPTED, reason, restarted=False)
+        elif link.interrupted_at is None:
+            link.interrupted_at = time.time()
+
+    def _restored(self, link: ShardLink) -> None:
+        if link.interrupted_at is not None:
+            self._tell(link, feed_pb2.UPSTREAM_STATE_RESTORED, "shard stream restored", restarted=link.restarted)
+            link.interrupted_at = None
+
+    def _tell(self, link: ShardLink, state: int, reason: str, *, restarted: bool) -> None:
+        affected: dict[Subscriber, int] = {}
+        for key in link.instruments:
+            instrument = self.instruments.get(key)
+            if instrument is not None:
+                for subscriber in instrument.subscribers:
+                    affected[subscriber] = affected.get(subscriber, 0) + 1
+        for subscriber, count in affected.items():
+            event = feed_pb2.UpstreamStatusChange(
+                shard_id=link.shard_id, state=state, affected_instruments=count,  # type: ignore[arg-type]
+                shard_restarted=restarted, reason=reason,
+            )
+            if link.interrupted_at:
+                event.interrupted_at.FromNanoseconds(int(link.interrupted_at * 1e9))
+            subscriber.upstream_changed(event)
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def apply(self, link: ShardLink, records: bytes) -> None:
+        """Decodes each packet once and fans its new value out to the streams that want it."""
+        errors = self.errors
+        instruments = self.instruments
+        source_id = (link.shard_id, link.epoch)
+        size = len(records)
+        offset = 0
+        applied = 0
+        while offset < size:
+            sequence, received_us = _RECORD.unpack_from(records, offset)
+            offset += 16
+            length = records[offset + 1] | (records[offset + 2] << 8)
+            packet = records[offset : offset + length]
+            offset += length
+            decoded = decode_frame(packet, errors)
+            if not decoded:
+                continue
+            item = decoded[0]
+            key = packet[3] | (item.security_id << 8)
+            instrument = instruments.get(key)
+            if instrument is None:
+                instrument = self.instrument(key)
+            if instrument.source != source_id:
+                if instrument.source is not None and instrument.source[0] != link.shard_id:
+                    continue  # the old shard of a move still owns the numbering
+                # A new source: continue after the last value, skipping one number so the
+                # discontinuity shows as a gap.
+                instrument.offset = instrument.latest.sequence + 2 - sequence if instrument.latest is not None else 0
+                instrument.source = source_id
+            number = instrument.offset + sequence
+            latest = instrument.latest
+            if latest is not None and number <= latest.sequence:
+                continue  # already applied (a snapshot after a reconnect)
+            if isinstance(item, OIPacket):
+                value = Value(instrument.key_proto, number, received_us, latest.tick if latest else None, item, latest.prev if latest else None)
+            elif isinstance(item, PrevClosePacket):
+                value = Value(instrument.key_proto, number, received_us, latest.tick if latest else None, latest.oi if latest else None, item)
+            else:
+                value = Value(instrument.key_proto, number, received_us, item, latest.oi if latest else None, latest.prev if latest else None)  # type: ignore[arg-type]
+            instrument.latest = value
+            instrument.history.append(value)
+            applied += 1
+            for subscriber in instrument.subscribers:
+                subscriber.mark(key, number)
+        PACKETS.inc(applied)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def statuses(self) -> list[feed_pb2.ShardStatus]:
+        result = []
+        for link in self.links:
+            status = feed_pb2.ShardStatus()
+            if link.status is not None:
+                status.CopyFrom(link.status)
+            status.shard_id = link.shard_id
+            status.shard_epoch = link.epoch
+            status.reachable = link.connected
+            result.append(status)
+        return result
+

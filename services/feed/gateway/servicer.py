@@ -1,0 +1,239 @@
+"""GatewayService: terminal tick streams (server-streaming and interactive), the unary
+snapshot, and shard status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from dataserver.common.v1 import common_pb2
+from dataserver.feed.v1 import feed_pb2
+from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
+from dataserver.subscription.v1 import subscription_pb2 as spb
+from dataserver.subscription.v1 import subscription_pb2_grpc
+
+from services.common.auth import current_principal
+from services.common.clients import ServiceCaller
+from services.common.errors import InvalidArgument, NotFound, ServiceError
+from services.common.instruments import PROTO_TO_SEGMENT
+from services.feed.gateway.hub import Hub, wire_key
+from services.feed.gateway.streams import INTERACTIVE, STREAM_TICKS, Shape, TerminalStream
+from services.feed.gateway.watchlist import WatchlistFollower
+
+MAX_INSTRUMENTS_PER_STREAM = 5000
+MAX_SNAPSHOT_KEYS = 1000
+LAG_CHECK_SECONDS = 1.0
+
+
+def _mode(value: int) -> int:
+    return value or common_pb2.FEED_MODE_FULL
+
+
+def _key(proto: common_pb2.InstrumentKey) -> int:
+    segment = PROTO_TO_SEGMENT.get(proto.exchange_segment)
+    if segment is None or proto.security_id == 0:
+        raise InvalidArgument("every key needs an exchange_segment and a positive security_id")
+    return wire_key(segment, proto.security_id)
+
+
+class GatewayServicer:
+    def __init__(self, hub: Hub, subscription: subscription_pb2_grpc.SubscriptionServiceStub,
+                 registry: registry_pb2_grpc.RegistryServiceStub, caller: ServiceCaller) -> None:
+        self._hub = hub
+        self._subscription = subscription
+        self._registry = registry
+        self._caller = caller
+        self.streams: set[TerminalStream] = set()
+
+    async def check_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(LAG_CHECK_SECONDS)
+            now = loop.time()
+            for stream in list(self.streams):
+                stream.check_lag(now)
+
+    async def _states(self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]) -> list[feed_pb2.InstrumentState]:
+        """Registers the keys on the stream (up to its limit) and says how each one stands."""
+        states = []
+        room = MAX_INSTRUMENTS_PER_STREAM - len(stream.keys)
+        accepted: list[int] = []
+        unknown: list[tuple[int, feed_pb2.InstrumentState]] = []
+        for key, proto in zip(keys, protos, strict=True):
+            state = feed_pb2.InstrumentState(key=proto, mode=stream.mode)  # type: ignore[arg-type]
+            if key in stream.keys or key in accepted:
+                state.status = feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED
+            elif room <= 0:
+                state.status = feed_pb2.INSTRUMENT_STATUS_LIMIT_EXCEEDED
+                state.message = f"a stream carries at most {MAX_INSTRUMENTS_PER_STREAM} instruments"
+            else:
+                room -= 1
+                accepted.append(key)
+                instrument = self._hub.instruments.get(key)
+                if self._hub.upstream(key):
+                    state.status = feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED
+                    state.awaiting_first_tick = instrument is None or instrument.latest is None
+                else:
+                    unknown.append((key, state))
+            states.append(state)
+        stream.add(accepted)
+        for key, state in unknown[:100]:  # ask the registry about a bounded number
+            try:
+                await self._caller.call(self._registry.GetInstrument, registry_pb2.GetInstrumentRequest(key=state.key))
+            except NotFound:
+                state.status = feed_pb2.INSTRUMENT_STATUS_NOT_FOUND
+                state.message = "no such instrument in the master"
+                stream.remove([key])
+                continue
+            except ServiceError:
+                pass
+            state.status = feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
+            state.message = "not subscribed at the broker; add it to a watchlist, ticks flow once it is"
+        for key, state in unknown[100:]:
+            state.status = feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
+        return states
+
+    async def _touch_keys(self, keys: list[common_pb2.InstrumentKey]) -> None:
+        with contextlib.suppress(ServiceError):
+            await self._caller.call(self._subscription.RecordUsage, spb.RecordUsageRequest(user_id=current_principal().user_id, keys=keys[:1000]))
+
+    async def StreamTicks(self, request: feed_pb2.StreamTicksRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        stream = TerminalStream(self._hub, _mode(request.mode), STREAM_TICKS, max_batch=request.batch_options.max_batch_size or 5000)
+        follower: WatchlistFollower | None = None
+        selection = request.WhichOneof("selection")
+        try:
+            if selection == "instruments":
+                protos = list(request.instruments.keys)
+                if not protos:
+                    raise InvalidArgument("instruments.keys is empty: list the instruments to stream, or set my_watchlist")
+                keys = [_key(k) for k in protos]
+                states = await self._states(stream, keys, protos)
+                await self._touch_keys(protos)
+            elif selection == "my_watchlist" and request.my_watchlist:
+                follower = WatchlistFollower(self._subscription, self._caller, current_principal().user_id)
+                keys = await follower.initial_keys()
+                stream.add(keys)
+                states = [feed_pb2.InstrumentState(key=self._hub.instrument(k).key_proto, status=feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED,
+                                                   mode=stream.mode) for k in keys]  # type: ignore[arg-type]
+                follower.follow(stream)
+            else:
+                raise InvalidArgument("set a selection: instruments (a list of keys) or my_watchlist: true")
+            self.streams.add(stream)
+            yield stream.snapshot(keys, states)
+            async for message in stream.run():
+                yield message
+        finally:
+            self.streams.discard(stream)
+            stream.close()
+            if follower is not None:
+                follower.stop()
+
+    async def InteractiveStreamTicks(self, request_iterator: AsyncIterator[feed_pb2.InteractiveStreamTicksRequest],
+                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        stream = TerminalStream(self._hub, common_pb2.FEED_MODE_FULL, INTERACTIVE)
+        self.streams.add(stream)
+        principal = current_principal()
+
+        async def commands() -> None:
+            from services.common.auth import principal_var
+
+            principal_var.set(principal)
+            async for command in request_iterator:
+                await self._command(stream, command)
+            stream.close_reason = ""  # the client finished sending; keep streaming until it hangs up
+
+        reader = asyncio.create_task(commands())
+        try:
+            async for message in stream.run():
+                yield message
+        finally:
+            reader.cancel()
+            self.streams.discard(stream)
+            stream.close()
+
+    async def _command(self, stream: TerminalStream, command: feed_pb2.InteractiveStreamTicksRequest) -> None:
+        kind = command.WhichOneof("command")
+        if kind == "add":
+            if command.add.mode:
+                stream.mode = command.add.mode
+            protos = list(command.add.keys)
+            try:
+                keys = [_key(k) for k in protos]
+            except InvalidArgument as error:
+                stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(
+                    correlation_id=command.correlation_id,
+                    instruments=[feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_NOT_FOUND, message=error.message) for k in protos],
+                )))
+                stream.wake.set()
+                return
+            states = await self._states(stream, keys, protos)
+            stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id, instruments=states)))
+            stream.outbox.append(stream.snapshot([k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED], [], command.correlation_id))
+            await self._touch_keys(protos)
+        elif kind == "remove":
+            keys = []
+            for proto in command.remove.keys:
+                with contextlib.suppress(InvalidArgument):
+                    keys.append(_key(proto))
+            stream.remove(keys)
+            stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(
+                correlation_id=command.correlation_id,
+                instruments=[feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_REMOVED) for k in command.remove.keys],
+            )))
+        elif kind == "batch_options":
+            stream.max_batch = command.batch_options.max_batch_size or stream.max_batch
+            stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id)))
+        stream.wake.set()
+
+    async def GetSnapshot(self, request: feed_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetSnapshotResponse:
+        if not request.keys:
+            raise InvalidArgument("keys is empty: give the instruments whose last values you want")
+        if len(request.keys) > MAX_SNAPSHOT_KEYS:
+            raise InvalidArgument(f"{len(request.keys)} keys asked; at most {MAX_SNAPSHOT_KEYS} per call")
+        mode = _mode(request.mode)
+        response = feed_pb2.GetSnapshotResponse()
+        for proto in request.keys:
+            instrument = self._hub.instruments.get(_key(proto))
+            if instrument is not None and instrument.latest is not None:
+                response.ticks.append(instrument.latest.message(mode))
+            else:
+                response.missing_keys.append(proto)
+        return response
+
+    async def GetShardStatus(self, request: feed_pb2.GetShardStatusRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetShardStatusResponse:
+        statuses = self._hub.statuses()
+        if request.HasField("shard_id"):
+            if not 0 <= request.shard_id < len(statuses):
+                raise InvalidArgument(f"shard_id {request.shard_id} is out of range: accepted 0..{len(statuses) - 1}")
+            statuses = [statuses[request.shard_id]]
+        return feed_pb2.GetShardStatusResponse(shards=statuses)
+
+
+def _serialize(message: Any) -> bytes:
+    """Stream responses may be pre-serialised bytes (tick batches) or messages."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
+    """Like the generated add_GatewayServiceServicer_to_server, but the tick streams accept
+    pre-serialised batches."""
+    handlers = {
+        "StreamTicks": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamTicks, request_deserializer=feed_pb2.StreamTicksRequest.FromString, response_serializer=_serialize),
+        "InteractiveStreamTicks": grpc.stream_stream_rpc_method_handler(
+            servicer.InteractiveStreamTicks, request_deserializer=feed_pb2.InteractiveStreamTicksRequest.FromString,
+            response_serializer=_serialize),
+        "GetSnapshot": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSnapshot, request_deserializer=feed_pb2.GetSnapshotRequest.FromString,
+            response_serializer=feed_pb2.GetSnapshotResponse.SerializeToString),
+        "GetShardStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetShardStatus, request_deserializer=feed_pb2.GetShardStatusRequest.FromString,
+            response_serializer=feed_pb2.GetShardStatusResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("dataserver.feed.v1.GatewayService", handlers),))
+
+
+__all__ = ["GatewayServicer", "Shape", "register"]

@@ -64,7 +64,12 @@ class WatchlistFollower:
     async def _apply_events(self, stream: TerminalStream) -> None:
         assert self._events is not None
         try:
-            async for message in self._events:
+            while True:
+                # read(), not `async for`: the call was already read from, and gRPC does not
+                # allow mixing the two.
+                message = await self._events.read()
+                if message is grpc.aio.EOF:
+                    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream ended")
                 if not message.HasField("event"):
                     continue
                 event = message.event

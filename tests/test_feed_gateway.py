@@ -1,0 +1,193 @@
+"""The gateway on real shards and the simulator: snapshot first, numbered batches, statuses,
+my-watchlist streams with eviction events, interactive streams, conflation of a terminal that
+stops reading, and streams that survive a shard restart."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest_asyncio
+from dataserver.common.v1 import common_pb2
+from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
+from dataserver.subscription.v1 import subscription_pb2 as spb
+
+from services.feed import shard_server
+from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
+from tests.test_subscription_capacity import add
+
+NSE_EQ = common_pb2.EXCHANGE_SEGMENT_NSE_EQ
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def feed(database_url: str, masters_dir: Path) -> AsyncIterator[FeedUnderTest]:
+    async with running_feed(database_url, masters_dir) as running:
+        yield running
+
+
+def gateway_stub(feed: FeedUnderTest) -> tuple[grpc.aio.Channel, feed_pb2_grpc.GatewayServiceStub]:
+    channel = grpc.aio.insecure_channel(feed.gateway.app.address)
+    return channel, feed_pb2_grpc.GatewayServiceStub(channel)
+
+
+async def read_until(stream, predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    async def loop():  # type: ignore[no-untyped-def]
+        while True:
+            message = await stream.read()
+            if predicate(message):
+                return message
+
+    return await asyncio.wait_for(loop(), timeout)
+
+
+async def subscribed_keys(feed: FeedUnderTest, user: str) -> list[common_pb2.InstrumentKey]:
+    listed = await feed.subscription.stub.ListWatchlistItems(spb.ListWatchlistItemsRequest(include_instruments=True), metadata=await feed.subscription.user(user))
+    return [k for item in listed.watchlist_items for k in item.instruments]
+
+
+async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    keys = await subscribed_keys(feed, "alice")
+    await eventually(lambda: all(feed.gateway.hub.instruments.get(k.exchange_segment and 0) is None or True for k in keys) and
+                     len([i for i in feed.gateway.hub.instruments.values() if i.latest is not None]) >= 11, what="values at the gateway")
+    unknown = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_999)
+    not_upstream = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=11536)  # TCS: real, not subscribed
+    channel, stub = gateway_stub(feed)
+    async with channel:
+        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[*keys, unknown, not_upstream])),
+                                  metadata=await feed.subscription.user("alice"))
+        first = await stream.read()
+        assert first.WhichOneof("body") == "snapshot"
+        statuses = {(s.key.security_id): s.status for s in first.snapshot.instruments}
+        assert statuses[999_999_999] == feed_pb2.INSTRUMENT_STATUS_NOT_FOUND
+        assert statuses[11536] == feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
+        assert sum(1 for s in statuses.values() if s == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED) == 11
+        assert len(first.snapshot.ticks) == 11
+        last = {t.key.security_id: t.sequence for t in first.snapshot.ticks}
+        full = first.snapshot.ticks[0]
+        assert full.last_price > 0 and len(full.depth) == 5 and full.depth[0].bid_price < full.depth[0].ask_price
+        assert full.present_parts & feed_pb2.TICK_PART_FULL and full.received_at.seconds > 0
+        batches = 0
+        while batches < 20:
+            message = await asyncio.wait_for(stream.read(), 5)
+            if message.WhichOneof("body") != "batch":
+                continue
+            batches += 1
+            for tick in message.batch.ticks:
+                assert tick.sequence > last[tick.key.security_id]
+                last[tick.key.security_id] = tick.sequence
+        stream.cancel()
+
+
+async def test_get_snapshot_gives_last_quotes(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
+    key = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)
+    channel, stub = gateway_stub(feed)
+    async with channel:
+        async def has_value() -> bool:
+            reply = await stub.GetSnapshot(feed_pb2.GetSnapshotRequest(keys=[key]), metadata=feed.subscription.admin)
+            return bool(reply.ticks)
+
+        for _ in range(200):
+            if await has_value():
+                break
+            await asyncio.sleep(0.05)
+        reply = await stub.GetSnapshot(feed_pb2.GetSnapshotRequest(keys=[key, common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=1)],
+                                                                   mode=common_pb2.FEED_MODE_TICKER), metadata=feed.subscription.admin)
+        assert reply.ticks[0].last_price > 0 and not reply.ticks[0].depth
+        assert [k.security_id for k in reply.missing_keys] == [1]
+        try:
+            await stub.GetSnapshot(feed_pb2.GetSnapshotRequest(), metadata=feed.subscription.admin)
+            raise AssertionError("an empty request must fail")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_my_watchlist_follows_changes_and_shows_evictions(feed: FeedUnderTest) -> None:
+    alice = await feed.subscription.user("alice")
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=1)  # 3 strikes x CE/PE + the stock
+    channel, stub = gateway_stub(feed)
+    async with channel:
+        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(my_watchlist=True), metadata=alice)
+        first = await stream.read()
+        assert len(first.snapshot.instruments) == 7
+        added = await add(feed.subscription, "alice", "SBIN", strikes_each_side=1)
+        event = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("watchlist"))
+        assert event.event.watchlist.kind == spb.WATCHLIST_EVENT_KIND_ADDED
+        sbin = {k.security_id for k in added.watchlist_item.instruments}
+        await read_until(stream, lambda m: m.WhichOneof("body") == "batch" and any(t.key.security_id in sbin for t in m.batch.ticks))
+        await feed.subscription.stub.UnsubscribeAllTierA(spb.UnsubscribeAllTierARequest(user_id="alice"), metadata=feed.subscription.admin)
+        evicted = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("watchlist")
+                                   and m.event.watchlist.kind == spb.WATCHLIST_EVENT_KIND_EVICTED)
+        assert evicted.event.watchlist.watchlist_item.state == spb.WATCHLIST_ITEM_STATE_EVICTED
+        stream.cancel()
+
+
+async def test_interactive_stream_adds_and_removes_with_statuses(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
+    reliance = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)
+    bogus = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_998)
+    commands: asyncio.Queue[feed_pb2.InteractiveStreamTicksRequest | None] = asyncio.Queue()
+
+    async def requests():  # type: ignore[no-untyped-def]
+        while (item := await commands.get()) is not None:
+            yield item
+
+    channel, stub = gateway_stub(feed)
+    async with channel:
+        call = stub.InteractiveStreamTicks(requests(), metadata=await feed.subscription.user("alice"))
+        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c1", add=feed_pb2.AddInstruments(keys=[reliance, bogus])))
+        result = await read_until(call, lambda m: m.WhichOneof("body") == "result")
+        assert result.result.correlation_id == "c1"
+        assert [s.status for s in result.result.instruments] == [feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED, feed_pb2.INSTRUMENT_STATUS_NOT_FOUND]
+        await read_until(call, lambda m: m.WhichOneof("body") == "batch" and m.batch.ticks[0].key.security_id == 2885)
+        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c2", remove=feed_pb2.RemoveInstruments(keys=[reliance])))
+        removed = await read_until(call, lambda m: m.WhichOneof("body") == "result")
+        assert removed.result.instruments[0].status == feed_pb2.INSTRUMENT_STATUS_REMOVED
+        await commands.put(None)
+        call.cancel()
+
+
+async def test_a_terminal_that_stops_reading_holds_one_value_per_instrument(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "SBIN", strikes_each_side=10)  # 43 instruments
+    keys = await subscribed_keys(feed, "alice")
+    channel, stub = gateway_stub(feed)
+    async with channel:
+        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys)), metadata=feed.subscription.admin)
+        await stream.read()
+        terminal = await eventually(lambda: next(iter(feed.gateway.servicer.streams), None), what="the stream registered")
+        # Stop reading; the ticks keep coming (20/s per instrument) but pending stays bounded.
+        await asyncio.sleep(3.0)
+        assert len(terminal.pending) <= len(keys)
+        await eventually(lambda: terminal.conflated > 0 or not terminal.pending, timeout=10, what="conflation")
+        stream.cancel()
+
+
+async def test_streams_survive_a_shard_restart_and_show_the_gap(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
+    key = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)
+    channel, stub = gateway_stub(feed)
+    async with channel:
+        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[key])), metadata=feed.subscription.admin)
+        await stream.read()
+        before = await read_until(stream, lambda m: m.WhichOneof("body") == "batch")
+        old = feed.shards[0]
+        port = int(old.app.address.rsplit(":", 1)[1])
+        await old.app.stop(0)
+        interrupted = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("upstream"))
+        assert interrupted.event.upstream.state == feed_pb2.UPSTREAM_STATE_INTERRUPTED
+        settings = dataclasses.replace(old.runtime.settings, grpc_port=port)
+        restarted = shard_server.create_server(settings)
+        await restarted.app.start()
+        assert restarted.app.until_ready is not None
+        await restarted.app.until_ready()
+        feed.shards[0] = restarted
+        restored = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("upstream"), timeout=20)
+        assert restored.event.upstream.state == feed_pb2.UPSTREAM_STATE_RESTORED and restored.event.upstream.shard_restarted
+        after = await read_until(stream, lambda m: m.WhichOneof("body") == "batch", timeout=20)
+        last_before = max(t.sequence for t in before.batch.ticks)
+        assert min(t.sequence for t in after.batch.ticks) > last_before + 1  # the gap shows
+        stream.cancel()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.registry.v1 import registry_pb2 as pb
 from dataserver.registry.v1 import registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -41,7 +42,11 @@ def test_stack_comes_up_serves_and_stops(tmp_path: Path) -> None:
         assert "dataserver is up" in text, text
         registry_port = 50051 + OFFSET
         assert f"127.0.0.1:{registry_port} dataserver.registry.v1.RegistryService/SearchInstruments" in text
-        for process in plan(5, OFFSET):
+        from services.common.config import load_settings
+
+        for process in plan(load_settings({"STACK_PORT_OFFSET": str(OFFSET)})):
+            if process.http_health_port:
+                continue
             with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, process.name
@@ -50,6 +55,15 @@ def test_stack_comes_up_serves_and_stops(tmp_path: Path) -> None:
                 pb.SearchInstrumentsRequest(query="RELIANCE"), timeout=5
             )
         assert found.instruments[0].key.security_id == 2885
+        # Ticks flow: the dev user's watchlist was seeded with NIFTY's chain.
+        with grpc.insecure_channel(f"127.0.0.1:{50053 + OFFSET}") as channel:
+            stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(feed_pb2.StreamTicksRequest(my_watchlist=True), timeout=30)
+            snapshot = next(stream).snapshot
+            assert len(snapshot.instruments) > 10
+            # (the first packets of an instrument may be its previous close only)
+            priced = next(t for m in stream if m.WhichOneof("body") == "batch" for t in m.batch.ticks if t.last_price > 0)
+            assert priced.sequence >= 1
+            stream.cancel()
         assert (tmp_path / "pgdata" / "PG_VERSION").is_file()
     finally:
         stack.send_signal(signal.SIGTERM)

@@ -137,7 +137,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         master_file=Path(master_file) if master_file else None,
         master_seed=_int(env, "MASTER_SEED", 7, 0, 2**31 - 1),
         master_scale=_choice(env, "MASTER_SCALE", "full", ("full", "small")),
-        feed_url=env.get("FEED_URL", "ws://127.0.0.1:8765"),
+        # The real feed with real credentials, the local simulator otherwise.
+        feed_url=env.get("FEED_URL")
+        or ("wss://api-feed.dhan.co" if env.get("DHAN_CLIENT_ID") and env.get("DHAN_ACCESS_TOKEN") else "ws://127.0.0.1:8765"),
         feed_connections=_int(env, "FEED_CONNECTIONS", 5, 1, 5),
         feed_instruments_per_connection=_int(env, "FEED_INSTRUMENTS_PER_CONNECTION", 5000, 1, 5000),
         shard_id=_int(env, "SHARD_ID", 0, 0, 4),

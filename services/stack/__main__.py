@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) drains every service and stops Postgres.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -16,12 +17,15 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
+from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.config import load_settings
+from services.common.config import Settings, load_settings
 from services.common.db import resolve_database_url
 from services.common.jsonlog import configure_logging
 from services.common.migrate import migrate
+from services.scheduler.plan import CHAINS, default_plan
 
 log = logging.getLogger("stack")
 
@@ -35,12 +39,26 @@ class Process:
     grpc_port: int
     metrics_port: int
     env: tuple[tuple[str, str], ...] = ()
+    # Processes without gRPC health (the simulator) answer GET /health on this port.
+    http_health_port: int = 0
 
 
-def plan(shards: int, offset: int = 0) -> list[Process]:
+def plan(settings: Settings) -> list[Process]:
     py = sys.executable
-    shard_ports = [50060 + offset + n for n in range(shards)]
-    processes = [
+    offset = settings.stack_port_offset
+    shard_ports = [50060 + offset + n for n in range(settings.feed_connections)]
+    processes = []
+    if not settings.dhan_credentials:
+        simulator_port = 8765 + offset
+        processes.append(Process(
+            "simulator",
+            (py, "-m", "services.feed.simulator", "--port", str(simulator_port), "--control-port", str(simulator_port + 1),
+             "--master-cache-dir", str(settings.data_dir / "masters"), "--master-scale", settings.master_scale,
+             "--master-seed", str(settings.master_seed)),
+            0, 0, http_health_port=simulator_port + 1,
+        ))
+    feed = () if settings.dhan_credentials else (("FEED_URL", f"ws://127.0.0.1:{8765 + offset}"),)
+    processes += [
         Process("registry", (py, "-m", "services.registry"), 50051 + offset, 9464 + offset),
         Process("subscription", (py, "-m", "services.subscription"), 50052 + offset, 9465 + offset),
         Process(
@@ -53,14 +71,36 @@ def plan(shards: int, offset: int = 0) -> list[Process]:
         Process("scheduler", (py, "-m", "services.scheduler"), 50055 + offset, 9467 + offset),
     ]
     processes += [
-        Process(f"shard-{n}", (py, "-m", "services.feed", "shard"), port, 9470 + offset + n, (("SHARD_ID", str(n)),))
+        Process(f"shard-{n}", (py, "-m", "services.feed", "shard"), port, 9470 + offset + n, (("SHARD_ID", str(n)), *feed))
         for n, port in enumerate(shard_ports)
     ]
-    return processes
+    addresses = {
+        "REGISTRY_ADDR": f"127.0.0.1:{50051 + offset}",
+        "SUBSCRIPTION_ADDR": f"127.0.0.1:{50052 + offset}",
+        "GATEWAY_ADDR": f"127.0.0.1:{50053 + offset}",
+    }
+    return [dataclasses.replace(p, env=(*addresses.items(), *p.env)) for p in processes]
+
+
+async def _http_healthy(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.write(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    status = await reader.readline()
+    writer.close()
+    return b" 200 " in status
 
 
 async def wait_serving(process: Process, deadline: float) -> None:
     loop = asyncio.get_running_loop()
+    if process.http_health_port:
+        while not await _http_healthy(process.http_health_port):
+            if loop.time() > deadline:
+                raise TimeoutError(f"{process.name} did not become healthy on port {process.http_health_port}")
+            await asyncio.sleep(0.5)
+        return
     async with grpc.aio.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
@@ -75,15 +115,41 @@ async def wait_serving(process: Process, deadline: float) -> None:
             await asyncio.sleep(0.5)
 
 
+async def seed(registry_port: int, subscription_port: int) -> None:
+    """Preloads the default Tier B plan and puts NIFTY's chain on the dev user's watchlist,
+    so ticks flow as soon as the stack is up."""
+    listed = set()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{registry_port}") as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        for symbol, _, _ in CHAINS:
+            try:
+                await registry.ListExpiries(registry_pb2.ListExpiriesRequest(underlying_symbol=symbol), timeout=10)
+                listed.add(symbol)
+            except grpc.aio.AioRpcError:
+                log.info("not in this master; left out of the Tier B plan", extra={"symbol": symbol})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{subscription_port}") as channel:
+        stub = subscription_pb2_grpc.SubscriptionServiceStub(channel)
+        plan = await stub.SetTierBPlan(default_plan(listed), timeout=120)
+        item = await stub.AddWatchlistItem(subscription_pb2.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=5), timeout=60)
+    log.info("seeded", extra={"tier_b_added": plan.instruments_added, "watchlist_instruments": item.watchlist_item.instrument_count})
+
+
 def banner(processes: list[Process]) -> str:
     registry = next(p for p in processes if p.name == "registry").grpc_port
     lines = ["", "dataserver is up:"]
-    lines += [f"  {p.name:<13} grpc 127.0.0.1:{p.grpc_port:<6} metrics http://127.0.0.1:{p.metrics_port}/metrics" for p in processes]
+    for p in processes:
+        if p.http_health_port:
+            lines.append(f"  {p.name:<13} feed ws://127.0.0.1:{p.http_health_port - 1}  control http://127.0.0.1:{p.http_health_port}/connections")
+        else:
+            lines.append(f"  {p.name:<13} grpc 127.0.0.1:{p.grpc_port:<6} metrics http://127.0.0.1:{p.metrics_port}/metrics")
+    gateway = next(p for p in processes if p.name == "gateway").grpc_port
     lines += [
         "",
         "Try (grpcurl needs no proto files; the server has reflection):",
         f"  grpcurl -plaintext -d '{{\"query\": \"RELIANCE\", \"page_size\": 5}}' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/SearchInstruments",
         f"  grpcurl -plaintext -d '{{\"underlying_symbol\": \"NIFTY\", \"use_last_price\": true, \"strikes_each_side\": 5}}' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/GetOptionChain",
+        "Live NIFTY option ticks (the dev user's watchlist holds NIFTY's chain; Tier B is preloaded):",
+        f"  grpcurl -plaintext -d '{{\"my_watchlist\": true}}' 127.0.0.1:{gateway} dataserver.feed.v1.GatewayService/StreamTicks",
         "",
         "Ctrl-C stops everything.",
     ]
@@ -95,7 +161,7 @@ async def run() -> int:
     configure_logging("stack", settings.log_level)
     conninfo = resolve_database_url(settings)
     await migrate(conninfo)
-    processes = plan(settings.feed_connections, settings.stack_port_offset)
+    processes = plan(settings)
     children: dict[str, subprocess.Popen[bytes]] = {}
     for process in processes:
         env = {
@@ -121,6 +187,8 @@ async def run() -> int:
         if ready.exception() is not None:
             log.error("the stack did not come up", extra={"error": str(ready.exception())})
             return 1
+        ports = {p.name: p.grpc_port for p in processes}
+        await seed(ports["registry"], ports["subscription"])
         print(banner(processes), flush=True)
         while not stop.is_set():
             dead = [name for name, child in children.items() if child.poll() is not None]

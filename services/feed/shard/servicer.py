@@ -27,12 +27,16 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
         try:
             for message in opening:
                 yield message
+            loop = asyncio.get_running_loop()
+            status_due = loop.time()
             while True:
-                try:
-                    message = await asyncio.wait_for(stream.queue.get(), STATUS_SECONDS)
-                except TimeoutError:
-                    # The status doubles as a heartbeat.
+                if loop.time() >= status_due:
+                    # The status, every few seconds however busy the stream, doubles as a heartbeat.
                     yield shard_pb2.StreamShardTicksResponse(shard_sequence=self._runtime.shard_sequence, status=self._runtime.status())
+                    status_due = loop.time() + STATUS_SECONDS
+                try:
+                    message = await asyncio.wait_for(stream.queue.get(), max(0.0, status_due - loop.time()))
+                except TimeoutError:
                     continue
                 if message is Overflow:
                     raise ResourceExhausted("the gateway fell too far behind this shard; reconnect for a fresh snapshot")

@@ -50,9 +50,9 @@ quotes = st.builds(QuotePacket, u8, u32, f32, u16, ltt, f32, u32, u32, u32, f32,
 ois = st.builds(OIPacket, u8, u32, u32)
 prev_closes = st.builds(PrevClosePacket, u8, u32, f32, u32)
 levels = st.builds(DepthLevel, u32, u32, u16, u16, f32, f32)
+flat_depth = st.lists(levels, min_size=5, max_size=5).map(lambda ls: tuple(v for level in ls for v in level))
 fulls = st.builds(
-    FullPacket, u8, u32, f32, u16, ltt, f32, u32, u32, u32, u32, u32, u32, f32, f32, f32, f32,
-    st.tuples(levels, levels, levels, levels, levels),
+    FullPacket, u8, u32, f32, u16, ltt, f32, u32, u32, u32, u32, u32, u32, f32, f32, f32, f32, flat_depth,
 )  # fmt: skip
 disconnects = st.builds(DisconnectPacket, u8, u32, u16)
 packets = st.one_of(tickers, quotes, ois, prev_closes, fulls, disconnects)
@@ -108,7 +108,7 @@ def test_layout_matches_reference_offsets() -> None:
         struct.pack_into("<IIHHff", full, 62 + 20 * k, 10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k)
     expected = FullPacket(
         2, 44430, 101.25, 65, raw_ltt - 19800, 100.5, 1000, 2000, 3000, 4000, 5000, 3500, 99.0, 98.0, 105.0, 95.0,
-        tuple(DepthLevel(10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k) for k in range(5)),  # type: ignore[arg-type]
+        tuple(v for k in range(5) for v in (10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k)),
     )  # fmt: skip
     assert _decode(bytes(full))[0] == [expected]
     assert encode(expected) == bytes(full)
@@ -377,3 +377,14 @@ def test_parse_request_accepts_the_reference_example_and_depth_when_allowed() ->
     assert parse_request(depth, allowed=[23, 24]).code is RequestCode.SUBSCRIBE_DEPTH
     hundred = _message(entries=[{"ExchangeSegment": "NSE_FNO", "SecurityId": str(i)} for i in range(100)])
     assert len(parse_request(hundred).instruments) == 100
+
+
+@given(packets)
+def test_decode_packet_agrees_with_decode_frame(packet: Any) -> None:
+    errors = codec.ProtocolErrors()
+    assert codec.decode_packet(encode(packet), errors) == codec.decode_frame(encode(packet), errors)[0]
+
+
+def test_decode_packet_rejects_what_is_not_one_packet() -> None:
+    errors = codec.ProtocolErrors()
+    assert codec.decode_packet(b"\x08\xa2", errors) is None and errors.malformed == 1

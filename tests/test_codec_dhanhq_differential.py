@@ -60,6 +60,7 @@ from services.feed.codec import (
     DepthLevel,
     DisconnectPacket,
     FullPacket,
+    depth_levels,
     OIPacket,
     PrevClosePacket,
     ProtocolErrors,
@@ -218,8 +219,7 @@ def _depth(level: DepthLevel) -> dict[str, Any]:
 
 def test_full(feed: official.MarketFeed) -> None:
     def compare(theirs: dict[str, Any], ours: Any) -> None:
-        assert type(ours) is FullPacket and len(ours.depth) == 5
-        assert all(type(level) is DepthLevel for level in ours.depth)
+        assert type(ours) is FullPacket and len(ours.depth) == 30  # every value of all five levels
         assert theirs == {
             "type": "Full Data",
             "exchange_segment": ours.segment,
@@ -238,7 +238,7 @@ def test_full(feed: official.MarketFeed) -> None:
             "close": _price(ours.day_close),
             "high": _price(ours.day_high),
             "low": _price(ours.day_low),
-            "depth": [_depth(level) for level in ours.depth],
+            "depth": [_depth(level) for level in depth_levels(ours.depth)],
         }
 
     _check_kind(8, 162, 8, feed.process_full, compare, feed)

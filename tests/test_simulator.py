@@ -23,6 +23,7 @@ from services.feed.codec import (
     DisconnectPacket,
     FeedMode,
     FullPacket,
+    depth_levels,
     OIPacket,
     Packet,
     PrevClosePacket,
@@ -225,7 +226,7 @@ async def test_full_subscription_sends_prev_closes_then_full_packets_one_per_fra
         assert option.segment == 2 and option.oi > 0
         for p in later:
             assert isinstance(p, FullPacket)
-            assert p.depth[0].bid_price < p.depth[0].ask_price and p.ltq > 0
+            assert depth_levels(p.depth)[0].bid_price < depth_levels(p.depth)[0].ask_price and p.ltq > 0
             assert p.day_low <= p.ltp <= p.day_high
             assert abs(p.ltt_epoch - time.time()) < 60
         assert client.errors.malformed == 0
@@ -263,6 +264,29 @@ async def test_unsubscribe_stops_the_ticks(start_sim: Any) -> None:
         assert {p.security_id for p in after} == {2885, 1333}
         [info] = sim.connections()
         assert sorted(info.subscriptions) == [("NSE_EQ", 1333, "TICKER"), ("NSE_EQ", 2885, "FULL")]
+
+
+async def test_bench_options_stamp_send_time_and_permessage_deflate(start_sim: Any) -> None:
+    """Bench-only options: Full packets carry the UTC ms of the day at send in `volume`,
+    and permessage-deflate is accepted when offered. Both are off by default."""
+    async with start_sim(ticks_per_second=50.0) as sim, Client.open(sim.url()) as client:
+        assert client.ws.response is not None and "Sec-WebSocket-Extensions" not in client.ws.response.headers
+        await client.subscribe([RELIANCE], FeedMode.FULL)
+        full = [p for p in await client.packets(6) if isinstance(p, FullPacket)]
+        assert sim.market is not None and full
+        assert max(p.volume for p in full) <= sim.market.book(*RELIANCE).volume, "off: the book's own volume"
+    async with start_sim(ticks_per_second=50.0, stamp_send_time=True, permessage_deflate=True) as sim:
+        async with Client.open(sim.url(), compression="deflate") as client:
+            assert client.ws.response is not None
+            assert "permessage-deflate" in client.ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            await client.subscribe([RELIANCE, NIFTY], FeedMode.FULL)
+            packets = await client.packets(30)
+            received_ms = time.time() * 1000 % 86_400_000
+            stamps = [p.volume for p in packets if isinstance(p, FullPacket)]
+            assert len(stamps) >= 20
+            assert all(0 <= received_ms - stamp < 2_000 for stamp in stamps), (received_ms, stamps)
+            assert stamps == sorted(stamps), "send times only grow"
+            assert client.errors.malformed == 0
 
 
 async def test_more_than_100_instruments_in_one_message_is_refused_with_814(start_sim: Any) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.market_calendar import IST
-from services.feed.codec import FullPacket, ProtocolErrors, QuotePacket, decode_frame
+from services.feed.codec import FullPacket, ProtocolErrors, QuotePacket, decode_frame, depth_levels
 from services.feed.simulator.catalog import Catalog, Contract
 from services.feed.simulator.market import Book, Market, option_price
 
@@ -106,7 +106,7 @@ def test_few_thousand_ticks_keep_every_invariant(catalog: Catalog) -> None:
             assert full.day_low <= full.day_open <= full.day_high
             assert full.day_low <= full.ltp <= full.day_high and full.day_low <= full.atp <= full.day_high
             assert full.day_low <= full.day_close <= full.day_high
-            assert full.depth[0].bid_price < full.depth[0].ask_price
+            assert depth_levels(full.depth)[0].bid_price < depth_levels(full.depth)[0].ask_price
             # float32 holds ~7 significant digits: on the grid up to that precision
             assert math.isclose(full.ltp, round(full.ltp / book.tick_size) * book.tick_size, rel_tol=1e-6)
             (quote,) = decode_frame(book.quote_packet(), errors)

@@ -57,6 +57,8 @@ __all__ = [
     "DisconnectReason",
     "EMPTY_DEPTH",
     "EMPTY_LEVEL",
+    "depth_levels",
+    "decode_packet",
     "FEED_REQUEST_CODES",
     "FeedMode",
     "FullPacket",
@@ -214,7 +216,10 @@ class FullPacket(NamedTuple):
     day_close: float
     day_high: float
     day_low: float
-    depth: tuple[DepthLevel, DepthLevel, DepthLevel, DepthLevel, DepthLevel]
+    # All five levels, flat and best first: (bid_qty, ask_qty, bid_orders, ask_orders,
+    # bid_price, ask_price) x 5. One slice of the unpacked tuple instead of five records
+    # halves the decode cost; depth_levels() gives named levels.
+    depth: tuple[int | float, ...]
 
 
 class DisconnectPacket(NamedTuple):
@@ -229,7 +234,12 @@ class DisconnectPacket(NamedTuple):
 Packet: TypeAlias = TickerPacket | QuotePacket | OIPacket | PrevClosePacket | FullPacket | DisconnectPacket
 
 EMPTY_LEVEL = DepthLevel(0, 0, 0, 0, 0.0, 0.0)
-EMPTY_DEPTH = (EMPTY_LEVEL,) * 5
+EMPTY_DEPTH: tuple[int | float, ...] = tuple(EMPTY_LEVEL) * 5
+
+
+def depth_levels(depth: Sequence[int | float]) -> tuple[DepthLevel, ...]:
+    """A Full packet's flat depth as five named levels."""
+    return tuple(DepthLevel(*depth[k : k + 6]) for k in range(0, 30, 6))  # type: ignore[arg-type]
 
 
 def _typed_eq(self: tuple[Any, ...], other: object) -> bool:
@@ -306,15 +316,12 @@ def _dec_prev_close(buf: Any, off: int, _u: Any = _S_PREV_CLOSE.unpack_from, _n:
 
 
 def _dec_full(
-    buf: Any, off: int, _u: Any = _S_FULL.unpack_from, _n: Any = _new, _T: Any = FullPacket, _D: Any = DepthLevel
+    buf: Any, off: int, _u: Any = _S_FULL.unpack_from, _n: Any = _new, _T: Any = FullPacket
 ) -> FullPacket:
     t = _u(buf, off)
     return _n(  # type: ignore[no-any-return]
         _T,
-        (
-            t[0], t[1], t[2], t[3], t[4] - _IST, t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13], t[14], t[15],
-            (_n(_D, t[16:22]), _n(_D, t[22:28]), _n(_D, t[28:34]), _n(_D, t[34:40]), _n(_D, t[40:46])),
-        ),
+        (t[0], t[1], t[2], t[3], t[4] - _IST, t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13], t[14], t[15], t[16:46]),
     )  # fmt: skip
 
 
@@ -335,6 +342,25 @@ assert all(_DECODERS[code][0] == size for code, size in PACKET_SIZES.items())
 _SKIPPED = frozenset(int(code) for code in SKIPPED_CODES)
 
 
+def decode_packet(
+    packet: bytes,
+    errors: ProtocolErrors,
+    _uf: Any = _S_FULL.unpack_from,
+    _n: Any = _new,
+    _F: Any = FullPacket,
+    _I: int = IST_OFFSET_SECONDS,
+) -> Packet | None:
+    """Decodes a frame holding exactly one packet (what Dhan sends) without the list of
+    decode_frame; None when it holds no valid packet (counted in ``errors``)."""
+    if len(packet) == 162 and packet[0] == 8 and packet[1] == 162 and packet[2] == 0:
+        t = _uf(packet, 0)
+        return _n(  # type: ignore[no-any-return]
+            _F, (t[0], t[1], t[2], t[3], t[4] - _I, t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13], t[14], t[15], t[16:46])
+        )  # fmt: skip
+    decoded = decode_frame(packet, errors)
+    return decoded[0] if len(decoded) == 1 else None
+
+
 def decode_frame(
     frame: bytes | bytearray | memoryview,
     errors: ProtocolErrors,
@@ -343,7 +369,6 @@ def decode_frame(
     _ut: Any = _S_TICKER.unpack_from,
     _n: Any = _new,
     _F: Any = FullPacket,
-    _D: Any = DepthLevel,
     _Q: Any = QuotePacket,
     _T: Any = TickerPacket,
 ) -> list[Packet]:
@@ -365,7 +390,7 @@ def decode_frame(
                         _F,
                         (
                             t[0], t[1], t[2], t[3], t[4] - _IST, t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13], t[14], t[15],
-                            (_n(_D, t[16:22]), _n(_D, t[22:28]), _n(_D, t[28:34]), _n(_D, t[34:40]), _n(_D, t[40:46])),
+                            t[16:46],
                         ),
                     )
                 ]  # fmt: skip
@@ -476,15 +501,19 @@ def encode_full(
     day_close: float,
     day_high: float,
     day_low: float,
-    depth: Sequence[DepthLevel | Sequence[int | float]] = EMPTY_DEPTH,
+    depth: Sequence[Any] = EMPTY_DEPTH,
 ) -> bytes:
-    """``depth``: exactly five levels, best first (use EMPTY_LEVEL for empty ones)."""
-    if len(depth) != 5:
-        raise ValueError(f"a Full packet has exactly 5 depth levels, got {len(depth)}")
-    d0, d1, d2, d3, d4 = depth
+    """``depth``: five levels best first (DepthLevel or 6-sequences; EMPTY_LEVEL for empty
+    ones), or the flat 30 values of FullPacket.depth."""
+    if len(depth) == 5:
+        flat = [value for level in depth for value in level]
+    elif len(depth) == 30:
+        flat = list(depth)
+    else:
+        raise ValueError(f"a Full packet has exactly 5 depth levels (or 30 flat values), got {len(depth)}")
     return _P_FULL(
         8, 162, segment, security_id, ltp, ltq, ltt_epoch + _IST, atp, volume, total_sell_qty, total_buy_qty,
-        oi, day_high_oi, day_low_oi, day_open, day_close, day_high, day_low, *d0, *d1, *d2, *d3, *d4,
+        oi, day_high_oi, day_low_oi, day_open, day_close, day_high, day_low, *flat,
     )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from prometheus_client import Counter, Gauge
 
 from services.common.clients import open_channel
 from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES, SEGMENTS_BY_WIRE_CODE
-from services.feed.codec import OIPacket, PrevClosePacket, ProtocolErrors, decode_frame
+from services.feed.codec import OIPacket, PrevClosePacket, ProtocolErrors, decode_packet
 from services.feed.gateway.values import Value
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,9 @@ class Hub:
             length = records[offset + 1] | (records[offset + 2] << 8)
             packet = records[offset : offset + length]
             offset += length
-            decoded = decode_frame(packet, errors)
-            if not decoded:
+            item = decode_packet(packet, errors)
+            if item is None:
                 continue
-            item = decoded[0]
             key = packet[3] | (item.security_id << 8)
             instrument = instruments.get(key)
             if instrument is None:

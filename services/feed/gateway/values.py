@@ -73,12 +73,13 @@ class Value:
                     message.day_low_open_interest = tick.day_low_oi
                     if mode == FULL:
                         parts |= PART_FULL
+                        depth = tick.depth  # flat: (bid_qty, ask_qty, bid_orders, ask_orders, bid_price, ask_price) x 5
                         message.depth.extend(
                             feed_pb2.DepthLevel(
-                                bid_price=level.bid_price, bid_quantity=level.bid_qty, bid_orders=level.bid_orders,
-                                ask_price=level.ask_price, ask_quantity=level.ask_qty, ask_orders=level.ask_orders,
+                                bid_price=depth[k + 4], bid_quantity=depth[k], bid_orders=depth[k + 2],
+                                ask_price=depth[k + 5], ask_quantity=depth[k + 1], ask_orders=depth[k + 3],
                             )
-                            for level in tick.depth
+                            for k in range(0, 30, 6)
                         )
         if self.oi is not None and mode != TICKER and not parts & PART_OI:
             parts |= PART_OI

@@ -246,9 +246,11 @@ class Book:
     def oi_packet(self) -> bytes:
         return encode_oi(self.segment, self.security_id, self.oi)
 
-    def full_packet(self) -> bytes:
+    def full_packet(self, volume: int | None = None) -> bytes:
+        """``volume`` replaces the book's volume in the packet (the simulator's bench-only
+        ``stamp_send_time`` puts the send time there); the book is unchanged."""
         return encode_full(
-            self.segment, self.security_id, self.ltp, self.ltq, self.ltt, self.atp, self.volume,
+            self.segment, self.security_id, self.ltp, self.ltq, self.ltt, self.atp, self.volume if volume is None else volume,
             self.total_sell_qty, self.total_buy_qty, self.oi, self.day_high_oi, self.day_low_oi,
             self.day_open, self.ltp, self.day_high, self.day_low, self.depth,
         )  # fmt: skip

@@ -43,6 +43,16 @@ class SimulatorSettings:
     burst: bool = False  # every instrument ticks as fast as the caps (and the client) allow
     send_interval: float = 0.01  # pacing granularity of the send loops
     snapshot_on_subscribe: bool = True  # one tick right after the prev-close packet
+    # Bench-only options, off by default (bench/feed.py turns them on):
+    # - stamp_send_time: the volume field of every Full packet carries the UTC milliseconds
+    #   of the day (0..86,399,999) at which the packet was encoded for sending instead of the
+    #   book's volume, so a client can measure end-to-end latency from Tick.volume. It stays
+    #   monotone during a day, but it is not a volume: never for anything but benches.
+    # - permessage_deflate: accept the permessage-deflate extension when a client offers it
+    #   (websockets' default client does); off, the server declines it and frames go
+    #   uncompressed, which is what the feed's clients are tuned for.
+    stamp_send_time: bool = False
+    permessage_deflate: bool = False
     # Instrument metadata: a master CSV (+ ".prices.csv" sidecar if present); without one,
     # a master is generated (services.registry.generator) into master_cache_dir or a
     # temporary directory. Use the registry's cache dir, seed and scale to share its ids.

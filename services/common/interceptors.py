@@ -105,6 +105,8 @@ class _RpcScope:
         request_token = request_id_var.set(request_id)
         outcome = _Outcome()
         started = time.perf_counter()
+        # Read now: touching the context after a stream was torn down (server shutdown) can crash grpc.
+        peer = context.peer()
         context.set_trailing_metadata((("x-request-id", request_id),))
         try:
             if self._authenticator is not None:
@@ -137,7 +139,7 @@ class _RpcScope:
                     "method": self._method,
                     "code": outcome.code.name,
                     "duration_ms": round(elapsed * 1000, 3),
-                    "peer": context.peer(),
+                    "peer": peer,
                 },
             )
             request_id_var.reset(request_token)

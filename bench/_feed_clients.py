@@ -296,8 +296,12 @@ def _dhanhq(spec: dict[str, Any], window: Window) -> dict[str, Any]:
                 window.end, phase = window.snap(), 3
             if now > deadline:
                 break
-        feed.loop.run_until_complete(asyncio.wait_for(feed.ws.close(), 3))
     finally:
+        # No close handshake: the feed keeps streaming and nobody reads it any more, so
+        # websockets' close() would wait for its timeout. Drop the TCP connection instead.
+        if feed.ws is not None:
+            feed.ws.transport.abort()
+            feed.loop.run_until_complete(asyncio.sleep(0.05))
         feed.loop.close()
     return {"sampled_types": dict(kinds)}
 

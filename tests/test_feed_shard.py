@@ -124,3 +124,17 @@ async def test_garbage_is_counted_not_fatal(feed: FeedUnderTest) -> None:
     await eventually(lambda: shard.ingest.counters.protocol_errors >= 1, what="protocol errors counted")
     await eventually(lambda: shard.ingest.counters.packets > before + 20, what="ticks still flowing")
     assert shard.state == feed_pb2.CONNECTION_STATE_CONNECTED and shard.reconnect_count == 0
+
+
+async def test_instruments_without_a_first_tick_are_flagged(database_url: str, masters_dir: Path) -> None:
+    async with running_feed(database_url, masters_dir, feed_first_tick_seconds=0.3) as feed:
+        shard = feed.shards[0].runtime
+        await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
+        await eventually(lambda: feed.subscriptions_on_broker() == [1], what="the first subscription")
+        feed.simulator.silence("all")
+        await add(feed.subscription, "bob", "SBIN", strikes_each_side=1)  # asked while the feed is silent
+        flagged = await eventually(lambda: shard.status().instruments_awaiting_first_tick, timeout=5, what="late first ticks flagged")
+        assert flagged == 7
+        # The watchdog reconnects; the resubscribed instruments tick and the flag clears.
+        await eventually(lambda: shard.status().instruments_awaiting_first_tick == 0 and shard.reconnect_count >= 1,
+                         timeout=10, what="first ticks after the reconnect")

@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.common.auth import Authenticator
 from services.common.clients import ServiceCaller, open_channel
 from services.common.config import Settings
+from services.common.looplag import watch_loop_lag
 from services.common.server import GrpcApp, build_app
 from services.feed.gateway.hub import Hub
 from services.feed.gateway.servicer import GatewayServicer, register
@@ -50,6 +51,7 @@ def create_server(settings: Settings, pool: AsyncConnectionPool | None) -> Gatew
     async def start() -> None:
         hub.start()
         tasks.append(asyncio.create_task(servicer.check_lag(), name="gateway-lag"))
+        tasks.append(asyncio.create_task(watch_loop_lag(), name="gateway-loop-lag"))
 
     async def stop() -> None:
         for task in tasks:

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from services.common.clients import ServiceCaller
 from services.common.config import Settings
 from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES
+from services.common.looplag import watch_loop_lag
 from services.common.market_calendar import is_market_open
 from services.feed.codec import FeedMode
 from services.feed.shard.broker import BrokerConnection, feed_url
@@ -128,6 +129,7 @@ class ShardRuntime:
             (self._run_connection(), "broker"),
             (self._reconcile(), "reconcile"),
             (self._watch(), "watchdog"),
+            (watch_loop_lag(), "loop-lag"),
         ):
             self._tasks.append(asyncio.create_task(coroutine, name=f"shard-{self.shard_id}-{name}"))
 

@@ -15,6 +15,9 @@
    - ``dhanhq``: the official client, ``MarketFeed.get_data()`` in a loop (its URL constant
      pointed at the simulator), counting packets decoded.
 
+   ``python -m bench._feed_clients replay SPEC_JSON`` is the replay feed: it serves frames
+   the ``raw`` kind recorded from the simulator, in a loop, to one client at a time.
+
    Each subscribes FULL, lets the subscription burst pass (WARMUP seconds after the first
    data frame), then counts over a window of ``seconds`` and reports frames, bytes, its own
    CPU seconds (``time.process_time``) and the simulator's (``/proc/<pid>/stat``) over the
@@ -23,8 +26,9 @@
 2. Terminals, for the end-to-end run: ``terminal_child(conn, spec)`` is a multiprocessing
    (spawn) target holding many ``StreamTicks`` streams over grpc.aio, driven by commands on
    the pipe: ("window", name) starts a measurement window, ("end", None) ends it and answers
-   its figures, ("resume", None) makes the stalled stream read again and answers what it
-   got, ("stop", None) ends the process. Latency of a tick = its receipt here - the send
+   its figures, ("stall", None) opens the stalled stream (it reads its snapshot and then
+   nothing), ("resume", None) makes it read again and answers what it got, ("stop", None)
+   ends the process. Latency of a tick = its receipt here - the send
    time the simulator stamped in its volume field (UTC ms of the day), counted only for a
    tick whose stamp changed (a new Full packet); sequence gaps are counted per instrument.
 """
@@ -133,6 +137,9 @@ def _raw(spec: dict[str, Any], window: Window) -> None:
     deadline = time.perf_counter() + 30 + WARMUP + window.seconds
     phase = 0  # 0: before the first frame, 1: warm-up, 2: window, 3: done
     due = 0.0
+    # Optionally records the window's frames (whole frames, as sent) for the replay feed.
+    record = open(spec["record_path"], "wb") if spec.get("record_path") else None
+    record_left = int(spec.get("record_bytes", 0))
     while phase < 3 and time.perf_counter() < deadline:
         try:
             chunk = sock.recv(1 << 20)
@@ -159,6 +166,9 @@ def _raw(spec: dict[str, Any], window: Window) -> None:
                 frames += 1
                 nbytes += length
             pos += head + length
+        if record is not None and phase == 2 and record_left > 0:
+            record.write(data[:pos])
+            record_left -= pos
         del data[:pos]
         window.frames += frames
         window.bytes += nbytes
@@ -171,6 +181,8 @@ def _raw(spec: dict[str, Any], window: Window) -> None:
         elif phase == 2 and now >= due:
             window.end, phase = window.snap(), 3
     sock.close()
+    if record is not None:
+        record.close()
 
 
 async def _websockets(spec: dict[str, Any], window: Window) -> dict[str, Any]:
@@ -306,6 +318,74 @@ def _dhanhq(spec: dict[str, Any], window: Window) -> dict[str, Any]:
     return {"sampled_types": dict(kinds)}
 
 
+def replay_main(spec: dict[str, Any]) -> None:
+    """A feed that replays recorded frames as fast as the client takes them: the WebSocket
+    handshake, then the recording in a loop with sendall (a kernel copy; next to no CPU),
+    one client at a time; whatever the client sends is read and ignored. Stops after
+    ``lifetime`` seconds or on SIGTERM."""
+    import hashlib
+    import signal
+    import threading
+
+    recording = open(spec["record_path"], "rb").read()
+    if not recording:
+        raise RuntimeError("empty recording")
+    chunks = [recording[i : i + (1 << 20)] for i in range(0, len(recording), 1 << 20)]
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.5)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(json.dumps({"msg": "replay listening", "ws_port": server.getsockname()[1], "bytes": len(recording)}), flush=True)
+    deadline = time.monotonic() + spec["lifetime"]
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        conn.settimeout(10)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            part = conn.recv(4096)
+            if not part:
+                break
+            request += part
+        key = next((line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")), b"")
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+        conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode())
+        gone = threading.Event()
+
+        def drain(c: socket.socket = conn, g: threading.Event = gone) -> None:
+            c.settimeout(0.5)
+            while not g.is_set():
+                try:
+                    if not c.recv(65536):
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            g.set()
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        conn.settimeout(5)
+        try:
+            while not gone.is_set() and not stop.is_set() and time.monotonic() < deadline:
+                for chunk in chunks:
+                    conn.sendall(chunk)
+        except OSError:
+            pass
+        gone.set()
+        reader.join(2)
+        conn.close()
+    server.close()
+
+
 def ingest_main(spec: dict[str, Any]) -> None:
     window = Window(spec["seconds"], spec["sim_pid"])
     kind = spec["kind"]
@@ -430,14 +510,20 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
         for n, keys in enumerate(spec["streams"])
     ]
 
-    # The stalled stream: its own channel; reads its snapshot, then nothing until "resume".
-    stalled_call = None
-    stalled_channel = None
-    if spec.get("stalled"):
-        stalled_channel = grpc.aio.insecure_channel(spec["address"], options=options)
-        stalled_call = feed_pb2_grpc.GatewayServiceStub(stalled_channel).StreamTicks(request(spec["stalled"]))
-        first = await asyncio.wait_for(stalled_call.read(), 20)
-        assert first.WhichOneof("body") == "snapshot", first
+    # The stalled stream: its own channel; opened by "stall", reads its snapshot, then
+    # nothing until "resume".
+    stalled: dict[str, Any] = {}
+
+    async def stall() -> dict[str, Any]:
+        # A small fixed HTTP/2 window (no BDP growth), so the gateway is blocked by this
+        # reader within ~16 KB instead of buffering megabytes into the client.
+        channel = grpc.aio.insecure_channel(
+            spec["address"], options=[*options, ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16 * 1024)]
+        )
+        call = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(request(spec["stalled"]))
+        stalled.update(channel=channel, call=call)
+        first = await asyncio.wait_for(call.read(), 20)
+        return {"snapshot_ticks": len(first.snapshot.ticks) if first.WhichOneof("body") == "snapshot" else -1}
 
     readable = asyncio.Event()
     loop.add_reader(conn.fileno(), readable.set)
@@ -460,8 +546,10 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
                     summary.update(seconds=time.perf_counter() - window_started, cpu=time.process_time() - cpu_started,
                                    streams_open=counts["streams_open"], errors=dict(counts["errors"]), instruments=len(last))
                     conn.send({"event": "end", "summary": summary})
+                elif command == "stall":
+                    conn.send({"event": "stalled", "summary": await stall()})
                 elif command == "resume":
-                    conn.send({"event": "resumed", "summary": await _drain_stalled(stalled_call)})
+                    conn.send({"event": "resumed", "summary": await _drain_stalled(stalled.get("call"))})
                 elif command == "stop":
                     return
     except TimeoutError:
@@ -471,9 +559,9 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if stalled_call is not None:
-            stalled_call.cancel()
-        for channel in [*channels, *([stalled_channel] if stalled_channel else [])]:
+        if stalled:
+            stalled["call"].cancel()
+        for channel in [*channels, *([stalled["channel"]] if stalled else [])]:
             await channel.close(grace=None)
 
 
@@ -529,9 +617,9 @@ def terminal_child(conn: Any, log_path: str, spec: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[0] != "ingest":
-        sys.exit("usage: python -m bench._feed_clients ingest SPEC_JSON")
-    ingest_main(json.loads(argv[1]))
+    if len(argv) != 2 or argv[0] not in ("ingest", "replay"):
+        sys.exit("usage: python -m bench._feed_clients ingest|replay SPEC_JSON")
+    (ingest_main if argv[0] == "ingest" else replay_main)(json.loads(argv[1]))
 
 
 if __name__ == "__main__":

@@ -14,40 +14,46 @@ each figure comes with the CPU each process used over the same window (utime + s
    per frame, for INGEST_INSTRUMENTS equities on one connection (equities are the
    simulator's cheapest books: no option model per tick). Each client runs in its own
    process for INGEST_SECONDS after a warm-up (bench._feed_clients): a raw socket frame
-   walker (the simulator's own ceiling), bare websockets counting bytes (compression=None),
-   bare picows counting bytes, ours (BrokerConnection + Ingest over picows, subscribed with
-   codec.build_subscribe_messages, counting packets applied) and the official dhanhq
-   MarketFeed.get_data() loop (its URL constant pointed at the simulator). The default
-   websockets client (permessage-deflate offered) runs against a second simulator started
-   with the bench-only `--permessage-deflate` (the normal simulator declines the offer, so
-   there the two settings are the same thing). Frames/s, client CPU per frame and the
-   simulator's CPU share are reported; ratios ours/websockets and ours/dhanhq against
-   their targets.
+   walker (the simulator's own ceiling; it also records the frames it gets), bare websockets
+   counting bytes (compression=None), bare picows counting bytes, ours (BrokerConnection +
+   Ingest over picows, subscribed with codec.build_subscribe_messages, counting packets
+   applied) and the official dhanhq MarketFeed.get_data() loop (its URL constant pointed at
+   the simulator). The simulator manages ~120k frames/s on its core, less than the fast
+   clients take, so the same clients run again against a replay of the recorded frames (a
+   process that writes them with sendall: next to no CPU), where each client is bound by
+   itself; the ratio targets are on those runs, and the simulator runs are reported too.
+   The default websockets client (permessage-deflate offered) runs against a second
+   simulator started with the bench-only `--permessage-deflate` (the normal simulator
+   declines the offer, so there the two settings are the same thing).
 2. Shard process. The stack: Postgres, registry (full master), subscription service with
    the default budget (5 connections x 5,000) filled with watchlist adds (stock option
    chains, as bench.subscription does) until no unit fits: the placement fills the 5
-   shards evenly, so shard 0 holds ~5,000 instruments. Then the simulator paced at
-   SHARD_RATE packets/s in total over shard 0's instruments (with the bench-only
-   `--stamp-send-time`) and the real shard 0 process; the bench consumes its
+   shards evenly, so shard 0 holds ~5,000 instruments (what FEED_CONNECTIONS=1 and a
+   5,000 fill would give it, with one fill serving parts 2 and 3). Then the simulator (a
+   copy of the master with only the filled options, so it starts in a second) paced at
+   SHARD_RATE packets/s in total over shard 0's instruments, with the bench-only
+   `--stamp-send-time`, and the real shard 0 process; the bench consumes its
    StreamShardTicks stream and measures, per record, bench receipt - record receive_us
-   (frame receipt at the shard -> arrival at the gateway side), the records/s achieved
-   and the shard's RSS.
+   (frame receipt at the shard -> arrival at the gateway side), the records/s achieved,
+   per-instrument sequence gaps and the shard's RSS.
 3. End to end. Shards 1-4 join shard 0, the gateway follows all five, and TERMINAL_PROCESSES
    client processes open STREAMS StreamTicks streams of PER_STREAM instruments each (every
-   filled instrument once, shuffled) plus one stream that reads its snapshot and then stops
-   reading. The simulator is restarted for each offered rate (its pacing is set at start;
-   the shards reconnect within FEED_MAX_BACKOFF_SECONDS and continue their numbering):
-   E2E_RATE first, then a bisection towards the highest rate that meets the targets.
-   Latency = terminal receipt - the simulator's send stamp (1 ms resolution: an upper
-   bound by < 1 ms), sequence gaps per instrument, ticks/s delivered, CPU per process,
-   gateway and shard RSS. After the first rate the stalled stream reads again: the
-   slow-consumer warnings the gateway queued for it carry pending_instruments, which must
-   stay <= its instrument count (one pending value per instrument), and the gateway's RSS
-   must not grow while it stalls.
+   filled instrument once, shuffled). The simulator is restarted for each offered rate (its
+   pacing is set at start; the shards reconnect within FEED_MAX_BACKOFF_SECONDS and
+   continue their numbering): E2E_RATE first, then a bisection towards the highest rate
+   that meets the targets; between rates the backlog is left to drain. Latency = terminal
+   receipt - the simulator's send stamp (1 ms resolution: an upper bound by < 1 ms),
+   sequence gaps per instrument, ticks/s delivered, CPU per process, gateway and shard RSS.
+   During the second rate one more stream (the instruments of a live one, its own channel
+   with a small fixed HTTP/2 window) reads its snapshot and then stops reading; when it
+   reads again, the slow-consumer warnings the gateway queued for it carry
+   pending_instruments, which must stay <= its instrument count (one pending value per
+   instrument), and the gateway's RSS over that step shows what the stall costs.
 
 BENCH_PROFILE=1 runs the simulator, shard 0 and the gateway under cProfile
-(bench._profiled_feed), dumps a profile per measured window and prints the top functions
-(the figures of such a run are inflated by the profiler). BENCH_FEED_PARTS=1,2,3 selects
+(bench._profiled_feed), dumps a profile and the garbage collector's pauses per measured
+window and prints them (the figures of such a run are inflated by the profiler);
+BENCH_PROFILE=gc records only the GC pauses (full speed). BENCH_FEED_PARTS=1,2,3 selects
 parts (default all; 3 needs 2).
 """
 
@@ -75,13 +81,14 @@ from pathlib import Path
 from typing import Any
 
 from bench._feed_clients import MS_PER_DAY, cpu_seconds
-from bench.report import Report, percentile
+from bench.report import Report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # 1. ingest
 INGEST_INSTRUMENTS = 5_000
 INGEST_SECONDS = 5.0
+RECORD_BYTES = 48 << 20  # the simulator's frames kept for the replay feed (~300k frames)
 OURS_VS_WEBSOCKETS_TARGET = 0.8
 OURS_VS_DHANHQ_TARGET = 1.3
 # 2. shard process
@@ -95,8 +102,9 @@ STREAMS, PER_STREAM = 100, 250
 TERMINAL_PROCESSES = 2
 TERMINAL_CHANNELS = 4  # per terminal process
 E2E_WINDOW_SECONDS = 6.0
-E2E_WARMUP_SECONDS = 3.0
-E2E_EXTRA_RATES = 3  # bisection steps after E2E_RATE
+E2E_WARMUP_SECONDS = 1.5  # after the gateway has caught up with the reconnect burst
+E2E_CATCH_UP_SECONDS = 10.0  # at most
+E2E_EXTRA_RATES = 4  # bisection steps after E2E_RATE
 E2E_P99_TARGET_MS = 25.0
 GATEWAY_RSS_TARGET_MB = 400.0
 SUSTAINED = 0.95  # delivered / offered for a rate to count as sustained
@@ -108,7 +116,7 @@ START_SECONDS = 60.0
 STOP_SECONDS = 15.0
 RPC_SECONDS = 10.0
 
-PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")  # "gc": GC pauses only, no cProfile
 PARTS = {int(p) for p in os.environ.get("BENCH_FEED_PARTS", "1,2,3").split(",") if p.strip()}
 
 
@@ -245,7 +253,7 @@ def _free_port() -> int:
 def _service_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "AUTH_MODE": "dev", "GRPC_HOST": "127.0.0.1", "GRPC_PORT": "0", "METRICS_PORT": "0",
            "LOG_LEVEL": "INFO", **extra}
-    for name in ("SERVICE_TOKEN", "KUBERNETES_SERVICE_HOST", "DHAN_ACCESS_TOKEN", "DHAN_CLIENT_ID", "BENCH_PROFILE"):
+    for name in ("SERVICE_TOKEN", "KUBERNETES_SERVICE_HOST", "DHAN_ACCESS_TOKEN", "DHAN_CLIENT_ID"):
         if name not in extra:
             env.pop(name, None)
     return env
@@ -260,7 +268,7 @@ def _http_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def _metrics(port: int, prefix: str = "feed_") -> dict[str, float]:
+def _metrics(port: int, prefix: tuple[str, ...] = ("feed_", "event_loop_lag_seconds")) -> dict[str, float]:
     """Prometheus text of a /metrics endpoint: {series: value} for names starting with prefix."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -318,8 +326,16 @@ def _start_simulator(children: Children, name: str, master: Path, port: int, *, 
         args.append("--burst")
     prefix = children.folder / name if PROFILE else None
     argv = ["-m", "bench._profiled_feed", str(prefix), "simulator", *args] if prefix else ["-m", "services.feed.simulator", *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")}  # keeps BENCH_PROFILE
     return children.spawn(name, argv, env, lambda r: r.get("msg") == "feed simulator listening", prefix)
+
+
+def _caps(rate: float) -> float:
+    """The simulator's rate caps for a paced run: room for catching up, and high enough that
+    the debt a subscription burst leaves in its token buckets (every prev-close and snapshot
+    packet is charged) is paid back in well under a second; the pacing (ticks per second per
+    instrument) is what sets the offered rate."""
+    return max(1.5 * rate, 100_000.0)
 
 
 def _sim_packets(sim: Child) -> int:
@@ -356,6 +372,43 @@ def _ingest_run(children: Children, kind: str, sim: Child, instruments: list[tup
     return result
 
 
+def _frames(recording: bytes, limit: int) -> list[bytes]:
+    """Payloads of the first `limit` binary frames of a recorded server -> client stream."""
+    out, pos = [], 0
+    while pos + 2 <= len(recording) and len(out) < limit:
+        length, head = recording[pos + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(recording[pos + 2 : pos + 4], "big"), 4
+        if recording[pos] & 0x0F == 2:
+            out.append(recording[pos + head : pos + head + length])
+        pos += head + length
+    return out
+
+
+def _deflated_size(payloads: Sequence[bytes]) -> float:
+    """Mean size of each payload compressed as permessage-deflate does it here (12-bit
+    window, context kept between messages, sync flush, the 4-byte tail stripped)."""
+    import zlib
+
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12)
+    total = sum(len(compressor.compress(p) + compressor.flush(zlib.Z_SYNC_FLUSH)) - 4 for p in payloads)
+    return total / max(1, len(payloads))
+
+
+def _describe(report: Report, label: str, result: dict[str, Any], feed: str) -> None:
+    if result["sim_share"] > 0.9 and result["cpu_share"] < 0.9:
+        bound = f"{feed}-bound"
+    elif result["cpu_share"] > 0.9:
+        bound = "client-bound"
+    else:
+        bound = "neither saturated"
+    report.note(
+        f"{label:<30} {result['rate']:>9.0f} packets/s  client CPU {result['cpu_share']:.2f} "
+        f"({result['us_per_frame']:.2f} us/frame)  {feed} CPU {result['sim_share']:.2f}  -> {bound}"
+        + (f"  extensions={result['extensions']!r}" if result.get("extensions") else "")
+    )
+
+
 def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Path, prices_path: Path) -> None:
     from services.feed.simulator.catalog import Catalog
 
@@ -366,54 +419,77 @@ def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Pat
     plain = _start_simulator(children, "sim-ingest", master, 0, burst=True, rate=1e7)
     deflate = _start_simulator(children, "sim-ingest-deflate", master, 0, burst=True, rate=1e7, extra=["--permessage-deflate"])
     report.note(f"{INGEST_INSTRUMENTS} equities (FULL, one packet per frame) on one connection; simulators in burst "
-                f"mode, caps 1e7/s; each client {INGEST_SECONDS:.0f} s after a {1.0:.0f} s warm-up, in its own process")
-    runs: dict[str, dict[str, Any]] = {}
-    order = [
-        ("raw", plain, {}), ("websockets", plain, {"compression": None}), ("picows", plain, {}), ("ours", plain, {}),
-        ("dhanhq", plain, {}), ("websockets_deflate", deflate, {"compression": "deflate"}),
-    ]
-    for label, sim, extra in order:
-        kind = label.split("_")[0]
-        runs[label] = result = _ingest_run(children, kind, sim, instruments, **extra)
-        bound = "simulator-bound" if result["sim_share"] > 0.9 and result["cpu_share"] < 0.9 else "client-bound" if result["cpu_share"] > 0.9 else "neither saturated"
-        report.note(
-            f"{label:<19} {result['rate']:>9.0f} packets/s  {result['bytes'] / result['seconds'] / 1e6:6.1f} MB/s payload  "
-            f"client CPU {result['cpu_share']:.2f} ({result['us_per_frame']:.2f} us/frame)  simulator CPU "
-            f"{result['sim_share']:.2f}  -> {bound}"
-            + (f"  extensions={result['extensions']!r}" if "extensions" in result else "")
-        )
+                f"mode, caps 1e7/s; each client {INGEST_SECONDS:.0f} s after a 1 s warm-up, in its own process")
+
+    # (A) against the simulator itself; the raw run records what it receives for (B).
+    recording = folder / "recording.bin"
+    sim_runs: dict[str, dict[str, Any]] = {}
+    for label, sim, kind, extra in (
+        ("raw", plain, "raw", {"record_path": str(recording), "record_bytes": RECORD_BYTES}),
+        ("websockets", plain, "websockets", {"compression": None}),
+        ("picows", plain, "picows", {}),
+        ("ours", plain, "ours", {}),
+        ("dhanhq", plain, "dhanhq", {}),
+        ("websockets_deflate", deflate, "websockets", {"compression": "deflate"}),
+    ):
+        sim_runs[label] = _ingest_run(children, kind, sim, instruments, **extra)
+        _describe(report, f"simulator: {label}", sim_runs[label], "simulator")
     plain.stop()
     deflate.stop()
 
-    report.add("feed.ingest.simulator_max", runs["raw"]["rate"], "packets/s")
-    report.add("feed.ingest.websockets_bare", runs["websockets"]["rate"], "packets/s")
-    report.add("feed.ingest.websockets_deflate", runs["websockets_deflate"]["rate"], "packets/s")
-    report.add("feed.ingest.picows_bare", runs["picows"]["rate"], "packets/s")
-    report.add("feed.ingest.ours", runs["ours"]["rate"], "packets/s")
-    report.add("feed.ingest.dhanhq", runs["dhanhq"]["rate"], "packets/s")
-    report.add("feed.ingest.ours_vs_websockets", runs["ours"]["rate"] / runs["websockets"]["rate"], "x",
+    # (B) against a replay of the simulator's own frames (bench._feed_clients replay): the
+    # feed costs next to no CPU, so each client is bound by itself.
+    spec = {"record_path": str(recording), "lifetime": 120}
+    replay = children.spawn("replay", ["-m", "bench._feed_clients", "replay", json.dumps(spec)], dict(os.environ),
+                            lambda r: r.get("msg") == "replay listening")
+    replay_runs: dict[str, dict[str, Any]] = {}
+    try:
+        for label in ("websockets", "picows", "ours", "dhanhq"):
+            replay_runs[label] = _ingest_run(children, label, replay, instruments, **({"compression": None} if label == "websockets" else {}))
+            _describe(report, f"replay: {label}", replay_runs[label], "replay")
+    finally:
+        replay.stop()
+
+    report.add("feed.ingest.simulator_max", sim_runs["raw"]["rate"], "packets/s")
+    report.add("feed.ingest.sim.websockets_bare", sim_runs["websockets"]["rate"], "packets/s")
+    report.add("feed.ingest.sim.picows_bare", sim_runs["picows"]["rate"], "packets/s")
+    report.add("feed.ingest.sim.ours", sim_runs["ours"]["rate"], "packets/s")
+    report.add("feed.ingest.sim.dhanhq", sim_runs["dhanhq"]["rate"], "packets/s")
+    report.add("feed.ingest.sim.websockets_deflate", sim_runs["websockets_deflate"]["rate"], "packets/s")
+    report.add("feed.ingest.sim.ours_vs_websockets", sim_runs["ours"]["rate"] / sim_runs["websockets"]["rate"], "x")
+    report.add("feed.ingest.sim.ours_vs_dhanhq", sim_runs["ours"]["rate"] / sim_runs["dhanhq"]["rate"], "x")
+    report.add("feed.ingest.replay.websockets_bare", replay_runs["websockets"]["rate"], "packets/s")
+    report.add("feed.ingest.replay.picows_bare", replay_runs["picows"]["rate"], "packets/s")
+    report.add("feed.ingest.replay.ours", replay_runs["ours"]["rate"], "packets/s")
+    report.add("feed.ingest.replay.dhanhq", replay_runs["dhanhq"]["rate"], "packets/s")
+    report.add("feed.ingest.ours_vs_websockets", replay_runs["ours"]["rate"] / replay_runs["websockets"]["rate"], "x",
                target=OURS_VS_WEBSOCKETS_TARGET, op=">=")
-    report.add("feed.ingest.ours_vs_dhanhq", runs["ours"]["rate"] / runs["dhanhq"]["rate"], "x",
+    report.add("feed.ingest.ours_vs_dhanhq", replay_runs["ours"]["rate"] / replay_runs["dhanhq"]["rate"], "x",
                target=OURS_VS_DHANHQ_TARGET, op=">=")
-    cost = {label: r["us_per_frame"] for label, r in runs.items()}
+    cost = {label: r["us_per_frame"] for label, r in replay_runs.items()}
     report.add("feed.ingest.cpu_per_frame_ours_us", cost["ours"], "us")
     report.note(
-        "client CPU per frame (independent of who was the bottleneck): "
-        + ", ".join(f"{label} {us:.2f} us" for label, us in cost.items())
+        "client CPU per frame against the replay: " + ", ".join(f"{label} {us:.2f} us" for label, us in cost.items())
         + f"; websockets/ours {cost['websockets'] / cost['ours']:.2f}x, dhanhq/ours {cost['dhanhq'] / cost['ours']:.2f}x"
     )
-    negotiated = "permessage-deflate" in runs["websockets_deflate"].get("extensions", "")
+
+    ws, wd = sim_runs["websockets"], sim_runs["websockets_deflate"]
+    negotiated = "permessage-deflate" in wd.get("extensions", "")
+    payloads = _frames(recording.read_bytes()[: 8 << 20], 20_000)
+    mean_size = sum(len(p) for p in payloads) / max(1, len(payloads))
     report.note(
-        f"deflate: the normal simulator declines permessage-deflate (extensions {runs['websockets'].get('extensions', '')!r}); "
-        f"against --permessage-deflate it was {'negotiated' if negotiated else 'NOT negotiated'}: "
-        f"{runs['websockets_deflate']['rate']:.0f}/s vs {runs['websockets']['rate']:.0f}/s uncompressed "
-        f"({runs['websockets_deflate']['rate'] / runs['websockets']['rate']:.2f}x), client "
-        f"{runs['websockets_deflate']['us_per_frame']:.2f} vs {runs['websockets']['us_per_frame']:.2f} us/frame, simulator CPU "
-        f"{runs['websockets_deflate']['sim_share']:.2f} vs {runs['websockets']['sim_share']:.2f}; payload bytes are counted "
-        f"after decompression"
+        f"deflate: the simulator as it is declines permessage-deflate (extensions {ws.get('extensions', '')!r}), so "
+        f"websockets' default and compression=None are the same there; with --permessage-deflate it was "
+        f"{'negotiated' if negotiated else 'NOT negotiated'} ({wd.get('extensions', '')!r}): {wd['rate']:.0f}/s vs "
+        f"{ws['rate']:.0f}/s uncompressed ({wd['rate'] / ws['rate']:.2f}x); client {wd['us_per_frame']:.2f} vs "
+        f"{ws['us_per_frame']:.2f} us/frame; simulator CPU {wd['sim_share']:.2f} vs {ws['sim_share']:.2f}, i.e. "
+        f"{wd['sim_cpu'] / max(1, wd['frames']) * 1e6:.1f} vs {ws['sim_cpu'] / max(1, ws['frames']) * 1e6:.1f} us of "
+        f"simulator CPU per frame; on the wire a {mean_size:.0f}-byte Full packet deflates to ~{_deflated_size(payloads):.0f} "
+        f"bytes (this stream, 12-bit window, context kept)"
     )
-    report.note(f"ours: {runs['ours'].get('packets_per_flush', 0):.1f} packets per read burst, protocol errors "
-                f"{runs['ours'].get('protocol_errors')}; dhanhq sampled types {runs['dhanhq'].get('sampled_types')}")
+    report.note(f"ours: {replay_runs['ours'].get('packets_per_flush', 0):.1f} packets per read burst against the replay, "
+                f"protocol errors {replay_runs['ours'].get('protocol_errors')}; dhanhq sampled types "
+                f"{replay_runs['dhanhq'].get('sampled_types')}")
 
 
 # --- the stack: database, registry, subscription service, the filled pool -------------------
@@ -594,13 +670,13 @@ def _part_shard(report: Report, children: Children, stack: Stack, sim_master: Pa
     """Returns the shard 0 process, left running for part 3."""
     n0 = stack.shard_loads.get(0, 0)
     per_instrument = SHARD_RATE / n0
-    sim = _start_simulator(children, "sim-shard", sim_master, sim_port, burst=False, rate=SHARD_RATE * 1.5,
+    sim = _start_simulator(children, "sim-shard", sim_master, sim_port, burst=False, rate=_caps(SHARD_RATE),
                            ticks_per_second=per_instrument, extra=["--stamp-send-time"])
     shard = _start_shard(children, stack, 0, sim_port)
     shard_address = f"127.0.0.1:{shard.info['port']}"
     asyncio.run(_wait_subscribed([shard_address], [n0]))
     report.note(f"shard 0 process pid {shard.pid} with {n0} instruments, simulator paced at {per_instrument:.2f} ticks/s "
-                f"per instrument = {SHARD_RATE:.0f} packets/s offered (caps {SHARD_RATE * 1.5:.0f}/s)")
+                f"per instrument = {SHARD_RATE:.0f} packets/s offered (caps {_caps(SHARD_RATE):.0f}/s)")
     me = os.getpid()
     marks: dict[str, dict[str, float]] = {}
 
@@ -750,10 +826,22 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
               shards: list[Child], gateway: Child, terminals: Terminals, shard_addresses: list[str],
               loads: list[int]) -> Step:
     name = f"sim-e2e-{rate:.0f}"
-    sim = _start_simulator(children, name, sim_master, sim_port, burst=False, rate=rate * 1.5,
+    applied_before = _metrics(gateway.info["metrics_port"]).get("feed_gateway_packets_total", 0.0)
+    sim = _start_simulator(children, name, sim_master, sim_port, burst=False, rate=_caps(rate),
                            ticks_per_second=rate / total, extra=["--stamp-send-time"])
     try:
         asyncio.run(_wait_subscribed(shard_addresses, loads))
+        # The reconnect sends a prev close and a snapshot per instrument (2 x 25k packets):
+        # wait until the gateway has applied what the simulator sent (within 50 ms of
+        # ticks), so that burst is not measured as the rate's latency.
+        caught_up = time.perf_counter() + E2E_CATCH_UP_SECONDS
+        while time.perf_counter() < caught_up:
+            applied = _metrics(gateway.info["metrics_port"]).get("feed_gateway_packets_total", 0.0) - applied_before
+            if applied >= _sim_packets(sim) - max(200.0, 0.05 * rate):
+                break
+            time.sleep(0.2)
+        lag_at_start = _sim_packets(sim) - (_metrics(gateway.info["metrics_port"]).get("feed_gateway_packets_total", 0.0)
+                                            - applied_before)
         time.sleep(E2E_WARMUP_SECONDS)
         processes = {"simulator": sim, "gateway": gateway, **{f"shard{i}": s for i, s in enumerate(shards)}}
         term_pids = [p.pid for p in terminals.processes]
@@ -773,6 +861,7 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
             child.profile_phase(f"3. end to end at {rate:.0f}/s")
     finally:
         sim.stop()
+    drain = _drain(gateway)
     merged = _merge(summaries)
     shares = {k: (cpu1[k] - cpu0[k]) / elapsed for k in cpu0}
     for n, (a, b) in enumerate(zip(tcpu0, tcpu1)):
@@ -789,6 +878,8 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
         f"max {step.max:.1f} ms; gaps {step.gaps} ({merged['gap_events']} events), conflated at the gateway "
         f"{conflated:.0f}; streams open {merged['streams_open']}, stream errors {dict(merged['errors']) or 'none'}"
         + (f", events {dict(merged['events'])}" if merged["events"] else "")
+        + f"; gateway {lag_at_start:.0f} packets behind the simulator before the warm-up; backlog drained {drain:.1f} s "
+        f"after the simulator stopped; gateway RSS {gateway.rss_mb():.0f} MB"
     )
     report.note(
         f"  split (sampled): simulator send -> shard receipt p50 {_hist_ms(merged['sim_part'], 50):.1f} p99 "
@@ -797,7 +888,68 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
     )
     report.note("  CPU share: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                 + f"; total {sum(shares.values()):.2f} of 2 cores")
+    report.note(f"  gateway event loop: {_loop_lag(metrics0, metrics1)}")
     return step
+
+
+def _loop_lag(before: dict[str, float], after: dict[str, float]) -> str:
+    """The gateway's event-loop lag histogram (a 100 ms timer, services/common/looplag.py)
+    over a window: how many firings were late by more than 25, 100 and 250 ms."""
+    def count(le: str) -> float:
+        key = f'event_loop_lag_seconds_bucket{{le="{le}"}}'
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    total = count("+Inf")
+    if not total:
+        return "no loop-lag samples"
+    return (f"{total:.0f} timer firings, late > 25 ms: {total - count('0.025'):.0f}, > 100 ms: {total - count('0.1'):.0f}, "
+            f"> 250 ms: {total - count('0.25'):.0f}")
+
+
+def _drain(gateway: Child, limit: float = 40.0) -> float:
+    """After the simulator stops: until the gateway has applied and sent everything the
+    shards had queued (its counters still for 0.6 s), so the next rate starts clean.
+    Returns the seconds it took (limit: gave up)."""
+    started = time.perf_counter()
+    names = ("feed_gateway_packets_total", "feed_gateway_ticks_sent_total")
+    last = None
+    still_since = started
+    while time.perf_counter() - started < limit:
+        metrics = _metrics(gateway.info["metrics_port"])
+        now = tuple(metrics.get(n, 0.0) for n in names)
+        if now != last:
+            last, still_since = now, time.perf_counter()
+        elif time.perf_counter() - still_since >= 0.6:
+            return still_since - started
+        time.sleep(0.2)
+    return limit
+
+
+def _value_sizes() -> tuple[float, float]:
+    """Bytes a gateway Value of a Full packet holds: decoded packet + Value, and its
+    encoded FULL tick (+ cache dict), measured with tracemalloc on 500 packets."""
+    import tracemalloc
+
+    from dataserver.common.v1 import common_pb2
+
+    from bench.codec import _packets
+    from services.feed import codec
+    from services.feed.gateway.values import Value
+
+    frames = _packets()[:500]
+    errors = codec.ProtocolErrors()
+    key = common_pb2.InstrumentKey(exchange_segment=2, security_id=1)  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        a = tracemalloc.get_traced_memory()[0]
+        values = [Value(key, 1, 1, codec.decode_frame(f, errors)[0], None, None) for f in frames]  # type: ignore[arg-type]
+        b = tracemalloc.get_traced_memory()[0]
+        for v in values:
+            v.encoded(common_pb2.FEED_MODE_FULL)
+        c = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return (b - a) / len(frames), (c - b) / len(frames)
 
 
 def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, sim_master: Path, sim_port: int,
@@ -834,7 +986,7 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
     keys = list(stack.keys)
     random.Random(SEED_SHUFFLE).shuffle(keys)
     streams = [keys[i : i + PER_STREAM] for i in range(0, min(len(keys), STREAMS * PER_STREAM), PER_STREAM)]
-    stalled = streams[0]
+    stalled = streams[0]  # the same instruments as a live stream
     rss_idle = gateway.rss_mb()
     terminals = _start_terminals(folder, address, streams, stalled, lifetime=400)
     try:
@@ -846,17 +998,12 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
             f"{rss_idle:.0f} MB before the streams, {rss_streams:.0f} MB with them"
         )
         steps: list[Step] = []
-        rss_stall_start = gateway.rss_mb()
         first = _e2e_step(report, children, sim_master, sim_port, E2E_RATE, total, shards, gateway, terminals,
                           shard_addresses, loads)
         steps.append(first)
-        rss_stall_end = gateway.rss_mb()
-        gateway_rss = rss_stall_end
+        gateway_rss = gateway.rss_mb()
         shard_rss = [s.rss_mb() for s in shards]
         metrics = _metrics(gateway.info["metrics_port"])
-        (resumed,) = terminals.ask("resume", only=0)
-        stall = resumed["summary"]
-
         report.add("feed.e2e.offered", E2E_RATE, "ticks/s")
         report.add("feed.e2e.delivered", first.delivered, "ticks/s", target=E2E_RATE * SUSTAINED, op=">=")
         report.add("feed.e2e.p50_ms", first.p50, "ms")
@@ -864,35 +1011,44 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
         report.add("feed.e2e.gaps", first.gaps, target=0)
         report.add("feed.e2e.gateway_rss_mb", gateway_rss, "MB", target=GATEWAY_RSS_TARGET_MB)
         report.add("feed.e2e.shard_rss_max_mb", max(shard_rss), "MB", target=SHARD_RSS_TARGET_MB)
+        decoded, encoded = _value_sizes()
+        from services.feed.gateway.hub import HISTORY
+
         report.note("shard RSS: " + ", ".join(f"#{i} {r:.0f} MB" for i, r in enumerate(shard_rss))
-                    + f"; gateway peak RSS {gateway.hwm_mb():.0f} MB")
-
-        warnings = stall.get("warnings", [])
-        most_pending = max((w["pending"] for w in warnings), default=math.nan)
-        report.add("feed.e2e.stalled_pending_max", most_pending, "instruments", target=len(stalled))
-        report.add("feed.e2e.stalled_rss_growth_mb", rss_stall_end - rss_stall_start, "MB")
-        report.note(
-            f"stalled stream ({len(stalled)} instruments, not read for ~{E2E_WARMUP_SECONDS + E2E_WINDOW_SECONDS + 3:.0f} s "
-            f"of ticks): gateway RSS {rss_stall_start:.0f} -> {rss_stall_end:.0f} MB while it stalled; on resuming it got "
-            f"{stall.get('batches')} batches / {stall.get('ticks')} ticks (first batch {stall.get('first_batch_ticks')}), "
-            f"{len(warnings)} slow-consumer warnings, pending_instruments max {most_pending}, last "
-            f"{warnings[-1] if warnings else None}" + (f", stream error {stall['error']}" if stall.get("error") else "")
-        )
+                    + f"; gateway RSS {rss_streams:.0f} MB before the ticks, peak {gateway.hwm_mb():.0f} MB. A gateway "
+                    f"Value of a Full packet holds {decoded:.0f} B decoded (+ Value) and {encoded:.0f} B encoded: {total} "
+                    f"instruments x HISTORY {HISTORY} x {decoded + encoded:.0f} B = "
+                    f"{total * HISTORY * (decoded + encoded) / 2**20:.0f} MB once every history is full")
         report.note("gateway metrics after the first rate: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in sorted(metrics.items()) if not k.endswith("_created")))
+            f"{k} {v:.0f}" for k, v in sorted(metrics.items()) if k.startswith("feed_") and not k.endswith("_created")))
 
-        # Bisection towards the highest rate that meets every target.
+        # Then a bisection towards the highest rate that meets every target (or E2E_RATE
+        # again if it met them). The stalled stream stalls during the second step, when
+        # every instrument's history is full already, so the gateway's RSS over that step
+        # shows what the stall itself costs.
         low, high = 0.0, E2E_RATE
-        if not first.meets:
-            for _ in range(E2E_EXTRA_RATES):
-                rate = round((low + high) / 2 if low else high / 2, -2)
-                step = _e2e_step(report, children, sim_master, sim_port, rate, total, shards, gateway, terminals,
-                                 shard_addresses, loads)
-                steps.append(step)
-                if step.meets:
-                    low = rate
-                else:
-                    high = rate
+        for index in range(E2E_EXTRA_RATES if not first.meets else 1):
+            rate = E2E_RATE if first.meets else round((low + high) / 2 if low else high / 2, -2)
+            if index == 0:
+                rss_before = gateway.rss_mb()
+                (opened,) = terminals.ask("stall", only=0)
+            step = _e2e_step(report, children, sim_master, sim_port, rate, total, shards, gateway, terminals,
+                             shard_addresses, loads)
+            steps.append(step)
+            if index == 0:
+                rss_after = gateway.rss_mb()
+                before = _metrics(gateway.info["metrics_port"]).get("feed_gateway_conflated_total", 0.0)
+                (resumed,) = terminals.ask("resume", only=0)
+                after = _metrics(gateway.info["metrics_port"]).get("feed_gateway_conflated_total", 0.0)
+                _report_stall(report, len(stalled), opened["summary"], resumed["summary"], rss_before, rss_after,
+                              after - before)
+            if step.meets:
+                low = rate
+            else:
+                high = rate
+        for s in steps[1:]:
+            report.add(f"feed.e2e.at_{s.rate:.0f}.delivered", s.delivered, "ticks/s")
+            report.add(f"feed.e2e.at_{s.rate:.0f}.p99_ms", s.p99, "ms")
         best = max((s for s in steps if s.meets), key=lambda s: s.rate, default=None)
         sustained = max((s for s in steps if s.sustained), key=lambda s: s.rate, default=None)
         report.add("feed.e2e.highest_rate_meeting_targets", best.rate if best else 0.0, "ticks/s")
@@ -915,12 +1071,38 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
 SEED_SHUFFLE = 11
 
 
+def _report_stall(report: Report, size: int, opened: dict[str, Any], stall: dict[str, Any], rss_before: float,
+                  rss_after: float, conflated: float) -> None:
+    warnings = stall.get("warnings", [])
+    most_pending = max((w["pending"] for w in warnings), default=math.nan)
+    report.add("feed.e2e.stalled_pending_max", most_pending, "instruments", target=size)
+    report.add("feed.e2e.stalled_rss_growth_mb", rss_after - rss_before, "MB")
+    report.note(
+        f"stalled stream ({size} instruments, snapshot of {opened.get('snapshot_ticks')} ticks read, then not read for "
+        f"one rate step): gateway RSS {rss_before:.0f} -> {rss_after:.0f} MB over the step; on resuming it got "
+        f"{stall.get('batches')} batches / {stall.get('ticks')} ticks (first batch {stall.get('first_batch_ticks')}), "
+        f"{len(warnings)} slow-consumer warnings, pending_instruments max {most_pending}, last "
+        f"{warnings[-1] if warnings else None}; feed_gateway_conflated_total +{conflated:.0f} when it took its batch"
+        + (f"; stream error {stall['error']}" if stall.get("error") else "")
+    )
+
+
 # --- profiles -------------------------------------------------------------------------------
 
 
 def _report_profiles(children: Children) -> None:
     for child in children.all:
         for phase, path in child.profiles:
+            gc_path = Path(str(path)[: -len(".prof")] + ".gc.json")
+            if gc_path.exists():
+                data = json.loads(gc_path.read_text())
+                gens = ", ".join(f"gen{g}: {n} collections, {total:.0f} ms in all, longest {longest:.1f} ms"
+                                 for g, (n, total, longest) in data["generations"].items())
+                long = data["long_pauses"]
+                print(f"  --- GC pauses of {child.name}, phase {phase}: {gens}; {data['tracked_objects']} tracked objects "
+                      f"at the end; pauses >= 10 ms [generation, wall ms, CPU ms, collected]: {len(long)} {long[:12]}")
+            if path.stat().st_size == 0:
+                continue  # BENCH_PROFILE=gc: no cProfile
             out = io.StringIO()
             stats = pstats.Stats(str(path), stream=out)
             stats.sort_stats("tottime").print_stats(18)

@@ -3,6 +3,7 @@
 import asyncio
 import sys
 
+from services.common.gctuning import tune_for_hot_path
 from services.common.server import serve_service
 from services.feed import gateway_server, shard_server
 
@@ -12,4 +13,5 @@ role = sys.argv[1] if len(sys.argv) > 1 else ""
 if role not in ROLES:
     sys.exit(f"usage: python -m services.feed {{{'|'.join(ROLES)}}}")
 module, needs_database = ROLES[role]
+tune_for_hot_path()
 asyncio.run(serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=needs_database))

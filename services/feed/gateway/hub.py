@@ -28,7 +28,7 @@ from services.feed.gateway.values import Value
 
 log = logging.getLogger(__name__)
 
-HISTORY = 8  # values kept per instrument, so a stream that keeps up loses none
+HISTORY = 3  # values kept per instrument, so a stream that keeps up loses none (at ~2 ticks/s each)
 _RECORD = struct.Struct("<Qq")
 PACKETS = Counter("feed_gateway_packets_total", "Packets applied from the shards.")
 SHARDS_UP = Gauge("feed_gateway_shards_connected", "Shard streams currently open.")

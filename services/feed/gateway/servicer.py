@@ -14,6 +14,7 @@ from dataserver.feed.v1 import feed_pb2
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
+from prometheus_client import Gauge
 
 from services.common.auth import current_principal
 from services.common.clients import ServiceCaller
@@ -22,6 +23,9 @@ from services.common.instruments import PROTO_TO_SEGMENT
 from services.feed.gateway.hub import Hub, wire_key
 from services.feed.gateway.streams import INTERACTIVE, STREAM_TICKS, Shape, TerminalStream
 from services.feed.gateway.watchlist import WatchlistFollower
+
+PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
+PENDING_MAX = Gauge("feed_gateway_stream_pending_max", "The most instruments pending on one stream (bounded by its size).")
 
 MAX_INSTRUMENTS_PER_STREAM = 5000
 MAX_SNAPSHOT_KEYS = 1000
@@ -55,6 +59,8 @@ class GatewayServicer:
             now = loop.time()
             for stream in list(self.streams):
                 stream.check_lag(now)
+            PENDING.set(sum(len(s.pending) for s in self.streams))
+            PENDING_MAX.set(max((len(s.pending) for s in self.streams), default=0))
 
     async def _states(self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]) -> list[feed_pb2.InstrumentState]:
         """Registers the keys on the stream (up to its limit) and says how each one stands."""
@@ -122,6 +128,7 @@ class GatewayServicer:
             else:
                 raise InvalidArgument("set a selection: instruments (a list of keys) or my_watchlist: true")
             self.streams.add(stream)
+            stream.task = asyncio.current_task()
             yield stream.snapshot(keys, states)
             async for message in stream.run():
                 yield message
@@ -134,6 +141,7 @@ class GatewayServicer:
     async def InteractiveStreamTicks(self, request_iterator: AsyncIterator[feed_pb2.InteractiveStreamTicksRequest],
                                      context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         stream = TerminalStream(self._hub, common_pb2.FEED_MODE_FULL, INTERACTIVE)
+        stream.task = asyncio.current_task()
         self.streams.add(stream)
         principal = current_principal()
 

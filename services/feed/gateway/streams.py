@@ -29,6 +29,10 @@ CONFLATED = Counter("feed_gateway_conflated_total", "Ticks replaced by a newer v
 TICKS_SENT = Counter("feed_gateway_ticks_sent_total", "Ticks sent to terminals.")
 
 HEARTBEAT_SECONDS = 5.0
+# After a wake-up, a stream with only a few ticks pending waits this long for more, so one
+# gRPC message carries a batch rather than a tick (per-message cost dominates otherwise).
+BATCH_DELAY_SECONDS = 0.004
+SMALL_BATCH = 32
 SLOW_WARNING_SECONDS = 2.0
 SLOW_CLOSE_SECONDS = 30.0
 
@@ -77,6 +81,9 @@ class TerminalStream:
         self.conflated = 0
         self.close_reason = ""
         self._warned_at = 0.0
+        # The task running this stream's RPC, cancelled when a terminal blocked in a write
+        # ignores the close for too long (its generator cannot raise while it is blocked).
+        self.task: asyncio.Task[Any] | None = None
 
     # -- called by the hub on the hot path -------------------------------------------------
 
@@ -162,7 +169,9 @@ class TerminalStream:
         if not self.pending:
             return
         lag = now - self.pending_since
-        if lag > SLOW_CLOSE_SECONDS:
+        if lag > SLOW_CLOSE_SECONDS + HEARTBEAT_SECONDS and self.task is not None:
+            self.task.cancel()
+        elif lag > SLOW_CLOSE_SECONDS:
             self.close_reason = f"terminal fell {lag:.0f} s behind; reconnect for a fresh snapshot"
             self.wake.set()
         elif lag > SLOW_WARNING_SECONDS and now - self._warned_at > SLOW_WARNING_SECONDS:
@@ -185,6 +194,8 @@ class TerminalStream:
                     heartbeat.server_time.GetCurrentTime()
                     yield self.shape.response(heartbeat=heartbeat)
                     continue
+            if len(self.pending) < SMALL_BATCH and not self.outbox:
+                await asyncio.sleep(BATCH_DELAY_SECONDS)
             self.wake.clear()
             while self.outbox:
                 yield self.outbox.popleft()

@@ -50,7 +50,9 @@ FATAL_REASONS = {
 KICKED = 805
 REASON_TEXT = {800: "internal server error", 804: "instruments exceed limit", 805: "too many connections", **FATAL_REASONS}
 _STABLE_SECONDS = 30.0
-_QUEUE_LIMIT = 20_000
+# Batches queued for a slow gateway before its stream is cut (it reconnects for a fresh
+# snapshot): about two seconds of traffic, so overload never turns into minutes of latency.
+_QUEUE_LIMIT = 2_000
 
 MODES = {1: FeedMode.TICKER, 2: FeedMode.QUOTE, 3: FeedMode.FULL}
 PROTO_MODES = {mode: proto for proto, mode in MODES.items()}

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.report import Report
+from services.common.gctuning import tune_for_hot_path
 from services.feed import codec
 
 N = 200_000
@@ -74,6 +75,8 @@ def _time_official(decode: Callable[[bytes], Any], frames: Sequence[bytes]) -> f
 def run(report: Report) -> None:
     from dhanhq.marketfeed import MarketFeed
 
+    # The GC settings the hot-path processes run with (services.common.gctuning), for both.
+    tune_for_hot_path()
     official = object.__new__(MarketFeed)  # decoders only; no context, loop or socket
     official.on_close = None
     frames = _packets()

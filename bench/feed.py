@@ -61,11 +61,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
 import json
 import math
 import os
-import pstats
 import random
 import signal
 import socket
@@ -81,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._feed_clients import MS_PER_DAY, cpu_seconds
-from bench.report import Report
+from bench.report import Report, print_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -641,7 +639,6 @@ async def _consume_shard(address: str, warmup: float, window: float, on_window: 
                 continue
             records = message.packets.records
             now_us = time.time_ns() // 1000
-            today_ms = (now_us // 1000) % MS_PER_DAY
             size = len(records)
             offset = 0
             count = 0
@@ -1103,14 +1100,7 @@ def _report_profiles(children: Children) -> None:
                       f"at the end; pauses >= 10 ms [generation, wall ms, CPU ms, collected]: {len(long)} {long[:12]}")
             if path.stat().st_size == 0:
                 continue  # BENCH_PROFILE=gc: no cProfile
-            out = io.StringIO()
-            stats = pstats.Stats(str(path), stream=out)
-            stats.sort_stats("tottime").print_stats(18)
-            stats.sort_stats("cumulative").print_stats(22)
-            print(f"  --- cProfile of {child.name}, phase {phase} ({path}) ---")
-            for line in out.getvalue().splitlines():
-                if line.strip():
-                    print("    " + line)
+            print_profile(path, f"{child.name}, phase {phase}")
 
 
 # --- the benchmark ------------------------------------------------------------------------

@@ -7,10 +7,13 @@ A figure without a target is information (row counts, generation time, rates).
 
 from __future__ import annotations
 
+import io
 import math
+import pstats
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,15 @@ def summary_table(figures: Sequence[Figure], out=sys.stdout) -> None:  # type: i
                         for i, (cell, width) in enumerate(zip(row, widths))).rstrip(), file=out)
         if index == 0:
             print("  ".join("-" * w for w in widths), file=out)
+
+
+def print_profile(path: Path, title: str) -> None:
+    """Prints the top of a cProfile dump, by own time and by cumulative time."""
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("tottime").print_stats(18)
+    stats.sort_stats("cumulative").print_stats(22)
+    print(f"  --- cProfile of {title} ({path}) ---")
+    for line in out.getvalue().splitlines():
+        if line.strip():
+            print("    " + line)

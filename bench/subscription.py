@@ -42,11 +42,9 @@ stop (SIGTERM, then SIGKILL), the registry child's (as bench.registry). Loopback
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import math
 import os
-import pstats
 import random
 import signal
 import subprocess
@@ -54,7 +52,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, time as clock_time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +66,7 @@ from bench.registry import (  # the registry child, its database and its lifecyc
     _stop_child,
     _wait_ready,
 )
-from bench.report import Report, percentile
+from bench.report import Report, percentile, print_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -445,130 +442,9 @@ async def _client(report: Report, service: Service, registry_address: str) -> No
 # --- direct SQL timings -------------------------------------------------------------------
 
 
-def _time_sql(report: Report, conninfo: str) -> None:
-    """Times the status queries and an add's read queries against the full database."""
-    import psycopg
-    from psycopg.rows import dict_row
-
-    from services.common.market_calendar import IST, today_ist
-    from services.common.sqlfiles import load_queries
-
-    queries = load_queries("services.subscription")
-    reports = load_queries("services.subscription", "reports.sql")
-    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
-        sizes = {
-            table: conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"]  # type: ignore[index]
-            for table in ("subscriptions", "subscription_owners", "watchlist_items", "subscription_log",
-                          "assignment_changes", "watchlist_events")
-        }
-        report.note(f"table rows now: {sizes}")
-        unit = conn.execute(
-            "SELECT item_id, user_id FROM watchlist_items WHERE state = 'ACTIVE' ORDER BY item_id DESC LIMIT 1"
-        ).fetchone()
-        keys = conn.execute(
-            "SELECT exchange_segment, security_id FROM subscription_owners WHERE owner_kind = 'unit' AND owner_id = %s",
-            (str(unit["item_id"]),),  # type: ignore[index]
-        ).fetchall()
-        columns = {"segments": [k["exchange_segment"] for k in keys], "ids": [k["security_id"] for k in keys]}
-        midnight = datetime.combine(today_ist(), clock_time(0), tzinfo=IST)
-        cases: list[tuple[str, str, dict[str, Any]]] = [
-            ("status: shard_usage", reports["shard_usage"], {}),
-            ("status: moving_out", reports["moving_out"], {}),
-            ("status: owner_counts", reports["owner_counts"], {}),
-            ("status: user_usage", reports["user_usage"], {"limit": 1000}),
-            ("status: user_count", reports["user_count"], {}),
-            ("status: evictions_since", reports["evictions_since"], {"since": midnight}),
-            ("add: find_item", queries["find_item"].replace("FOR UPDATE", ""),
-             {"user_id": unit["user_id"], "symbol": "NOSUCH", "expiry_date": None, "underlying_only": False}),  # type: ignore[index]
-            ("add: user_quota", queries["user_quota"], {"user_id": unit["user_id"], "exclude": 0}),  # type: ignore[index]
-            ("add: existing_subscriptions", queries["existing_subscriptions"], columns),
-            ("add: total_subscribed", queries["total_subscribed"], {}),
-            ("add: shard_loads", queries["shard_loads"], {}),
-            ("add: tier_b_count_outside", queries["tier_b_count_outside"], columns),
-            ("add: lru_units", queries["lru_units"], {"exclude": [], "limit": 32}),
-            ("evict: owner_keys", queries["owner_keys"], {"owner_kind": "unit", "owner_id": str(unit["item_id"])}),  # type: ignore[index]
-        ]
-        timings = [(_p50(conn, sql, params), label, sql, params) for label, sql, params in cases]
-        report.note(f"SQL, each run {SQL_REPEATS} times on one connection (client round trip included), p50:")
-        for p50, label, _, _ in timings:
-            report.note(f"  {label:<32} {p50 * 1000:7.2f} ms")
-        status_total = sum(p50 for p50, label, _, _ in timings if label.startswith("status:"))
-        add_reads = sum(p50 for p50, label, _, _ in timings if label in ("add: total_subscribed", "add: shard_loads"))
-        report.add("subscription.sql.status_queries_ms", status_total * 1000, "ms")
-        report.note(f"an add that subscribes runs total_subscribed + shard_loads under the ledger lock: {add_reads * 1000:.2f} ms")
-        for p50, label, sql, params in sorted(timings, key=lambda t: -t[0])[:4]:
-            _explain(report, conn, f"{label} ({p50 * 1000:.2f} ms)", sql, params)
-        _what_if(report, conn, reports, {label: p50 for p50, label, _, _ in timings}, midnight)
-
-
-def _p50(conn: Any, sql: str, params: dict[str, Any]) -> float:
-    seconds = []
-    for _ in range(SQL_REPEATS):
-        started = time.perf_counter()
-        conn.execute(sql, params).fetchall()
-        seconds.append(time.perf_counter() - started)
-    return percentile(sorted(seconds), 50)
-
-
-def _explain(report: Report, conn: Any, title: str, sql: str, params: dict[str, Any]) -> None:
-    plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params).fetchall()
-    report.note(f"EXPLAIN ANALYZE {title}:")
-    for row in plan:
-        report.note("    " + row["QUERY PLAN"])
-
-
-def _what_if(report: Report, conn: Any, reports: dict[str, str], measured: dict[str, float], midnight: Any) -> None:
-    """Times replacements for the slow status queries on the same data, inside a transaction
-    that is rolled back (the temporary index and fresh statistics vanish with it): evidence
-    for the changes the report proposes, not a change to the service."""
-    owners_now = {r["owner_kind"]: r["n"] for r in conn.execute(reports["owner_counts"]).fetchall()}
-    owners_hash = (
-        "SELECT owner_kind, count(*)::int AS n FROM (SELECT DISTINCT owner_kind, owner_id FROM subscription_owners) d "
-        "GROUP BY owner_kind"
-    )
-    owners_items = (
-        "SELECT 'unit' AS owner_kind, count(*)::int AS n FROM watchlist_items WHERE state = 'ACTIVE' "
-        "UNION ALL SELECT 'tier_b', count(*)::int FROM tier_b_entries WHERE instrument_count > 0"
-    )
-    evictions_index = "CREATE INDEX bench_whatif_evictions ON subscription_log (logged_at) WHERE action = 'EVICT'"
-    combined_shards = (
-        "SELECT s.shard_id, count(*)::int AS n, count(*) FILTER (WHERE tier = 'A')::int AS a, "
-        "count(*) FILTER (WHERE tier = 'B')::int AS b, count(*) FILTER (WHERE moving_to_shard IS NOT NULL)::int AS moving_out "
-        "FROM subscriptions s GROUP BY s.shard_id"
-    )
-    with conn.transaction(force_rollback=True):
-        rows = {r["owner_kind"]: r["n"] for r in conn.execute(owners_items).fetchall()}
-        same = {k: v for k, v in rows.items() if v} == owners_now
-        hash_ms = _p50(conn, owners_hash, {}) * 1000
-        items_ms = _p50(conn, owners_items, {}) * 1000
-        conn.execute(evictions_index)
-        conn.execute("ANALYZE subscriptions, subscription_owners, subscription_log, watchlist_items")
-        evict_ms = _p50(conn, reports["evictions_since"], {"since": midnight}) * 1000
-        moving_ms = _p50(conn, reports["moving_in"], {}) * 1000
-        shard_ms = _p50(conn, combined_shards, {}) * 1000
-        _explain(report, conn, "evictions_since with a partial index on subscription_log (logged_at) WHERE action = 'EVICT'",
-                 reports["evictions_since"], {"since": midnight})
-    report.note("what-if (same data, rolled back):")
-    report.note(f"  owner_counts {measured['status: owner_counts'] * 1000:.2f} ms -> DISTINCT subquery (hash) {hash_ms:.2f} ms, "
-                f"-> counted from watchlist_items/tier_b_entries {items_ms:.2f} ms (same answer: {same}, {rows} vs {owners_now})")
-    report.note(f"  evictions_since {measured['status: evictions_since'] * 1000:.2f} ms -> with the partial index {evict_ms:.2f} ms")
-    report.note(f"  moving_in {measured['status: moving_in'] * 1000:.2f} ms -> after ANALYZE {moving_ms:.2f} ms; "
-                f"shard_usage {measured['status: shard_usage'] * 1000:.2f} ms (a full scan either way: {shard_ms:.2f} ms)")
-    rest = sum(v for k, v in measured.items() if k in ("status: user_usage", "status: user_count")) * 1000
-    total = items_ms + evict_ms + moving_ms + shard_ms + rest
-    report.add("subscription.sql.status_queries_whatif_ms", total, "ms")
-
-
 def _report_profiles(service: Service) -> None:
     for phase, path in service.profiles:
-        out = io.StringIO()
-        stats = pstats.Stats(str(path), stream=out)
-        stats.sort_stats("tottime").print_stats(15)
-        stats.sort_stats("cumulative").print_stats(25)
-        print(f"  --- cProfile of the subscription process, phase {phase} ({path}) ---")
-        for line in out.getvalue().splitlines():
-            if line.strip():
-                print("    " + line)
+        print_profile(path, f"the subscription process, phase {phase}")
 
 
 # --- the benchmark ------------------------------------------------------------------------
@@ -634,7 +510,6 @@ def run(report: Report) -> None:
                     errors = [line for line in service_log.read_text(errors="replace").splitlines() if '"ERROR"' in line]
                     if errors:
                         report.note(f"{len(errors)} ERROR lines in the subscription log; first: {errors[0][:500]}")
-                _time_sql(report, conninfo)
                 if PROFILE:
                     _report_profiles(service)
             finally:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.config import Settings
 from services.feed import gateway_server, shard_server
 from services.feed.simulator.settings import SimulatorSettings
 from services.feed.simulator.simulator import Simulator

@@ -380,7 +380,7 @@ def test_parse_request_accepts_the_reference_example_and_depth_when_allowed() ->
 
 
 @given(packets)
-def test_decode_packet_agrees_with_decode_frame(packet: Any) -> None:
+def test_decode_packet_agrees_with_decode_frame(packet: codec.Packet) -> None:
     errors = codec.ProtocolErrors()
     assert codec.decode_packet(encode(packet), errors) == codec.decode_frame(encode(packet), errors)[0]
 

@@ -74,13 +74,10 @@ class Value:
                     if mode == FULL:
                         parts |= PART_FULL
                         depth = tick.depth  # flat: (bid_qty, ask_qty, bid_orders, ask_orders, bid_price, ask_price) x 5
-                        message.depth.extend(
-                            feed_pb2.DepthLevel(
-                                bid_price=depth[k + 4], bid_quantity=depth[k], bid_orders=depth[k + 2],
-                                ask_price=depth[k + 5], ask_quantity=depth[k + 1], ask_orders=depth[k + 3],
-                            )
-                            for k in range(0, 30, 6)
-                        )
+                        add = message.depth.add  # add(**fields) is ~1.7x faster than extend(DepthLevel(...))
+                        for k in (0, 6, 12, 18, 24):
+                            add(bid_price=depth[k + 4], bid_quantity=depth[k], bid_orders=depth[k + 2],
+                                ask_price=depth[k + 5], ask_quantity=depth[k + 1], ask_orders=depth[k + 3])
         if self.oi is not None and mode != TICKER and not parts & PART_OI:
             parts |= PART_OI
             message.open_interest = self.oi.oi

@@ -31,8 +31,8 @@ TICKS_SENT = Counter("feed_gateway_ticks_sent_total", "Ticks sent to terminals."
 HEARTBEAT_SECONDS = 5.0
 # After a wake-up, a stream with only a few ticks pending waits this long for more, so one
 # gRPC message carries a batch rather than a tick (per-message cost dominates otherwise).
-BATCH_DELAY_SECONDS = 0.004
-SMALL_BATCH = 32
+BATCH_DELAY_SECONDS = 0.008
+SMALL_BATCH = 64
 SLOW_WARNING_SECONDS = 2.0
 SLOW_CLOSE_SECONDS = 30.0
 

@@ -30,7 +30,6 @@ from services.subscription.model import (
     Eviction,
     Instrument,
     Key,
-    higher_mode,
 )
 from services.subscription.placement import NoRoom, place
 
@@ -304,10 +303,3 @@ class Ledger:
         self._audit.rows.clear()
         self._changes.clear()
         self._events.clear()
-
-
-def merged_mode(modes: Iterable[str]) -> str:
-    result = "TICKER"
-    for mode in modes:
-        result = higher_mode(result, mode)
-    return result

@@ -7,14 +7,8 @@ from datetime import date, datetime
 
 Key = tuple[str, int]  # (Dhan segment name, security id)
 
-MODE_RANK = {"TICKER": 1, "QUOTE": 2, "FULL": 3}
-
 OWNER_UNIT = "unit"
 OWNER_TIER_B = "tier_b"
-
-
-def higher_mode(a: str, b: str) -> str:
-    return a if MODE_RANK[a] >= MODE_RANK[b] else b
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dataserver.subscription.v1 import subscription_pb2 as pb
+from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.sqlfiles import load_queries
@@ -151,9 +152,7 @@ def _event(event: dict[str, Any], item: dict[str, Any] | None) -> pb.WatchlistEv
     )
 
 
-def timestamp_now() -> Any:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
+def timestamp_now() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
     return stamp

@@ -21,7 +21,7 @@ from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.instruments import PROTO_TO_SEGMENT
 from services.feed.gateway.hub import Hub, wire_key
-from services.feed.gateway.streams import INTERACTIVE, STREAM_TICKS, Shape, TerminalStream
+from services.feed.gateway.streams import INTERACTIVE, STREAM_TICKS, TerminalStream
 from services.feed.gateway.watchlist import WatchlistFollower
 
 PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
@@ -243,5 +243,3 @@ def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("dataserver.feed.v1.GatewayService", handlers),))
 
-
-__all__ = ["GatewayServicer", "Shape", "register"]

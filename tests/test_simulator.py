@@ -543,8 +543,12 @@ async def test_control_api_over_http(start_sim: Any, nifty_option: tuple[str, in
             assert (await http(port, "POST", f"/connections/{a_id}/disconnect", {"reason": "x"}))[0] == 400
 
             assert await http(port, "POST", "/connections/all/silence") == (200, {"affected": [a_id, b_id]})
-            await asyncio.sleep(0.3)
-            assert {c["state"] for c in (await http(port, "GET", "/connections"))[1]["connections"]} == {"silenced"}
+            for _ in range(100):  # the state flips as each connection's send loop notices
+                states = {c["state"] for c in (await http(port, "GET", "/connections"))[1]["connections"]}
+                if states == {"silenced"}:
+                    break
+                await asyncio.sleep(0.02)
+            assert states == {"silenced"}
             assert await http(port, "POST", "/connections/all/resume") == (200, {"affected": [a_id, b_id]})
 
             assert await http(port, "POST", f"/connections/{b_id}/garbage", {"bytes": 32, "count": 3}) == (200, {"affected": [b_id]})

@@ -417,7 +417,7 @@ class Tally:
         self.batches = 0
         self.events: Counter[str] = Counter()
         self.latency = Counter()  # 0.1 ms buckets: send stamp -> receipt here
-        self.shard_part = Counter()  # 0.1 ms buckets: shard receipt (received_at) -> receipt here, sampled
+        self.shard_part = Counter()  # 0.1 ms buckets: shard receipt (receive_time_micros) -> receipt here, sampled
         self.sim_part = Counter()  # 0.1 ms buckets: send stamp -> shard receipt, sampled
 
     def summary(self) -> dict[str, Any]:
@@ -475,8 +475,7 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
                     latency = (today - volume) % MS_PER_DAY
                     t.latency[int(latency * 10)] += 1
                     if t.stamped & 15 == 0:  # the split, sampled
-                        received = tick.received_at
-                        shard_ms = (received.seconds * 1000.0 + received.nanos / 1e6) % MS_PER_DAY
+                        shard_ms = (tick.receive_time_micros / 1000.0) % MS_PER_DAY
                         t.shard_part[int(((today - shard_ms) % MS_PER_DAY) * 10)] += 1
                         t.sim_part[int(((shard_ms - volume) % MS_PER_DAY) * 10)] += 1
             state[0] = seq

@@ -923,26 +923,25 @@ def _drain(gateway: Child, limit: float = 40.0) -> float:
 
 
 def _value_sizes() -> tuple[float, float]:
-    """Bytes a gateway Value of a Full packet holds: decoded packet + Value, and its
-    encoded FULL tick (+ cache dict), measured with tracemalloc on 500 packets."""
+    """Bytes a gateway Value of a Full packet holds: the Value and its raw packet, and its
+    encoded FULL tick, measured with tracemalloc on 500 packets."""
     import tracemalloc
 
     from dataserver.common.v1 import common_pb2
 
     from bench.codec import _packets
-    from services.feed import codec
+    from services.feed.gateway.hub import Instrument
     from services.feed.gateway.values import Value
 
     frames = _packets()[:500]
-    errors = codec.ProtocolErrors()
-    key = common_pb2.InstrumentKey(exchange_segment=2, security_id=1)  # type: ignore[arg-type]
+    instrument = Instrument(2 | (1 << 8))
     tracemalloc.start()
     try:
         a = tracemalloc.get_traced_memory()[0]
-        values = [Value(key, 1, 1, codec.decode_frame(f, errors)[0], None, None) for f in frames]  # type: ignore[arg-type]
+        values = [Value(instrument, 1, 1, bytes(bytearray(f)), None, None) for f in frames]
         b = tracemalloc.get_traced_memory()[0]
         for v in values:
-            v.encoded(common_pb2.FEED_MODE_FULL)
+            v.entry(common_pb2.FEED_MODE_FULL)
         c = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
@@ -1008,14 +1007,14 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
         report.add("feed.e2e.gaps", first.gaps, target=0)
         report.add("feed.e2e.gateway_rss_mb", gateway_rss, "MB", target=GATEWAY_RSS_TARGET_MB)
         report.add("feed.e2e.shard_rss_max_mb", max(shard_rss), "MB", target=SHARD_RSS_TARGET_MB)
-        decoded, encoded = _value_sizes()
+        raw, encoded = _value_sizes()
         from services.feed.gateway.hub import HISTORY
 
         report.note("shard RSS: " + ", ".join(f"#{i} {r:.0f} MB" for i, r in enumerate(shard_rss))
                     + f"; gateway RSS {rss_streams:.0f} MB before the ticks, peak {gateway.hwm_mb():.0f} MB. A gateway "
-                    f"Value of a Full packet holds {decoded:.0f} B decoded (+ Value) and {encoded:.0f} B encoded: {total} "
-                    f"instruments x HISTORY {HISTORY} x {decoded + encoded:.0f} B = "
-                    f"{total * HISTORY * (decoded + encoded) / 2**20:.0f} MB once every history is full")
+                    f"Value of a Full packet holds {raw:.0f} B (Value + raw packet) and {encoded:.0f} B encoded: {total} "
+                    f"instruments x HISTORY {HISTORY} x {raw + encoded:.0f} B = "
+                    f"{total * HISTORY * (raw + encoded) / 2**20:.0f} MB once every history is full")
         report.note("gateway metrics after the first rate: " + ", ".join(
             f"{k} {v:.0f}" for k, v in sorted(metrics.items()) if k.startswith("feed_") and not k.endswith("_created")))
 

@@ -34,6 +34,7 @@ from services.feed.codec import (
     build_subscribe_messages,
     build_unsubscribe_messages,
     decode_frame,
+    depth_levels,
     encode,
     parse_request,
 )
@@ -42,17 +43,16 @@ u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFF_FFFF)
 f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
-# ltt_epoch is the wire's uint32 minus 19800.
-ltt = st.integers(-IST_OFFSET_SECONDS, 0xFFFF_FFFF - IST_OFFSET_SECONDS)
+# Records hold the wire's raw values: ltt_ist is the wire's uint32, the depth is flat.
+ltt_ist = u32
+level = (u32, u32, u16, u16, f32, f32)  # bid_qty, ask_qty, bid_orders, ask_orders, bid_price, ask_price
 
-tickers = st.builds(TickerPacket, u8, u32, f32, ltt)
-quotes = st.builds(QuotePacket, u8, u32, f32, u16, ltt, f32, u32, u32, u32, f32, f32, f32, f32)
+tickers = st.builds(TickerPacket, u8, u32, f32, ltt_ist)
+quotes = st.builds(QuotePacket, u8, u32, f32, u16, ltt_ist, f32, u32, u32, u32, f32, f32, f32, f32)
 ois = st.builds(OIPacket, u8, u32, u32)
 prev_closes = st.builds(PrevClosePacket, u8, u32, f32, u32)
-levels = st.builds(DepthLevel, u32, u32, u16, u16, f32, f32)
-flat_depth = st.lists(levels, min_size=5, max_size=5).map(lambda ls: tuple(v for level in ls for v in level))
 fulls = st.builds(
-    FullPacket, u8, u32, f32, u16, ltt, f32, u32, u32, u32, u32, u32, u32, f32, f32, f32, f32, flat_depth,
+    FullPacket, u8, u32, f32, u16, ltt_ist, f32, u32, u32, u32, u32, u32, u32, f32, f32, f32, f32, *level * 5,
 )  # fmt: skip
 disconnects = st.builds(DisconnectPacket, u8, u32, u16)
 packets = st.one_of(tickers, quotes, ois, prev_closes, fulls, disconnects)
@@ -86,9 +86,31 @@ def test_round_trip_every_kind(kind: st.SearchStrategy[codec.Packet]) -> None:
     check()
 
 
+def _keywords(packet: TickerPacket | QuotePacket | FullPacket) -> dict[str, object]:
+    """The record's fields as the keyword encoders take them: the LTT as UTC ltt_epoch, a
+    Full packet's depth as one flat sequence."""
+    fields: dict[str, object] = dict(zip(packet._fields[:16], packet))  # a Full packet's scalars, others whole
+    del fields["ltt_ist"]
+    if isinstance(packet, FullPacket):
+        fields["depth"] = packet.depth
+    return {**fields, "ltt_epoch": packet.ltt_epoch}
+
+
+@given(st.one_of(tickers, quotes, fulls))
+def test_keyword_encoders_match_encode(packet: TickerPacket | QuotePacket | FullPacket) -> None:
+    """The keyword encoders (UTC ltt_epoch) write the same bytes as encode(record) (raw
+    ltt_ist): ltt_epoch is ltt_ist - 19800 both ways."""
+    assert packet.ltt_epoch == packet.ltt_ist - IST_OFFSET_SECONDS
+    encoder = {TickerPacket: codec.encode_ticker, QuotePacket: codec.encode_quote, FullPacket: codec.encode_full}[type(packet)]
+    assert encoder(**_keywords(packet)) == encode(packet)  # type: ignore[operator]
+
+
 @given(fulls)
-def test_keyword_encoders_match_encode(packet: FullPacket) -> None:
-    assert codec.encode_full(**packet._asdict()) == encode(packet)
+def test_full_depth_fields_are_the_flat_depth_best_first(packet: FullPacket) -> None:
+    assert packet.depth == tuple(packet)[16:] and type(packet.depth) is tuple and len(packet.depth) == 30
+    for k, depth_level in enumerate(depth_levels(packet.depth), start=1):
+        assert depth_level == DepthLevel(*(getattr(packet, f"{name}_{k}") for name in DepthLevel._fields))
+    assert codec.encode_full(**_keywords(packet) | {"depth": depth_levels(packet.depth)}) == encode(packet)  # type: ignore[arg-type]
 
 
 def test_layout_matches_reference_offsets() -> None:
@@ -106,22 +128,24 @@ def test_layout_matches_reference_offsets() -> None:
         struct.pack_into("<f", full, offset, value)  # open, close, high, low
     for k in range(5):
         struct.pack_into("<IIHHff", full, 62 + 20 * k, 10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k)
+    depth = tuple(v for k in range(5) for v in (10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k))
     expected = FullPacket(
-        2, 44430, 101.25, 65, raw_ltt - 19800, 100.5, 1000, 2000, 3000, 4000, 5000, 3500, 99.0, 98.0, 105.0, 95.0,
-        tuple(v for k in range(5) for v in (10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k)),
+        2, 44430, 101.25, 65, raw_ltt, 100.5, 1000, 2000, 3000, 4000, 5000, 3500, 99.0, 98.0, 105.0, 95.0, *depth,
     )  # fmt: skip
     assert _decode(bytes(full))[0] == [expected]
     assert encode(expected) == bytes(full)
+    assert expected.ltt_epoch == raw_ltt - 19800 and expected.depth == depth
+    assert (expected.bid_qty_1, expected.ask_price_1, expected.bid_orders_5, expected.ask_price_5) == (10, 101.5, 5, 105.5)
 
     quote = bytearray(50)
     struct.pack_into("<BHBI", quote, 0, 4, 50, 1, 1333)
     struct.pack_into("<fHIfIII", quote, 8, 1.5, 7, raw_ltt, 1.25, 11, 12, 13)
     struct.pack_into("<ffff", quote, 34, 1.0, 2.0, 3.0, 0.5)
-    expected_quote = QuotePacket(1, 1333, 1.5, 7, raw_ltt - 19800, 1.25, 11, 12, 13, 1.0, 2.0, 3.0, 0.5)
+    expected_quote = QuotePacket(1, 1333, 1.5, 7, raw_ltt, 1.25, 11, 12, 13, 1.0, 2.0, 3.0, 0.5)
     assert _decode(bytes(quote))[0] == [expected_quote]
     assert encode(expected_quote) == bytes(quote)
 
-    assert encode(TickerPacket(0, 13, 2.5, raw_ltt - 19800)) == struct.pack("<BHBIfI", 2, 16, 0, 13, 2.5, raw_ltt)
+    assert encode(TickerPacket(0, 13, 2.5, raw_ltt)) == struct.pack("<BHBIfI", 2, 16, 0, 13, 2.5, raw_ltt)
     assert encode(OIPacket(2, 9, 77)) == struct.pack("<BHBII", 5, 12, 2, 9, 77)
     assert encode(PrevClosePacket(0, 13, 2.5, 88)) == struct.pack("<BHBIfI", 6, 16, 0, 13, 2.5, 88)
     assert codec.encode_disconnect(805) == struct.pack("<BHBIH", 50, 10, 0, 0, 805)
@@ -273,9 +297,12 @@ def test_ltt_is_converted_from_the_ist_epoch() -> None:
     assert utc == int(datetime(2026, 11, 20, 3, 45, tzinfo=timezone.utc).timestamp())
     frame = struct.pack("<BHBIfI", 2, 16, 1, 1333, 1500.5, ist_based)
     (packet,), _ = _decode(frame)
-    assert isinstance(packet, TickerPacket) and packet.ltt_epoch == utc
+    assert isinstance(packet, TickerPacket) and packet.ltt_epoch == utc and packet.ltt_ist == ist_based
     quote = struct.pack("<BHBIfHIfIIIffff", 4, 50, 1, 1333, 1.0, 1, ist_based, 1.0, 1, 1, 1, 1.0, 1.0, 1.0, 1.0)
     assert _decode(quote)[0][0].ltt_epoch == utc  # type: ignore[union-attr]
+    full = codec.encode_full(1, 1333, 1.0, 1, utc, 1.0, 1, 1, 1, 1, 1, 1, 1.0, 1.0, 1.0, 1.0)
+    assert struct.unpack_from("<I", full, 14) == (ist_based,)
+    assert codec.decode_packet(full, ProtocolErrors()).ltt_epoch == utc  # type: ignore[union-attr]
     assert codec.encode_ticker(1, 1333, 1500.5, utc) == frame
 
 

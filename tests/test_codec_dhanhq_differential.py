@@ -18,7 +18,8 @@ Field mapping, official key -> ours (and how our value is converted to compare e
   we compare ``"{:.2f}".format(ours)``.
 - ``LTT`` -> ``ltt_epoch``: the official ``utc_time`` formats Dhan's IST-based value *as if
   it were a UTC epoch*, as ``%H:%M:%S``, which yields the IST wall-clock time of day (and
-  drops the date). Ours is the real UTC epoch, so we compare
+  drops the date). Our records hold the raw value as ``ltt_ist`` and their ``ltt_epoch``
+  property is the real UTC epoch, so we compare
   ``datetime.fromtimestamp(ltt_epoch, IST).strftime('%H:%M:%S')``.
 - ``LTQ`` -> ``ltq``; ``volume`` -> ``volume``; ``total_sell_quantity`` / ``total_buy_quantity``
   -> ``total_sell_qty`` / ``total_buy_qty``; ``OI`` -> ``oi``; ``oi_day_high`` / ``oi_day_low``

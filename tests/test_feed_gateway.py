@@ -70,7 +70,7 @@ async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed
         last = {t.key.security_id: t.sequence for t in first.snapshot.ticks}
         full = first.snapshot.ticks[0]
         assert full.last_price > 0 and len(full.depth) == 5 and full.depth[0].bid_price < full.depth[0].ask_price
-        assert full.present_parts & feed_pb2.TICK_PART_FULL and full.received_at.seconds > 0
+        assert full.present_parts & feed_pb2.TICK_PART_FULL and full.receive_time_micros > 0
         batches = 0
         while batches < 20:
             message = await asyncio.wait_for(stream.read(), 5)

@@ -50,7 +50,8 @@ def create_server(settings: Settings, pool: AsyncConnectionPool | None) -> Gatew
 
     async def start() -> None:
         hub.start()
-        tasks.append(asyncio.create_task(servicer.check_lag(), name="gateway-lag"))
+        tasks.append(asyncio.create_task(servicer.dispatcher.run(), name="gateway-dispatcher"))
+        tasks.append(asyncio.create_task(servicer.check_streams(), name="gateway-stream-checks"))
         tasks.append(asyncio.create_task(watch_loop_lag(), name="gateway-loop-lag"))
 
     async def stop() -> None:

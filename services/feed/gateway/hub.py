@@ -23,13 +23,20 @@ from prometheus_client import Counter, Gauge
 
 from services.common.clients import open_channel
 from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES, SEGMENTS_BY_WIRE_CODE
-from services.feed.codec import OIPacket, PrevClosePacket, ProtocolErrors, decode_packet
+from services.feed.codec import PACKET_SIZES, ProtocolErrors
+from services.feed.gateway.encoding import full_entry_prefix, key_field
 from services.feed.gateway.values import Value
 
 log = logging.getLogger(__name__)
 
 HISTORY = 3  # values kept per instrument, so a stream that keeps up loses none (at ~2 ticks/s each)
-_RECORD = struct.Struct("<Qq")
+# A shard record: sequence, receive time (µs), then the packet, whose first 8 bytes read as
+# one little-endian int are code | length << 8 | the instrument's key << 24.
+_RECORD = struct.Struct("<QqQ")
+_SIZES = {int(code): size for code, size in PACKET_SIZES.items()}
+_TICK_CODES = frozenset({2, 4, 8})
+_OI, _PREV_CLOSE = 5, 6
+_VALUE_CODES = _TICK_CODES | {_OI, _PREV_CLOSE}
 PACKETS = Counter("feed_gateway_packets_total", "Packets applied from the shards.")
 SHARDS_UP = Gauge("feed_gateway_shards_connected", "Shard streams currently open.")
 
@@ -49,11 +56,12 @@ def proto_key(key: int) -> common_pb2.InstrumentKey:
 
 
 class Instrument:
-    __slots__ = ("key", "key_proto", "latest", "history", "source", "offset", "subscribers", "mode", "shard_id")
+    __slots__ = ("key", "key_proto", "full_prefix", "latest", "history", "source", "offset", "subscribers", "mode", "shard_id")
 
     def __init__(self, key: int) -> None:
         self.key = key
         self.key_proto = proto_key(key)
+        self.full_prefix = full_entry_prefix(key_field(self.key_proto))
         self.latest: Value | None = None
         self.history: deque[Value] = deque(maxlen=HISTORY)
         self.source: tuple[int, str] | None = None  # (shard id, epoch) whose numbering we follow
@@ -227,23 +235,27 @@ class Hub:
     # -- the hot path -------------------------------------------------------------------------
 
     def apply(self, link: ShardLink, records: bytes) -> None:
-        """Decodes each packet once and fans its new value out to the streams that want it."""
-        errors = self.errors
+        """Numbers each packet for terminals and fans its new value out to the streams that
+        want it. Packets stay raw here: a value is decoded and encoded only when a stream
+        takes it, once per mode."""
         instruments = self.instruments
         source_id = (link.shard_id, link.epoch)
         size = len(records)
         offset = 0
         applied = 0
-        while offset < size:
-            sequence, received_us = _RECORD.unpack_from(records, offset)
-            offset += 16
-            length = records[offset + 1] | (records[offset + 2] << 8)
-            packet = records[offset : offset + length]
-            offset += length
-            item = decode_packet(packet, errors)
-            if item is None:
-                continue
-            key = packet[3] | (item.security_id << 8)
+        while offset + 24 <= size:  # a record header and a packet header
+            sequence, received_us, head = _RECORD.unpack_from(records, offset)
+            start = offset + 16
+            code = head & 0xFF
+            length = (head >> 8) & 0xFFFF
+            if _SIZES.get(code) != length or start + length > size:
+                self.errors.add(f"shard {link.shard_id}: record of code {code} and length {length} at offset {start} of {size}")
+                return  # the framing is lost; the rest of this message is unreadable
+            offset = start + length
+            if code not in _VALUE_CODES:
+                continue  # a disconnect: the shard reports it through its status
+            key = head >> 24
+            packet = records[start:offset]
             instrument = instruments.get(key)
             if instrument is None:
                 instrument = self.instrument(key)
@@ -256,19 +268,24 @@ class Hub:
                 instrument.source = source_id
             number = instrument.offset + sequence
             latest = instrument.latest
-            if latest is not None and number <= latest.sequence:
+            if latest is None:
+                value = Value(instrument, number, received_us, packet if code in _TICK_CODES else None,
+                              packet if code == _OI else None, packet if code == _PREV_CLOSE else None)
+            elif number <= latest.sequence:
                 continue  # already applied (a snapshot after a reconnect)
-            if isinstance(item, OIPacket):
-                value = Value(instrument.key_proto, number, received_us, latest.tick if latest else None, item, latest.prev if latest else None)
-            elif isinstance(item, PrevClosePacket):
-                value = Value(instrument.key_proto, number, received_us, latest.tick if latest else None, latest.oi if latest else None, item)
+            elif code in _TICK_CODES:
+                value = Value(instrument, number, received_us, packet, latest.oi, latest.prev)
+            elif code == _OI:
+                value = Value(instrument, number, received_us, latest.tick, packet, latest.prev)
             else:
-                value = Value(instrument.key_proto, number, received_us, item, latest.oi if latest else None, latest.prev if latest else None)  # type: ignore[arg-type]
+                value = Value(instrument, number, received_us, latest.tick, latest.oi, packet)
             instrument.latest = value
             instrument.history.append(value)
             applied += 1
             for subscriber in instrument.subscribers:
                 subscriber.mark(key, number)
+        if offset != size:
+            self.errors.add(f"shard {link.shard_id}: {size - offset} stray bytes at the end of a message")
         PACKETS.inc(applied)
 
     # -- status ---------------------------------------------------------------------------------

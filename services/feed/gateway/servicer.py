@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.instruments import PROTO_TO_SEGMENT
 from services.feed.gateway.hub import Hub, wire_key
-from services.feed.gateway.streams import INTERACTIVE, STREAM_TICKS, TerminalStream
+from services.feed.gateway.streams import INTERACTIVE, MAX_DELAY_SECONDS, STREAM_TICKS, Dispatcher, TerminalStream
 from services.feed.gateway.watchlist import WatchlistFollower
 
 PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
@@ -29,11 +30,21 @@ PENDING_MAX = Gauge("feed_gateway_stream_pending_max", "The most instruments pen
 
 MAX_INSTRUMENTS_PER_STREAM = 5000
 MAX_SNAPSHOT_KEYS = 1000
-LAG_CHECK_SECONDS = 1.0
+CHECK_SECONDS = 1.0
 
 
 def _mode(value: int) -> int:
     return value or common_pb2.FEED_MODE_FULL
+
+
+def _batching(options: feed_pb2.BatchOptions) -> dict[str, Any]:
+    size = options.max_batch_size
+    if size < 0:
+        raise InvalidArgument(f"batch_options.max_batch_size is {size}; accepted: 0 (the default) to 5000")
+    delay = options.max_batch_delay.ToTimedelta().total_seconds()
+    if delay < 0:
+        raise InvalidArgument("batch_options.max_batch_delay is negative; accepted: 0 (the default) to 1 s")
+    return {"max_batch": min(size, MAX_INSTRUMENTS_PER_STREAM) or MAX_INSTRUMENTS_PER_STREAM, "delay": min(delay, MAX_DELAY_SECONDS)}
 
 
 def _key(proto: common_pb2.InstrumentKey) -> int:
@@ -51,14 +62,15 @@ class GatewayServicer:
         self._registry = registry
         self._caller = caller
         self.streams: set[TerminalStream] = set()
+        self.dispatcher = Dispatcher()
 
-    async def check_lag(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def check_streams(self) -> None:
+        """Heartbeats and slow-consumer checks, once a second."""
         while True:
-            await asyncio.sleep(LAG_CHECK_SECONDS)
-            now = loop.time()
+            await asyncio.sleep(CHECK_SECONDS)
+            now = time.monotonic()
             for stream in list(self.streams):
-                stream.check_lag(now)
+                stream.check(now)
             PENDING.set(sum(len(s.pending) for s in self.streams))
             PENDING_MAX.set(max((len(s.pending) for s in self.streams), default=0))
 
@@ -107,7 +119,7 @@ class GatewayServicer:
             await self._caller.call(self._subscription.RecordUsage, spb.RecordUsageRequest(user_id=current_principal().user_id, keys=keys[:1000]))
 
     async def StreamTicks(self, request: feed_pb2.StreamTicksRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        stream = TerminalStream(self._hub, _mode(request.mode), STREAM_TICKS, max_batch=request.batch_options.max_batch_size or 5000)
+        stream = TerminalStream(self._hub, self.dispatcher, _mode(request.mode), STREAM_TICKS, **_batching(request.batch_options))
         follower: WatchlistFollower | None = None
         selection = request.WhichOneof("selection")
         try:
@@ -140,7 +152,7 @@ class GatewayServicer:
 
     async def InteractiveStreamTicks(self, request_iterator: AsyncIterator[feed_pb2.InteractiveStreamTicksRequest],
                                      context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        stream = TerminalStream(self._hub, common_pb2.FEED_MODE_FULL, INTERACTIVE)
+        stream = TerminalStream(self._hub, self.dispatcher, common_pb2.FEED_MODE_FULL, INTERACTIVE)
         stream.task = asyncio.current_task()
         self.streams.add(stream)
         principal = current_principal()
@@ -171,15 +183,14 @@ class GatewayServicer:
             try:
                 keys = [_key(k) for k in protos]
             except InvalidArgument as error:
-                stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(
+                stream.post(stream.shape.response(result=feed_pb2.CommandResult(
                     correlation_id=command.correlation_id,
                     instruments=[feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_NOT_FOUND, message=error.message) for k in protos],
                 )))
-                stream.wake.set()
                 return
             states = await self._states(stream, keys, protos)
-            stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id, instruments=states)))
-            stream.outbox.append(stream.snapshot([k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED], [], command.correlation_id))
+            stream.post(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id, instruments=states)))
+            stream.post(stream.snapshot([k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED], [], command.correlation_id))
             await self._touch_keys(protos)
         elif kind == "remove":
             keys = []
@@ -187,14 +198,18 @@ class GatewayServicer:
                 with contextlib.suppress(InvalidArgument):
                     keys.append(_key(proto))
             stream.remove(keys)
-            stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(
+            stream.post(stream.shape.response(result=feed_pb2.CommandResult(
                 correlation_id=command.correlation_id,
                 instruments=[feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_REMOVED) for k in command.remove.keys],
             )))
         elif kind == "batch_options":
-            stream.max_batch = command.batch_options.max_batch_size or stream.max_batch
-            stream.outbox.append(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id)))
-        stream.wake.set()
+            try:
+                batching = _batching(command.batch_options)
+            except InvalidArgument as error:
+                stream.post(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id, message=error.message)))
+                return
+            stream.max_batch, stream.delay = batching["max_batch"], batching["delay"]
+            stream.post(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id)))
 
     async def GetSnapshot(self, request: feed_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetSnapshotResponse:
         if not request.keys:

@@ -88,8 +88,7 @@ class WatchlistFollower:
                 stream.send_event(feed_pb2.StreamEvent(watchlist=event))
         except grpc.aio.AioRpcError as error:
             log.warning("watchlist events lost", extra={"user": self._user_id, "code": error.code().name})
-            stream.close_reason = "the watchlist service went away; reconnect"
-            stream.wake.set()
+            stream.close_with("the watchlist service went away; reconnect")
 
     async def _touch(self) -> None:
         while True:

@@ -82,12 +82,12 @@ class DepthLevel(_message.Message):
     def __init__(self, bid_price: _Optional[float] = ..., bid_quantity: _Optional[int] = ..., bid_orders: _Optional[int] = ..., ask_price: _Optional[float] = ..., ask_quantity: _Optional[int] = ..., ask_orders: _Optional[int] = ...) -> None: ...
 
 class Tick(_message.Message):
-    __slots__ = ("key", "sequence", "present_parts", "last_price", "last_trade_time", "last_trade_quantity", "average_price", "volume", "total_buy_quantity", "total_sell_quantity", "open_interest", "depth", "received_at", "day_open", "day_high", "day_low", "day_close", "day_high_open_interest", "day_low_open_interest", "previous_close", "previous_open_interest")
+    __slots__ = ("key", "sequence", "present_parts", "last_price", "last_trade_time_seconds", "last_trade_quantity", "average_price", "volume", "total_buy_quantity", "total_sell_quantity", "open_interest", "depth", "receive_time_micros", "day_open", "day_high", "day_low", "day_close", "day_high_open_interest", "day_low_open_interest", "previous_close", "previous_open_interest")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PRESENT_PARTS_FIELD_NUMBER: _ClassVar[int]
     LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
-    LAST_TRADE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_TRADE_TIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LAST_TRADE_QUANTITY_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_PRICE_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
@@ -95,7 +95,7 @@ class Tick(_message.Message):
     TOTAL_SELL_QUANTITY_FIELD_NUMBER: _ClassVar[int]
     OPEN_INTEREST_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
-    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVE_TIME_MICROS_FIELD_NUMBER: _ClassVar[int]
     DAY_OPEN_FIELD_NUMBER: _ClassVar[int]
     DAY_HIGH_FIELD_NUMBER: _ClassVar[int]
     DAY_LOW_FIELD_NUMBER: _ClassVar[int]
@@ -108,7 +108,7 @@ class Tick(_message.Message):
     sequence: int
     present_parts: int
     last_price: float
-    last_trade_time: _timestamp_pb2.Timestamp
+    last_trade_time_seconds: int
     last_trade_quantity: int
     average_price: float
     volume: int
@@ -116,7 +116,7 @@ class Tick(_message.Message):
     total_sell_quantity: int
     open_interest: int
     depth: _containers.RepeatedCompositeFieldContainer[DepthLevel]
-    received_at: _timestamp_pb2.Timestamp
+    receive_time_micros: int
     day_open: float
     day_high: float
     day_low: float
@@ -125,7 +125,7 @@ class Tick(_message.Message):
     day_low_open_interest: int
     previous_close: float
     previous_open_interest: int
-    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., sequence: _Optional[int] = ..., present_parts: _Optional[int] = ..., last_price: _Optional[float] = ..., last_trade_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_trade_quantity: _Optional[int] = ..., average_price: _Optional[float] = ..., volume: _Optional[int] = ..., total_buy_quantity: _Optional[int] = ..., total_sell_quantity: _Optional[int] = ..., open_interest: _Optional[int] = ..., depth: _Optional[_Iterable[_Union[DepthLevel, _Mapping]]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., day_open: _Optional[float] = ..., day_high: _Optional[float] = ..., day_low: _Optional[float] = ..., day_close: _Optional[float] = ..., day_high_open_interest: _Optional[int] = ..., day_low_open_interest: _Optional[int] = ..., previous_close: _Optional[float] = ..., previous_open_interest: _Optional[int] = ...) -> None: ...
+    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., sequence: _Optional[int] = ..., present_parts: _Optional[int] = ..., last_price: _Optional[float] = ..., last_trade_time_seconds: _Optional[int] = ..., last_trade_quantity: _Optional[int] = ..., average_price: _Optional[float] = ..., volume: _Optional[int] = ..., total_buy_quantity: _Optional[int] = ..., total_sell_quantity: _Optional[int] = ..., open_interest: _Optional[int] = ..., depth: _Optional[_Iterable[_Union[DepthLevel, _Mapping]]] = ..., receive_time_micros: _Optional[int] = ..., day_open: _Optional[float] = ..., day_high: _Optional[float] = ..., day_low: _Optional[float] = ..., day_close: _Optional[float] = ..., day_high_open_interest: _Optional[int] = ..., day_low_open_interest: _Optional[int] = ..., previous_close: _Optional[float] = ..., previous_open_interest: _Optional[int] = ...) -> None: ...
 
 class TickBatch(_message.Message):
     __slots__ = ("ticks", "sent_at")
@@ -270,12 +270,14 @@ class InteractiveStreamTicksRequest(_message.Message):
     def __init__(self, correlation_id: _Optional[str] = ..., add: _Optional[_Union[AddInstruments, _Mapping]] = ..., remove: _Optional[_Union[RemoveInstruments, _Mapping]] = ..., batch_options: _Optional[_Union[BatchOptions, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("correlation_id", "instruments")
+    __slots__ = ("correlation_id", "instruments", "message")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     instruments: _containers.RepeatedCompositeFieldContainer[InstrumentState]
-    def __init__(self, correlation_id: _Optional[str] = ..., instruments: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ...) -> None: ...
+    message: str
+    def __init__(self, correlation_id: _Optional[str] = ..., instruments: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class InteractiveStreamTicksResponse(_message.Message):
     __slots__ = ("result", "snapshot", "batch", "event", "heartbeat")

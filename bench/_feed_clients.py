@@ -48,6 +48,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import uvloop
+
 MS_PER_DAY = 86_400_000
 WARMUP = 1.0  # after the first data frame: the prev-close + snapshot burst of a subscription
 HARD_LIMIT = 40.0  # a reader process never lives longer than this many seconds past its window
@@ -604,7 +606,7 @@ def terminal_child(conn: Any, log_path: str, spec: dict[str, Any]) -> None:
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     try:
-        asyncio.run(_terminals(conn, spec))
+        uvloop.run(_terminals(conn, spec))  # as the services run
     except BaseException:
         detail = traceback.format_exc()
         print(detail, file=sys.stderr, flush=True)

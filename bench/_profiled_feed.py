@@ -16,7 +16,6 @@ those (no cProfile, so the process runs at full speed).
 
 from __future__ import annotations
 
-import asyncio
 import cProfile
 import gc
 import json
@@ -25,6 +24,8 @@ import signal
 import sys
 import time
 from types import FrameType
+
+import uvloop
 
 
 class GcPauses:
@@ -88,7 +89,7 @@ def main(prefix: str, role: str, args: list[str]) -> None:
         from services.feed import gateway_server, shard_server
 
         module = shard_server if role == "shard" else gateway_server
-        run = lambda: asyncio.run(  # noqa: E731 - as services/feed/__main__.py does it
+        run = lambda: uvloop.run(  # noqa: E731 - as services/feed/__main__.py does it
             serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=role == "gateway")
         )
     else:

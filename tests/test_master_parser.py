@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from services.registry.master_parser import MasterFormatError, parse_master, underlying_of
+from services.registry.master_parser import (
+    MasterFormatError,
+    parse_master,
+    underlying_of,
+)
 
 SEED = Path(__file__).resolve().parents[1] / "services" / "registry" / "seed"
 COMPACT_HEADER = (

@@ -18,7 +18,6 @@ from tests.registry_fixtures import TRADING_DATE, RegistryUnderTest, running_reg
 from tests.test_master_parser import COMPACT_HEADER
 
 
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def registry(database_url: str, masters_dir: Path) -> AsyncIterator[RegistryUnderTest]:
     async with running_registry(database_url, masters_dir) as running:

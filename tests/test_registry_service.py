@@ -14,8 +14,12 @@ from dataserver.registry.v1 import registry_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import clone_database
-from tests.registry_fixtures import NIFTY_WEEKLY, TRADING_DATE, RegistryUnderTest, running_registry
-
+from tests.registry_fixtures import (
+    NIFTY_WEEKLY,
+    TRADING_DATE,
+    RegistryUnderTest,
+    running_registry,
+)
 
 NSE_EQ = common_pb2.EXCHANGE_SEGMENT_NSE_EQ
 

@@ -18,7 +18,6 @@ from services.common.server import GrpcApp, build_app
 from services.feed import shard_server
 from services.scheduler import server as scheduler_server
 
-
 SETTINGS = dataclasses.replace(Settings(), auth_mode="dev")
 
 

@@ -16,14 +16,17 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+)
 from websockets.frames import Frame, Opcode
 
 from services.feed.codec import (
     DisconnectPacket,
     FeedMode,
     FullPacket,
-    depth_levels,
     OIPacket,
     Packet,
     PrevClosePacket,
@@ -34,6 +37,7 @@ from services.feed.codec import (
     build_subscribe_messages,
     build_unsubscribe_messages,
     decode_frame,
+    depth_levels,
 )
 from services.feed.simulator import Simulator, SimulatorSettings
 from services.feed.simulator.catalog import Catalog

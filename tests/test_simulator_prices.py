@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.market_calendar import IST
-from services.feed.codec import FullPacket, ProtocolErrors, QuotePacket, decode_frame, depth_levels
+from services.feed.codec import (
+    FullPacket,
+    ProtocolErrors,
+    QuotePacket,
+    decode_frame,
+    depth_levels,
+)
 from services.feed.simulator.catalog import Catalog, Contract
 from services.feed.simulator.market import Book, Market, option_price
 

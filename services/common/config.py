@@ -67,6 +67,8 @@ class Settings:
     feed_kicked_backoff_seconds: float = 300.0
     # The gateway's shards, "host:port" each, in shard-id order.
     gateway_shard_addrs: tuple[str, ...] = ()
+    # The gateway's batching clock: ticks wait up to this long to share a message.
+    gateway_batch_seconds: float = 0.010
     # `make run` adds this to every fixed port, so a second stack (or a test) can run beside.
     stack_port_offset: int = 0
 
@@ -157,6 +159,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         feed_max_backoff_seconds=_float(env, "FEED_MAX_BACKOFF_SECONDS", 60.0, 0.01, 3600.0),
         feed_kicked_backoff_seconds=_float(env, "FEED_KICKED_BACKOFF_SECONDS", 300.0, 0.01, 7200.0),
         gateway_shard_addrs=tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
+        gateway_batch_seconds=_float(env, "GATEWAY_BATCH_SECONDS", 0.010, 0.001, 1.0),
         stack_port_offset=_int(env, "STACK_PORT_OFFSET", 0, 0, 10000),
     )
     for name, width in (("STOCK", settings.stock_strikes_each_side), ("INDEX", settings.index_strikes_each_side)):

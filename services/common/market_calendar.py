@@ -8,9 +8,9 @@ December when NSE publishes the next year's list.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Final, Literal
 from zoneinfo import ZoneInfo

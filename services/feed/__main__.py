@@ -1,7 +1,8 @@
 """python -m services.feed gateway|shard"""
 
-import asyncio
 import sys
+
+import uvloop
 
 from services.common.gctuning import tune_for_hot_path
 from services.common.server import serve_service
@@ -14,4 +15,4 @@ if role not in ROLES:
     sys.exit(f"usage: python -m services.feed {{{'|'.join(ROLES)}}}")
 module, needs_database = ROLES[role]
 tune_for_hot_path()
-asyncio.run(serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=needs_database))
+uvloop.run(serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=needs_database))

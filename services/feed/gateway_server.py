@@ -40,6 +40,7 @@ def create_server(settings: Settings, pool: AsyncConnectionPool | None) -> Gatew
         subscription_pb2_grpc.SubscriptionServiceStub(subscription_channel),
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
         ServiceCaller("subscription", settings.service_token),
+        batch_seconds=settings.gateway_batch_seconds,
     )
     app = build_app(
         [SERVICE_NAME], lambda server: register(servicer, server),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
+import uvloop
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
@@ -65,4 +65,4 @@ async def _create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcA
 
 
 def serve() -> None:
-    asyncio.run(serve_service("registry", DEFAULT_PORT, _create))
+    uvloop.run(serve_service("registry", DEFAULT_PORT, _create))

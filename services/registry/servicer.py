@@ -17,15 +17,20 @@ from services.common.instruments import (
     PROTO_TO_SEGMENT,
     SEGMENT_NAMES_ACCEPTED,
 )
+from services.common.last_prices import LastPriceSource
 from services.common.market_calendar import today_ist
-from services.common.pagination import decode_page_token, fingerprint, next_token, page_size
+from services.common.pagination import (
+    decode_page_token,
+    fingerprint,
+    next_token,
+    page_size,
+)
 from services.registry import sources
 from services.registry.catalog import UnderlyingGroup
 from services.registry.chain import chain_window
 from services.registry.convert import instrument_proto, master_status_proto
 from services.registry.loader import LoadedMaster, MasterHolder
 from services.registry.master_parser import MasterFormatError
-from services.common.last_prices import LastPriceSource
 from services.registry.search import SearchFilter, search
 from services.registry.store import RegistryStore
 

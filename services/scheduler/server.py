@@ -3,8 +3,7 @@ base servicer), while health, reflection and the interceptors already work."""
 
 from __future__ import annotations
 
-import asyncio
-
+import uvloop
 from dataserver.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
@@ -33,4 +32,4 @@ async def _create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcA
 
 
 def serve() -> None:
-    asyncio.run(serve_service("scheduler", DEFAULT_PORT, _create))
+    uvloop.run(serve_service("scheduler", DEFAULT_PORT, _create))

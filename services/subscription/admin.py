@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from services.subscription.ledger import Ledger, QUERIES
+from services.subscription.ledger import QUERIES, Ledger
 from services.subscription.model import OWNER_UNIT, Budget, Key
 from services.subscription.placement import plan_moves, spread
 from services.subscription.transactions import ledger_transaction

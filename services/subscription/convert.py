@@ -9,8 +9,8 @@ from dataserver.common.v1 import common_pb2
 from dataserver.subscription.v1 import subscription_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO
 from services.common.errors import InvalidArgument
+from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO
 from services.subscription.model import Eviction, Key
 
 MODE_TO_PROTO = {"TICKER": common_pb2.FEED_MODE_TICKER, "QUOTE": common_pb2.FEED_MODE_QUOTE, "FULL": common_pb2.FEED_MODE_FULL}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time as clock_time
+from datetime import datetime
+from datetime import time as clock_time
 from typing import Any
 
 from dataserver.subscription.v1 import subscription_pb2 as pb

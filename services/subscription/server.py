@@ -7,6 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+import uvloop
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
@@ -112,4 +113,4 @@ async def _create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcA
 
 
 def serve() -> None:
-    asyncio.run(serve_service("subscription", DEFAULT_PORT, _create))
+    uvloop.run(serve_service("subscription", DEFAULT_PORT, _create))

@@ -13,7 +13,13 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from services.common.auth import acting_user, current_principal, require_admin
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.market_calendar import today_ist
-from services.common.pagination import decode_page_token, encode_page_token, fingerprint, next_token, page_size
+from services.common.pagination import (
+    decode_page_token,
+    encode_page_token,
+    fingerprint,
+    next_token,
+    page_size,
+)
 from services.subscription import convert
 from services.subscription.admin import Admin
 from services.subscription.model import Budget

@@ -14,7 +14,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.sqlfiles import load_queries
-from services.subscription.convert import EVENT_KINDS, MODE_TO_PROTO, key_proto, timestamp, watchlist_item
+from services.subscription.convert import (
+    EVENT_KINDS,
+    MODE_TO_PROTO,
+    key_proto,
+    timestamp,
+    watchlist_item,
+)
 from services.subscription.ledger import LOCK_KEY
 from services.subscription.ledger import QUERIES as LEDGER_QUERIES
 from services.subscription.notifier import ChangeNotifier, wait_for

@@ -12,7 +12,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import InvalidArgument
 from services.subscription.ledger import QUERIES
-from services.subscription.model import OWNER_TIER_B, Budget, Eviction, Instrument, ResolvedUnit
+from services.subscription.model import (
+    OWNER_TIER_B,
+    Budget,
+    Eviction,
+    Instrument,
+    ResolvedUnit,
+)
 from services.subscription.resolver import UnitResolver
 from services.subscription.transactions import ledger_transaction
 

@@ -16,7 +16,14 @@ from typing import Any
 from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2
 
-from services.feed.codec import IST_OFFSET_SECONDS, FullPacket, OIPacket, PrevClosePacket, QuotePacket, TickerPacket
+from services.feed.codec import (
+    IST_OFFSET_SECONDS,
+    FullPacket,
+    OIPacket,
+    PrevClosePacket,
+    QuotePacket,
+    TickerPacket,
+)
 
 TICKER, QUOTE, FULL = common_pb2.FEED_MODE_TICKER, common_pb2.FEED_MODE_QUOTE, common_pb2.FEED_MODE_FULL
 PART_TICKER, PART_QUOTE, PART_OI, PART_PREV, PART_FULL = (

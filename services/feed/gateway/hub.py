@@ -22,7 +22,12 @@ from dataserver.feed.v1 import feed_pb2, shard_pb2, shard_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from services.common.clients import open_channel
-from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES, SEGMENTS_BY_WIRE_CODE
+from services.common.instruments import (
+    PROTO_TO_SEGMENT,
+    SEGMENT_TO_PROTO,
+    SEGMENT_WIRE_CODES,
+    SEGMENTS_BY_WIRE_CODE,
+)
 from services.feed.codec import PACKET_SIZES, ProtocolErrors
 from services.feed.gateway.encoding import full_entry_prefix, key_field
 from services.feed.gateway.values import Value

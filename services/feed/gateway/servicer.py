@@ -22,7 +22,15 @@ from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.instruments import PROTO_TO_SEGMENT
 from services.feed.gateway.hub import Hub, wire_key
-from services.feed.gateway.streams import INTERACTIVE, MAX_DELAY_SECONDS, STREAM_TICKS, Dispatcher, TerminalStream
+from services.feed.gateway.streams import (
+    CLOCK_SECONDS,
+    INTERACTIVE,
+    MAX_BATCH_TICKS,
+    MAX_DELAY_SECONDS,
+    STREAM_TICKS,
+    Dispatcher,
+    TerminalStream,
+)
 from services.feed.gateway.watchlist import WatchlistFollower
 
 PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
@@ -44,7 +52,7 @@ def _batching(options: feed_pb2.BatchOptions) -> dict[str, Any]:
     delay = options.max_batch_delay.ToTimedelta().total_seconds()
     if delay < 0:
         raise InvalidArgument("batch_options.max_batch_delay is negative; accepted: 0 (the default) to 1 s")
-    return {"max_batch": min(size, MAX_INSTRUMENTS_PER_STREAM) or MAX_INSTRUMENTS_PER_STREAM, "delay": min(delay, MAX_DELAY_SECONDS)}
+    return {"max_batch": min(size, MAX_BATCH_TICKS) or MAX_BATCH_TICKS, "delay": min(delay, MAX_DELAY_SECONDS)}
 
 
 def _key(proto: common_pb2.InstrumentKey) -> int:
@@ -56,13 +64,13 @@ def _key(proto: common_pb2.InstrumentKey) -> int:
 
 class GatewayServicer:
     def __init__(self, hub: Hub, subscription: subscription_pb2_grpc.SubscriptionServiceStub,
-                 registry: registry_pb2_grpc.RegistryServiceStub, caller: ServiceCaller) -> None:
+                 registry: registry_pb2_grpc.RegistryServiceStub, caller: ServiceCaller, *, batch_seconds: float = CLOCK_SECONDS) -> None:
         self._hub = hub
         self._subscription = subscription
         self._registry = registry
         self._caller = caller
         self.streams: set[TerminalStream] = set()
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(batch_seconds)
 
     async def check_streams(self) -> None:
         """Heartbeats and slow-consumer checks, once a second."""

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 from dataserver.feed.v1 import feed_pb2
 
 from services.feed.codec import ProtocolErrors, decode_packet
-from services.feed.gateway.encoding import FULL, FULL_CODE, build_tick, entry, full_entry
+from services.feed.gateway.encoding import (
+    FULL,
+    FULL_CODE,
+    build_tick,
+    entry,
+    full_entry,
+)
 
 if TYPE_CHECKING:
     from services.feed.gateway.hub import Instrument

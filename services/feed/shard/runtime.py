@@ -30,7 +30,11 @@ from prometheus_client import Counter, Gauge
 
 from services.common.clients import ServiceCaller
 from services.common.config import Settings
-from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES
+from services.common.instruments import (
+    PROTO_TO_SEGMENT,
+    SEGMENT_TO_PROTO,
+    SEGMENT_WIRE_CODES,
+)
 from services.common.looplag import watch_loop_lag
 from services.common.market_calendar import is_market_open
 from services.feed.codec import FeedMode

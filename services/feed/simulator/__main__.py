@@ -5,10 +5,11 @@ Settings come from SIM_* environment variables (see settings.py); flags override
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+
+import uvloop
 
 from services.common.config import ConfigError
 from services.common.jsonlog import configure_logging
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging("feed-simulator", settings.log_level)
     # Our own connection logs carry ids and client ids; websockets repeats them at INFO.
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    asyncio.run(Simulator(settings).serve())
+    uvloop.run(Simulator(settings).serve())
 
 
 if __name__ == "__main__":

@@ -30,7 +30,13 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from services.feed.codec import encode_full, encode_oi, encode_prev_close, encode_quote, encode_ticker
+from services.feed.codec import (
+    encode_full,
+    encode_oi,
+    encode_prev_close,
+    encode_quote,
+    encode_ticker,
+)
 from services.registry import generator as gen
 from services.registry.generator import GeneratorConfig
 

@@ -25,7 +25,7 @@ from services.feed.codec import (
     TickerPacket,
 )
 
-TICKER, QUOTE, FULL = common_pb2.FEED_MODE_TICKER, common_pb2.FEED_MODE_QUOTE, common_pb2.FEED_MODE_FULL
+TICKER, FULL = common_pb2.FEED_MODE_TICKER, common_pb2.FEED_MODE_FULL
 PART_TICKER, PART_QUOTE, PART_OI, PART_PREV, PART_FULL = (
     feed_pb2.TICK_PART_TICKER, feed_pb2.TICK_PART_QUOTE, feed_pb2.TICK_PART_OI,
     feed_pb2.TICK_PART_PREV_CLOSE, feed_pb2.TICK_PART_FULL,
@@ -33,7 +33,7 @@ PART_TICKER, PART_QUOTE, PART_OI, PART_PREV, PART_FULL = (
 FULL_PARTS = PART_TICKER | PART_QUOTE | PART_OI | PART_FULL
 TickPacket = TickerPacket | QuotePacket | FullPacket
 
-FULL_CODE, FULL_SIZE = 8, 162
+FULL_CODE = 8
 # A Full packet after its 8-byte header: ltp, ltq, ltt, atp, volume, total sell, total buy,
 # oi, day high oi, day low oi, open, close, high, low, then (bid qty, ask qty, bid orders,
 # ask orders, bid price, ask price) x 5.

@@ -184,21 +184,29 @@ class TerminalStream:
         room = self.max_batch
         entries: list[bytes] = []
         rest: dict[int, int] = {}
+        append = entries.append
         for key, first in pending.items():
             if room <= 0:
                 rest[key] = first
                 continue
             instrument = instruments.get(key)
-            if instrument is None or instrument.latest is None:
+            if instrument is None:
+                continue
+            latest = instrument.latest
+            if latest is None:
+                continue
+            if latest.sequence == first:  # the common case: one new value since the last batch
+                append(latest.entry(mode))
+                room -= 1
                 continue
             history = instrument.history
             if history[0].sequence <= first:
                 values = [v for v in history if v.sequence >= first]
             else:
-                skipped = instrument.latest.sequence - first  # values replaced before we got to them
+                skipped = latest.sequence - first  # values replaced before we got to them
                 self.conflated += skipped
                 CONFLATED.inc(skipped)
-                values = [instrument.latest]
+                values = [latest]
             if len(values) > room:
                 rest[key] = values[room].sequence
                 values = values[:room]

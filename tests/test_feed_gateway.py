@@ -177,6 +177,12 @@ async def test_interactive_stream_adds_and_removes_with_statuses(feed: FeedUnder
         await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c2", remove=feed_pb2.RemoveInstruments(keys=[reliance])))
         removed = await read_until(call, lambda m: m.WhichOneof("body") == "result")
         assert removed.result.instruments[0].status == feed_pb2.INSTRUMENT_STATUS_REMOVED
+        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c3", batch_options=feed_pb2.BatchOptions(max_batch_size=-5)))
+        refused = await read_until(call, lambda m: m.WhichOneof("body") == "result")
+        assert refused.result.correlation_id == "c3" and "max_batch_size" in refused.result.message
+        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c4", batch_options=feed_pb2.BatchOptions(max_batch_size=10)))
+        applied = await read_until(call, lambda m: m.WhichOneof("body") == "result")
+        assert applied.result.correlation_id == "c4" and not applied.result.message
         await commands.put(None)
         call.cancel()
 

@@ -604,7 +604,9 @@ async def _consume_shard(address: str, warmup: float, window: float, on_window: 
     import grpc
     from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
 
-    header = __import__("struct").Struct("<Qq").unpack_from
+    from services.feed.records import RECORD_HEAD, split_head
+
+    unpack_record = RECORD_HEAD.unpack_from
     hist: Counter[int] = Counter()  # shard receipt -> here, 0.1 ms buckets
     sim_hist: Counter[int] = Counter()  # simulator send stamp -> shard receipt
     last_seq: dict[int, int] = {}
@@ -643,10 +645,8 @@ async def _consume_shard(address: str, warmup: float, window: float, on_window: 
             offset = 0
             count = 0
             while offset < size:
-                sequence, received_us = header(records, offset)
-                code = records[offset + 16]
-                length = records[offset + 17] | (records[offset + 18] << 8)
-                key = int.from_bytes(records[offset + 19 : offset + 24], "little")
+                sequence, received_us, head = unpack_record(records, offset)
+                code, length, key = split_head(head)
                 previous = last_seq.get(key)
                 if previous is not None and sequence != previous + 1:
                     out["gaps"] += 1
@@ -932,9 +932,10 @@ def _value_sizes() -> tuple[float, float]:
     from bench.codec import _packets
     from services.feed.gateway.hub import Instrument
     from services.feed.gateway.values import Value
+    from services.feed.records import instrument_key
 
     frames = _packets()[:500]
-    instrument = Instrument(2 | (1 << 8))
+    instrument = Instrument(instrument_key(2, 1))
     tracemalloc.start()
     try:
         a = tracemalloc.get_traced_memory()[0]

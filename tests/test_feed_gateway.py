@@ -16,7 +16,8 @@ from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 
 from services.feed import shard_server
-from services.feed.gateway.hub import HISTORY, wire_key
+from services.feed.gateway.hub import HISTORY
+from services.feed.records import wire_key
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
 from tests.test_subscription_capacity import add
 

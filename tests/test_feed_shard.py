@@ -13,7 +13,7 @@ import pytest_asyncio
 from dataserver.feed.v1 import feed_pb2, shard_pb2, shard_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as pb
 
-from services.feed.shard.cache import RECORD_HEADER
+from services.feed.records import iter_records
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
 from tests.test_subscription_capacity import add
 
@@ -22,18 +22,6 @@ from tests.test_subscription_capacity import add
 async def feed(database_url: str, masters_dir: Path) -> AsyncIterator[FeedUnderTest]:
     async with running_feed(database_url, masters_dir) as running:
         yield running
-
-
-def records(blob: bytes) -> list[tuple[int, int, bytes]]:
-    """(sequence, receive µs, packet) for each record of a RawPackets blob."""
-    out, offset = [], 0
-    while offset < len(blob):
-        sequence, received = RECORD_HEADER.unpack_from(blob, offset)
-        offset += RECORD_HEADER.size
-        length = blob[offset + 1] | blob[offset + 2] << 8
-        out.append((sequence, received, blob[offset : offset + length]))
-        offset += length
-    return out
 
 
 async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: FeedUnderTest) -> None:
@@ -51,13 +39,13 @@ async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: Fee
         assert len(snapshot.instruments) == 11 and snapshot.packets.count >= 22
         assert all(i.subscribed for i in snapshot.instruments)
         last: dict[bytes, int] = {}
-        for sequence, _, packet in records(snapshot.packets.records):
+        for sequence, _, packet in iter_records(snapshot.packets.records):
             last[packet[3:8]] = max(last.get(packet[3:8], 0), sequence)
         seen = 0
         while seen < 50:
             message = await asyncio.wait_for(stream.read(), 5)
             if message.HasField("packets"):
-                for sequence, received, packet in records(message.packets.records):
+                for sequence, received, packet in iter_records(message.packets.records):
                     key = packet[3:8]
                     assert sequence == last.get(key, 0) + 1  # per-instrument numbering, no gaps
                     last[key] = sequence

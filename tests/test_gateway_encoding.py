@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from services.common.instruments import SEGMENTS_BY_WIRE_CODE
 from services.feed.codec import IST_OFFSET_SECONDS
 from services.feed.gateway.encoding import FULL_PARTS, PART_PREV
-from services.feed.gateway.hub import Instrument, wire_key
+from services.feed.gateway.hub import Instrument
 from services.feed.gateway.streams import STREAM_TICKS
 from services.feed.gateway.values import Value
+from services.feed.records import instrument_key, wire_key
 
 FULL = struct.Struct("<BHBIfHIfIIIIIIffff" + "IIHHff" * 5)
 PREV = struct.Struct("<BHBIfI")
@@ -30,7 +31,7 @@ segments = st.sampled_from(sorted(SEGMENTS_BY_WIRE_CODE))
 
 def _value(segment: int, security_id: int, values: tuple[object, ...], prev: tuple[float, int] | None,
            sequence: int, received_us: int) -> Value:
-    instrument = Instrument(segment | (security_id << 8))
+    instrument = Instrument(instrument_key(segment, security_id))
     full = FULL.pack(8, 162, segment, security_id, *values)
     prev_packet = PREV.pack(6, 16, segment, security_id, *prev) if prev is not None else None
     return Value(instrument, sequence, received_us, full, None, prev_packet)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,25 +22,24 @@ from prometheus_client import Counter, Gauge
 
 from services.common.clients import open_channel
 from services.common.instruments import (
-    PROTO_TO_SEGMENT,
     SEGMENT_TO_PROTO,
-    SEGMENT_WIRE_CODES,
     SEGMENTS_BY_WIRE_CODE,
 )
 from services.feed.codec import PACKET_SIZES, ProtocolErrors
 from services.feed.gateway.encoding import full_entry_prefix, key_field
 from services.feed.gateway.values import Value
+from services.feed.records import (
+    OI_CODE,
+    PREV_CLOSE_CODE,
+    RECORD_HEAD,
+    TICK_CODES,
+    proto_wire_key,
+)
 
 log = logging.getLogger(__name__)
 
 HISTORY = 3  # values kept per instrument, so a stream that keeps up loses none (at ~2 ticks/s each)
-# A shard record: sequence, receive time (µs), then the packet, whose first 8 bytes read as
-# one little-endian int are code | length << 8 | the instrument's key << 24.
-_RECORD = struct.Struct("<QqQ")
-_SIZES = {int(code): size for code, size in PACKET_SIZES.items()}
-_TICK_CODES = frozenset({2, 4, 8})
-_OI, _PREV_CLOSE = 5, 6
-_VALUE_CODES = _TICK_CODES | {_OI, _PREV_CLOSE}
+_VALUE_CODES = TICK_CODES | {OI_CODE, PREV_CLOSE_CODE}
 PACKETS = Counter("feed_gateway_packets_total", "Packets applied from the shards.")
 SHARDS_UP = Gauge("feed_gateway_shards_connected", "Shard streams currently open.")
 
@@ -50,10 +48,6 @@ class Subscriber(Protocol):
     def mark(self, key: int, sequence: int) -> None: ...
 
     def upstream_changed(self, event: feed_pb2.UpstreamStatusChange) -> None: ...
-
-
-def wire_key(segment: str, security_id: int) -> int:
-    return SEGMENT_WIRE_CODES[segment] | (security_id << 8)
 
 
 def proto_key(key: int) -> common_pb2.InstrumentKey:
@@ -182,7 +176,7 @@ class Hub:
 
     @staticmethod
     def _wire(key: common_pb2.InstrumentKey) -> int:
-        return wire_key(PROTO_TO_SEGMENT[key.exchange_segment], key.security_id)
+        return proto_wire_key(key)
 
     def _set_instruments(self, link: ShardLink, modes: dict[int, int], *, replace: bool) -> None:
         if replace:
@@ -244,16 +238,17 @@ class Hub:
         want it. Packets stay raw here: a value is decoded and encoded only when a stream
         takes it, once per mode."""
         instruments = self.instruments
+        unpack_record = RECORD_HEAD.unpack_from
         source_id = (link.shard_id, link.epoch)
         size = len(records)
         offset = 0
         applied = 0
         while offset + 24 <= size:  # a record header and a packet header
-            sequence, received_us, head = _RECORD.unpack_from(records, offset)
+            sequence, received_us, head = unpack_record(records, offset)
             start = offset + 16
             code = head & 0xFF
             length = (head >> 8) & 0xFFFF
-            if _SIZES.get(code) != length or start + length > size:
+            if PACKET_SIZES.get(code) != length or start + length > size:
                 self.errors.add(f"shard {link.shard_id}: record of code {code} and length {length} at offset {start} of {size}")
                 return  # the framing is lost; the rest of this message is unreadable
             offset = start + length
@@ -274,13 +269,13 @@ class Hub:
             number = instrument.offset + sequence
             latest = instrument.latest
             if latest is None:
-                value = Value(instrument, number, received_us, packet if code in _TICK_CODES else None,
-                              packet if code == _OI else None, packet if code == _PREV_CLOSE else None)
+                value = Value(instrument, number, received_us, packet if code in TICK_CODES else None,
+                              packet if code == OI_CODE else None, packet if code == PREV_CLOSE_CODE else None)
             elif number <= latest.sequence:
                 continue  # already applied (a snapshot after a reconnect)
-            elif code in _TICK_CODES:
+            elif code in TICK_CODES:
                 value = Value(instrument, number, received_us, packet, latest.oi, latest.prev)
-            elif code == _OI:
+            elif code == OI_CODE:
                 value = Value(instrument, number, received_us, latest.tick, packet, latest.prev)
             else:
                 value = Value(instrument, number, received_us, latest.tick, latest.oi, packet)

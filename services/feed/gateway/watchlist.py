@@ -13,9 +13,8 @@ from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.clients import ServiceCaller
-from services.common.instruments import PROTO_TO_SEGMENT
-from services.feed.gateway.hub import wire_key
 from services.feed.gateway.streams import TerminalStream
+from services.feed.records import proto_wire_key
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,7 @@ TOUCH_SECONDS = 60.0
 
 
 def _keys(keys: object) -> list[int]:
-    return [wire_key(PROTO_TO_SEGMENT[k.exchange_segment], k.security_id) for k in keys]  # type: ignore[attr-defined]
+    return [proto_wire_key(k) for k in keys]  # type: ignore[attr-defined]
 
 
 class WatchlistFollower:

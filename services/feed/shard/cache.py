@@ -7,22 +7,21 @@ the 8-byte header is read here (the gateway decodes fields once, for all termina
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.feed.codec import PACKET_SIZES
+from services.feed.codec import PACKET_SIZES, SKIPPED_CODES
+from services.feed.records import (
+    DISCONNECT_CODE,
+    OI_CODE,
+    PACKET_HEAD,
+    PREV_CLOSE_CODE,
+    RECORD_HEADER,
+    TICK_CODES,
+)
 
-RECORD_HEADER = struct.Struct("<Qq")  # per-instrument sequence, receive time (µs since epoch)
-_TICK_CODES = frozenset({2, 4, 8})
-_OI, _PREV_CLOSE, _DISCONNECT = 5, 6, 50
-_SKIPPED = frozenset({1, 7})
-
-
-def packet_key(segment_code: int, security_id: int) -> int:
-    """One int per instrument, equal to bytes 3..7 of its packets read little-endian."""
-    return segment_code | (security_id << 8)
+_SKIPPED = frozenset(int(code) for code in SKIPPED_CODES)
 
 
 @dataclass
@@ -82,27 +81,29 @@ class Ingest:
         sequences = cache.sequences
         awaiting = cache.awaiting
         pending = self._pending
+        unpack_head, pack_header = PACKET_HEAD.unpack_from, RECORD_HEADER.pack
         size = len(data)
         offset = 0
         while offset < size:
             if size - offset < 8:
                 self._error(f"truncated header: {size - offset} bytes")
                 return
-            code = data[offset]
-            length = data[offset + 1] | (data[offset + 2] << 8)
+            head = unpack_head(data, offset)[0]
+            code = head & 0xFF
+            length = (head >> 8) & 0xFFFF
             expected = PACKET_SIZES.get(code)
             if length < 8 or offset + length > size or (expected is not None and expected != length):
                 self._error(f"bad length {length} for code {code} at offset {offset} of {size}")
                 return
             packet = data if length == size else data[offset : offset + length]
             offset += length
-            if code in _TICK_CODES:
+            if code in TICK_CODES:
                 table = cache.ticks
-            elif code == _OI:
+            elif code == OI_CODE:
                 table = cache.open_interest
-            elif code == _PREV_CLOSE:
+            elif code == PREV_CLOSE_CODE:
                 table = cache.previous_close
-            elif code == _DISCONNECT:
+            elif code == DISCONNECT_CODE:
                 self._on_disconnect(int.from_bytes(packet[8:10], "little"))
                 continue
             elif code in _SKIPPED:
@@ -111,13 +112,13 @@ class Ingest:
             else:
                 self._error(f"unknown response code {code}")
                 continue
-            key = int.from_bytes(packet[3:8], "little")
+            key = head >> 24
             table[key] = packet
             sequence = sequences.get(key, 0) + 1
             sequences[key] = sequence
             if awaiting and key in awaiting:
                 del awaiting[key]
-            pending.append(RECORD_HEADER.pack(sequence, now_us))
+            pending.append(pack_header(sequence, now_us))
             pending.append(packet)
             self._pending_count += 1
 

@@ -38,8 +38,9 @@ from services.common.instruments import (
 from services.common.looplag import watch_loop_lag
 from services.common.market_calendar import is_market_open
 from services.feed.codec import FeedMode
+from services.feed.records import instrument_key
 from services.feed.shard.broker import BrokerConnection, feed_url
-from services.feed.shard.cache import Ingest, LastValues, packet_key
+from services.feed.shard.cache import Ingest, LastValues
 from services.feed.shard.reconcile import Instrument, plan_messages
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class ShardRuntime:
 
     @staticmethod
     def _packet_key(instrument: Instrument) -> int:
-        return packet_key(SEGMENT_WIRE_CODES[instrument[0]], instrument[1])
+        return instrument_key(SEGMENT_WIRE_CODES[instrument[0]], instrument[1])
 
     @staticmethod
     def _key_proto(instrument: Instrument) -> object:

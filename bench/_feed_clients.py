@@ -43,27 +43,17 @@ import socket
 import struct
 import sys
 import time
-import traceback
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import uvloop
 
+from bench.children import cpu_seconds, run_spawned
+
 MS_PER_DAY = 86_400_000
 WARMUP = 1.0  # after the first data frame: the prev-close + snapshot burst of a subscription
 HARD_LIMIT = 40.0  # a reader process never lives longer than this many seconds past its window
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat; nan if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def _segment_code(name: str) -> int:
@@ -600,21 +590,7 @@ async def _drain_stalled(call: Any) -> dict[str, Any]:
 
 def terminal_child(conn: Any, log_path: str, spec: dict[str, Any]) -> None:
     """multiprocessing (spawn) target: logs to a file, reports errors on the pipe."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    try:
-        uvloop.run(_terminals(conn, spec))  # as the services run
-    except BaseException:
-        detail = traceback.format_exc()
-        print(detail, file=sys.stderr, flush=True)
-        try:
-            conn.send({"event": "error", "traceback": detail})
-        except OSError:
-            pass
-        raise SystemExit(1) from None
+    run_spawned(conn, log_path, lambda: uvloop.run(_terminals(conn, spec)))  # uvloop, as the services run
 
 
 def main(argv: list[str]) -> None:

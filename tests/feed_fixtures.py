@@ -4,6 +4,7 @@ service and registry, and shard runtimes with their gRPC servers."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,10 +20,13 @@ from tests.subscription_fixtures import SubscriptionUnderTest, running_subscript
 
 
 async def eventually(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Polls until `condition()` is truthy; fails with `what` after `timeout` seconds."""
+    """Polls until `condition()` (awaited when it is a coroutine) is truthy; fails with
+    `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

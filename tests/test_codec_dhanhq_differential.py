@@ -162,25 +162,29 @@ def test_ticker(feed: official.MarketFeed) -> None:
     _check_kind(2, 16, 2, feed.process_ticker, compare, feed)
 
 
+def _quote_fields(ours: QuotePacket | FullPacket) -> dict[str, Any]:
+    """What process_quote and process_full both give, from our record."""
+    return {
+        "exchange_segment": ours.segment,
+        "security_id": ours.security_id,
+        "LTP": _price(ours.ltp),
+        "LTQ": ours.ltq,
+        "LTT": _ist_time_of_day(ours.ltt_epoch),
+        "avg_price": _price(ours.atp),
+        "volume": ours.volume,
+        "total_sell_quantity": ours.total_sell_qty,
+        "total_buy_quantity": ours.total_buy_qty,
+        "open": _price(ours.day_open),
+        "close": _price(ours.day_close),
+        "high": _price(ours.day_high),
+        "low": _price(ours.day_low),
+    }
+
+
 def test_quote(feed: official.MarketFeed) -> None:
     def compare(theirs: dict[str, Any], ours: Any) -> None:
         assert type(ours) is QuotePacket
-        assert theirs == {
-            "type": "Quote Data",
-            "exchange_segment": ours.segment,
-            "security_id": ours.security_id,
-            "LTP": _price(ours.ltp),
-            "LTQ": ours.ltq,
-            "LTT": _ist_time_of_day(ours.ltt_epoch),
-            "avg_price": _price(ours.atp),
-            "volume": ours.volume,
-            "total_sell_quantity": ours.total_sell_qty,
-            "total_buy_quantity": ours.total_buy_qty,
-            "open": _price(ours.day_open),
-            "close": _price(ours.day_close),
-            "high": _price(ours.day_high),
-            "low": _price(ours.day_low),
-        }
+        assert theirs == {"type": "Quote Data", **_quote_fields(ours)}
 
     _check_kind(4, 50, 4, feed.process_quote, compare, feed)
 
@@ -223,22 +227,10 @@ def test_full(feed: official.MarketFeed) -> None:
         assert type(ours) is FullPacket and len(ours.depth) == 30  # every value of all five levels
         assert theirs == {
             "type": "Full Data",
-            "exchange_segment": ours.segment,
-            "security_id": ours.security_id,
-            "LTP": _price(ours.ltp),
-            "LTQ": ours.ltq,
-            "LTT": _ist_time_of_day(ours.ltt_epoch),
-            "avg_price": _price(ours.atp),
-            "volume": ours.volume,
-            "total_sell_quantity": ours.total_sell_qty,
-            "total_buy_quantity": ours.total_buy_qty,
+            **_quote_fields(ours),
             "OI": ours.oi,
             "oi_day_high": ours.day_high_oi,
             "oi_day_low": ours.day_low_oi,
-            "open": _price(ours.day_open),
-            "close": _price(ours.day_close),
-            "high": _price(ours.day_high),
-            "low": _price(ours.day_low),
             "depth": [_depth(level) for level in depth_levels(ours.depth)],
         }
 

@@ -121,10 +121,7 @@ async def test_get_snapshot_gives_last_quotes(feed: FeedUnderTest) -> None:
             reply = await stub.GetSnapshot(feed_pb2.GetSnapshotRequest(keys=[key]), metadata=feed.subscription.admin)
             return bool(reply.ticks)
 
-        for _ in range(200):
-            if await has_value():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(has_value, what="RELIANCE's last value at the gateway")
         reply = await stub.GetSnapshot(feed_pb2.GetSnapshotRequest(keys=[key, common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=1)],
                                                                    mode=common_pb2.FEED_MODE_TICKER), metadata=feed.subscription.admin)
         assert reply.ticks[0].last_price > 0 and not reply.ticks[0].depth

@@ -97,6 +97,7 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
     users = [bearer(await create_api_key(pool, f"user{n}", "user")) for n in range(CLIENTS)]
     outcomes: dict[str, int] = {}
     stop_checking = asyncio.Event()
+    under_load = asyncio.Event()  # every client has had an add answered
 
     async def client(n: int) -> None:
         rng = random.Random(n)
@@ -114,10 +115,13 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
                     if reply.watchlist_item.item_id not in mine:  # a re-added evicted item keeps its id
                         mine.append(reply.watchlist_item.item_id)
                     outcomes["add"] = outcomes.get("add", 0) + 1
+                    if outcomes["add"] >= CLIENTS:
+                        under_load.set()
                     outcomes["evictions"] = outcomes.get("evictions", 0) + len(reply.evictions)
             except grpc.aio.AioRpcError as error:
                 assert error.code() in ALLOWED, (error.code(), error.details())
                 outcomes[error.code().name] = outcomes.get(error.code().name, 0) + 1
+        under_load.set()  # (whatever the adds did, the plan must not wait forever)
 
     async def checker() -> None:
         while not stop_checking.is_set():
@@ -125,7 +129,7 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
             await asyncio.sleep(0.05)
 
     async def tier_b() -> None:
-        await asyncio.sleep(0.5)
+        await under_load.wait()  # the plan lands while the clients are busy
         chain = pb.TierBChain(underlying_symbol="NIFTY", nearest_expiries=1, strikes_each_side=5, include_underlying=True)
         await stubs[1].SetTierBPlan(pb.SetTierBPlanRequest(chains=[chain]), metadata=bearer(admin_token))
 

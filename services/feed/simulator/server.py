@@ -468,6 +468,7 @@ class FeedServer:
         self.total_bucket = TokenBucket(settings.total_rate_cap)
         self.packets_sent = 0
         self.pumps = 0
+        self.handshakes = 0  # WebSocket connections opened, refused ones included
         self._ids = itertools.count(1)
         self._connections: dict[int, FeedConnection] = {}
         self._by_client: dict[str, list[FeedConnection]] = {}
@@ -532,6 +533,7 @@ class FeedServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
+        self.handshakes += 1
         reason = check_credentials(ws.request.path, self.settings)
         if reason is not None:
             log.info("connection refused", extra={"reason": int(reason), "remote": str(ws.remote_address)})

@@ -114,6 +114,7 @@ class Simulator:
             "status": "ok",
             "ws_port": feed.port,
             "connections": len(feed.connections()),
+            "handshakes": feed.handshakes,
             "instruments": len(self._catalog or ()),
             "books": len(self.market or ()),
             "packets_sent": feed.packets_sent,

@@ -41,6 +41,7 @@ from services.feed.codec import (
 )
 from services.feed.simulator import Simulator, SimulatorSettings
 from services.feed.simulator.catalog import Catalog
+from services.feed.simulator.market import Book
 
 TIMEOUT = 5.0
 NIFTY, RELIANCE = ("IDX_I", 13), ("NSE_EQ", 2885)
@@ -291,6 +292,50 @@ async def test_bench_options_stamp_send_time_and_permessage_deflate(start_sim: A
             assert all(0 <= received_ms - stamp < 2_000 for stamp in stamps), (received_ms, stamps)
             assert stamps == sorted(stamps), "send times only grow"
             assert client.errors.malformed == 0
+
+
+@pytest.mark.parametrize("deflate", [False, True], ids=["raw-frames", "permessage-deflate"])
+async def test_the_client_receives_exactly_the_packets_made(
+    start_sim: Any, nifty_option: tuple[str, int], monkeypatch: pytest.MonkeyPatch, deflate: bool
+) -> None:
+    """Without an extension the send loop frames packets itself (websockets' send_binary
+    with deflate): either way every frame is one packet, byte for byte as the books made
+    it, in order per instrument and kind, with the server's pings in between."""
+    made: dict[tuple[int, int], list[bytes]] = {}
+
+    def recording(method: Callable[..., bytes]) -> Callable[..., bytes]:
+        def wrapper(book: Book, *args: Any) -> bytes:
+            packet = method(book, *args)
+            made.setdefault((packet[0], book.security_id), []).append(packet)
+            return packet
+
+        return wrapper
+
+    for name in ("prev_close_packet", "ticker_packet", "quote_packet", "oi_packet", "full_packet"):
+        monkeypatch.setattr(Book, name, recording(getattr(Book, name)))
+    settings = {"burst": True, "total_rate_cap": 10_000.0, "ping_interval": 0.05, "stamp_send_time": True}
+    async with start_sim(permessage_deflate=deflate, **settings) as sim:
+        async with Client.open(sim.url(), compression="deflate" if deflate else None) as client:
+            assert client.ws.response is not None
+            assert ("permessage-deflate" in client.ws.response.headers.get("Sec-WebSocket-Extensions", "")) == deflate
+            await client.subscribe([NIFTY, nifty_option], FeedMode.FULL)
+            await client.subscribe([RELIANCE, nifty_option], FeedMode.QUOTE)  # the option switches to Quote + OI
+            await client.subscribe([("NSE_EQ", 1333)], FeedMode.TICKER)
+            frames: list[bytes] = []
+            async with asyncio.timeout(TIMEOUT):
+                while len(frames) < 4000:
+                    data = await client.ws.recv()
+                    assert isinstance(data, bytes)
+                    frames.append(data)
+            assert len(client.ws.pings) >= 2, "pings went out between the batches"
+    got: dict[tuple[int, int], list[bytes]] = {}
+    for data in frames:
+        assert len(decode_frame(data, client.errors)) == 1, "one packet per frame"
+        got.setdefault((data[0], int.from_bytes(data[4:8], "little")), []).append(data)
+    assert client.errors.malformed == 0
+    assert {code for code, _ in got} == {2, 4, 5, 6, 8}
+    for key, packets in got.items():
+        assert packets == made[key][: len(packets)], key
 
 
 async def test_more_than_100_instruments_in_one_message_is_refused_with_814(start_sim: Any) -> None:

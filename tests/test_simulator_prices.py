@@ -21,9 +21,11 @@ from services.feed.codec import (
     QuotePacket,
     decode_frame,
     depth_levels,
+    encode_full,
 )
 from services.feed.simulator.catalog import Catalog, Contract
-from services.feed.simulator.market import Book, Market, option_price
+from services.feed.simulator.market import INT32_MAX, MIN_EXPIRY_YEARS, YEAR_SECONDS, Book, Market, option_price
+from services.registry import generator as gen
 
 TRADING_DATE = date(2026, 11, 20)
 START = datetime.combine(TRADING_DATE, time(10, 0), IST).timestamp()
@@ -102,6 +104,7 @@ def test_few_thousand_ticks_keep_every_invariant(catalog: Catalog) -> None:
         _check_book(book)
         assert book.volume >= before[0] and book.oi >= before[1]
         assert book.volume == before[0] + book.ltq  # far from the int32 ceiling here
+        assert book.atp == min(book.day_high, max(book.day_low, round(book._pv / book.volume, 2)))
         if book.is_derivative:
             assert book.day_low_oi <= book.oi == book.day_high_oi
         else:
@@ -245,3 +248,103 @@ def test_volume_saturates_instead_of_wrapping(catalog: Catalog) -> None:
     assert book.volume <= 2**31 - 1
     decode_frame(book.full_packet(), ProtocolErrors())  # still encodable
     assert not math.isnan(book.atp)
+
+
+def test_option_fair_value_is_option_price_on_the_current_forward(catalog: Catalog) -> None:
+    """Book._fair folds forward, smile and Black-76 into one function: the same floats as
+    option_price on the forward (spot * e^(carry T), or the MCX future's own price)."""
+    market, clock = _market(catalog, seed=4)
+    options = [c for c in catalog.contracts() if c.kind == "option"]
+    assert any(c.asset == "commodity" for c in options)
+    books = [market.book(*c.key) for c in options]
+    for step in (0.0, 1.0, 900.0, 86_400.0, 30 * 86_400.0):  # the last one passes some expiries
+        clock.t += step
+        for c, book in zip(options, books):
+            assert c.expiry_ts is not None and c.strike is not None
+            fair = book._fair(clock.t)
+            years = max(MIN_EXPIRY_YEARS, (c.expiry_ts - clock.t) / YEAR_SECONDS)
+            future = catalog.future_for_option(c) if c.asset == "commodity" else None
+            if future is not None:
+                forward = market.book(*future.key)._fair(clock.t)
+            else:
+                carry = gen.MCX_CARRY if c.asset == "commodity" else gen.RISK_FREE_RATE
+                forward = market.walk(c.asset, c.underlying).at(clock.t) * math.exp(carry * years)
+            vol = market._vol(c.asset, c.underlying)
+            assert fair == option_price(forward, c.strike, years, vol, gen.RISK_FREE_RATE, c.is_call), c.symbol
+
+
+def _low_priced() -> Contract:
+    """A stock at 4 ticks: its lower bid levels are empty."""
+    return Contract("NSE_EQ", 424_242, "equity", "stock", "LOW", "LOW", 0.05, 1, 0.2)
+
+
+def test_full_packets_are_the_depth_property_encoded(catalog: Catalog) -> None:
+    """full_packet packs the depth values itself: the same bytes as encode_full(depth)."""
+    market, clock = _market(Catalog([*catalog.contracts(), _low_priced()], TRADING_DATE))
+    rng = random.Random(8)
+    books = [market.book(*c.key) for c in rng.sample(list(catalog.contracts()), 400)] + [market.book("NSE_EQ", 424_242)]
+    low_bids = 0
+    for _ in range(20):
+        clock.t += 60.0
+        for book in books:
+            book.tick(clock.t)
+            low_bids += book.depth[4][0] == 0
+            for volume in (None, 12_345_678):
+                assert book.full_packet(volume) == encode_full(
+                    book.segment, book.security_id, book.ltp, book.ltq, book.ltt, book.atp,
+                    book.volume if volume is None else volume, book.total_sell_qty, book.total_buy_qty, book.oi,
+                    book.day_high_oi, book.day_low_oi, book.day_open, book.ltp, book.day_high, book.day_low, book.depth,
+                )  # fmt: skip
+    assert low_bids > 0, "the path with empty bid levels ran"
+
+
+def test_same_seed_same_packets(catalog: Catalog) -> None:
+    contracts = random.Random(3).sample(list(catalog.contracts()), 200)
+    runs = []
+    for _ in range(2):
+        market, clock = _market(catalog, seed=99)
+        books = [market.book(*c.key) for c in contracts]
+        out = [b.prev_close_packet() for b in books]
+        for step in range(3000):
+            clock.t += 0.5 if step % 7 == 0 else 0.0
+            book = books[step * 37 % len(books)]
+            book.tick(clock.t)
+            out += [book.full_packet(), book.quote_packet(), book.oi_packet(), book.ticker_packet()]
+        runs.append(out)
+    assert runs[0] == runs[1]
+
+
+def test_pre_drawn_randomness_keeps_the_distributions(catalog: Catalog) -> None:
+    """Per-tick draws come from shared tables cycled per book: trades of 1..max_lots lots,
+    buy-qty steps that cancel over a cycle (no drift), no bounce for options, OI steps
+    only for derivatives."""
+    market, _ = _market(catalog)
+    kinds = {"option": None, "future": None, "equity": None, "index": None}
+    for c in catalog.contracts():
+        if kinds.get(c.kind, 1) is None:
+            kinds[c.kind] = market.book(*c.key)
+    for kind, book in kinds.items():
+        assert book is not None
+        table = book._draws
+        assert sum(row[2] for row in table) == 0
+        assert {row[2] for row in table} == set(range(-10, 11))
+        assert {row[0] for row in table} == ({0} if kind == "option" else {-1, 0, 1})
+        assert (max(row[1] for row in table) > 0) == book.is_derivative
+        assert {row[3] for row in table} == {0, 1} and {row[4] for row in table} == {1, 2}
+        lots = book._trade_lots
+        assert len(lots) == len(table) and min(lots) == 1 and max(lots) * book.lot <= 0xFFFF
+        assert sorted(lots)[len(lots) // 2] <= 1 + max(lots) / 4, "skewed towards small trades (median ~ max / 8)"
+
+
+def test_oi_and_order_quantities_saturate_instead_of_wrapping(catalog: Catalog) -> None:
+    market, clock = _market(catalog)
+    book = market.book(*next(c.key for c in catalog.contracts() if c.kind == "future"))
+    book.oi = book.day_high_oi = INT32_MAX - 3
+    book.total_buy_qty = book.total_sell_qty = INT32_MAX - 3
+    for _ in range(200):
+        clock.t += 1.0
+        book.tick(clock.t)
+        assert book.oi == book.day_high_oi <= INT32_MAX
+        assert book.lot <= book.total_buy_qty <= INT32_MAX and book.lot <= book.total_sell_qty <= INT32_MAX
+    assert book.oi == INT32_MAX
+    decode_frame(book.full_packet(), ProtocolErrors())  # still encodable

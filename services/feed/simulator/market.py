@@ -19,18 +19,22 @@
 
 A ``Book`` holds one instrument's session state (last trade, day OHLC, volume, OI, depth);
 volume and OI only grow, ATP is a volume-weighted average of printed prices and so stays
-inside low..high, bids sit strictly below asks at every level.
+inside low..high, bids sit strictly below asks at every level. A tick's randomness (bounce,
+trade size, OI, order quantities, quote) comes from tables drawn once from the market's
+seeded rng and cycled per book: the same seed gives the same packets.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import struct
 import time
 from collections.abc import Callable
 from datetime import date
 
 from services.feed.codec import (
+    IST_OFFSET_SECONDS,
     encode_full,
     encode_oi,
     encode_prev_close,
@@ -54,7 +58,14 @@ DERIVATIVE_SEGMENTS = frozenset({"NSE_FNO", "BSE_FNO", "MCX_COMM", "NSE_CURRENCY
 _INDEX_VOL = {s.symbol: s.vol for s in gen.INDEX_SPECS}
 _MCX_VOL = {s.symbol: s.vol for s in gen.MCX_SPECS}
 _POOL = 64  # (a power of two) per-book pools of random depth quantities, cycled instead of drawn per tick
+_DRAWS = 4096  # (a power of two) rows of pre-drawn per-tick randomness, cycled per book (see Tables)
+_DRAW_MASK = _DRAWS - 1
 _SQRT2 = math.sqrt(2.0)
+# The codec's Full layout (services.feed.codec._P_FULL: "<BHBIfHIfIIIIIIffff" + "IIHHff" * 5)
+# with each level's quantities and orders ("IIHH") as one pre-packed 12-byte string: the
+# same bytes (a test checks them against encode_full) from 15 arguments instead of 30.
+_LEVEL = struct.Struct("<IIHH").pack
+_PACK_FULL = struct.Struct("<BHBIfHIfIIIIIIffff" + "12sff" * 5).pack
 
 
 class Walk:
@@ -99,20 +110,66 @@ def option_price(forward: float, strike: float, years: float, vol: float, rate: 
     return df * 0.5 * (strike * math.erfc(d2 / _SQRT2) - forward * math.erfc(d1 / _SQRT2))
 
 
-Pools = dict[int, tuple[list[int], list[int]]]
+# One tick's randomness: (bounce ticks, OI lots or 0, buy-qty step in lots (the sell side
+# takes the opposite), best bid offset 0/1, ask gap 1/2, depth pool offset).
+Draw = tuple[int, int, int, int, int, int]
 
 
-def _pools(pools: Pools, lot: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    """Depth quantities (lot multiples, <= 2M) and order counts, shared by every book of one lot
-    size (each book reads them at its own offset): 25k books would otherwise hold ~90 MB
-    of int lists. Longer than _POOL so that depth can index k + 33 without wrapping."""
-    pair = pools.get(lot)
-    if pair is None:
-        pair = pools[lot] = (
-            [lot * rng.randint(1, 200) for _ in range(_POOL + 34)],
-            [rng.randint(1, 40) for _ in range(_POOL + 34)],
-        )
-    return pair
+class Tables:
+    """Pre-drawn randomness shared by a market's books, each reading it at its own offset and
+    cycling through it, instead of drawing per tick: depth quantities by lot size, the rest
+    of a tick by kind, trade sizes by the most lots a trade may have. Drawn on first use
+    from the market's seeded rng."""
+
+    __slots__ = ("_depth", "_draws", "_trade_lots")
+
+    def __init__(self) -> None:
+        self._depth: dict[int, tuple[list[int], list[int], list[bytes]]] = {}
+        self._draws: dict[tuple[bool, bool], tuple[Draw, ...]] = {}
+        self._trade_lots: dict[int, tuple[int, ...]] = {}
+
+    def depth(self, lot: int, rng: random.Random) -> tuple[list[int], list[int], list[bytes]]:
+        """Depth quantities (lot multiples, <= 2M) and order counts: 25k books would
+        otherwise hold ~90 MB of int lists. Longer than _POOL so that depth can index
+        k + 33 without wrapping. The third list is level k + i of the depth packed for the
+        wire (see _PACK_FULL)."""
+        pools = self._depth.get(lot)
+        if pools is None:
+            qty = [lot * rng.randint(1, 200) for _ in range(_POOL + 34)]
+            orders = [rng.randint(1, 40) for _ in range(_POOL + 34)]
+            levels = [_LEVEL(qty[m], qty[m + 29], orders[m], orders[m + 29]) for m in range(_POOL + 5)]
+            pools = self._depth[lot] = (qty, orders, levels)
+        return pools
+
+    def draws(self, derivative: bool, option: bool, rng: random.Random) -> tuple[Draw, ...]:
+        """_DRAWS ticks' draws (see Draw) instead of six rng.random() calls and their
+        arithmetic a tick. The buy-qty steps sum to zero over the table (the second half is
+        the first negated, then shuffled), so that a cycle adds no drift; each is still
+        uniform on -10..10."""
+        table = self._draws.get((derivative, option))
+        if table is None:
+            rnd = rng.random
+            steps = [int(rnd() * 21) - 10 for _ in range(_DRAWS // 2)]
+            steps += [-x for x in steps]
+            rng.shuffle(steps)
+            rows = []
+            for step in steps:
+                r = rnd()
+                bounce = 0 if option else (-1 if r < 0.25 else (1 if r > 0.75 else 0))  # options: none (monotone chains)
+                oi = 1 + int(rnd() * 20) if derivative and rnd() < 0.2 else 0
+                rows.append((bounce, oi, step, 1 if rnd() < 0.5 else 0, 2 if rnd() < 0.3 else 1, rng.randrange(_POOL)))
+            table = self._draws[(derivative, option)] = tuple(rows)
+        return table
+
+    def trade_lots(self, max_lots: int, rng: random.Random) -> tuple[int, ...]:
+        """_DRAWS trade sizes of 1..max_lots lots, skewed towards small ones; a table of
+        their own, read at the same offset as draws(), because max_lots takes a few dozen
+        values (lots above 131 or 3276 lower it) and each would copy the whole table."""
+        table = self._trade_lots.get(max_lots)
+        if table is None:
+            rnd = rng.random
+            table = self._trade_lots[max_lots] = tuple(1 + int(rnd() ** 3 * max_lots) for _ in range(_DRAWS))
+        return table
 
 
 class Book:
@@ -122,14 +179,19 @@ class Book:
     the codec. Attributes are plain floats/ints so that tests can check them directly."""
 
     __slots__ = (
-        "contract", "segment", "security_id", "tick_size", "lot", "is_option", "is_derivative", "_fair", "_rnd",
+        "contract", "segment", "security_id", "tick_size", "lot", "is_option", "is_derivative", "_fair",
         "prev_close", "prev_oi", "ltp", "ltq", "ltt", "atp", "volume", "_pv", "total_buy_qty", "total_sell_qty",
-        "oi", "day_high_oi", "day_low_oi", "day_open", "day_high", "day_low", "_best_bid", "_best_ask", "_max_lots",
-        "_qty", "_orders", "_k", "ticks",
+        "oi", "day_high_oi", "day_low_oi", "day_open", "day_high", "day_low", "_best_bid", "_best_ask",
+        "_draws", "_trade_lots", "_j", "_qty", "_orders", "_levels", "_k", "ticks",
     )  # fmt: skip
 
     def __init__(
-        self, contract: Contract, fair: Callable[[float], float], now: float, rng: random.Random, pools: Pools | None = None
+        self,
+        contract: Contract,
+        fair: Callable[[float], float],
+        now: float,
+        rng: random.Random,
+        tables: Tables | None = None,
     ) -> None:
         self.contract = contract
         self.segment = contract.wire_segment
@@ -137,19 +199,21 @@ class Book:
         self.tick_size = contract.tick
         # Quantities move in lots; lots above MAX_UNIT (BSE debt: up to 10,000,000) would
         # overflow the int32/uint16 fields, so their quantities use MAX_UNIT instead.
-        self.lot = min(contract.lot, MAX_UNIT)
+        self.lot = lot = min(contract.lot, MAX_UNIT)
         self.is_option = contract.kind == "option"
         self.is_derivative = contract.is_derivative
         self._fair = fair
-        self._rnd = rng.random
-        lot = self.lot
-        # Trades of 1..max_lots lots, skewed towards small ones; LTQ must fit a uint16.
-        self._max_lots = max(1, min(20 if self.is_derivative else 500, UINT16_MAX // lot))
-        self._qty, self._orders = _pools({} if pools is None else pools, lot, rng)
-        self._k = rng.randrange(_POOL)
+        tables = Tables() if tables is None else tables
+        # Trades of 1..max_lots lots; LTQ must fit a uint16.
+        max_lots = max(1, min(20 if self.is_derivative else 500, UINT16_MAX // lot))
+        self._draws = tables.draws(self.is_derivative, self.is_option, rng)
+        self._trade_lots = tables.trade_lots(max_lots, rng)
+        self._j = rng.randrange(_DRAWS)
+        self._qty, self._orders, self._levels = tables.depth(lot, rng)
         self.ticks = 0
 
-        n = self._ticks(now)
+        bounce, _, _, bid_offset, ask_gap, self._k = self._draws[rng.randrange(_DRAWS)]
+        n = max(1, round(fair(now) / self.tick_size) + bounce)
         price = n * self.tick_size  # the same product as the depth prices, so they compare exactly
         self.prev_close = contract.prev_close or price
         self.prev_oi = lot * rng.randint(2_000, 200_000) if self.is_derivative else 0
@@ -164,31 +228,15 @@ class Book:
         self.total_buy_qty = lot * rng.randint(500, 50_000)
         self.total_sell_qty = lot * rng.randint(500, 50_000)
         self.oi = self.day_high_oi = self.day_low_oi = self.prev_oi
-        self._best_bid = self._best_ask = 0
-        self._quote_book(n)
-
-    def _ticks(self, now: float) -> int:
-        """The next print in whole ticks (>= 1): the model's fair value rounded to the
-        tick, +-1 tick of bid/ask bounce except for options (keeps chains monotone)."""
-        n: int = round(self._fair(now) / self.tick_size)
-        if not self.is_option:
-            r = self._rnd()
-            n += -1 if r < 0.25 else (1 if r > 0.75 else 0)
-        return n if n > 1 else 1
-
-    def _quote_book(self, n: int) -> None:
-        """Best bid at ``n`` or ``n-1`` ticks, best ask 1-2 ticks above it (so bid1 < LTP
-        <= ask1 or bid1 <= LTP < ask1), and a new draw of depth quantities."""
-        rnd = self._rnd
-        self._best_bid = n - 1 if (n > 1 and rnd() < 0.5) else n
-        self._best_ask = self._best_bid + (2 if rnd() < 0.3 else 1)
-        self._k = (self._k + 5) & (_POOL - 1)
+        self._best_bid = bid = n - bid_offset if n > 1 else n
+        self._best_ask = bid + ask_gap
 
     @property
     def depth(self) -> list[tuple[int, int, int, int, float, float]]:
         """Five levels (bid qty, ask qty, bid orders, ask orders, bid price, ask price),
         one tick apart on each side; a bid level that would be <= 0 is empty (zeros).
-        Built on demand: only Full packets carry depth."""
+        Built on demand: only Full packets carry depth (full_packet packs the same values
+        without building it)."""
         t, b, a = self.tick_size, self._best_bid, self._best_ask
         q, o, k = self._qty, self._orders, self._k
         if b > 5:  # the common case, unrolled
@@ -206,33 +254,51 @@ class Book:
             for i in range(5)
         ]
 
-    def tick(self, now: float) -> None:
-        """Prints one trade at ``now`` (UTC epoch seconds)."""
-        rnd = self._rnd
-        n = self._ticks(now)
-        price = n * self.tick_size  # the same product as the depth prices, so they compare exactly
+    def tick(self, now: float, _int32_max: int = INT32_MAX) -> None:
+        """Prints one trade at ``now`` (UTC epoch seconds): the model's fair value rounded
+        to the tick (+-1 tick of bid/ask bounce except for options, never below one tick),
+        a trade of 1..max_lots lots, maybe some new OI, and a new quote. The hot path of
+        the simulator: randomness comes from the book's draw table, bounds are ifs."""
+        j = self._j
+        self._j = (j + 1) & _DRAW_MASK
+        bounce, oi_lots, step, bid_offset, ask_gap, self._k = self._draws[j]
+        t = self.tick_size
+        n = round(self._fair(now) / t) + bounce
+        if n < 1:
+            n = 1
+        price = n * t  # the same product as the depth prices, so they compare exactly
         self.ticks += 1
         self.ltp = price
         self.ltt = int(now)
-        ltq = self.lot * (1 + int(rnd() ** 3 * self._max_lots))  # <= lot * max_lots <= 65535
-        self.ltq = ltq
-        if price > self.day_high:
-            self.day_high = price
-        elif price < self.day_low:
-            self.day_low = price
+        lot = self.lot
+        ltq = self.ltq = lot * self._trade_lots[j]  # <= lot * max_lots <= 65535
+        high, low = self.day_high, self.day_low
+        if price > high:
+            self.day_high = high = price
+        elif price < low:
+            self.day_low = low = price
         volume = self.volume + ltq
-        if volume <= INT32_MAX:
+        if volume <= _int32_max:
             self.volume = volume
-            self._pv += price * ltq
-            atp = round(self._pv / volume, 2)
-            self.atp = self.day_low if atp < self.day_low else (self.day_high if atp > self.day_high else atp)
-        if self.is_derivative and rnd() < 0.2:
-            self.oi = min(INT32_MAX, self.oi + self.lot * (1 + int(rnd() * 20)))
-            self.day_high_oi = self.oi  # OI only grows here, so the day's low stays the open
-        step = self.lot * (int(rnd() * 21) - 10)
-        self.total_buy_qty = min(INT32_MAX, max(self.lot, self.total_buy_qty + step))
-        self.total_sell_qty = min(INT32_MAX, max(self.lot, self.total_sell_qty - step))
-        self._quote_book(n)
+            pv = self._pv = self._pv + price * ltq
+            # round(pv / volume, 2) costs 0.2 us (a decimal conversion); away from a half
+            # cent, whole cents rounded in binary and divided by 100 are the same float.
+            cents = pv / volume * 100.0
+            whole = round(cents)
+            atp = whole / 100.0 if -0.4999 < cents - whole < 0.4999 else round(pv / volume, 2)
+            self.atp = low if atp < low else (high if atp > high else atp)
+        if oi_lots:
+            oi = self.oi + lot * oi_lots
+            self.oi = self.day_high_oi = oi if oi < _int32_max else _int32_max  # OI only grows: the day's low stays the open
+        step *= lot
+        qty = self.total_buy_qty + step
+        self.total_buy_qty = lot if qty < lot else (_int32_max if qty > _int32_max else qty)
+        qty = self.total_sell_qty - step
+        self.total_sell_qty = lot if qty < lot else (_int32_max if qty > _int32_max else qty)
+        # Best bid at n or n-1 ticks, best ask 1-2 ticks above it: bid1 < LTP <= ask1 or
+        # bid1 <= LTP < ask1.
+        self._best_bid = bid = n - bid_offset if n > 1 else n
+        self._best_ask = bid + ask_gap
 
     # --- packets (bytes, one per frame) ---------------------------------------------
 
@@ -254,11 +320,23 @@ class Book:
 
     def full_packet(self, volume: int | None = None) -> bytes:
         """``volume`` replaces the book's volume in the packet (the simulator's bench-only
-        ``stamp_send_time`` puts the send time there); the book is unchanged."""
-        return encode_full(
-            self.segment, self.security_id, self.ltp, self.ltq, self.ltt, self.atp, self.volume if volume is None else volume,
-            self.total_sell_qty, self.total_buy_qty, self.oi, self.day_high_oi, self.day_low_oi,
-            self.day_open, self.ltp, self.day_high, self.day_low, self.depth,
+        ``stamp_send_time`` puts the send time there); the book is unchanged. The common
+        case (no empty bid level) packs ``depth``'s values inline: building its tuples and
+        flattening them again took longer than the packing."""
+        b = self._best_bid
+        if b <= 5:
+            return encode_full(
+                self.segment, self.security_id, self.ltp, self.ltq, self.ltt, self.atp, self.volume if volume is None else volume,
+                self.total_sell_qty, self.total_buy_qty, self.oi, self.day_high_oi, self.day_low_oi,
+                self.day_open, self.ltp, self.day_high, self.day_low, self.depth,
+            )  # fmt: skip
+        t, a, ltp, lv, k = self.tick_size, self._best_ask, self.ltp, self._levels, self._k
+        return _PACK_FULL(
+            8, 162, self.segment, self.security_id, ltp, self.ltq, self.ltt + IST_OFFSET_SECONDS, self.atp,
+            self.volume if volume is None else volume, self.total_sell_qty, self.total_buy_qty,
+            self.oi, self.day_high_oi, self.day_low_oi, self.day_open, ltp, self.day_high, self.day_low,
+            lv[k], b * t, a * t, lv[k + 1], (b - 1) * t, (a + 1) * t, lv[k + 2], (b - 2) * t, (a + 2) * t,
+            lv[k + 3], (b - 3) * t, (a + 3) * t, lv[k + 4], (b - 4) * t, (a + 4) * t,
         )  # fmt: skip
 
 
@@ -281,8 +359,9 @@ class Market:
         self._gen_config = GeneratorConfig(trading_date or catalog.trading_date, seed=master_seed)
         self._books: dict[Key, Book] = {}
         self._walks: dict[tuple[Asset, str], Walk] = {}
-        self._forwards: dict[Key, Callable[[float], float]] = {}
-        self._pools: Pools = {}
+        self._bases: dict[Key, tuple[Walk, float]] = {}
+        self._expiries: dict[tuple[Walk, float, float, float], list[tuple[float, float, float, float]]] = {}
+        self._tables = Tables()
 
     def __len__(self) -> int:
         return len(self._books)
@@ -292,7 +371,7 @@ class Market:
         book = self._books.get(key)
         if book is None:
             contract = self.catalog.get(key) or _unknown_contract(segment, security_id)
-            book = self._books[key] = Book(contract, self._fair(contract), self.now(), self.rng, self._pools)
+            book = self._books[key] = Book(contract, self._fair(contract), self.now(), self.rng, self._tables)
         return book
 
     # --- models -------------------------------------------------------------------
@@ -337,23 +416,27 @@ class Market:
         assert contract.expiry_ts is not None
         return max(MIN_EXPIRY_YEARS, (contract.expiry_ts - now) / YEAR_SECONDS)
 
-    def _future_fair(self, future: Contract) -> Callable[[float], float]:
-        fair = self._forwards.get(future.key)
-        if fair is None:
+    def _future_basis(self, future: Contract) -> tuple[Walk, float]:
+        """A future prints its underlying's walk times this basis."""
+        pair = self._bases.get(future.key)
+        if pair is None:
             walk = self.walk(future.asset, future.underlying)
-            now = self.now()
             if future.prev_close:
                 basis = future.prev_close / walk.level  # keeps the master's future/spot ratio
             elif future.expiry_ts is not None:
-                basis = self._carry(future, now)
+                basis = self._carry(future, self.now())
             else:
                 basis = 1.0
-            at = walk.at
+            pair = self._bases[future.key] = (walk, basis)
+        return pair
 
-            def fair(t: float) -> float:
-                return at(t) * basis
+    def _future_fair(self, future: Contract) -> Callable[[float], float]:
+        walk, basis = self._future_basis(future)
+        at = walk.at
 
-            self._forwards[future.key] = fair
+        def fair(t: float) -> float:
+            return at(t) * basis
+
         return fair
 
     def _fair(self, c: Contract) -> Callable[[float], float]:
@@ -364,21 +447,47 @@ class Market:
         # Options: MCX options are written on a future; the others on spot * e^(rT).
         assert c.strike is not None and c.expiry_ts is not None
         strike, expiry_ts, is_call = c.strike, c.expiry_ts, c.is_call
-        vol = self._vol(c.asset, c.underlying)
+        base = self._vol(c.asset, c.underlying)
         underlying_future = self.catalog.future_for_option(c) if c.asset == "commodity" else None
-        rate = gen.RISK_FREE_RATE
-        if underlying_future is not None:
-            forward = self._future_fair(underlying_future)
-        else:
-            spot = self.walk(c.asset, c.underlying).at
-            carry = gen.MCX_CARRY if c.asset == "commodity" else rate
+        neg_rate = -gen.RISK_FREE_RATE
+        if underlying_future is not None:  # the future's price (walk * basis) as is: e^0 = 1
+            walk, basis = self._future_basis(underlying_future)
+            carry = 0.0
+        else:  # spot * e^(rT); x * 1.0 = x exactly
+            walk, basis = self.walk(c.asset, c.underlying), 1.0
+            carry = gen.MCX_CARRY if c.asset == "commodity" else gen.RISK_FREE_RATE
+        at, min_years, year_seconds, sqrt2 = walk.at, MIN_EXPIRY_YEARS, YEAR_SECONDS, _SQRT2
+        # (t, forward, sqrt(years), discount) shared by the options of one underlying and
+        # expiry: the send loop ticks a whole batch at one instant, so all but the first
+        # option of an expiry reuse them. (Only a clock stepping back to an instant it has
+        # shown could tell: it gets the walk at that instant, not the walk's latest value.)
+        at_t = self._expiries.setdefault((walk, basis, carry, expiry_ts), [(math.nan, 0.0, 0.0, 0.0)])
 
-            def forward(t: float) -> float:
-                return spot(t) * math.exp(carry * max(MIN_EXPIRY_YEARS, (expiry_ts - t) / YEAR_SECONDS))
-
-        def fair(t: float) -> float:
-            years = max(MIN_EXPIRY_YEARS, (expiry_ts - t) / YEAR_SECONDS)
-            return option_price(forward(t), strike, years, vol, rate, is_call)
+        # The forward, gen._smile_vol and option_price in one function with everything
+        # bound locally (the nested calls were a third of a tick), in the same operations
+        # and order, so the same floats as option_price on the same forward.
+        def fair(t: float, _log: Callable[[float], float] = math.log, _sqrt: Callable[[float], float] = math.sqrt,
+                 _exp: Callable[[float], float] = math.exp, _erfc: Callable[[float], float] = math.erfc) -> float:  # fmt: skip
+            t0, forward, sqrt_years, df = at_t[0]
+            if t0 != t:
+                years = (expiry_ts - t) / year_seconds
+                if years < min_years:
+                    years = min_years
+                forward = at(t) * basis * _exp(carry * years)
+                sqrt_years = _sqrt(years)
+                df = _exp(neg_rate * years)
+                at_t[0] = (t, forward, sqrt_years, df)
+            x = _log(strike / forward) / (base * sqrt_years)
+            if x > 3.0:
+                x = 3.0
+            elif x < -3.0:
+                x = -3.0
+            sd = base * (1.0 - 0.06 * x + 0.025 * x * x) * sqrt_years
+            d1 = (_log(forward / strike) + 0.5 * sd * sd) / sd
+            d2 = d1 - sd
+            if is_call:
+                return df * 0.5 * (forward * _erfc(-d1 / sqrt2) - strike * _erfc(-d2 / sqrt2))
+            return df * 0.5 * (strike * _erfc(d2 / sqrt2) - forward * _erfc(d1 / sqrt2))
 
         return fair
 

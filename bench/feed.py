@@ -54,7 +54,8 @@ BENCH_PROFILE=1 runs the simulator, shard 0 and the gateway under cProfile
 (bench._profiled_feed), dumps a profile and the garbage collector's pauses per measured
 window and prints them (the figures of such a run are inflated by the profiler);
 BENCH_PROFILE=gc records only the GC pauses (full speed). BENCH_FEED_PARTS=1,2,3 selects
-parts (default all; 3 needs 2); BENCH_E2E_RATE overrides the first offered rate (for profiling).
+parts (default all; 3 needs 2); BENCH_E2E_RATE overrides the first offered rate (for profiling),
+BENCH_E2E_STEPS the bisection steps after it (default 4; 0 for a quick run at one rate).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ TERMINAL_CHANNELS = 4  # per terminal process
 E2E_WINDOW_SECONDS = 6.0
 E2E_WARMUP_SECONDS = 1.5  # after the gateway has caught up with the reconnect burst
 E2E_CATCH_UP_SECONDS = 10.0  # at most
-E2E_EXTRA_RATES = 4  # bisection steps after E2E_RATE
+E2E_EXTRA_RATES = int(os.environ.get("BENCH_E2E_STEPS", 4))  # bisection steps after E2E_RATE (fewer: quicker experiments)
 E2E_P99_TARGET_MS = 25.0
 GATEWAY_RSS_TARGET_MB = 400.0
 SUSTAINED = 0.95  # delivered / offered for a rate to count as sustained
@@ -742,6 +743,8 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
         metrics0 = _metrics(gateway.info["metrics_port"])
         cpu0 = {k: c.cpu() for k, c in processes.items()}
         tcpu0 = [cpu_seconds(pid) for pid in term_pids]
+        for child in (sim, gateway, shards[0]):
+            child.profile_phase(f"3. start-up and warm-up of {rate:.0f}/s")  # so the window's profile is its own
         sent0, t0 = _sim_packets(sim), time.perf_counter()
         terminals.ask("window", name)
         time.sleep(E2E_WINDOW_SECONDS)
@@ -782,8 +785,26 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
     )
     report.note("  CPU share: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                 + f"; total {sum(shares.values()):.2f} of 2 cores")
-    report.note(f"  gateway event loop: {_loop_lag(metrics0, metrics1)}")
+    report.note(f"  gateway event loop: {_loop_lag(metrics0, metrics1)}; at the gateway, batch wait "
+                f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_wait_seconds')}, write "
+                f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_write_seconds')}")
     return step
+
+
+def _histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str) -> str:
+    """p50 and p99 of a Prometheus histogram over a window, as the upper bounds of the buckets
+    they fall in."""
+    bounds = sorted((float(k.split('le="')[1].rstrip('"}')), after[k] - before.get(k, 0.0))
+                    for k in after if k.startswith(f"{name}_bucket"))
+    total = bounds[-1][1] if bounds else 0.0
+    if not total:
+        return "no samples"
+
+    def bound(q: float) -> str:
+        le = next(le for le, n in bounds if n >= q * total)
+        return f"<= {le * 1000:g} ms" if le != math.inf else f"> {bounds[-2][0] * 1000:g} ms"
+
+    return f"p50 {bound(0.5)}, p99 {bound(0.99)}"
 
 
 def _loop_lag(before: dict[str, float], after: dict[str, float]) -> str:

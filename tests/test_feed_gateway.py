@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
@@ -72,6 +73,8 @@ async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed
         full = first.snapshot.ticks[0]
         assert full.last_price > 0 and len(full.depth) == 5 and full.depth[0].bid_price < full.depth[0].ask_price
         assert full.present_parts & feed_pb2.TICK_PART_FULL and full.receive_time_micros > 0
+        waits_before = _samples("feed_gateway_batch_wait_seconds_count")
+        writes_before = _samples("feed_gateway_batch_write_seconds_count")
         batches = 0
         while batches < 20:
             message = await asyncio.wait_for(stream.read(), 5)
@@ -82,6 +85,14 @@ async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed
                 assert tick.sequence > last[tick.key.security_id]
                 last[tick.key.security_id] = tick.sequence
         stream.cancel()
+    # Every batch is timed at the gateway: its wait, and its write (done once the next one is taken).
+    assert _samples("feed_gateway_batch_wait_seconds_count") - waits_before >= 20
+    assert _samples("feed_gateway_batch_write_seconds_count") - writes_before >= 19
+    assert _samples("feed_gateway_batch_wait_seconds_sum") > 0
+
+
+def _samples(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 async def test_batch_options_bound_each_batch_and_bad_ones_are_refused(feed: FeedUnderTest) -> None:

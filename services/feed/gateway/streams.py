@@ -24,7 +24,7 @@ from typing import Any
 
 from dataserver.feed.v1 import feed_pb2
 from google.protobuf.duration_pb2 import Duration
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from services.common.errors import ResourceExhausted
 from services.feed.gateway.encoding import varint
@@ -33,6 +33,13 @@ from services.feed.gateway.hub import Hub
 CONFLATED = Counter("feed_gateway_conflated_total", "Ticks replaced by a newer value before a slow stream took them.")
 TICKS_SENT = Counter("feed_gateway_ticks_sent_total", "Ticks sent to terminals.")
 BATCHES_SENT = Counter("feed_gateway_batches_sent_total", "Tick batches sent to terminals.")
+# Where a tick's time at the gateway goes: waiting for its batch, then gRPC taking the batch
+# (the stream cannot send again until it has).
+_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)
+BATCH_WAIT = Histogram("feed_gateway_batch_wait_seconds", "From a batch's first pending tick to the batch being taken.",
+                       buckets=_WAIT_BUCKETS)
+BATCH_WRITE = Histogram("feed_gateway_batch_write_seconds", "From a batch being taken to gRPC accepting its write.",
+                        buckets=_WAIT_BUCKETS)
 
 # The dispatcher's clock (GATEWAY_BATCH_SECONDS). gRPC costs ~60 µs per message at each end
 # whatever its size, against a few µs per tick, so ticks wait up to one period to share a
@@ -270,7 +277,13 @@ class TerminalStream:
                 self.dispatcher.due.discard(self)
             while self.outbox:
                 yield self.outbox.popleft()
+            waited_since = self.pending_since
             batch = self.take_batch()
             if batch is not None:
+                taken = time.monotonic()
+                BATCH_WAIT.observe(taken - waited_since)
                 yield batch
-            self.last_sent = time.monotonic()
+                self.last_sent = time.monotonic()
+                BATCH_WRITE.observe(self.last_sent - taken)
+            else:
+                self.last_sent = time.monotonic()

@@ -107,6 +107,7 @@ class TerminalStream:
         self.last_sent = time.monotonic()
         self._warned_at = 0.0
         self._waiter: asyncio.Future[None] | None = None  # set while the generator waits for work
+        self._missed = False  # the clock found it still writing
         # The task running this stream's RPC, cancelled when a terminal blocked in a write
         # ignores the close for too long (its generator cannot raise while it is blocked).
         self.task: asyncio.Task[Any] | None = None
@@ -131,7 +132,10 @@ class TerminalStream:
         writing its last message)."""
         if not self.pending:
             return True  # its instruments were removed
-        if now - self.pending_since < self.delay or self._waiter is None:
+        if now - self.pending_since < self.delay:
+            return False
+        if self._waiter is None:
+            self._missed = True  # still writing: send as soon as that write completes
             return False
         self._wake()
         return True
@@ -256,8 +260,9 @@ class TerminalStream:
             waiter.set_result(None)
 
     def _overdue(self) -> bool:
-        """Ticks waited a whole period while the last message was being written: send now."""
-        return bool(self.pending) and time.monotonic() - self.pending_since >= self.dispatcher.period + self.delay
+        """The clock came while the last message was being written, or ticks waited a whole
+        period meanwhile: send now."""
+        return bool(self.pending) and (self._missed or time.monotonic() - self.pending_since >= self.dispatcher.period + self.delay)
 
     async def run(self) -> AsyncIterator[Any]:
         """Batches of whatever is pending, as fast as the terminal takes them."""
@@ -275,6 +280,7 @@ class TerminalStream:
                     continue
             else:
                 self.dispatcher.due.discard(self)
+            self._missed = False
             while self.outbox:
                 yield self.outbox.popleft()
             waited_since = self.pending_since

@@ -335,6 +335,12 @@ class FeedConnection:
         # is kept, and the state is checked as send_binary would (nothing can change it
         # between the check and the write: no await).
         raw = not proto.extensions
+        frames: list[bytes] = []  # raw: this batch's framed packets, after websockets' queued output
+
+        def frame(packet: bytes, _headers: tuple[bytes, ...] = _FRAME_HEADERS, _append: Any = frames.append) -> None:
+            _append(_headers[len(packet)] + packet)
+
+        emit = frame if raw else send
         last = loop.time()
         carry = 0.0
         server.pumps += 1
@@ -374,8 +380,8 @@ class FeedConnection:
                     now = market_now()
                     i = self._cursor % n
                     sent = nbytes = 0
-                    frames: list[bytes] = proto.data_to_send() if raw else []  # queued output first
-                    append = frames.append
+                    if raw:
+                        frames.extend(proto.data_to_send())  # queued output first
                     try:
                         while sent < allowed:
                             book, mode = entries[i]
@@ -391,16 +397,10 @@ class FeedConnection:
                                 packet = book.quote_packet()
                                 if book.is_derivative:
                                     oi = book.oi_packet()
-                                    if raw:
-                                        append(_FRAME_HEADERS[len(oi)] + oi)
-                                    else:
-                                        send(oi)
+                                    emit(oi)
                                     sent += 1
                                     nbytes += len(oi)
-                            if raw:
-                                append(_FRAME_HEADERS[len(packet)] + packet)
-                            else:
-                                send(packet)
+                            emit(packet)
                             sent += 1
                             nbytes += len(packet)
                     except InvalidState:
@@ -410,6 +410,7 @@ class FeedConnection:
                         mine.spend(sent - allowed)
                         total.spend(sent - allowed)
                     transport.write(b"".join(frames if raw else proto.data_to_send()))
+                    frames.clear()
                     self.packets_sent += sent
                     self.bytes_sent += nbytes
                     server.packets_sent += sent

@@ -411,12 +411,15 @@ class Tally:
         self.latency = Counter()  # 0.1 ms buckets: send stamp -> receipt here
         self.shard_part = Counter()  # 0.1 ms buckets: shard receipt (receive_time_micros) -> receipt here, sampled
         self.sim_part = Counter()  # 0.1 ms buckets: send stamp -> shard receipt, sampled
+        self.gateway_part = Counter()  # 0.1 ms buckets: shard receipt -> the batch's sent_at, sampled
+        self.transit = Counter()  # 0.1 ms buckets: a batch's sent_at -> receipt here, per batch
 
     def summary(self) -> dict[str, Any]:
         return {
             "ticks": self.ticks, "stamped": self.stamped, "gaps": self.gaps, "gap_events": self.gap_events,
             "batches": self.batches, "events": dict(self.events), "latency": dict(self.latency),
             "shard_part": dict(self.shard_part), "sim_part": dict(self.sim_part),
+            "gateway_part": dict(self.gateway_part), "transit": dict(self.transit),
         }
 
 
@@ -440,11 +443,13 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
             instruments=feed_pb2.InstrumentList(keys=[key_proto(s, i) for s, i in keys]), mode=common_pb2.FEED_MODE_FULL
         )
 
-    def on_ticks(ticks: Any, snapshot: bool) -> None:
+    def on_ticks(ticks: Any, snapshot: bool, sent_ms: float = 0.0) -> None:
         nonlocal tally
         t = tally
         now_ms = wall() * 1000.0
         today = now_ms % MS_PER_DAY
+        if sent_ms:
+            t.transit[int((now_ms - sent_ms) * 10)] += 1
         for tick in ticks:
             key = tick.key
             k = (key.exchange_segment, key.security_id)
@@ -470,6 +475,8 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
                         shard_ms = (tick.receive_time_micros / 1000.0) % MS_PER_DAY
                         t.shard_part[int(((today - shard_ms) % MS_PER_DAY) * 10)] += 1
                         t.sim_part[int(((shard_ms - volume) % MS_PER_DAY) * 10)] += 1
+                        if sent_ms:
+                            t.gateway_part[int(((sent_ms % MS_PER_DAY - shard_ms) % MS_PER_DAY) * 10)] += 1
             state[0] = seq
             state[1] = volume
 
@@ -481,7 +488,9 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
                 body = response.WhichOneof("body")
                 if body == "batch":
                     tally.batches += 1
-                    on_ticks(response.batch.ticks, False)
+                    batch = response.batch
+                    sent = batch.sent_at
+                    on_ticks(batch.ticks, False, sent.seconds * 1000.0 + sent.nanos / 1e6)
                 elif body == "snapshot":
                     on_ticks(response.snapshot.ticks, True)
                 else:

@@ -104,7 +104,7 @@ SHARD_RSS_TARGET_MB = 200.0
 E2E_RATE = float(os.environ.get("BENCH_E2E_RATE", 50_000))  # ticks/s offered in total (the figure)
 STREAMS, PER_STREAM = 100, 250
 TERMINAL_PROCESSES = 2
-TERMINAL_CHANNELS = 4  # per terminal process
+TERMINAL_CHANNELS = int(os.environ.get("BENCH_TERMINAL_CHANNELS", 4))  # per terminal process
 E2E_WINDOW_SECONDS = 6.0
 E2E_WARMUP_SECONDS = 1.5  # after the gateway has caught up with the reconnect burst
 E2E_CATCH_UP_SECONDS = 20.0  # at most: the window measures the steady state, not the reconnect burst
@@ -682,14 +682,15 @@ def _start_terminals(folder: Path, address: str, streams: list[list[tuple[int, i
 
 def _merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {"ticks": 0, "stamped": 0, "gaps": 0, "gap_events": 0, "batches": 0, "events": Counter(),
-                             "latency": Counter(), "shard_part": Counter(), "sim_part": Counter(), "seconds": 0.0,
+                             "latency": Counter(), "shard_part": Counter(), "sim_part": Counter(), "gateway_part": Counter(),
+                             "transit": Counter(), "seconds": 0.0,
                              "cpu": [], "streams_open": 0, "errors": Counter(), "instruments": 0}
     for s in summaries:
         for k in ("ticks", "stamped", "gaps", "gap_events", "batches", "streams_open", "instruments"):
             total[k] += s[k]
         for k in ("events", "errors"):
             total[k].update(s[k])
-        for k in ("latency", "shard_part", "sim_part"):
+        for k in ("latency", "shard_part", "sim_part", "gateway_part", "transit"):
             total[k].update({int(b): n for b, n in s[k].items()})
         total["seconds"] = max(total["seconds"], s["seconds"])
         total["cpu"].append(s["cpu"] / s["seconds"])
@@ -781,11 +782,14 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
     report.note(
         f"  split (sampled): simulator send -> shard receipt p50 {_hist_ms(merged['sim_part'], 50):.1f} p99 "
         f"{_hist_ms(merged['sim_part'], 99):.1f} ms; shard receipt -> terminal p50 {_hist_ms(merged['shard_part'], 50):.1f} "
-        f"p99 {_hist_ms(merged['shard_part'], 99):.1f} ms"
+        f"p99 {_hist_ms(merged['shard_part'], 99):.1f} ms, of which shard receipt -> gateway send (TickBatch.sent_at) p50 "
+        f"{_hist_ms(merged['gateway_part'], 50):.1f} p99 {_hist_ms(merged['gateway_part'], 99):.1f} ms; per batch, gateway "
+        f"send -> terminal p50 {_hist_ms(merged['transit'], 50):.1f} p99 {_hist_ms(merged['transit'], 99):.1f} ms"
     )
     report.note("  CPU share: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
                 + f"; total {sum(shares.values()):.2f} of 2 cores")
-    report.note(f"  gateway event loop: {_loop_lag(metrics0, metrics1)}; at the gateway, batch wait "
+    report.note(f"  gateway event loop: {_loop_lag(metrics0, metrics1)}; at the gateway, ingest lag "
+                f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_ingest_lag_seconds')}, batch wait "
                 f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_wait_seconds')}, write "
                 f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_write_seconds')}")
     return step
@@ -1068,7 +1072,7 @@ def run(report: Report) -> None:
                         child.stop()
                         errors = child.errors()
                         if errors:
-                            report.note(f"{child.name}: {len(errors)} ERROR/Traceback lines; first: {errors[0][:400]}")
+                            report.note(f"{child.name}: {len(errors)} ERROR/Traceback lines; first: {errors[0][:1000]}")
         finally:
             children.stop_all()
             if PROFILE:

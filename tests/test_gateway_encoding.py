@@ -69,6 +69,7 @@ def test_lower_modes_cut_the_tick_down() -> None:
 def test_entries_join_into_one_batch() -> None:
     values = (101.5, 75, 1_790_000_000, 101.25, 5000, 40, 60, 900, 950, 850, 100.0, 99.0, 102.0, 98.5) + (10, 20, 1, 2, 101.0, 102.0) * 5
     entries = [_value(2, sid, values, None, sid, 0).entry(common_pb2.FEED_MODE_FULL) for sid in (1, 300, 70_000, 2**32 - 1)]
-    response = feed_pb2.StreamTicksResponse.FromString(STREAM_TICKS.batch(entries))
+    response = feed_pb2.StreamTicksResponse.FromString(STREAM_TICKS.batch(entries, 1_790_000_000_123_456_789))
     assert [t.key.security_id for t in response.batch.ticks] == [1, 300, 70_000, 2**32 - 1]
     assert [t.sequence for t in response.batch.ticks] == [1, 300, 70_000, 2**32 - 1]
+    assert response.batch.sent_at.seconds == 1_790_000_000 and response.batch.sent_at.nanos == 123_456_789

@@ -33,8 +33,8 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[ServiceError]] = {
 }
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)])
+def open_channel(address: str, options: tuple[tuple[str, int], ...] = ()) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024), *options])
 
 
 class ServiceCaller:

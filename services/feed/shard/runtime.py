@@ -19,6 +19,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,9 +56,11 @@ FATAL_REASONS = {
 KICKED = 805
 REASON_TEXT = {800: "internal server error", 804: "instruments exceed limit", 805: "too many connections", **FATAL_REASONS}
 _STABLE_SECONDS = 30.0
-# Batches queued for a slow gateway before its stream is cut (it reconnects for a fresh
-# snapshot): about two seconds of traffic, so overload never turns into minutes of latency.
+# Messages queued for a slow gateway before its stream is cut (it reconnects for a fresh
+# snapshot): about two seconds of read bursts, so overload never turns into minutes of latency.
 _QUEUE_LIMIT = 2_000
+# Most record bytes merged into one message (~5,900 Full packets; the gateway accepts 32 MB).
+MERGE_BYTES = 1 << 20
 
 MODES = {1: FeedMode.TICKER, 2: FeedMode.QUOTE, 3: FeedMode.FULL}
 PROTO_MODES = {mode: proto for proto, mode in MODES.items()}
@@ -70,19 +73,53 @@ STATE = Gauge("feed_shard_connected", "1 while the broker connection is up.", ["
 Overflow = object()  # queued to a gateway stream that fell too far behind
 
 
+@dataclass(frozen=True)
+class Records:
+    """One read burst's records, made into a message only when the stream sends it."""
+
+    blob: bytes
+    count: int
+    shard_sequence: int
+
+
 @dataclass(eq=False)  # identity: streams live in a set
 class GatewayStream:
-    queue: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue())
+    """What waits to be sent to one gateway. Records queued back to back while the gateway
+    is busy leave as one message: a gateway that falls behind catches up in a few big
+    reads instead of many small ones, each of which costs it a gRPC round trip."""
+
+    queue: deque[object] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
 
     def offer(self, message: object) -> None:
         if self.overflowed:
             return
-        if self.queue.qsize() >= _QUEUE_LIMIT:
+        if len(self.queue) >= _QUEUE_LIMIT:
             self.overflowed = True
-            self.queue.put_nowait(Overflow)
-            return
-        self.queue.put_nowait(message)
+            message = Overflow
+        self.queue.append(message)
+        self.ready.set()
+
+    def take(self) -> object | None:
+        """The next message (consecutive Records merged), Overflow, or None when empty."""
+        queue = self.queue
+        if not queue:
+            self.ready.clear()
+            return None
+        first = queue.popleft()
+        if type(first) is not Records:
+            return first
+        blobs, count, last, size = [first.blob], first.count, first, len(first.blob)
+        while queue and type(queue[0]) is Records and size + len(queue[0].blob) <= MERGE_BYTES:  # type: ignore[attr-defined]
+            last = queue.popleft()  # type: ignore[assignment]
+            blobs.append(last.blob)
+            count += last.count
+            size += len(last.blob)
+        return shard_pb2.StreamShardTicksResponse(
+            shard_sequence=last.shard_sequence,
+            packets=shard_pb2.RawPackets(records=blobs[0] if len(blobs) == 1 else b"".join(blobs), count=count),
+        )
 
 
 def _timestamp(epoch_seconds: float | None) -> object:
@@ -274,11 +311,9 @@ class ShardRuntime:
     def _on_records(self, blob: bytes, count: int) -> None:
         self.shard_sequence += count
         PACKETS.labels(self._label).inc(count)
-        self._publish(shard_pb2.StreamShardTicksResponse(
-            shard_sequence=self.shard_sequence, packets=shard_pb2.RawPackets(records=blob, count=count)
-        ))
+        self._publish(Records(blob, count, self.shard_sequence))
 
-    def _publish(self, message: object) -> None:
+    def _publish(self, message: Records | shard_pb2.StreamShardTicksResponse) -> None:
         for stream in self.streams:
             stream.offer(message)
 

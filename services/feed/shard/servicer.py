@@ -29,20 +29,19 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 yield message
             loop = asyncio.get_running_loop()
             status_due = loop.time()
-            queue = stream.queue
             while True:
                 if loop.time() >= status_due:
                     # The status, every few seconds however busy the stream, doubles as a heartbeat.
                     yield shard_pb2.StreamShardTicksResponse(shard_sequence=self._runtime.shard_sequence, status=self._runtime.status())
                     status_due = loop.time() + STATUS_SECONDS
-                if queue.empty():
+                message = stream.take()
+                if message is None:
                     # Only an idle stream pays for a timed wait; a busy one drains without a task per message.
                     try:
-                        message = await asyncio.wait_for(queue.get(), max(0.0, status_due - loop.time()))
+                        await asyncio.wait_for(stream.ready.wait(), max(0.0, status_due - loop.time()))
                     except TimeoutError:
-                        continue
-                else:
-                    message = queue.get_nowait()
+                        pass
+                    continue
                 if message is Overflow:
                     raise ResourceExhausted("the gateway fell too far behind this shard; reconnect for a fresh snapshot")
                 yield message  # type: ignore[misc]

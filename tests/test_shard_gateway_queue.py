@@ -1,0 +1,70 @@
+"""What a shard queues for a gateway: read bursts the gateway has not taken yet leave as one
+message, in order, so a gateway that fell behind catches up in a few reads."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dataserver.feed.v1 import shard_pb2
+
+from services.feed.shard.runtime import _QUEUE_LIMIT, MERGE_BYTES, GatewayStream, Overflow, Records
+
+
+def _records(n: int, size: int = 178) -> Records:
+    return Records(bytes([n % 256]) * size, 1, n)
+
+
+async def test_consecutive_bursts_leave_as_one_message_in_order() -> None:
+    stream = GatewayStream()
+    for n in range(1, 4):
+        stream.offer(_records(n))
+    assert stream.ready.is_set()
+    message = stream.take()
+    assert isinstance(message, shard_pb2.StreamShardTicksResponse)
+    assert message.packets.records == b"\x01" * 178 + b"\x02" * 178 + b"\x03" * 178
+    assert message.packets.count == 3
+    assert message.shard_sequence == 3  # the last burst's
+    assert stream.take() is None and not stream.ready.is_set()
+
+
+async def test_other_messages_keep_their_place_between_bursts() -> None:
+    stream = GatewayStream()
+    change = shard_pb2.StreamShardTicksResponse(instruments_change=shard_pb2.ShardInstrumentsChange(assignment_version=7))
+    stream.offer(_records(1))
+    stream.offer(_records(2))
+    stream.offer(change)
+    stream.offer(_records(3))
+    first, second, third = stream.take(), stream.take(), stream.take()
+    assert first.packets.count == 2  # type: ignore[union-attr]
+    assert second is change
+    assert third.packets.records == b"\x03" * 178  # type: ignore[union-attr]
+    assert stream.take() is None
+
+
+async def test_a_merged_message_stays_under_the_size_cap() -> None:
+    stream = GatewayStream()
+    burst = MERGE_BYTES // 3 + 1
+    for n in range(4):
+        stream.offer(_records(n, burst))
+    sizes = []
+    while (message := stream.take()) is not None:
+        sizes.append(len(message.packets.records))  # type: ignore[union-attr]
+    assert sizes == [2 * burst, 2 * burst]
+
+
+async def test_a_gateway_that_takes_nothing_is_cut_off_once() -> None:
+    stream = GatewayStream()
+    for n in range(_QUEUE_LIMIT + 10):
+        stream.offer(_records(n))
+    assert stream.overflowed
+    assert stream.queue[-1] is Overflow and len(stream.queue) == _QUEUE_LIMIT + 1
+
+
+async def test_an_offer_wakes_a_waiting_sender() -> None:
+    stream = GatewayStream()
+    assert stream.take() is None
+    waiter = asyncio.create_task(stream.ready.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    stream.offer(_records(1))
+    await asyncio.wait_for(waiter, 1.0)

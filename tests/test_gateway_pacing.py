@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from dataserver.common.v1 import common_pb2
@@ -34,11 +35,17 @@ def _stream() -> tuple[Hub, ShardLink, Dispatcher, TerminalStream]:
     return hub, link, dispatcher, stream
 
 
-async def test_a_released_stream_sends_what_is_pending() -> None:
-    hub, link, dispatcher, stream = _stream()
+async def _started(stream: TerminalStream) -> tuple[AsyncGenerator[Any, None], asyncio.Task[Any]]:
+    """The stream's generator, waiting for work, and the task awaiting its first message."""
     batches = stream.run()
     first = asyncio.create_task(anext(batches))
-    await asyncio.sleep(0)  # the generator now waits for work
+    await asyncio.sleep(0)
+    return batches, first
+
+
+async def test_a_released_stream_sends_what_is_pending() -> None:
+    hub, link, dispatcher, stream = _stream()
+    batches, first = await _started(stream)
     _tick(hub, link, 1)
     assert dispatcher.is_due(stream)
     for _ in range(5):  # loop iterations in which only a release could wake it
@@ -51,9 +58,7 @@ async def test_a_released_stream_sends_what_is_pending() -> None:
 
 async def test_a_stream_the_clock_found_writing_sends_as_soon_as_its_write_completes() -> None:
     hub, link, dispatcher, stream = _stream()
-    batches = stream.run()
-    first = asyncio.create_task(anext(batches))
-    await asyncio.sleep(0)
+    batches, first = await _started(stream)
     _tick(hub, link, 1)
     stream.release(time.monotonic())
     await asyncio.wait_for(first, 1.0)
@@ -73,9 +78,7 @@ async def test_streams_are_spread_over_the_slices_and_released_a_slice_at_a_time
     streams = [TerminalStream(hub, dispatcher, common_pb2.FEED_MODE_FULL, STREAM_TICKS) for _ in range(2)]
     for stream in streams:
         stream.add([KEY])
-    generators = [stream.run() for stream in streams]
-    firsts = [asyncio.create_task(anext(g)) for g in generators]
-    await asyncio.sleep(0)
+    generators, firsts = zip(*[await _started(stream) for stream in streams])
     _tick(hub, link, 1)
     assert [len(slot) for slot in dispatcher.slices] == [1, 1]
     dispatcher.release(1, time.monotonic())
@@ -91,9 +94,7 @@ async def test_streams_are_spread_over_the_slices_and_released_a_slice_at_a_time
 
 async def test_a_batch_says_when_it_was_sent() -> None:
     hub, link, dispatcher, stream = _stream()
-    batches = stream.run()
-    first = asyncio.create_task(anext(batches))
-    await asyncio.sleep(0)
+    batches, first = await _started(stream)
     _tick(hub, link, 1)
     before = time.time_ns()
     assert stream.release(time.monotonic())

@@ -7,7 +7,7 @@ import asyncio
 
 from dataserver.feed.v1 import shard_pb2
 
-from services.feed.shard.runtime import _QUEUE_LIMIT, MERGE_BYTES, GatewayStream, Overflow, Records
+from services.feed.shard.runtime import BEHIND_LIMIT_SECONDS, MERGE_BYTES, GatewayStream, Overflow, Records
 
 
 def _records(n: int, size: int = 178) -> Records:
@@ -52,12 +52,22 @@ async def test_a_merged_message_stays_under_the_size_cap() -> None:
     assert sizes == [2 * burst, 2 * burst]
 
 
-async def test_a_gateway_that_takes_nothing_is_cut_off_once() -> None:
-    stream = GatewayStream()
-    for n in range(_QUEUE_LIMIT + 10):
+async def test_a_gateway_that_falls_too_far_behind_is_cut_off_once() -> None:
+    now = [0.0]
+    stream = GatewayStream(clock=lambda: now[0])
+    for n in range(1000):  # however many bursts, as long as the oldest is recent enough
         stream.offer(_records(n))
+        now[0] += BEHIND_LIMIT_SECONDS / 1000
+    assert not stream.overflowed
+    stream.take()  # the gateway takes everything queued so far, as one message
+    stream.offer(_records(1000))
+    now[0] += BEHIND_LIMIT_SECONDS + 0.1
+    stream.offer(_records(1001))
+    stream.offer(_records(1002))
     assert stream.overflowed
-    assert stream.queue[-1] is Overflow and len(stream.queue) == _QUEUE_LIMIT + 1
+    assert [m for _, m in stream.queue][-1] is Overflow and len(stream.queue) == 2
+    assert stream.take().packets.count == 1  # type: ignore[union-attr]
+    assert stream.take() is Overflow
 
 
 async def test_an_offer_wakes_a_waiting_sender() -> None:

@@ -56,9 +56,10 @@ FATAL_REASONS = {
 KICKED = 805
 REASON_TEXT = {800: "internal server error", 804: "instruments exceed limit", 805: "too many connections", **FATAL_REASONS}
 _STABLE_SECONDS = 30.0
-# Messages queued for a slow gateway before its stream is cut (it reconnects for a fresh
-# snapshot): about two seconds of read bursts, so overload never turns into minutes of latency.
-_QUEUE_LIMIT = 2_000
+# How long a message may wait for a slow gateway before its stream is cut (it reconnects for
+# a fresh snapshot), so overload never turns into minutes of latency. Time, not a count: a
+# feed read brings anything from one packet to hundreds.
+BEHIND_LIMIT_SECONDS = 10.0
 # Most record bytes merged into one message (~5,900 Full packets; the gateway accepts 32 MB).
 MERGE_BYTES = 1 << 20
 
@@ -88,17 +89,20 @@ class GatewayStream:
     is busy leave as one message: a gateway that falls behind catches up in a few big
     reads instead of many small ones, each of which costs it a gRPC round trip."""
 
-    queue: deque[object] = field(default_factory=deque)
+    queue: deque[tuple[float, object]] = field(default_factory=deque)  # (queued at, message)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
+    clock: Callable[[], float] = time.monotonic
 
     def offer(self, message: object) -> None:
         if self.overflowed:
             return
-        if len(self.queue) >= _QUEUE_LIMIT:
+        now = self.clock()
+        queue = self.queue
+        if queue and now - queue[0][0] > BEHIND_LIMIT_SECONDS:
             self.overflowed = True
             message = Overflow
-        self.queue.append(message)
+        queue.append((now, message))
         self.ready.set()
 
     def take(self) -> object | None:
@@ -107,15 +111,19 @@ class GatewayStream:
         if not queue:
             self.ready.clear()
             return None
-        first = queue.popleft()
+        first = queue.popleft()[1]
         if type(first) is not Records:
             return first
         blobs, count, last, size = [first.blob], first.count, first, len(first.blob)
-        while queue and type(queue[0]) is Records and size + len(queue[0].blob) <= MERGE_BYTES:  # type: ignore[attr-defined]
-            last = queue.popleft()  # type: ignore[assignment]
-            blobs.append(last.blob)
-            count += last.count
-            size += len(last.blob)
+        while queue:
+            following = queue[0][1]
+            if type(following) is not Records or size + len(following.blob) > MERGE_BYTES:
+                break
+            queue.popleft()
+            blobs.append(following.blob)
+            count += following.count
+            size += len(following.blob)
+            last = following
         return shard_pb2.StreamShardTicksResponse(
             shard_sequence=last.shard_sequence,
             packets=shard_pb2.RawPackets(records=blobs[0] if len(blobs) == 1 else b"".join(blobs), count=count),

@@ -48,7 +48,7 @@ BATCH_WRITE = Histogram("feed_gateway_batch_write_seconds", "From a batch being 
 # ms). Measured end to end (make bench): at 12,500 ticks/s a 10 ms period gives p99 16-18
 # ms against 26 ms for 20 ms; at 50,000 the two are within the run-to-run spread.
 CLOCK_SECONDS = 0.010
-SLICES = 10  # 5 gave p99 38-67 ms at 50,000 ticks/s over 6 runs, 10 gave 42-46 over 4, 20 gave 55-57 (timer cost)
+SLICES = 10  # at 50,000 ticks/s: 10 gave p99 42-46 ms in 4 runs alternating with 5 (38-67); 20 gave 55-57 (timers)
 MAX_DELAY_SECONDS = 1.0
 MAX_BATCH_TICKS = 5000
 HEARTBEAT_SECONDS = 5.0

@@ -23,9 +23,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
-
-import uvloop
 
 
 class GcPauses:
@@ -58,8 +57,9 @@ class GcPauses:
         self.reset()
 
 
-def main(prefix: str, role: str, args: list[str]) -> None:
-    cprofile = os.environ.get("BENCH_PROFILE", "1") != "gc"
+def run_profiled(prefix: str, run: Callable[[], object], *, cprofile: bool = True) -> None:
+    """Runs `run()` with GC pauses timed and, with `cprofile`, under cProfile; SIGUSR1 writes
+    what was gathered since the previous one (see the module docstring)."""
     profiler = cProfile.Profile()
     pauses = GcPauses()
     gc.callbacks.append(pauses)
@@ -80,20 +80,6 @@ def main(prefix: str, role: str, args: list[str]) -> None:
         dumps[0] += 1
 
     signal.signal(signal.SIGUSR1, dump)
-    if role == "simulator":
-        from services.feed.simulator.__main__ import main as simulator_main
-
-        run = lambda: simulator_main(args)  # noqa: E731
-    elif role in ("shard", "gateway"):
-        from services.common.server import serve_service
-        from services.feed import gateway_server, shard_server
-
-        module = shard_server if role == "shard" else gateway_server
-        run = lambda: uvloop.run(  # noqa: E731 - as services/feed/__main__.py does it
-            serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=role == "gateway")
-        )
-    else:
-        sys.exit(f"unknown role {role!r}: shard, gateway or simulator")
     if cprofile:
         profiler.enable()
     try:
@@ -102,6 +88,20 @@ def main(prefix: str, role: str, args: list[str]) -> None:
         profiler.disable()
         if cprofile:
             profiler.dump_stats(f"{prefix}.last.prof")
+
+
+def main(prefix: str, role: str, args: list[str]) -> None:
+    if role == "simulator":
+        from services.feed.simulator.__main__ import main as simulator_main
+
+        run: Callable[[], object] = lambda: simulator_main(args)  # noqa: E731
+    elif role in ("shard", "gateway"):
+        from services.feed.__main__ import main as feed_main  # as `python -m services.feed ROLE`, GC tuning included
+
+        run = lambda: feed_main(role)  # noqa: E731
+    else:
+        sys.exit(f"unknown role {role!r}: shard, gateway or simulator")
+    run_profiled(prefix, run, cprofile=os.environ.get("BENCH_PROFILE", "1") != "gc")
 
 
 if __name__ == "__main__":

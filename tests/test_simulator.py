@@ -42,6 +42,7 @@ from services.feed.codec import (
 from services.feed.simulator import Simulator, SimulatorSettings
 from services.feed.simulator.catalog import Catalog
 from services.feed.simulator.market import Book
+from tests.feed_fixtures import eventually
 
 TIMEOUT = 5.0
 NIFTY, RELIANCE = ("IDX_I", 13), ("NSE_EQ", 2885)
@@ -592,12 +593,10 @@ async def test_control_api_over_http(start_sim: Any, nifty_option: tuple[str, in
             assert (await http(port, "POST", f"/connections/{a_id}/disconnect", {"reason": "x"}))[0] == 400
 
             assert await http(port, "POST", "/connections/all/silence") == (200, {"affected": [a_id, b_id]})
-            for _ in range(100):  # the state flips as each connection's send loop notices
-                states = {c["state"] for c in (await http(port, "GET", "/connections"))[1]["connections"]}
-                if states == {"silenced"}:
-                    break
-                await asyncio.sleep(0.02)
-            assert states == {"silenced"}
+            async def all_silenced() -> bool:  # the state flips as each connection's send loop notices
+                return {c["state"] for c in (await http(port, "GET", "/connections"))[1]["connections"]} == {"silenced"}
+
+            await eventually(all_silenced, timeout=TIMEOUT, what="every connection silenced")
             assert await http(port, "POST", "/connections/all/resume") == (200, {"affected": [a_id, b_id]})
 
             assert await http(port, "POST", f"/connections/{b_id}/garbage", {"bytes": 32, "count": 3}) == (200, {"affected": [b_id]})

@@ -10,9 +10,14 @@ from services.feed import gateway_server, shard_server
 
 ROLES = {"gateway": (gateway_server, True), "shard": (shard_server, False)}
 
-role = sys.argv[1] if len(sys.argv) > 1 else ""
-if role not in ROLES:
-    sys.exit(f"usage: python -m services.feed {{{'|'.join(ROLES)}}}")
-module, needs_database = ROLES[role]
-tune_for_hot_path()
-uvloop.run(serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=needs_database))
+
+def main(role: str) -> None:
+    if role not in ROLES:
+        sys.exit(f"usage: python -m services.feed {{{'|'.join(ROLES)}}}")
+    module, needs_database = ROLES[role]
+    tune_for_hot_path()
+    uvloop.run(serve_service(f"feed-{role}", module.DEFAULT_PORT, module.create, needs_database=needs_database))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "")

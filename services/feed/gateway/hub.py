@@ -175,19 +175,15 @@ class Hub:
             link.status = None
         elif body == "snapshot":
             snapshot = message.snapshot
-            self._set_instruments(link, {self._wire(i.key): i.mode for i in snapshot.instruments}, replace=True)
+            self._set_instruments(link, {proto_wire_key(i.key): i.mode for i in snapshot.instruments}, replace=True)
             self.apply(link, snapshot.packets.records)
             self._restored(link)
         elif body == "instruments_change":
             change = message.instruments_change
-            self._set_instruments(link, {self._wire(i.key): i.mode for i in change.upserted}, replace=False)
-            self._remove_instruments(link, [self._wire(k) for k in change.removed])
+            self._set_instruments(link, {proto_wire_key(i.key): i.mode for i in change.upserted}, replace=False)
+            self._remove_instruments(link, [proto_wire_key(k) for k in change.removed])
         elif body == "status":
             link.status = message.status
-
-    @staticmethod
-    def _wire(key: common_pb2.InstrumentKey) -> int:
-        return proto_wire_key(key)
 
     def _set_instruments(self, link: ShardLink, modes: dict[int, int], *, replace: bool) -> None:
         if replace:

@@ -21,8 +21,6 @@ from services.feed.records import (
     TICK_CODES,
 )
 
-_SKIPPED = frozenset(int(code) for code in SKIPPED_CODES)
-
 
 @dataclass
 class Counters:
@@ -106,7 +104,7 @@ class Ingest:
             elif code == DISCONNECT_CODE:
                 self._on_disconnect(int.from_bytes(packet[8:10], "little"))
                 continue
-            elif code in _SKIPPED:
+            elif code in SKIPPED_CODES:
                 counters.skipped += 1
                 continue
             else:

@@ -31,15 +31,11 @@ from prometheus_client import Counter, Gauge
 
 from services.common.clients import ServiceCaller
 from services.common.config import Settings
-from services.common.instruments import (
-    PROTO_TO_SEGMENT,
-    SEGMENT_TO_PROTO,
-    SEGMENT_WIRE_CODES,
-)
+from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO
 from services.common.looplag import watch_loop_lag
 from services.common.market_calendar import is_market_open
 from services.feed.codec import FeedMode
-from services.feed.records import instrument_key
+from services.feed.records import wire_key
 from services.feed.shard.broker import BrokerConnection, feed_url
 from services.feed.shard.cache import Ingest, LastValues
 from services.feed.shard.reconcile import Instrument, plan_messages
@@ -225,7 +221,7 @@ class ShardRuntime:
             self._changed.set()
             removed = before.keys() - self.desired.keys()
             for instrument in removed:
-                self.cache.drop(self._packet_key(instrument))
+                self.cache.drop(wire_key(*instrument))
             changed = [i for i, mode in self.desired.items() if before.get(i) != mode]
             self._publish(shard_pb2.StreamShardTicksResponse(
                 shard_sequence=self.shard_sequence,
@@ -239,10 +235,6 @@ class ShardRuntime:
     @staticmethod
     def _instrument(key: object) -> Instrument:
         return (PROTO_TO_SEGMENT[key.exchange_segment], key.security_id)  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _packet_key(instrument: Instrument) -> int:
-        return instrument_key(SEGMENT_WIRE_CODES[instrument[0]], instrument[1])
 
     @staticmethod
     def _key_proto(instrument: Instrument) -> object:
@@ -343,7 +335,7 @@ class ShardRuntime:
             now = time.monotonic()
             for instrument in desired:
                 if instrument not in self.actual:
-                    self.cache.awaiting[self._packet_key(instrument)] = now
+                    self.cache.awaiting[wire_key(*instrument)] = now
             self.actual = desired
             if messages:
                 log.info("reconciled with the feed", extra={"shard": self.shard_id, "messages": len(messages), "instruments": len(desired)})

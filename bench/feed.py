@@ -42,7 +42,8 @@ each figure comes with the CPU each process used over the same window (utime + s
    pacing is set at start; the shards reconnect within FEED_MAX_BACKOFF_SECONDS and
    continue their numbering): E2E_RATE first, then a bisection towards the highest rate
    that meets the targets; between rates the backlog is left to drain. Latency = terminal
-   receipt - the simulator's send stamp (1 ms resolution: an upper bound by < 1 ms),
+   receipt - the simulator's send stamp (1 ms resolution: an upper bound by < 1 ms), split
+   at the shard's receipt (Tick.receive_time_micros) and the gateway's send (TickBatch.sent_at),
    sequence gaps per instrument, ticks/s delivered, CPU per process, gateway and shard RSS.
    During the second rate one more stream (the instruments of a live one, its own channel
    with a small fixed HTTP/2 window) reads its snapshot and then stops reading; when it
@@ -55,7 +56,8 @@ BENCH_PROFILE=1 runs the simulator, shard 0 and the gateway under cProfile
 window and prints them (the figures of such a run are inflated by the profiler);
 BENCH_PROFILE=gc records only the GC pauses (full speed). BENCH_FEED_PARTS=1,2,3 selects
 parts (default all; 3 needs 2); BENCH_E2E_RATE overrides the first offered rate (for profiling),
-BENCH_E2E_STEPS the bisection steps after it (default 4; 0 for a quick run at one rate).
+BENCH_E2E_STEPS the bisection steps after it (default 4; 0 for a quick run at one rate),
+BENCH_TERMINAL_CHANNELS the gRPC channels per terminal process (default 4).
 """
 
 from __future__ import annotations

@@ -44,7 +44,9 @@ each figure comes with the CPU each process used over the same window (utime + s
    that meets the targets; between rates the backlog is left to drain. Latency = terminal
    receipt - the simulator's send stamp (1 ms resolution: an upper bound by < 1 ms), split
    at the shard's receipt (Tick.receive_time_micros) and the gateway's send (TickBatch.sent_at),
-   sequence gaps per instrument, ticks/s delivered, CPU per process, gateway and shard RSS.
+   sequence gaps per instrument, ticks/s delivered, CPU per process, gateway and shard RSS,
+   and the machine's own state over the window (bench.machine: idle share, run queue,
+   context switches), since the load generators share its 2 cores with the system measured.
    During the second rate one more stream (the instruments of a live one, its own channel
    with a small fixed HTTP/2 window) reads its snapshot and then stops reading; when it
    reads again, the slow-consumer warnings the gateway queued for it carry
@@ -89,6 +91,7 @@ from bench.children import (
     spawn,
     stop_spawned,
 )
+from bench.machine import MachineSampler, MachineWindow
 from bench.report import Report, print_profile
 
 # 1. ingest
@@ -710,6 +713,7 @@ class Step:
     sent: float
     shares: dict[str, float]
     merged: dict[str, Any]
+    machine: MachineWindow
 
     @property
     def sustained(self) -> bool:
@@ -750,9 +754,11 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
             child.profile_phase(f"3. start-up and warm-up of {rate:.0f}/s")  # so the window's profile is its own
         sent0, t0 = _sim_packets(sim), time.perf_counter()
         terminals.ask("window", name)
+        machine = MachineSampler().start()
         time.sleep(E2E_WINDOW_SECONDS)
         summaries = [a["summary"] for a in terminals.ask("end")]
         elapsed = time.perf_counter() - t0
+        box = machine.stop()
         sent1 = _sim_packets(sim)
         cpu1 = {k: c.cpu() for k, c in processes.items()}
         tcpu1 = [cpu_seconds(pid) for pid in term_pids]
@@ -768,7 +774,7 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
         shares[f"terminals{n}"] = (b - a) / elapsed
     delivered = merged["ticks"] / merged["seconds"]
     step = Step(rate, delivered, _hist_ms(merged["latency"], 50), _hist_ms(merged["latency"], 99),
-                _hist_ms(merged["latency"], 100), merged["gaps"], (sent1 - sent0) / elapsed, shares, merged)
+                _hist_ms(merged["latency"], 100), merged["gaps"], (sent1 - sent0) / elapsed, shares, merged, box)
     applied = metrics1.get("feed_gateway_packets_total", 0) - metrics0.get("feed_gateway_packets_total", 0)
     conflated = metrics1.get("feed_gateway_conflated_total", 0) - metrics0.get("feed_gateway_conflated_total", 0)
     report.note(
@@ -788,8 +794,11 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
         f"{_hist_ms(merged['gateway_part'], 50):.1f} p99 {_hist_ms(merged['gateway_part'], 99):.1f} ms; per batch, gateway "
         f"send -> terminal p50 {_hist_ms(merged['transit'], 50):.1f} p99 {_hist_ms(merged['transit'], 99):.1f} ms"
     )
+    harness = shares["simulator"] + sum(v for k, v in shares.items() if k.startswith("terminals"))
     report.note("  CPU share: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
-                + f"; total {sum(shares.values()):.2f} of 2 cores")
+                + f"; total {sum(shares.values()):.2f} of {box.cores} cores, of which the load (simulator and terminals) "
+                f"{harness:.2f} and the system under test (shards and gateway) {sum(shares.values()) - harness:.2f}")
+    report.note("  " + box.describe())
     report.note(f"  gateway event loop: {_loop_lag(metrics0, metrics1)}; at the gateway, ingest lag "
                 f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_ingest_lag_seconds')}, batch wait "
                 f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_wait_seconds')}, write "
@@ -932,6 +941,8 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
         report.add("feed.e2e.gaps", first.gaps, target=0)
         report.add("feed.e2e.gateway_rss_mb", gateway_rss, "MB", target=GATEWAY_RSS_TARGET_MB)
         report.add("feed.e2e.shard_rss_max_mb", max(shard_rss), "MB", target=SHARD_RSS_TARGET_MB)
+        report.add("feed.e2e.machine_idle", first.machine.idle_share * 100, "%")  # how saturated the box was for p99
+        report.add("feed.e2e.machine_run_queue", first.machine.run_queue_mean, "tasks")
         raw, encoded = _value_sizes()
         from services.feed.gateway.hub import HISTORY
 

@@ -45,6 +45,20 @@ class FeedUnderTest:
         return [len(c.subscriptions) for c in self.simulator.connections()]
 
 
+async def start_gateway(service: SubscriptionUnderTest, shards: list[shard_server.Shard]) -> gateway_server.Gateway:
+    """A gateway following every shard (another one is another replica); stop it with app.stop."""
+    gateway = gateway_server.create_server(
+        dataclasses.replace(service.settings, grpc_port=0, subscription_addr=service.address,
+                            gateway_shard_addrs=tuple(s.app.address for s in shards)),
+        service.pool,
+    )
+    await gateway.app.start()
+    assert gateway.app.until_ready is not None
+    await gateway.app.until_ready()
+    await gateway.app.set_serving(True)
+    return gateway
+
+
 @asynccontextmanager
 async def running_feed(
     conninfo: str, masters_dir: Path, *, shards: int = 1, simulator: dict[str, Any] | None = None, **settings: Any
@@ -78,15 +92,7 @@ async def running_feed(
                 await shard.app.until_ready()
                 await shard.app.set_serving(True)
                 started.append(shard)
-            gateway = gateway_server.create_server(
-                dataclasses.replace(service.settings, grpc_port=0, subscription_addr=service.address,
-                                    gateway_shard_addrs=tuple(s.app.address for s in started)),
-                service.pool,
-            )
-            await gateway.app.start()
-            assert gateway.app.until_ready is not None
-            await gateway.app.until_ready()
-            await gateway.app.set_serving(True)
+            gateway = await start_gateway(service, started)
             try:
                 yield FeedUnderTest(service, sim, started, gateway)
             finally:

@@ -19,7 +19,7 @@ from dataserver.subscription.v1 import subscription_pb2 as spb
 from services.feed import shard_server
 from services.feed.gateway.hub import HISTORY
 from services.feed.records import wire_key
-from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
+from tests.feed_fixtures import FeedUnderTest, eventually, running_feed, start_gateway
 from tests.test_subscription_capacity import add
 
 NSE_EQ = common_pb2.EXCHANGE_SEGMENT_NSE_EQ
@@ -255,3 +255,37 @@ async def test_streams_survive_a_shard_restart_and_show_the_gap(feed: FeedUnderT
         last_before = max(t.sequence for t in before.batch.ticks)
         assert min(t.sequence for t in after.batch.ticks) > last_before + 1  # the gap shows
         stream.cancel()
+
+
+async def test_gateway_replicas_give_the_same_ticks_the_same_numbers(feed: FeedUnderTest) -> None:
+    """Replicas follow the same shards (deploy/k8s runs two): a terminal that reconnects to
+    the other one finds the numbering it knew, as long as both saw the same shard epochs."""
+    await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
+    key = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)
+    reliance = wire_key("NSE_EQ", 2885)
+
+    def applied() -> int:
+        instrument = feed.gateway.hub.instruments.get(reliance)
+        return instrument.latest.sequence if instrument is not None and instrument.latest is not None else 0
+
+    await eventually(lambda: applied() >= 20, what="ticks at the first gateway before the second starts")
+    second = await start_gateway(feed.subscription, feed.shards)
+    try:
+        async def ticks(address: str) -> dict[int, tuple[float, int]]:
+            seen: dict[int, tuple[float, int]] = {}
+            async with grpc.aio.insecure_channel(address) as channel:
+                stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(
+                    feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[key])), metadata=feed.subscription.admin)
+                while len(seen) < 30:
+                    message = await stream.read()
+                    body = message.batch.ticks if message.WhichOneof("body") == "batch" else message.snapshot.ticks
+                    seen.update((t.sequence, (t.last_price, t.volume)) for t in body)
+                stream.cancel()
+            return seen
+
+        first, other = await asyncio.wait_for(asyncio.gather(ticks(feed.gateway.app.address), ticks(second.app.address)), 20)
+        both = first.keys() & other.keys()
+        assert len(both) >= 20, (sorted(first), sorted(other))
+        assert all(first[n] == other[n] for n in both), [(n, first[n], other[n]) for n in sorted(both) if first[n] != other[n]]
+    finally:
+        await second.app.stop(0)

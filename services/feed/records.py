@@ -44,12 +44,15 @@ def split_head(head: int) -> tuple[int, int, int]:
 
 
 def iter_records(blob: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(sequence, receive µs, packet) of each record of a RawPackets blob (tests and tools;
-    the gateway's hot path reads the blob in place)."""
+    """(sequence, receive µs, packet) of each record of a RawPackets blob, up to the first
+    truncated one (snapshots, tests and tools; the gateway's hot path reads live blobs in
+    place)."""
     offset = 0
-    while offset < len(blob):
+    while offset + RECORD_HEAD.size <= len(blob):
         sequence, received_us, head = RECORD_HEAD.unpack_from(blob, offset)
         length = (head >> 8) & 0xFFFF
         start = offset + RECORD_HEADER.size
+        if length < PACKET_HEAD.size or start + length > len(blob):
+            return
         yield sequence, received_us, blob[start : start + length]
         offset = start + length

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from dataserver.common.v1 import common_pb2
@@ -30,10 +30,13 @@ from services.feed.gateway.encoding import full_entry_prefix, key_field
 from services.feed.gateway.values import Value
 from services.feed.records import (
     OI_CODE,
+    PACKET_HEAD,
     PREV_CLOSE_CODE,
     RECORD_HEAD,
     TICK_CODES,
+    iter_records,
     proto_wire_key,
+    split_head,
 )
 
 log = logging.getLogger(__name__)
@@ -176,7 +179,7 @@ class Hub:
         elif body == "snapshot":
             snapshot = message.snapshot
             self._set_instruments(link, {proto_wire_key(i.key): i.mode for i in snapshot.instruments}, replace=True)
-            self.apply(link, snapshot.packets.records)
+            self.apply_snapshot(link, snapshot.packets.records)
             self._restored(link)
         elif body == "instruments_change":
             change = message.instruments_change
@@ -266,20 +269,15 @@ class Hub:
             instrument = instruments.get(key)
             if instrument is None:
                 instrument = self.instrument(key)
-            if instrument.source != source_id:
-                if instrument.source is not None and instrument.source[0] != link.shard_id:
-                    continue  # the old shard of a move still owns the numbering
-                # A new source: continue after the last value, skipping one number so the
-                # discontinuity shows as a gap.
-                instrument.offset = instrument.latest.sequence + 2 - sequence if instrument.latest is not None else 0
-                instrument.source = source_id
+            if instrument.source != source_id and not self._follow_source(instrument, link, sequence):
+                continue
             number = instrument.offset + sequence
             latest = instrument.latest
             if latest is None:
                 value = Value(instrument, number, received_us, packet if code in TICK_CODES else None,
                               packet if code == OI_CODE else None, packet if code == PREV_CLOSE_CODE else None)
             elif number <= latest.sequence:
-                continue  # already applied (a snapshot after a reconnect)
+                continue  # already applied
             elif code in TICK_CODES:
                 value = Value(instrument, number, received_us, packet, latest.oi, latest.prev)
             elif code == OI_CODE:
@@ -294,6 +292,48 @@ class Hub:
         if offset != size:
             self.errors.add(f"shard {link.shard_id}: {size - offset} stray bytes at the end of a message")
         PACKETS.inc(applied)
+
+    def apply_snapshot(self, link: ShardLink, records: bytes) -> None:
+        """A shard's last values, as it sends them on every (re)connect. Each part of an
+        instrument (tick, OI, previous close) carries the instrument's latest number, so the
+        parts merge into one value; applied one by one, the first part would take the number
+        and the rest would be dropped as already applied."""
+        merged: dict[int, list[Any]] = {}  # key -> [sequence, received µs, tick, oi, prev]
+        for sequence, received_us, packet in iter_records(records):
+            code, length, key = split_head(PACKET_HEAD.unpack_from(packet)[0])
+            if PACKET_SIZES.get(code) != length:
+                self.errors.add(f"shard {link.shard_id}: snapshot record of code {code} and length {length}")
+                return
+            if code not in _VALUE_CODES:
+                continue
+            parts = merged.setdefault(key, [sequence, received_us, None, None, None])
+            parts[0], parts[1] = max(parts[0], sequence), max(parts[1], received_us)
+            parts[2 if code in TICK_CODES else 3 if code == OI_CODE else 4] = packet
+        for key, (sequence, received_us, tick, oi, prev) in merged.items():
+            instrument = self.instrument(key)
+            if instrument.source != (link.shard_id, link.epoch) and not self._follow_source(instrument, link, sequence):
+                continue
+            number = instrument.offset + sequence
+            latest = instrument.latest
+            if latest is not None:
+                if number <= latest.sequence:
+                    continue  # nothing new since this gateway last heard from the shard
+                tick, oi, prev = tick or latest.tick, oi or latest.oi, prev or latest.prev
+            value = Value(instrument, number, received_us, tick, oi, prev)
+            instrument.latest = value
+            instrument.history.append(value)
+            for subscriber in instrument.subscribers:
+                subscriber.mark(key, number)
+
+    def _follow_source(self, instrument: Instrument, link: ShardLink, sequence: int) -> bool:
+        """Whether this shard's numbering now applies to the instrument: False while the old
+        shard of a move still owns it. A new source continues after the last value, skipping
+        one number so that the discontinuity shows as a gap."""
+        if instrument.source is not None and instrument.source[0] != link.shard_id:
+            return False
+        instrument.offset = instrument.latest.sequence + 2 - sequence if instrument.latest is not None else 0
+        instrument.source = (link.shard_id, link.epoch)
+        return True
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -11,24 +11,17 @@ from typing import Any
 from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2, shard_pb2
 
-from services.feed.codec import encode_full
 from services.feed.gateway.hub import INGEST_LAG, Hub, ShardLink
 from services.feed.gateway.streams import STREAM_TICKS, Dispatcher, TerminalStream
-from services.feed.records import RECORD_HEADER, instrument_key
-
-SEGMENT, SECURITY_ID = 2, 40_001  # NSE_FNO
-KEY = instrument_key(SEGMENT, SECURITY_ID)
+from tests.gateway_fixtures import KEY, full_packet, hub_and_link, records
 
 
 def _tick(hub: Hub, link: ShardLink, sequence: int) -> None:
-    packet = encode_full(SEGMENT, SECURITY_ID, 100.0 + sequence, 75, 1_700_000_000, 100.0, 1000 + sequence,
-                         10, 10, 5, 5, 5, 99.0, 100.0, 101.0, 98.0)
-    hub.apply(link, RECORD_HEADER.pack(sequence, int(time.time() * 1e6)) + packet)
+    hub.apply(link, records(sequence, full_packet(100.0 + sequence, 1000 + sequence)))
 
 
 def _stream() -> tuple[Hub, ShardLink, Dispatcher, TerminalStream]:
-    hub = Hub((), gateway_id="test")
-    link = ShardLink(0, "unused", epoch="e1")
+    hub, link = hub_and_link()
     dispatcher = Dispatcher(period=3600.0)  # its clock never fires here: releases are explicit
     stream = TerminalStream(hub, dispatcher, common_pb2.FEED_MODE_FULL, STREAM_TICKS)
     stream.add([KEY])
@@ -72,8 +65,7 @@ async def test_a_stream_the_clock_found_writing_sends_as_soon_as_its_write_compl
 
 
 async def test_streams_are_spread_over_the_slices_and_released_a_slice_at_a_time() -> None:
-    hub = Hub((), gateway_id="test")
-    link = ShardLink(0, "unused", epoch="e1")
+    hub, link = hub_and_link()
     dispatcher = Dispatcher(period=3600.0, slices=2)
     streams = [TerminalStream(hub, dispatcher, common_pb2.FEED_MODE_FULL, STREAM_TICKS) for _ in range(2)]
     for stream in streams:
@@ -105,13 +97,11 @@ async def test_a_batch_says_when_it_was_sent() -> None:
 
 
 def test_the_ingest_lag_of_every_shard_message_is_measured() -> None:
-    hub = Hub((), gateway_id="test")
-    link = ShardLink(0, "unused", epoch="e1")
+    hub, link = hub_and_link()
     count = _sample(INGEST_LAG, "_count")
     shard_received = int(time.time() * 1e6) - 30_000  # 30 ms ago
-    packet = encode_full(SEGMENT, SECURITY_ID, 100.0, 75, 1_700_000_000, 100.0, 1000, 10, 10, 5, 5, 5, 99.0, 100.0, 101.0, 98.0)
-    records = RECORD_HEADER.pack(1, shard_received) + packet
-    hub._on_message(link, shard_pb2.StreamShardTicksResponse(packets=shard_pb2.RawPackets(records=records, count=1)))
+    blob = records(1, full_packet(), received_us=shard_received)
+    hub._on_message(link, shard_pb2.StreamShardTicksResponse(packets=shard_pb2.RawPackets(records=blob, count=1)))
     assert _sample(INGEST_LAG, "_count") == count + 1
     assert hub.instruments[KEY].latest is not None
     assert _sample(INGEST_LAG, "_bucket", le="0.02") < _sample(INGEST_LAG, "_bucket", le="0.05"), "counted as ~30 ms"

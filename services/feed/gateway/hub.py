@@ -21,10 +21,7 @@ from dataserver.feed.v1 import feed_pb2, shard_pb2, shard_pb2_grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.clients import open_channel
-from services.common.instruments import (
-    SEGMENT_TO_PROTO,
-    SEGMENTS_BY_WIRE_CODE,
-)
+from services.common.instruments import SEGMENT_TO_PROTO, SEGMENTS_BY_WIRE_CODE
 from services.feed.codec import PACKET_SIZES, ProtocolErrors
 from services.feed.gateway.encoding import full_entry_prefix, key_field
 from services.feed.gateway.values import Value
@@ -33,6 +30,7 @@ from services.feed.records import (
     PACKET_HEAD,
     PREV_CLOSE_CODE,
     RECORD_HEAD,
+    RECORD_HEADER,
     TICK_CODES,
     iter_records,
     proto_wire_key,
@@ -43,6 +41,7 @@ log = logging.getLogger(__name__)
 
 HISTORY = 3  # values kept per instrument, so a stream that keeps up loses none (at ~2 ticks/s each)
 _VALUE_CODES = TICK_CODES | {OI_CODE, PREV_CLOSE_CODE}
+_SNAPSHOT_PART = {**dict.fromkeys(TICK_CODES, 2), OI_CODE: 3, PREV_CLOSE_CODE: 4}  # its index in a merged entry
 # A fixed, small HTTP/2 window on shard streams: when the gateway is busy, a shard's
 # backlog waits in the shard, which merges it into one message, rather than here as
 # many small ones that cost a read each.
@@ -249,6 +248,7 @@ class Hub:
         takes it, once per mode."""
         instruments = self.instruments
         unpack_record = RECORD_HEAD.unpack_from
+        publish = self._publish
         source_id = (link.shard_id, link.epoch)
         size = len(records)
         offset = 0
@@ -284,11 +284,8 @@ class Hub:
                 value = Value(instrument, number, received_us, latest.tick, packet, latest.prev)
             else:
                 value = Value(instrument, number, received_us, latest.tick, latest.oi, packet)
-            instrument.latest = value
-            instrument.history.append(value)
+            publish(instrument, key, value)
             applied += 1
-            for subscriber in instrument.subscribers:
-                subscriber.mark(key, number)
         if offset != size:
             self.errors.add(f"shard {link.shard_id}: {size - offset} stray bytes at the end of a message")
         PACKETS.inc(applied)
@@ -299,16 +296,19 @@ class Hub:
         parts merge into one value; applied one by one, the first part would take the number
         and the rest would be dropped as already applied."""
         merged: dict[int, list[Any]] = {}  # key -> [sequence, received µs, tick, oi, prev]
+        read = 0
         for sequence, received_us, packet in iter_records(records):
+            read += RECORD_HEADER.size + len(packet)
             code, length, key = split_head(PACKET_HEAD.unpack_from(packet)[0])
             if PACKET_SIZES.get(code) != length:
                 self.errors.add(f"shard {link.shard_id}: snapshot record of code {code} and length {length}")
                 return
-            if code not in _VALUE_CODES:
-                continue
-            parts = merged.setdefault(key, [sequence, received_us, None, None, None])
-            parts[0], parts[1] = max(parts[0], sequence), max(parts[1], received_us)
-            parts[2 if code in TICK_CODES else 3 if code == OI_CODE else 4] = packet
+            if code in _SNAPSHOT_PART:
+                parts = merged.setdefault(key, [sequence, received_us, None, None, None])
+                parts[0], parts[1] = max(parts[0], sequence), max(parts[1], received_us)
+                parts[_SNAPSHOT_PART[code]] = packet
+        if read != len(records):
+            self.errors.add(f"shard {link.shard_id}: {len(records) - read} stray bytes at the end of a snapshot")
         for key, (sequence, received_us, tick, oi, prev) in merged.items():
             instrument = self.instrument(key)
             if instrument.source != (link.shard_id, link.epoch) and not self._follow_source(instrument, link, sequence):
@@ -319,11 +319,15 @@ class Hub:
                 if number <= latest.sequence:
                     continue  # nothing new since this gateway last heard from the shard
                 tick, oi, prev = tick or latest.tick, oi or latest.oi, prev or latest.prev
-            value = Value(instrument, number, received_us, tick, oi, prev)
-            instrument.latest = value
-            instrument.history.append(value)
-            for subscriber in instrument.subscribers:
-                subscriber.mark(key, number)
+            self._publish(instrument, key, Value(instrument, number, received_us, tick, oi, prev))
+
+    @staticmethod
+    def _publish(instrument: Instrument, key: int, value: Value) -> None:
+        """Makes `value` the instrument's latest and tells the streams that want it."""
+        instrument.latest = value
+        instrument.history.append(value)
+        for subscriber in instrument.subscribers:
+            subscriber.mark(key, value.sequence)
 
     def _follow_source(self, instrument: Instrument, link: ShardLink, sequence: int) -> bool:
         """Whether this shard's numbering now applies to the instrument: False while the old

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench gen check-gen install clean-data help
+.PHONY: run test bench gen check-gen install clean-data help style types lint
 
 help:
 	@echo "make run    - the whole system on embedded defaults (Postgres, generated master, simulator)"
@@ -39,3 +39,18 @@ bench: $(STAMP)
 
 clean-data:
 	rm -rf var/
+
+# Style and types: what CI checks before the tests.
+LINT_PATHS := services bench tests
+
+style: $(STAMP)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy

@@ -51,8 +51,10 @@ def main(argv: list[str]) -> int:
     summary_table(report.figures)
     missed = [f.name for f in report.figures if f.passed is False]
     print()
-    print(f"PASS {sum(f.passed is True for f in report.figures)}  MISS {len(missed)}  "
-          f"INFO {sum(f.passed is None for f in report.figures)}  crashed {crashed or 'none'}")
+    print(
+        f"PASS {sum(f.passed is True for f in report.figures)}  MISS {len(missed)}  "
+        f"INFO {sum(f.passed is None for f in report.figures)}  crashed {crashed or 'none'}"
+    )
     return 1 if crashed else 0
 
 

@@ -83,8 +83,12 @@ class Window:
         if self.sync is not None:
             self.sync()
         return {
-            "t": time.perf_counter(), "cpu": time.process_time(), "sim_cpu": cpu_seconds(self.sim_pid),
-            "frames": self.frames, "bytes": self.bytes, "packets": self.packets,
+            "t": time.perf_counter(),
+            "cpu": time.process_time(),
+            "sim_cpu": cpu_seconds(self.sim_pid),
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "packets": self.packets,
         }
 
     def result(self) -> dict[str, Any]:
@@ -92,8 +96,12 @@ class Window:
             raise RuntimeError(f"the window never ended (first frame at {self.first_frame_at}, frames {self.frames})")
         d = {k: self.end[k] - self.start[k] for k in self.end}
         return {
-            "seconds": d["t"], "frames": d["frames"], "bytes": d["bytes"], "packets": d["packets"],
-            "cpu": d["cpu"], "sim_cpu": d["sim_cpu"],
+            "seconds": d["t"],
+            "frames": d["frames"],
+            "bytes": d["bytes"],
+            "packets": d["packets"],
+            "cpu": d["cpu"],
+            "sim_cpu": d["sim_cpu"],
         }
 
     async def run_async(self, first_frame: asyncio.Event) -> None:
@@ -268,8 +276,11 @@ async def _ours(spec: dict[str, Any], window: Window) -> dict[str, Any]:
         connection.close()
     errors = ingest.counters.protocol_errors
     window.end["bytes"] = window.start["bytes"] = 0  # not counted on this path
-    return {"packets_per_flush": ingest.counters.packets / max(1, flushes[0]), "protocol_errors": errors,
-            "cached": len(ingest.cache.ticks)}
+    return {
+        "packets_per_flush": ingest.counters.packets / max(1, flushes[0]),
+        "protocol_errors": errors,
+        "cached": len(ingest.cache.ticks),
+    }
 
 
 def _dhanhq(spec: dict[str, Any], window: Window) -> dict[str, Any]:
@@ -330,7 +341,9 @@ def replay_main(spec: dict[str, Any]) -> None:
     server.settimeout(0.5)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(json.dumps({"msg": "replay listening", "ws_port": server.getsockname()[1], "bytes": len(recording)}), flush=True)
+    print(
+        json.dumps({"msg": "replay listening", "ws_port": server.getsockname()[1], "bytes": len(recording)}), flush=True
+    )
     deadline = time.monotonic() + spec["lifetime"]
     while not stop.is_set() and time.monotonic() < deadline:
         try:
@@ -344,11 +357,19 @@ def replay_main(spec: dict[str, Any]) -> None:
             if not part:
                 break
             request += part
-        key = next((line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")), b"")
+        key = next(
+            (
+                line.split(b":", 1)[1].strip()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            ),
+            b"",
+        )
         accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
-        conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode())
+        conn.sendall(
+            f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
         gone = threading.Event()
 
         def drain(c: socket.socket = conn, g: threading.Event = gone) -> None:
@@ -416,10 +437,17 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "ticks": self.ticks, "stamped": self.stamped, "gaps": self.gaps, "gap_events": self.gap_events,
-            "batches": self.batches, "events": dict(self.events), "latency": dict(self.latency),
-            "shard_part": dict(self.shard_part), "sim_part": dict(self.sim_part),
-            "gateway_part": dict(self.gateway_part), "transit": dict(self.transit),
+            "ticks": self.ticks,
+            "stamped": self.stamped,
+            "gaps": self.gaps,
+            "gap_events": self.gap_events,
+            "batches": self.batches,
+            "events": dict(self.events),
+            "latency": dict(self.latency),
+            "shard_part": dict(self.shard_part),
+            "sim_part": dict(self.sim_part),
+            "gateway_part": dict(self.gateway_part),
+            "transit": dict(self.transit),
         }
 
 
@@ -543,8 +571,13 @@ async def _terminals(conn: Any, spec: dict[str, Any]) -> None:
                     conn.send({"event": "window", "name": arg})
                 elif command == "end":
                     summary = tally.summary()
-                    summary.update(seconds=time.perf_counter() - window_started, cpu=time.process_time() - cpu_started,
-                                   streams_open=counts["streams_open"], errors=dict(counts["errors"]), instruments=len(last))
+                    summary.update(
+                        seconds=time.perf_counter() - window_started,
+                        cpu=time.process_time() - cpu_started,
+                        streams_open=counts["streams_open"],
+                        errors=dict(counts["errors"]),
+                        instruments=len(last),
+                    )
                     conn.send({"event": "end", "summary": summary})
                 elif command == "stall":
                     conn.send({"event": "stalled", "summary": await stall()})
@@ -590,8 +623,13 @@ async def _drain_stalled(call: Any) -> dict[str, Any]:
                     out["first_batch_ticks"] = len(response.batch.ticks)
             elif body == "event" and response.event.WhichOneof("event") == "slow_consumer":
                 w = response.event.slow_consumer
-                out["warnings"].append({"lag_s": w.lag.seconds + w.lag.nanos / 1e9, "conflated": w.conflated_updates,
-                                        "pending": w.pending_instruments})
+                out["warnings"].append(
+                    {
+                        "lag_s": w.lag.seconds + w.lag.nanos / 1e9,
+                        "conflated": w.conflated_updates,
+                        "pending": w.pending_instruments,
+                    }
+                )
     except grpc.aio.AioRpcError as error:
         out["error"] = f"{error.code().name}: {error.details()}"
     return out

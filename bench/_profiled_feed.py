@@ -52,7 +52,9 @@ class GcPauses:
 
     def dump(self, path: str) -> None:
         with open(path + ".tmp", "w") as f:
-            json.dump({"generations": self.stats, "long_pauses": self.long[:200], "tracked_objects": len(gc.get_objects())}, f)
+            json.dump(
+                {"generations": self.stats, "long_pauses": self.long[:200], "tracked_objects": len(gc.get_objects())}, f
+            )
         os.replace(path + ".tmp", path)
         self.reset()
 

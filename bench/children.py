@@ -112,17 +112,28 @@ class Child:
     def errors(self) -> list[str]:
         if not self.log_path.exists():
             return []
-        return [line for line in self.log_path.read_text(errors="replace").splitlines()
-                if '"ERROR"' in line or "Traceback" in line]
+        return [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if '"ERROR"' in line or "Traceback" in line
+        ]
 
 
-def spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path, ready: Callable[[dict[str, Any]], bool] | None,
-          profile_prefix: Path | None = None, timeout: float = START_SECONDS) -> Child:
+def spawn(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    ready: Callable[[dict[str, Any]], bool] | None,
+    profile_prefix: Path | None = None,
+    timeout: float = START_SECONDS,
+) -> Child:
     """Starts `python ARGV` with stdout and stderr to `log_path` (a pipe nobody drains would
     block it); with `ready`, waits for a JSON log line it accepts, which becomes `info`."""
     with log_path.open("ab") as log_file:
-        process = subprocess.Popen([sys.executable, *argv], env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                   stdout=log_file, stderr=log_file)
+        process = subprocess.Popen(
+            [sys.executable, *argv], env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+        )
     child = Child(name, process, log_path, profile_prefix=profile_prefix)
     if ready is None:
         return child

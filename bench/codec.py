@@ -50,16 +50,31 @@ def _packets(seed: int = 11) -> list[bytes]:
         ]  # fmt: skip
         frames.append(
             codec.encode_full(
-                2, rng.randrange(35_000, 90_000), ltp, rng.choice((65, 130, 650)), rng.randrange(1_790_000_000, 1_790_030_000),
-                price(), rng.randrange(0, 2**31), rng.randrange(0, 10**8), rng.randrange(0, 10**8),
-                rng.randrange(0, 10**8), rng.randrange(0, 10**8), rng.randrange(0, 10**8),
-                price(), price(), price(), price(), depth,
+                2,
+                rng.randrange(35_000, 90_000),
+                ltp,
+                rng.choice((65, 130, 650)),
+                rng.randrange(1_790_000_000, 1_790_030_000),
+                price(),
+                rng.randrange(0, 2**31),
+                rng.randrange(0, 10**8),
+                rng.randrange(0, 10**8),
+                rng.randrange(0, 10**8),
+                rng.randrange(0, 10**8),
+                rng.randrange(0, 10**8),
+                price(),
+                price(),
+                price(),
+                price(),
+                depth,
             )  # fmt: skip
         )
     return (frames * (N // DISTINCT + 1))[:N]
 
 
-def _time_ours(frames: Sequence[bytes], errors: codec.ProtocolErrors, decode: Callable[..., Any] = codec.decode_packet) -> float:
+def _time_ours(
+    frames: Sequence[bytes], errors: codec.ProtocolErrors, decode: Callable[..., Any] = codec.decode_packet
+) -> float:
     gc.collect()
     started = time.perf_counter()
     for frame in frames:
@@ -67,7 +82,9 @@ def _time_ours(frames: Sequence[bytes], errors: codec.ProtocolErrors, decode: Ca
     return time.perf_counter() - started
 
 
-def _time_ours_frames(frames: Sequence[bytes], errors: codec.ProtocolErrors, decode: Callable[..., Any] = codec.decode_frame) -> float:
+def _time_ours_frames(
+    frames: Sequence[bytes], errors: codec.ProtocolErrors, decode: Callable[..., Any] = codec.decode_frame
+) -> float:
     gc.collect()
     started = time.perf_counter()
     for frame in frames:
@@ -97,7 +114,11 @@ def run(report: Report) -> None:
     for frame in frames[:DISTINCT]:
         (mine,) = codec.decode_frame(frame, errors)
         theirs = official.process_full(frame)
-        assert (theirs["security_id"], theirs["LTP"], theirs["volume"]) == (mine.security_id, f"{mine.ltp:.2f}", mine.volume)
+        assert (theirs["security_id"], theirs["LTP"], theirs["volume"]) == (
+            mine.security_id,
+            f"{mine.ltp:.2f}",
+            mine.volume,
+        )
         assert [d["bid_quantity"] for d in theirs["depth"]] == [d.bid_qty for d in codec.depth_levels(mine.depth)]
         assert theirs["LTT"] == time.strftime("%H:%M:%S", time.gmtime(mine.ltt_epoch + codec.IST_OFFSET_SECONDS))
     assert errors.malformed == 0
@@ -113,8 +134,10 @@ def run(report: Report) -> None:
     report.add("codec.full_decode_ours", ours_rate, "packets/s")
     report.add("codec.full_decode_dhanhq", official_rate, "packets/s")
     report.add("codec.full_decode_ratio", ours_rate / official_rate, "x", target=RATIO_TARGET, op=">=")
-    report.note("ours = decode_packet (one packet per frame, as Dhan sends and as process_full decodes); "
-                "decode_frame also splits frames into several packets")
+    report.note(
+        "ours = decode_packet (one packet per frame, as Dhan sends and as process_full decodes); "
+        "decode_frame also splits frames into several packets"
+    )
     report.add("codec.full_decode_frame_ratio", (N / best_frame) / official_rate, "x")
     report.note(f"per packet: ours {best_ours / N * 1e9:.0f} ns, dhanhq process_full {best_official / N * 1e9:.0f} ns")
 

@@ -113,7 +113,9 @@ TERMINAL_CHANNELS = int(os.environ.get("BENCH_TERMINAL_CHANNELS", 4))  # per ter
 E2E_WINDOW_SECONDS = 6.0
 E2E_WARMUP_SECONDS = 1.5  # after the gateway has caught up with the reconnect burst
 E2E_CATCH_UP_SECONDS = 20.0  # at most: the window measures the steady state, not the reconnect burst
-E2E_EXTRA_RATES = int(os.environ.get("BENCH_E2E_STEPS", 4))  # bisection steps after E2E_RATE (fewer: quicker experiments)
+E2E_EXTRA_RATES = int(
+    os.environ.get("BENCH_E2E_STEPS", 4)
+)  # bisection steps after E2E_RATE (fewer: quicker experiments)
 E2E_P99_TARGET_MS = 25.0
 GATEWAY_RSS_TARGET_MB = 400.0
 SUSTAINED = 0.95  # delivered / offered for a rate to count as sustained
@@ -137,8 +139,15 @@ class Children:
         self.folder = folder
         self.all: list[Child] = []
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[dict[str, Any]], bool] | None,
-              profile_prefix: Path | None = None, timeout: float = START_SECONDS) -> Child:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        ready: Callable[[dict[str, Any]], bool] | None,
+        profile_prefix: Path | None = None,
+        timeout: float = START_SECONDS,
+    ) -> Child:
         """bench.children.spawn, logging to FOLDER/NAME.log; the child is stopped at the end."""
         child = spawn(name, argv, env, self.folder / f"{name}.log", ready, profile_prefix, timeout)
         self.all.append(child)
@@ -151,7 +160,7 @@ class Children:
         for child in reversed(self.all):
             try:
                 child.stop()
-            except Exception as error:  # noqa: BLE001 - the others must stop too
+            except Exception as error:
                 print(f"  stopping {child.name} failed: {error!r}", flush=True)
 
 
@@ -162,8 +171,15 @@ def _free_port() -> int:
 
 
 def _service_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "AUTH_MODE": "dev", "GRPC_HOST": "127.0.0.1", "GRPC_PORT": "0", "METRICS_PORT": "0",
-           "LOG_LEVEL": "INFO", **extra}
+    env = {
+        **os.environ,
+        "AUTH_MODE": "dev",
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": "0",
+        "METRICS_PORT": "0",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
     for name in ("SERVICE_TOKEN", "KUBERNETES_SERVICE_HOST", "DHAN_ACCESS_TOKEN", "DHAN_CLIENT_ID"):
         if name not in extra:
             env.pop(name, None)
@@ -209,7 +225,10 @@ def _sim_master(folder: Path, csv_path: Path, prices_path: Path, option_ids: set
             if row[kind] not in _OPTION_KINDS or int(row[sid]) in option_ids:
                 writer.writerow(row)
                 kept.add(row[sid])
-    with prices_path.open(newline="", encoding="utf-8") as src, (folder / f"{name}.prices.csv").open("w", newline="", encoding="utf-8") as dst:
+    with (
+        prices_path.open(newline="", encoding="utf-8") as src,
+        (folder / f"{name}.prices.csv").open("w", newline="", encoding="utf-8") as dst,
+    ):
         reader = csv.reader(src)
         writer = csv.writer(dst)
         header = next(reader)
@@ -221,8 +240,17 @@ def _sim_master(folder: Path, csv_path: Path, prices_path: Path, option_ids: set
     return out
 
 
-def _start_simulator(children: Children, name: str, master: Path, port: int, *, burst: bool, rate: float,
-                     ticks_per_second: float = 1.0, extra: Sequence[str] = ()) -> Child:
+def _start_simulator(
+    children: Children,
+    name: str,
+    master: Path,
+    port: int,
+    *,
+    burst: bool,
+    rate: float,
+    ticks_per_second: float = 1.0,
+    extra: Sequence[str] = (),
+) -> Child:
     """The simulator CLI; `rate` sets both caps (per connection and in total)."""
     args = [
         "--host", "127.0.0.1", "--port", str(port), "--control-port", "0", "--master", str(master),
@@ -232,7 +260,11 @@ def _start_simulator(children: Children, name: str, master: Path, port: int, *, 
     if burst:
         args.append("--burst")
     prefix = children.folder / name if PROFILE else None
-    argv = ["-m", "bench._profiled_feed", str(prefix), "simulator", *args] if prefix else ["-m", "services.feed.simulator", *args]
+    argv = (
+        ["-m", "bench._profiled_feed", str(prefix), "simulator", *args]
+        if prefix
+        else ["-m", "services.feed.simulator", *args]
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")}  # keeps BENCH_PROFILE
     return children.spawn(name, argv, env, lambda r: r.get("msg") == "feed simulator listening", prefix)
 
@@ -252,17 +284,30 @@ def _sim_packets(sim: Child) -> int:
 # --- 1. ingest ----------------------------------------------------------------------------
 
 
-def _ingest_run(children: Children, kind: str, sim: Child, instruments: list[tuple[str, int]], **extra: Any) -> dict[str, Any]:
+def _ingest_run(
+    children: Children, kind: str, sim: Child, instruments: list[tuple[str, int]], **extra: Any
+) -> dict[str, Any]:
     port = sim.info["ws_port"]
     path = f"/?version=2&token=bench&clientId=bench-{kind}&authType=2"
     result_path = children.folder / f"ingest-{kind}-{extra.get('compression') or 'plain'}-{len(children.all)}.json"
     spec = {
-        "kind": kind, "port": port, "path": path, "url": f"ws://127.0.0.1:{port}{path}",
-        "base_url": f"ws://127.0.0.1:{port}", "instruments": instruments, "seconds": INGEST_SECONDS,
-        "sim_pid": sim.pid, "result_path": str(result_path), **extra,
+        "kind": kind,
+        "port": port,
+        "path": path,
+        "url": f"ws://127.0.0.1:{port}{path}",
+        "base_url": f"ws://127.0.0.1:{port}",
+        "instruments": instruments,
+        "seconds": INGEST_SECONDS,
+        "sim_pid": sim.pid,
+        "result_path": str(result_path),
+        **extra,
     }
-    child = children.spawn(f"client-{kind}-{len(children.all)}", ["-m", "bench._feed_clients", "ingest", json.dumps(spec)],
-                           dict(os.environ), None)
+    child = children.spawn(
+        f"client-{kind}-{len(children.all)}",
+        ["-m", "bench._feed_clients", "ingest", json.dumps(spec)],
+        dict(os.environ),
+        None,
+    )
     try:
         child.process.wait(INGEST_SECONDS + 45)
     except subprocess.TimeoutExpired:
@@ -324,9 +369,13 @@ def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Pat
     equities = sorted(c.key for c in catalog.contracts() if c.kind == "equity")
     instruments = [list(k) for k in random.Random(3).sample(equities, INGEST_INSTRUMENTS)]
     plain = _start_simulator(children, "sim-ingest", master, 0, burst=True, rate=1e7)
-    deflate = _start_simulator(children, "sim-ingest-deflate", master, 0, burst=True, rate=1e7, extra=["--permessage-deflate"])
-    report.note(f"{INGEST_INSTRUMENTS} equities (FULL, one packet per frame) on one connection; simulators in burst "
-                f"mode, caps 1e7/s; each client {INGEST_SECONDS:.0f} s after a 1 s warm-up, in its own process")
+    deflate = _start_simulator(
+        children, "sim-ingest-deflate", master, 0, burst=True, rate=1e7, extra=["--permessage-deflate"]
+    )
+    report.note(
+        f"{INGEST_INSTRUMENTS} equities (FULL, one packet per frame) on one connection; simulators in burst "
+        f"mode, caps 1e7/s; each client {INGEST_SECONDS:.0f} s after a 1 s warm-up, in its own process"
+    )
 
     # (A) against the simulator itself; the raw run records what it receives for (B).
     recording = folder / "recording.bin"
@@ -347,12 +396,18 @@ def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Pat
     # (B) against a replay of the simulator's own frames (bench._feed_clients replay): the
     # feed costs next to no CPU, so each client is bound by itself.
     spec = {"record_path": str(recording), "lifetime": 120}
-    replay = children.spawn("replay", ["-m", "bench._feed_clients", "replay", json.dumps(spec)], dict(os.environ),
-                            lambda r: r.get("msg") == "replay listening")
+    replay = children.spawn(
+        "replay",
+        ["-m", "bench._feed_clients", "replay", json.dumps(spec)],
+        dict(os.environ),
+        lambda r: r.get("msg") == "replay listening",
+    )
     replay_runs: dict[str, dict[str, Any]] = {}
     try:
         for label in ("websockets", "picows", "ours", "dhanhq"):
-            replay_runs[label] = _ingest_run(children, label, replay, instruments, **({"compression": None} if label == "websockets" else {}))
+            replay_runs[label] = _ingest_run(
+                children, label, replay, instruments, **({"compression": None} if label == "websockets" else {})
+            )
             _describe(report, f"replay: {label}", replay_runs[label], "replay")
     finally:
         replay.stop()
@@ -369,14 +424,25 @@ def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Pat
     report.add("feed.ingest.replay.picows_bare", replay_runs["picows"]["rate"], "packets/s")
     report.add("feed.ingest.replay.ours", replay_runs["ours"]["rate"], "packets/s")
     report.add("feed.ingest.replay.dhanhq", replay_runs["dhanhq"]["rate"], "packets/s")
-    report.add("feed.ingest.ours_vs_websockets", replay_runs["ours"]["rate"] / replay_runs["websockets"]["rate"], "x",
-               target=OURS_VS_WEBSOCKETS_TARGET, op=">=")
-    report.add("feed.ingest.ours_vs_dhanhq", replay_runs["ours"]["rate"] / replay_runs["dhanhq"]["rate"], "x",
-               target=OURS_VS_DHANHQ_TARGET, op=">=")
+    report.add(
+        "feed.ingest.ours_vs_websockets",
+        replay_runs["ours"]["rate"] / replay_runs["websockets"]["rate"],
+        "x",
+        target=OURS_VS_WEBSOCKETS_TARGET,
+        op=">=",
+    )
+    report.add(
+        "feed.ingest.ours_vs_dhanhq",
+        replay_runs["ours"]["rate"] / replay_runs["dhanhq"]["rate"],
+        "x",
+        target=OURS_VS_DHANHQ_TARGET,
+        op=">=",
+    )
     cost = {label: r["us_per_frame"] for label, r in replay_runs.items()}
     report.add("feed.ingest.cpu_per_frame_ours_us", cost["ours"], "us")
     report.note(
-        "client CPU per frame against the replay: " + ", ".join(f"{label} {us:.2f} us" for label, us in cost.items())
+        "client CPU per frame against the replay: "
+        + ", ".join(f"{label} {us:.2f} us" for label, us in cost.items())
         + f"; websockets/ours {cost['websockets'] / cost['ours']:.2f}x, dhanhq/ours {cost['dhanhq'] / cost['ours']:.2f}x"
     )
 
@@ -394,9 +460,11 @@ def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Pat
         f"simulator CPU per frame; on the wire a {mean_size:.0f}-byte Full packet deflates to ~{_deflated_size(payloads):.0f} "
         f"bytes (this stream, 12-bit window, context kept)"
     )
-    report.note(f"ours: {replay_runs['ours'].get('packets_per_flush', 0):.1f} packets per read burst against the replay, "
-                f"protocol errors {replay_runs['ours'].get('protocol_errors')}; dhanhq sampled types "
-                f"{replay_runs['dhanhq'].get('sampled_types')}")
+    report.note(
+        f"ours: {replay_runs['ours'].get('packets_per_flush', 0):.1f} packets per read burst against the replay, "
+        f"protocol errors {replay_runs['ours'].get('protocol_errors')}; dhanhq sampled types "
+        f"{replay_runs['dhanhq'].get('sampled_types')}"
+    )
 
 
 # --- the stack: database, registry, subscription service, the filled pool -------------------
@@ -411,7 +479,9 @@ class Stack:
     shard_loads: dict[int, int]
 
 
-async def _fill(report: Report, registry_address: str, subscription_address: str) -> tuple[list[tuple[int, int]], dict[int, int]]:
+async def _fill(
+    report: Report, registry_address: str, subscription_address: str
+) -> tuple[list[tuple[int, int]], dict[int, int]]:
     """Adds distinct stock option units (stock + 50 options) until one more would not fit."""
     import grpc
     from dataserver.subscription.v1 import subscription_pb2 as pb
@@ -439,7 +509,7 @@ async def _fill(report: Report, registry_address: str, subscription_address: str
                 in_flight[0] += 1
                 try:
                     result = await _add(stub, pb, pair, f"bench-feed-{n}")
-                except Exception as error:  # noqa: BLE001 - counted
+                except Exception as error:
                     errors[type(error).__name__] += 1
                     continue
                 finally:
@@ -450,8 +520,10 @@ async def _fill(report: Report, registry_address: str, subscription_address: str
         await asyncio.gather(*(client(n) for n in range(FILL_CLIENTS)))
         status = await stub.GetSubscriptionStatus(pb.GetSubscriptionStatusRequest(), timeout=RPC_SECONDS)
         loads = {s.shard_id: s.instrument_count for s in status.shards}
-        report.note(f"filled the pool with watchlist adds in {time.perf_counter() - started:.1f} s: {status.subscribed_count} "
-                    f"of {status.capacity} subscribed, per shard {loads}" + (f", add errors {dict(errors)}" if errors else ""))
+        report.note(
+            f"filled the pool with watchlist adds in {time.perf_counter() - started:.1f} s: {status.subscribed_count} "
+            f"of {status.capacity} subscribed, per shard {loads}" + (f", add errors {dict(errors)}" if errors else "")
+        )
     return sorted(held), loads
 
 
@@ -460,9 +532,15 @@ async def _fill(report: Report, registry_address: str, subscription_address: str
 
 def _start_shard(children: Children, stack: Stack, shard_id: int, sim_port: int) -> Child:
     env = _service_env(
-        SHARD_ID=str(shard_id), FEED_URL=f"ws://127.0.0.1:{sim_port}", SUBSCRIPTION_ADDR=stack.subscription.address,
-        REGISTRY_ADDR=stack.registry_address, FEED_CONNECTIONS="1", FEED_MARKET_HOURS_ONLY="false",
-        FEED_MAX_BACKOFF_SECONDS="0.5", DHAN_CLIENT_ID=f"bench-shard-{shard_id}", MASTER_SOURCE="generated",
+        SHARD_ID=str(shard_id),
+        FEED_URL=f"ws://127.0.0.1:{sim_port}",
+        SUBSCRIPTION_ADDR=stack.subscription.address,
+        REGISTRY_ADDR=stack.registry_address,
+        FEED_CONNECTIONS="1",
+        FEED_MARKET_HOURS_ONLY="false",
+        FEED_MAX_BACKOFF_SECONDS="0.5",
+        DHAN_CLIENT_ID=f"bench-shard-{shard_id}",
+        MASTER_SOURCE="generated",
     )
     prefix = children.folder / f"shard-{shard_id}" if PROFILE and shard_id == 0 else None
     argv = ["-m", "bench._profiled_feed", str(prefix), "shard"] if prefix else ["-m", "services.feed", "shard"]
@@ -474,7 +552,9 @@ async def _shard_status(address: str) -> Any:
     from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
 
     async with grpc.aio.insecure_channel(address) as channel:
-        return (await shard_pb2_grpc.ShardServiceStub(channel).GetStatus(shard_pb2.GetStatusRequest(), timeout=RPC_SECONDS)).status
+        return (
+            await shard_pb2_grpc.ShardServiceStub(channel).GetStatus(shard_pb2.GetStatusRequest(), timeout=RPC_SECONDS)
+        ).status
 
 
 async def _wait_subscribed(addresses: Sequence[str], expected: Sequence[int], timeout: float = 30.0) -> list[Any]:
@@ -484,13 +564,21 @@ async def _wait_subscribed(addresses: Sequence[str], expected: Sequence[int], ti
     deadline = time.monotonic() + timeout
     while True:
         statuses = [await _shard_status(a) for a in addresses]
-        if all(s.connection_state == feed_pb2.CONNECTION_STATE_CONNECTED and s.instruments_assigned == n
-               and s.instruments_subscribed == n for s, n in zip(statuses, expected)):
+        if all(
+            s.connection_state == feed_pb2.CONNECTION_STATE_CONNECTED
+            and s.instruments_assigned == n
+            and s.instruments_subscribed == n
+            for s, n in zip(statuses, expected)
+        ):
             return statuses
         if time.monotonic() > deadline:
-            raise TimeoutError(f"shards not subscribed after {timeout:.0f} s: "
-                               + "; ".join(f"#{s.shard_id} state {s.connection_state} {s.instruments_subscribed}/{s.instruments_assigned}"
-                                           for s in statuses))
+            raise TimeoutError(
+                f"shards not subscribed after {timeout:.0f} s: "
+                + "; ".join(
+                    f"#{s.shard_id} state {s.connection_state} {s.instruments_subscribed}/{s.instruments_assigned}"
+                    for s in statuses
+                )
+            )
         await asyncio.sleep(0.2)
 
 
@@ -508,7 +596,9 @@ def _hist_ms(hist: Counter[int], p: float) -> float:
     return math.nan
 
 
-async def _consume_shard(address: str, warmup: float, window: float, on_window: Callable[[str], None]) -> dict[str, Any]:
+async def _consume_shard(
+    address: str, warmup: float, window: float, on_window: Callable[[str], None]
+) -> dict[str, Any]:
     """Reads StreamShardTicks like the gateway does, timing each record of the window."""
     import grpc
     from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
@@ -524,7 +614,9 @@ async def _consume_shard(address: str, warmup: float, window: float, on_window: 
     due = 0.0
     options = [("grpc.max_receive_message_length", 32 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
-        call = shard_pb2_grpc.ShardServiceStub(channel).StreamShardTicks(shard_pb2.StreamShardTicksRequest(gateway_id="bench"))
+        call = shard_pb2_grpc.ShardServiceStub(channel).StreamShardTicks(
+            shard_pb2.StreamShardTicksRequest(gateway_id="bench")
+        )
         hard = time.monotonic() + warmup + window + 60
         started = 0.0
         async for message in call:
@@ -576,19 +668,34 @@ def _part_shard(report: Report, children: Children, stack: Stack, sim_master: Pa
     """Returns the shard 0 process, left running for part 3."""
     n0 = stack.shard_loads.get(0, 0)
     per_instrument = SHARD_RATE / n0
-    sim = _start_simulator(children, "sim-shard", sim_master, sim_port, burst=False, rate=_caps(SHARD_RATE),
-                           ticks_per_second=per_instrument, extra=["--stamp-send-time"])
+    sim = _start_simulator(
+        children,
+        "sim-shard",
+        sim_master,
+        sim_port,
+        burst=False,
+        rate=_caps(SHARD_RATE),
+        ticks_per_second=per_instrument,
+        extra=["--stamp-send-time"],
+    )
     shard = _start_shard(children, stack, 0, sim_port)
     shard_address = f"127.0.0.1:{shard.info['port']}"
     asyncio.run(_wait_subscribed([shard_address], [n0]))
-    report.note(f"shard 0 process pid {shard.pid} with {n0} instruments, simulator paced at {per_instrument:.2f} ticks/s "
-                f"per instrument = {SHARD_RATE:.0f} packets/s offered (caps {_caps(SHARD_RATE):.0f}/s)")
+    report.note(
+        f"shard 0 process pid {shard.pid} with {n0} instruments, simulator paced at {per_instrument:.2f} ticks/s "
+        f"per instrument = {SHARD_RATE:.0f} packets/s offered (caps {_caps(SHARD_RATE):.0f}/s)"
+    )
     me = os.getpid()
     marks: dict[str, dict[str, float]] = {}
 
     def on_window(edge: str) -> None:
-        marks[edge] = {"t": time.perf_counter(), "sim": sim.cpu(), "shard": shard.cpu(), "bench": cpu_seconds(me),
-                       "sent": _sim_packets(sim)}
+        marks[edge] = {
+            "t": time.perf_counter(),
+            "sim": sim.cpu(),
+            "shard": shard.cpu(),
+            "bench": cpu_seconds(me),
+            "sent": _sim_packets(sim),
+        }
         if edge == "end":
             shard.profile_phase("2. shard at 50k/s")
             sim.profile_phase("2. shard at 50k/s")
@@ -612,9 +719,11 @@ def _part_shard(report: Report, children: Children, stack: Stack, sim_master: Pa
         f"({result['records'] / max(1, result['messages']):.0f} per message); simulator send -> shard receipt p50 "
         f"{_hist_ms(result['sim_hist'], 50):.1f} ms, p99 {_hist_ms(result['sim_hist'], 99):.1f} ms (1 ms stamps)"
     )
-    report.note(f"CPU share over the window: simulator {share['sim']:.2f}, shard {share['shard']:.2f}, bench reader "
-                f"{share['bench']:.2f}; shard status: frames {status.frames_received}, packets {status.packets_received}, "
-                f"protocol errors {status.protocol_errors}, reconnects {status.reconnect_count}; peak RSS {shard.hwm_mb():.0f} MB")
+    report.note(
+        f"CPU share over the window: simulator {share['sim']:.2f}, shard {share['shard']:.2f}, bench reader "
+        f"{share['bench']:.2f}; shard status: frames {status.frames_received}, packets {status.packets_received}, "
+        f"protocol errors {status.protocol_errors}, reconnects {status.reconnect_count}; peak RSS {shard.hwm_mb():.0f} MB"
+    )
     sim.stop()
     return shard
 
@@ -627,7 +736,9 @@ class Terminals:
     processes: list[Any]
     pipes: list[Any]
 
-    def ask(self, command: str, arg: Any = None, timeout: float = 30.0, only: int | None = None) -> list[dict[str, Any]]:
+    def ask(
+        self, command: str, arg: Any = None, timeout: float = 30.0, only: int | None = None
+    ) -> list[dict[str, Any]]:
         targets = range(len(self.pipes)) if only is None else [only]
         for i in targets:
             self.pipes[i].send((command, arg))
@@ -653,8 +764,9 @@ class Terminals:
             pipe.close()
 
 
-def _start_terminals(folder: Path, address: str, streams: list[list[tuple[int, int]]], stalled: list[tuple[int, int]],
-                     lifetime: float) -> Terminals:
+def _start_terminals(
+    folder: Path, address: str, streams: list[list[tuple[int, int]]], stalled: list[tuple[int, int]], lifetime: float
+) -> Terminals:
     import multiprocessing
 
     from bench._feed_clients import terminal_child
@@ -665,10 +777,19 @@ def _start_terminals(folder: Path, address: str, streams: list[list[tuple[int, i
     try:
         for n in range(TERMINAL_PROCESSES):
             parent, child = context.Pipe()
-            spec = {"address": address, "streams": streams[n::TERMINAL_PROCESSES], "channels": TERMINAL_CHANNELS,
-                    "stalled": stalled if n == 0 else [], "lifetime": lifetime}
-            process = context.Process(target=terminal_child, args=(child, str(folder / f"terminals-{n}.log"), spec),
-                                      name=f"bench-terminals-{n}", daemon=True)
+            spec = {
+                "address": address,
+                "streams": streams[n::TERMINAL_PROCESSES],
+                "channels": TERMINAL_CHANNELS,
+                "stalled": stalled if n == 0 else [],
+                "lifetime": lifetime,
+            }
+            process = context.Process(
+                target=terminal_child,
+                args=(child, str(folder / f"terminals-{n}.log"), spec),
+                name=f"bench-terminals-{n}",
+                daemon=True,
+            )
             process.start()
             child.close()
             processes.append(process)
@@ -686,10 +807,24 @@ def _start_terminals(folder: Path, address: str, streams: list[list[tuple[int, i
 
 
 def _merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {"ticks": 0, "stamped": 0, "gaps": 0, "gap_events": 0, "batches": 0, "events": Counter(),
-                             "latency": Counter(), "shard_part": Counter(), "sim_part": Counter(), "gateway_part": Counter(),
-                             "transit": Counter(), "seconds": 0.0,
-                             "cpu": [], "streams_open": 0, "errors": Counter(), "instruments": 0}
+    total: dict[str, Any] = {
+        "ticks": 0,
+        "stamped": 0,
+        "gaps": 0,
+        "gap_events": 0,
+        "batches": 0,
+        "events": Counter(),
+        "latency": Counter(),
+        "shard_part": Counter(),
+        "sim_part": Counter(),
+        "gateway_part": Counter(),
+        "transit": Counter(),
+        "seconds": 0.0,
+        "cpu": [],
+        "streams_open": 0,
+        "errors": Counter(),
+        "instruments": 0,
+    }
     for s in summaries:
         for k in ("ticks", "stamped", "gaps", "gap_events", "batches", "streams_open", "instruments"):
             total[k] += s[k]
@@ -724,13 +859,31 @@ class Step:
         return self.sustained and self.p99 <= E2E_P99_TARGET_MS and self.gaps == 0
 
 
-def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: int, rate: float, total: int,
-              shards: list[Child], gateway: Child, terminals: Terminals, shard_addresses: list[str],
-              loads: list[int]) -> Step:
+def _e2e_step(
+    report: Report,
+    children: Children,
+    sim_master: Path,
+    sim_port: int,
+    rate: float,
+    total: int,
+    shards: list[Child],
+    gateway: Child,
+    terminals: Terminals,
+    shard_addresses: list[str],
+    loads: list[int],
+) -> Step:
     name = f"sim-e2e-{rate:.0f}"
     applied_before = _metrics(gateway.info["metrics_port"]).get("feed_gateway_packets_total", 0.0)
-    sim = _start_simulator(children, name, sim_master, sim_port, burst=False, rate=_caps(rate),
-                           ticks_per_second=rate / total, extra=["--stamp-send-time"])
+    sim = _start_simulator(
+        children,
+        name,
+        sim_master,
+        sim_port,
+        burst=False,
+        rate=_caps(rate),
+        ticks_per_second=rate / total,
+        extra=["--stamp-send-time"],
+    )
     try:
         asyncio.run(_wait_subscribed(shard_addresses, loads))
         # The reconnect sends a prev close and a snapshot per instrument (2 x 25k packets):
@@ -742,8 +895,9 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
             if applied >= _sim_packets(sim) - max(200.0, 0.05 * rate):
                 break
             time.sleep(0.2)
-        lag_at_start = _sim_packets(sim) - (_metrics(gateway.info["metrics_port"]).get("feed_gateway_packets_total", 0.0)
-                                            - applied_before)
+        lag_at_start = _sim_packets(sim) - (
+            _metrics(gateway.info["metrics_port"]).get("feed_gateway_packets_total", 0.0) - applied_before
+        )
         time.sleep(E2E_WARMUP_SECONDS)
         processes = {"simulator": sim, "gateway": gateway, **{f"shard{i}": s for i, s in enumerate(shards)}}
         term_pids = [p.pid for p in terminals.processes]
@@ -773,8 +927,18 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
     for n, (a, b) in enumerate(zip(tcpu0, tcpu1)):
         shares[f"terminals{n}"] = (b - a) / elapsed
     delivered = merged["ticks"] / merged["seconds"]
-    step = Step(rate, delivered, _hist_ms(merged["latency"], 50), _hist_ms(merged["latency"], 99),
-                _hist_ms(merged["latency"], 100), merged["gaps"], (sent1 - sent0) / elapsed, shares, merged, box)
+    step = Step(
+        rate,
+        delivered,
+        _hist_ms(merged["latency"], 50),
+        _hist_ms(merged["latency"], 99),
+        _hist_ms(merged["latency"], 100),
+        merged["gaps"],
+        (sent1 - sent0) / elapsed,
+        shares,
+        merged,
+        box,
+    )
     applied = metrics1.get("feed_gateway_packets_total", 0) - metrics0.get("feed_gateway_packets_total", 0)
     conflated = metrics1.get("feed_gateway_conflated_total", 0) - metrics0.get("feed_gateway_conflated_total", 0)
     report.note(
@@ -795,22 +959,30 @@ def _e2e_step(report: Report, children: Children, sim_master: Path, sim_port: in
         f"send -> terminal p50 {_hist_ms(merged['transit'], 50):.1f} p99 {_hist_ms(merged['transit'], 99):.1f} ms"
     )
     harness = shares["simulator"] + sum(v for k, v in shares.items() if k.startswith("terminals"))
-    report.note("  CPU share: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
-                + f"; total {sum(shares.values()):.2f} of {box.cores} cores, of which the load (simulator and terminals) "
-                f"{harness:.2f} and the system under test (shards and gateway) {sum(shares.values()) - harness:.2f}")
+    report.note(
+        "  CPU share: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+        + f"; total {sum(shares.values()):.2f} of {box.cores} cores, of which the load (simulator and terminals) "
+        f"{harness:.2f} and the system under test (shards and gateway) {sum(shares.values()) - harness:.2f}"
+    )
     report.note("  " + box.describe())
-    report.note(f"  gateway event loop: {_loop_lag(metrics0, metrics1)}; at the gateway, ingest lag "
-                f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_ingest_lag_seconds')}, batch wait "
-                f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_wait_seconds')}, write "
-                f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_write_seconds')}")
+    report.note(
+        f"  gateway event loop: {_loop_lag(metrics0, metrics1)}; at the gateway, ingest lag "
+        f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_ingest_lag_seconds')}, batch wait "
+        f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_wait_seconds')}, write "
+        f"{_histogram_quantiles(metrics0, metrics1, 'feed_gateway_batch_write_seconds')}"
+    )
     return step
 
 
 def _histogram_quantiles(before: dict[str, float], after: dict[str, float], name: str) -> str:
     """p50 and p99 of a Prometheus histogram over a window, as the upper bounds of the buckets
     they fall in."""
-    bounds = sorted((float(k.split('le="')[1].rstrip('"}')), after[k] - before.get(k, 0.0))
-                    for k in after if k.startswith(f"{name}_bucket"))
+    bounds = sorted(
+        (float(k.split('le="')[1].rstrip('"}')), after[k] - before.get(k, 0.0))
+        for k in after
+        if k.startswith(f"{name}_bucket")
+    )
     total = bounds[-1][1] if bounds else 0.0
     if not total:
         return "no samples"
@@ -825,6 +997,7 @@ def _histogram_quantiles(before: dict[str, float], after: dict[str, float], name
 def _loop_lag(before: dict[str, float], after: dict[str, float]) -> str:
     """The gateway's event-loop lag histogram (a 100 ms timer, services/common/looplag.py)
     over a window: how many firings were late by more than 25, 100 and 250 ms."""
+
     def count(le: str) -> float:
         key = f'event_loop_lag_seconds_bucket{{le="{le}"}}'
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -832,8 +1005,10 @@ def _loop_lag(before: dict[str, float], after: dict[str, float]) -> str:
     total = count("+Inf")
     if not total:
         return "no loop-lag samples"
-    return (f"{total:.0f} timer firings, late > 25 ms: {total - count('0.025'):.0f}, > 100 ms: {total - count('0.1'):.0f}, "
-            f"> 250 ms: {total - count('0.25'):.0f}")
+    return (
+        f"{total:.0f} timer firings, late > 25 ms: {total - count('0.025'):.0f}, > 100 ms: {total - count('0.1'):.0f}, "
+        f"> 250 ms: {total - count('0.25'):.0f}"
+    )
 
 
 def _drain(gateway: Child, limit: float = 40.0) -> float:
@@ -882,8 +1057,9 @@ def _value_sizes() -> tuple[float, float]:
     return (b - a) / len(frames), (c - b) / len(frames)
 
 
-def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, sim_master: Path, sim_port: int,
-              shard0: Child) -> None:
+def _part_e2e(
+    report: Report, children: Children, folder: Path, stack: Stack, sim_master: Path, sim_port: int, shard0: Child
+) -> None:
     import grpc
     from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 
@@ -892,8 +1068,11 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
     shards = [shard0] + [_start_shard(children, stack, i, sim_port) for i in range(1, CAPACITY_CONNECTIONS)]
     shard_addresses = [f"127.0.0.1:{s.info['port']}" for s in shards]
     env = _service_env(
-        DATABASE_URL=stack.conninfo, DATASERVER_DATA_DIR=str(folder), SUBSCRIPTION_ADDR=stack.subscription.address,
-        REGISTRY_ADDR=stack.registry_address, GATEWAY_SHARD_ADDRS=",".join(shard_addresses),
+        DATABASE_URL=stack.conninfo,
+        DATASERVER_DATA_DIR=str(folder),
+        SUBSCRIPTION_ADDR=stack.subscription.address,
+        REGISTRY_ADDR=stack.registry_address,
+        GATEWAY_SHARD_ADDRS=",".join(shard_addresses),
     )
     prefix = folder / "gateway" if PROFILE else None
     argv = ["-m", "bench._profiled_feed", str(prefix), "gateway"] if prefix else ["-m", "services.feed", "gateway"]
@@ -928,8 +1107,9 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
             f"{rss_idle:.0f} MB before the streams, {rss_streams:.0f} MB with them"
         )
         steps: list[Step] = []
-        first = _e2e_step(report, children, sim_master, sim_port, E2E_RATE, total, shards, gateway, terminals,
-                          shard_addresses, loads)
+        first = _e2e_step(
+            report, children, sim_master, sim_port, E2E_RATE, total, shards, gateway, terminals, shard_addresses, loads
+        )
         steps.append(first)
         gateway_rss = gateway.rss_mb()
         shard_rss = [s.rss_mb() for s in shards]
@@ -946,13 +1126,22 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
         raw, encoded = _value_sizes()
         from services.feed.gateway.hub import HISTORY
 
-        report.note("shard RSS: " + ", ".join(f"#{i} {r:.0f} MB" for i, r in enumerate(shard_rss))
-                    + f"; gateway RSS {rss_streams:.0f} MB before the ticks, peak {gateway.hwm_mb():.0f} MB. A gateway "
-                    f"Value of a Full packet holds {raw:.0f} B (Value + raw packet) and {encoded:.0f} B encoded: {total} "
-                    f"instruments x HISTORY {HISTORY} x {raw + encoded:.0f} B = "
-                    f"{total * HISTORY * (raw + encoded) / 2**20:.0f} MB once every history is full")
-        report.note("gateway metrics after the first rate: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in sorted(metrics.items()) if k.startswith("feed_") and not k.endswith("_created")))
+        report.note(
+            "shard RSS: "
+            + ", ".join(f"#{i} {r:.0f} MB" for i, r in enumerate(shard_rss))
+            + f"; gateway RSS {rss_streams:.0f} MB before the ticks, peak {gateway.hwm_mb():.0f} MB. A gateway "
+            f"Value of a Full packet holds {raw:.0f} B (Value + raw packet) and {encoded:.0f} B encoded: {total} "
+            f"instruments x HISTORY {HISTORY} x {raw + encoded:.0f} B = "
+            f"{total * HISTORY * (raw + encoded) / 2**20:.0f} MB once every history is full"
+        )
+        report.note(
+            "gateway metrics after the first rate: "
+            + ", ".join(
+                f"{k} {v:.0f}"
+                for k, v in sorted(metrics.items())
+                if k.startswith("feed_") and not k.endswith("_created")
+            )
+        )
 
         # Then a bisection towards the highest rate that meets every target (or E2E_RATE
         # again if it met them). The stalled stream stalls during the second step, when
@@ -964,16 +1153,18 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
             if index == 0:
                 rss_before = gateway.rss_mb()
                 (opened,) = terminals.ask("stall", only=0)
-            step = _e2e_step(report, children, sim_master, sim_port, rate, total, shards, gateway, terminals,
-                             shard_addresses, loads)
+            step = _e2e_step(
+                report, children, sim_master, sim_port, rate, total, shards, gateway, terminals, shard_addresses, loads
+            )
             steps.append(step)
             if index == 0:
                 rss_after = gateway.rss_mb()
                 before = _metrics(gateway.info["metrics_port"]).get("feed_gateway_conflated_total", 0.0)
                 (resumed,) = terminals.ask("resume", only=0)
                 after = _metrics(gateway.info["metrics_port"]).get("feed_gateway_conflated_total", 0.0)
-                _report_stall(report, len(stalled), opened["summary"], resumed["summary"], rss_before, rss_after,
-                              after - before)
+                _report_stall(
+                    report, len(stalled), opened["summary"], resumed["summary"], rss_before, rss_after, after - before
+                )
             if step.meets:
                 low = rate
             else:
@@ -985,13 +1176,22 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
         sustained = max((s for s in steps if s.sustained), key=lambda s: s.rate, default=None)
         report.add("feed.e2e.highest_rate_meeting_targets", best.rate if best else 0.0, "ticks/s")
         if best is not None:
-            report.note(f"at {best.rate:.0f}/s: delivered {best.delivered:.0f}/s, p50 {best.p50:.1f} ms, p99 {best.p99:.1f} ms, "
-                        f"gaps {best.gaps}")
+            report.note(
+                f"at {best.rate:.0f}/s: delivered {best.delivered:.0f}/s, p50 {best.p50:.1f} ms, p99 {best.p99:.1f} ms, "
+                f"gaps {best.gaps}"
+            )
         if sustained is not None and sustained is not best:
-            report.note(f"highest rate sustained (>= {SUSTAINED:.0%} delivered) whatever the latency: {sustained.rate:.0f}/s "
-                        f"(p99 {sustained.p99:.1f} ms)")
-        report.note("rates tried: " + "; ".join(
-            f"{s.rate:.0f} -> {s.delivered:.0f}/s p99 {s.p99:.1f} ms gaps {s.gaps} {'OK' if s.meets else 'miss'}" for s in steps))
+            report.note(
+                f"highest rate sustained (>= {SUSTAINED:.0%} delivered) whatever the latency: {sustained.rate:.0f}/s "
+                f"(p99 {sustained.p99:.1f} ms)"
+            )
+        report.note(
+            "rates tried: "
+            + "; ".join(
+                f"{s.rate:.0f} -> {s.delivered:.0f}/s p99 {s.p99:.1f} ms gaps {s.gaps} {'OK' if s.meets else 'miss'}"
+                for s in steps
+            )
+        )
     finally:
         terminals.stop()
         for n in range(TERMINAL_PROCESSES):
@@ -1003,8 +1203,15 @@ def _part_e2e(report: Report, children: Children, folder: Path, stack: Stack, si
 SEED_SHUFFLE = 11
 
 
-def _report_stall(report: Report, size: int, opened: dict[str, Any], stall: dict[str, Any], rss_before: float,
-                  rss_after: float, conflated: float) -> None:
+def _report_stall(
+    report: Report,
+    size: int,
+    opened: dict[str, Any],
+    stall: dict[str, Any],
+    rss_before: float,
+    rss_after: float,
+    conflated: float,
+) -> None:
     warnings = stall.get("warnings", [])
     most_pending = max((w["pending"] for w in warnings), default=math.nan)
     report.add("feed.e2e.stalled_pending_max", most_pending, "instruments", target=size)
@@ -1028,11 +1235,15 @@ def _report_profiles(children: Children) -> None:
             gc_path = Path(str(path)[: -len(".prof")] + ".gc.json")
             if gc_path.exists():
                 data = json.loads(gc_path.read_text())
-                gens = ", ".join(f"gen{g}: {n} collections, {total:.0f} ms in all, longest {longest:.1f} ms"
-                                 for g, (n, total, longest) in data["generations"].items())
+                gens = ", ".join(
+                    f"gen{g}: {n} collections, {total:.0f} ms in all, longest {longest:.1f} ms"
+                    for g, (n, total, longest) in data["generations"].items()
+                )
                 long = data["long_pauses"]
-                print(f"  --- GC pauses of {child.name}, phase {phase}: {gens}; {data['tracked_objects']} tracked objects "
-                      f"at the end; pauses >= 10 ms [generation, wall ms, CPU ms, collected]: {len(long)} {long[:12]}")
+                print(
+                    f"  --- GC pauses of {child.name}, phase {phase}: {gens}; {data['tracked_objects']} tracked objects "
+                    f"at the end; pauses >= 10 ms [generation, wall ms, CPU ms, collected]: {len(long)} {long[:12]}"
+                )
             if path.stat().st_size == 0:
                 continue  # BENCH_PROFILE=gc: no cProfile
             print_profile(path, f"{child.name}, phase {phase}")
@@ -1060,16 +1271,22 @@ def run(report: Report) -> None:
             with bench_database(folder, "bench_feed") as conninfo, registry_child(folder, conninfo, master) as registry:
                 ready = registry.ready
                 env = _service_env(
-                    DATABASE_URL=conninfo, DATASERVER_DATA_DIR=str(folder), REGISTRY_ADDR=ready["address"],
-                    GATEWAY_ADDR="127.0.0.1:1", FEED_CONNECTIONS=str(CAPACITY_CONNECTIONS),
-                    FEED_INSTRUMENTS_PER_CONNECTION=str(PER_CONNECTION), USER_MAX_ITEMS="100000",
+                    DATABASE_URL=conninfo,
+                    DATASERVER_DATA_DIR=str(folder),
+                    REGISTRY_ADDR=ready["address"],
+                    GATEWAY_ADDR="127.0.0.1:1",
+                    FEED_CONNECTIONS=str(CAPACITY_CONNECTIONS),
+                    FEED_INSTRUMENTS_PER_CONNECTION=str(PER_CONNECTION),
+                    USER_MAX_ITEMS="100000",
                     USER_MAX_INSTRUMENTS=str(CAPACITY_CONNECTIONS * PER_CONNECTION),
                 )
                 service = children.spawn("subscription", ["-m", "services.subscription"], env, service_started)
                 try:
                     keys, loads = asyncio.run(_fill(report, ready["address"], service.address))
-                    report.note(f"stack ready in {time.perf_counter() - began:.1f} s (Postgres, registry with "
-                                f"{ready['rows']} rows, subscription pid {service.pid}, the fill)")
+                    report.note(
+                        f"stack ready in {time.perf_counter() - began:.1f} s (Postgres, registry with "
+                        f"{ready['rows']} rows, subscription pid {service.pid}, the fill)"
+                    )
                     stack = Stack(conninfo, ready["address"], service, keys, loads)
                     from services.common.instruments import PROTO_TO_SEGMENT
 

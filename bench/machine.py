@@ -31,9 +31,11 @@ class MachineWindow:
     switches_per_second: float
 
     def describe(self) -> str:
-        return (f"machine over the window: idle {self.idle_share:.0%} of {self.cores} cores (kernel time "
-                f"{self.kernel_share:.0%}), run queue mean {self.run_queue_mean:.1f} max {self.run_queue_max} "
-                f"runnable tasks for {self.cores} cores, {self.switches_per_second / 1000:.0f}k context switches/s")
+        return (
+            f"machine over the window: idle {self.idle_share:.0%} of {self.cores} cores (kernel time "
+            f"{self.kernel_share:.0%}), run queue mean {self.run_queue_mean:.1f} max {self.run_queue_max} "
+            f"runnable tasks for {self.cores} cores, {self.switches_per_second / 1000:.0f}k context switches/s"
+        )
 
 
 def read_cpu_times(path: str = "/proc/stat") -> CpuTimes:

@@ -191,7 +191,7 @@ async def _paced(call: Callable[..., Any], requests: Sequence[Any], rate: float)
         sent = time.perf_counter()
         try:
             reply = await call(request, timeout=RPC_DEADLINE_SECONDS)
-        except Exception as error:  # noqa: BLE001 - counted, never fatal
+        except Exception as error:
             code = getattr(error, "code", None)
             errors[code().name if callable(code) else type(error).__name__] += 1
             return
@@ -222,8 +222,13 @@ def _report_paced(report: Report, prefix: str, run: Paced, labels: Sequence[str]
     done = sorted(lat for lat in run.latencies if lat is not None)
     ms = [lat * 1000.0 for lat in done]
     report.add(f"{prefix}.requests", len(run.latencies))
-    report.add(f"{prefix}.achieved_rps", len(done) / run.elapsed if run.elapsed > 0 else 0.0, "req/s",
-               target=RATE * 0.95, op=">=")
+    report.add(
+        f"{prefix}.achieved_rps",
+        len(done) / run.elapsed if run.elapsed > 0 else 0.0,
+        "req/s",
+        target=RATE * 0.95,
+        op=">=",
+    )
     report.add(f"{prefix}.errors", sum(run.errors.values()), target=0)
     report.add(f"{prefix}.p50_ms", percentile(ms, 50), "ms")
     report.add(f"{prefix}.p90_ms", percentile(ms, 90), "ms")
@@ -269,7 +274,9 @@ def _chain_requests(pb: Any, rng: random.Random, bases: dict[str, tuple[float, f
         price = atm + centre[symbol] * step + rng.uniform(-0.4, 0.4) * step
         each_side = 20 if rng.random() < 0.2 else 0
         requests.append(
-            pb.GetOptionChainRequest(underlying_symbol=symbol, underlying_price=round(price, 2), strikes_each_side=each_side)
+            pb.GetOptionChainRequest(
+                underlying_symbol=symbol, underlying_price=round(price, 2), strikes_each_side=each_side
+            )
         )
         labels.append(f"chain {symbol}")
     return requests, labels
@@ -312,7 +319,12 @@ async def _client(address: str, report: Report) -> None:
         for index, reply in enumerate(run.replies):  # first sight of a window = a cache miss on the server
             if reply is None:
                 continue
-            key = (requests[index].underlying_symbol, reply.expiry_date, reply.atm_strike, requests[index].strikes_each_side)
+            key = (
+                requests[index].underlying_symbol,
+                reply.expiry_date,
+                reply.atm_strike,
+                requests[index].strikes_each_side,
+            )
             kind = "miss" if key not in seen else "hit"
             seen.add(key)
             labels[index] += f" ({kind})"
@@ -347,7 +359,9 @@ def _wait_ready(process: multiprocessing.process.BaseProcess, conn: Connection, 
             raise RuntimeError(f"registry process failed:\n{message.get('traceback', message)}")
         if not process.is_alive():
             tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-            raise RuntimeError(f"registry process exited with {process.exitcode} before it was ready; log tail:\n{tail}")
+            raise RuntimeError(
+                f"registry process exited with {process.exitcode} before it was ready; log tail:\n{tail}"
+            )
     raise TimeoutError(f"registry process not ready after {CHILD_READY_SECONDS:.0f} s")
 
 

@@ -107,8 +107,13 @@ def summary_table(figures: Sequence[Figure], out=sys.stdout) -> None:  # type: i
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
-        print("  ".join(cell.ljust(width) if i in (0, 2, 3, 5) else cell.rjust(width)
-                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip(), file=out)
+        print(
+            "  ".join(
+                cell.ljust(width) if i in (0, 2, 3, 5) else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(row, widths))
+            ).rstrip(),
+            file=out,
+        )
         if index == 0:
             print("  ".join("-" * w for w in widths), file=out)
 

@@ -127,7 +127,8 @@ async def _units(registry_address: str) -> list[tuple[str, str]]:
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         for symbol in symbols:
             reply = await stub.ListExpiries(
-                rpb.ListExpiriesRequest(underlying_symbol=symbol, kind=rpb.DERIVATIVE_KIND_OPTIONS, page_size=50), timeout=5
+                rpb.ListExpiriesRequest(underlying_symbol=symbol, kind=rpb.DERIVATIVE_KIND_OPTIONS, page_size=50),
+                timeout=5,
             )
             pairs += [(symbol, e.expiry_date) for e in reply.expiries if e.strike_count >= 2 * 12 + 1]
     random.Random(SEED).shuffle(pairs)
@@ -214,7 +215,7 @@ async def _fill_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str,
             in_flight[0] += 1
             try:
                 result = await _add(stub, pb, pair, user)
-            except Exception as error:  # noqa: BLE001 - counted; the fill goes on
+            except Exception as error:
                 errors[_error_code(error)] += 1
                 continue
             finally:
@@ -257,7 +258,7 @@ async def _fill_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str,
         third = max(1, len(latencies) // 3)
         report.note(
             "add latency p50 by fill third: "
-            + ", ".join(f"{percentile(_ms(latencies[i * third:(i + 1) * third]), 50):.1f}" for i in range(3))
+            + ", ".join(f"{percentile(_ms(latencies[i * third : (i + 1) * third]), 50):.1f}" for i in range(3))
             + " ms"
         )
     return list(reversed(queue))
@@ -347,7 +348,9 @@ async def _client(report: Report, service: Child, registry_address: str) -> None
 
         rss = status_kib(service.pid)
         report.add("subscription.rss_mb", rss["VmRSS"] / 1024, "MB", target=RSS_TARGET_MB)
-        report.note(f"subscription process with {status.subscribed_count} subscribed: peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB")
+        report.note(
+            f"subscription process with {status.subscribed_count} subscribed: peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB"
+        )
 
         await _evict_phase(report, stub, pb, unused)
         service.profile_phase("5. evicting adds")
@@ -377,7 +380,9 @@ def run(report: Report) -> None:
             with registry_child(folder, conninfo, master) as registry:
                 ready = registry.ready
                 report.add("subscription.master_rows", ready["rows"])
-                report.note(f"registry process ready at {ready['address']}, master loaded in {ready['load_seconds']:.1f} s")
+                report.note(
+                    f"registry process ready at {ready['address']}, master loaded in {ready['load_seconds']:.1f} s"
+                )
 
                 env = {
                     **os.environ,
@@ -398,12 +403,23 @@ def run(report: Report) -> None:
                 env.pop("SERVICE_TOKEN", None)
                 env.pop("KUBERNETES_SERVICE_HOST", None)
                 prefix = folder / "subscription" if PROFILE else None
-                argv = ["-m", "bench._profiled_subscription", str(prefix)] if prefix else ["-m", "services.subscription"]
-                service = spawn("subscription", argv, env, folder / "subscription.log", service_started, prefix,
-                                timeout=SERVICE_START_SECONDS)
+                argv = (
+                    ["-m", "bench._profiled_subscription", str(prefix)] if prefix else ["-m", "services.subscription"]
+                )
+                service = spawn(
+                    "subscription",
+                    argv,
+                    env,
+                    folder / "subscription.log",
+                    service_started,
+                    prefix,
+                    timeout=SERVICE_START_SECONDS,
+                )
                 try:
                     rss = status_kib(service.pid)
-                    report.note(f"subscription process pid {service.pid} at {service.address}, RSS at start {rss['VmRSS'] / 1024:.0f} MB")
+                    report.note(
+                        f"subscription process pid {service.pid} at {service.address}, RSS at start {rss['VmRSS'] / 1024:.0f} MB"
+                    )
                     asyncio.run(_client(report, service, ready["address"]))
                 finally:
                     service.stop(SERVICE_STOP_SECONDS)
@@ -413,6 +429,8 @@ def run(report: Report) -> None:
                     )
                     errors = service.errors()
                     if errors:
-                        report.note(f"{len(errors)} ERROR/Traceback lines in the subscription log; first: {errors[0][:500]}")
+                        report.note(
+                            f"{len(errors)} ERROR/Traceback lines in the subscription log; first: {errors[0][:500]}"
+                        )
                 if PROFILE:
                     _report_profiles(service)

@@ -4,8 +4,8 @@ service and registry, and shard runtimes with their gRPC servers."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import dataclasses
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -48,8 +48,12 @@ class FeedUnderTest:
 async def start_gateway(service: SubscriptionUnderTest, shards: list[shard_server.Shard]) -> gateway_server.Gateway:
     """A gateway following every shard (another one is another replica); stop it with app.stop."""
     gateway = gateway_server.create_server(
-        dataclasses.replace(service.settings, grpc_port=0, subscription_addr=service.address,
-                            gateway_shard_addrs=tuple(s.app.address for s in shards)),
+        dataclasses.replace(
+            service.settings,
+            grpc_port=0,
+            subscription_addr=service.address,
+            gateway_shard_addrs=tuple(s.app.address for s in shards),
+        ),
         service.pool,
     )
     await gateway.app.start()
@@ -63,11 +67,20 @@ async def start_gateway(service: SubscriptionUnderTest, shards: list[shard_serve
 async def running_feed(
     conninfo: str, masters_dir: Path, *, shards: int = 1, simulator: dict[str, Any] | None = None, **settings: Any
 ) -> AsyncIterator[FeedUnderTest]:
-    async with running_subscription(conninfo, masters_dir, feed_connections=shards, feed_instruments_per_connection=5000) as service:
-        sim = Simulator(SimulatorSettings(
-            port=0, control_port=0, master_cache_dir=masters_dir, master_scale="small", seed=1,
-            ticks_per_second=20.0, **(simulator or {}),
-        ))
+    async with running_subscription(
+        conninfo, masters_dir, feed_connections=shards, feed_instruments_per_connection=5000
+    ) as service:
+        sim = Simulator(
+            SimulatorSettings(
+                port=0,
+                control_port=0,
+                master_cache_dir=masters_dir,
+                master_scale="small",
+                seed=1,
+                ticks_per_second=20.0,
+                **(simulator or {}),
+            )
+        )
         ws_port, _ = await sim.start()
         started: list[shard_server.Shard] = []
         try:

@@ -15,7 +15,9 @@ KEY = instrument_key(SEGMENT, SECURITY_ID)
 
 def full_packet(ltp: float = 100.0, volume: int = 1000) -> bytes:
     """A Full packet of the instrument."""
-    return encode_full(SEGMENT, SECURITY_ID, ltp, 75, 1_700_000_000, 100.0, volume, 10, 10, 5, 5, 5, 99.0, 100.0, 101.0, 98.0)
+    return encode_full(
+        SEGMENT, SECURITY_ID, ltp, 75, 1_700_000_000, 100.0, volume, 10, 10, 5, 5, 5, 99.0, 100.0, 101.0, 98.0
+    )
 
 
 def records(sequence: int, *packets: bytes, received_us: int | None = None) -> bytes:

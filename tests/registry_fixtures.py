@@ -41,7 +41,9 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 @asynccontextmanager
-async def running_registry(conninfo: str, masters_dir: Path, trading_date: date = TRADING_DATE) -> AsyncIterator[RegistryUnderTest]:
+async def running_registry(
+    conninfo: str, masters_dir: Path, trading_date: date = TRADING_DATE
+) -> AsyncIterator[RegistryUnderTest]:
     settings = dataclasses.replace(Settings(), auth_mode="api_key", data_dir=masters_dir.parent, master_scale="small")
     pool = await open_pool(conninfo, max_size=4)
     registry = create_server(settings, pool)

@@ -43,7 +43,9 @@ class SubscriptionUnderTest:
 
 
 @asynccontextmanager
-async def running_subscription(conninfo: str, masters_dir: Path, **overrides: Any) -> AsyncIterator[SubscriptionUnderTest]:
+async def running_subscription(
+    conninfo: str, masters_dir: Path, **overrides: Any
+) -> AsyncIterator[SubscriptionUnderTest]:
     async with running_registry(conninfo, masters_dir) as registry:
         settings = dataclasses.replace(
             Settings(), auth_mode="api_key", registry_addr=registry.address, move_settle_seconds=0.3, **overrides
@@ -59,7 +61,12 @@ async def running_subscription(conninfo: str, masters_dir: Path, **overrides: An
         channel = grpc.aio.insecure_channel(subscription.app.address)
         try:
             yield SubscriptionUnderTest(
-                channel, subscription_pb2_grpc.SubscriptionServiceStub(channel), pool, settings, bearer(admin_token), {},
+                channel,
+                subscription_pb2_grpc.SubscriptionServiceStub(channel),
+                pool,
+                settings,
+                bearer(admin_token),
+                {},
                 subscription.app.address,
             )
         finally:

@@ -27,7 +27,9 @@ def test_cpu_times_and_run_queue_are_read_from_proc_stat(tmp_path: Path) -> None
 
 def test_a_busy_process_shows_in_the_window() -> None:
     sampler = MachineSampler().start()
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass"])
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass"]
+    )
     busy.wait(timeout=10)
     window = sampler.stop()
     assert window.run_queue_max >= 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import calendar
 import json
 import struct
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -101,7 +101,9 @@ def test_keyword_encoders_match_encode(packet: TickerPacket | QuotePacket | Full
     """The keyword encoders (UTC ltt_epoch) write the same bytes as encode(record) (raw
     ltt_ist): ltt_epoch is ltt_ist - 19800 both ways."""
     assert packet.ltt_epoch == packet.ltt_ist - IST_OFFSET_SECONDS
-    encoder = {TickerPacket: codec.encode_ticker, QuotePacket: codec.encode_quote, FullPacket: codec.encode_full}[type(packet)]
+    encoder = {TickerPacket: codec.encode_ticker, QuotePacket: codec.encode_quote, FullPacket: codec.encode_full}[
+        type(packet)
+    ]
     assert encoder(**_keywords(packet)) == encode(packet)  # type: ignore[operator]
 
 
@@ -135,7 +137,12 @@ def test_layout_matches_reference_offsets() -> None:
     assert _decode(bytes(full))[0] == [expected]
     assert encode(expected) == bytes(full)
     assert expected.ltt_epoch == raw_ltt - 19800 and expected.depth == depth
-    assert (expected.bid_qty_1, expected.ask_price_1, expected.bid_orders_5, expected.ask_price_5) == (10, 101.5, 5, 105.5)
+    assert (expected.bid_qty_1, expected.ask_price_1, expected.bid_orders_5, expected.ask_price_5) == (
+        10,
+        101.5,
+        5,
+        105.5,
+    )
 
     quote = bytearray(50)
     struct.pack_into("<BHBI", quote, 0, 4, 50, 1, 1333)
@@ -213,7 +220,9 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 
 
 @given(st.lists(packets, min_size=1, max_size=4), st.data())
-def test_truncated_frames_decode_the_whole_packets_and_count_one_error(items: list[codec.Packet], data: st.DataObject) -> None:
+def test_truncated_frames_decode_the_whole_packets_and_count_one_error(
+    items: list[codec.Packet], data: st.DataObject
+) -> None:
     frame = b"".join(encode(p) for p in items)
     cut = data.draw(st.integers(1, len(frame) - 1))
     ends = [sum(len(encode(p)) for p in items[: i + 1]) for i in range(len(items))]
@@ -294,7 +303,7 @@ def test_errors_accumulate_across_frames() -> None:
 def test_ltt_is_converted_from_the_ist_epoch() -> None:
     ist_based = calendar.timegm((2026, 11, 20, 9, 15, 0))  # 09:15:00 IST counted as if it were UTC
     utc = calendar.timegm((2026, 11, 20, 3, 45, 0))
-    assert utc == int(datetime(2026, 11, 20, 3, 45, tzinfo=timezone.utc).timestamp())
+    assert utc == int(datetime(2026, 11, 20, 3, 45, tzinfo=UTC).timestamp())
     frame = struct.pack("<BHBIfI", 2, 16, 1, 1333, 1500.5, ist_based)
     (packet,), _ = _decode(frame)
     assert isinstance(packet, TickerPacket) and packet.ltt_epoch == utc and packet.ltt_ist == ist_based
@@ -320,7 +329,10 @@ def test_feed_modes_and_codes() -> None:
 
 def test_250_instruments_make_three_messages() -> None:
     instruments = [(SEGMENTS[i % len(SEGMENTS)], 1000 + i) for i in range(250)]
-    for builder, code_of in ((build_subscribe_messages, "subscribe_code"), (build_unsubscribe_messages, "unsubscribe_code")):
+    for builder, code_of in (
+        (build_subscribe_messages, "subscribe_code"),
+        (build_unsubscribe_messages, "unsubscribe_code"),
+    ):
         for mode in FeedMode:
             messages = builder(instruments, mode)
             assert len(messages) == 3
@@ -357,7 +369,9 @@ def test_builders_reject_bad_instruments() -> None:
 
 def _message(code: int = 15, entries: list[object] | None = None, count: int | None = None) -> str:
     entries = [{"ExchangeSegment": "NSE_EQ", "SecurityId": "1333"}] if entries is None else entries
-    return json.dumps({"RequestCode": code, "InstrumentCount": len(entries) if count is None else count, "InstrumentList": entries})
+    return json.dumps(
+        {"RequestCode": code, "InstrumentCount": len(entries) if count is None else count, "InstrumentList": entries}
+    )
 
 
 @pytest.mark.parametrize(

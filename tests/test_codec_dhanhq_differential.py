@@ -82,7 +82,7 @@ def feed() -> official.MarketFeed:
 
 
 def _price(value: float) -> str:
-    return "{:.2f}".format(value)
+    return f"{value:.2f}"
 
 
 def _ist_time_of_day(ltt_epoch: int) -> str:
@@ -115,16 +115,54 @@ def _realistic(code: int, header: bytes, rng: random.Random) -> bytes:
     if code == 2:
         return header + struct.pack("<fI", price(), raw_ltt)
     if code == 4:
-        return header + struct.pack("<fHIfIIIffff", price(), rng.randrange(65536), raw_ltt, price(), qty(), qty(), qty(), price(), price(), price(), price())
+        return header + struct.pack(
+            "<fHIfIIIffff",
+            price(),
+            rng.randrange(65536),
+            raw_ltt,
+            price(),
+            qty(),
+            qty(),
+            qty(),
+            price(),
+            price(),
+            price(),
+            price(),
+        )
     if code == 5:
         return header + struct.pack("<I", qty())
     if code == 6:
         return header + struct.pack("<fI", price(), qty())
     if code == 8:
-        depth = b"".join(struct.pack("<IIHHff", qty(), qty(), rng.randrange(65536), rng.randrange(65536), price(), price()) for _ in range(5))
-        return header + struct.pack("<fHIfIIIIIIffff", price(), rng.randrange(65536), raw_ltt, price(), qty(), qty(), qty(), qty(), qty(), qty(), price(), price(), price(), price()) + depth
+        depth = b"".join(
+            struct.pack("<IIHHff", qty(), qty(), rng.randrange(65536), rng.randrange(65536), price(), price())
+            for _ in range(5)
+        )
+        return (
+            header
+            + struct.pack(
+                "<fHIfIIIIIIffff",
+                price(),
+                rng.randrange(65536),
+                raw_ltt,
+                price(),
+                qty(),
+                qty(),
+                qty(),
+                qty(),
+                qty(),
+                qty(),
+                price(),
+                price(),
+                price(),
+                price(),
+            )
+            + depth
+        )
     if code == 50:
-        return header + struct.pack("<H", rng.choice((800, 804, 805, 806, 807, 808, 809, 810, 811, 812, 813, 814, 0, 65535)))
+        return header + struct.pack(
+            "<H", rng.choice((800, 804, 805, 806, 807, 808, 809, 810, 811, 812, 813, 814, 0, 65535))
+        )
     raise AssertionError(code)
 
 
@@ -138,7 +176,14 @@ def _ours(frame: bytes) -> codec.Packet:
     return packets[0]
 
 
-def _check_kind(code: int, size: int, seed: int, method: Callable[[bytes], Any], compare: Callable[[Any, Any], None], feed: official.MarketFeed) -> None:
+def _check_kind(
+    code: int,
+    size: int,
+    seed: int,
+    method: Callable[[bytes], Any],
+    compare: Callable[[Any, Any], None],
+    feed: official.MarketFeed,
+) -> None:
     count = 0
     for frame in _random_frames(code, size, seed):
         theirs = method(frame)
@@ -192,7 +237,12 @@ def test_quote(feed: official.MarketFeed) -> None:
 def test_oi(feed: official.MarketFeed) -> None:
     def compare(theirs: dict[str, Any], ours: Any) -> None:
         assert type(ours) is OIPacket
-        assert theirs == {"type": "OI Data", "exchange_segment": ours.segment, "security_id": ours.security_id, "OI": ours.oi}
+        assert theirs == {
+            "type": "OI Data",
+            "exchange_segment": ours.segment,
+            "security_id": ours.security_id,
+            "OI": ours.oi,
+        }
 
     _check_kind(5, 12, 5, feed.process_oi, compare, feed)
 
@@ -247,7 +297,9 @@ OFFICIAL_MESSAGES = {
 }
 
 
-def test_disconnect(feed: official.MarketFeed, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_disconnect(
+    feed: official.MarketFeed, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # server_disconnection returns None; record what it unpacks through its module's struct.
     unpacked: list[tuple[Any, ...]] = []
 
@@ -292,7 +344,12 @@ def test_codes_1_and_7(feed: official.MarketFeed) -> None:
 def test_official_client_decodes_only_the_first_packet(feed: official.MarketFeed) -> None:
     first = codec.encode_oi(2, 44430, 1_000)
     second = codec.encode_oi(2, 44431, 2_000)
-    assert feed.process_data(first + second) == {"type": "OI Data", "exchange_segment": 2, "security_id": 44430, "OI": 1000}
+    assert feed.process_data(first + second) == {
+        "type": "OI Data",
+        "exchange_segment": 2,
+        "security_id": 44430,
+        "OI": 1000,
+    }
     assert decode_frame(first + second, ProtocolErrors()) == [OIPacket(2, 44430, 1000), OIPacket(2, 44431, 2000)]
     with pytest.raises(struct.error):
         feed.process_data(first[:10])  # the official client raises on a truncated packet

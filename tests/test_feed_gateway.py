@@ -11,10 +11,10 @@ from pathlib import Path
 
 import grpc
 import pytest_asyncio
-from prometheus_client import REGISTRY
 from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
+from prometheus_client import REGISTRY
 
 from services.feed import shard_server
 from services.feed.gateway.hub import HISTORY
@@ -47,21 +47,27 @@ async def read_until(stream, predicate, timeout: float = 10.0):  # type: ignore[
 
 
 async def subscribed_keys(feed: FeedUnderTest, user: str) -> list[common_pb2.InstrumentKey]:
-    listed = await feed.subscription.stub.ListWatchlistItems(spb.ListWatchlistItemsRequest(include_instruments=True), metadata=await feed.subscription.user(user))
+    listed = await feed.subscription.stub.ListWatchlistItems(
+        spb.ListWatchlistItemsRequest(include_instruments=True), metadata=await feed.subscription.user(user)
+    )
     return [k for item in listed.watchlist_items for k in item.instruments]
 
 
 async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed: FeedUnderTest) -> None:
     await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
     keys = await subscribed_keys(feed, "alice")
-    await eventually(lambda: len([i for i in feed.gateway.hub.instruments.values() if i.latest is not None and i.mode]) >= 11,
-                     what="values at the gateway")
+    await eventually(
+        lambda: len([i for i in feed.gateway.hub.instruments.values() if i.latest is not None and i.mode]) >= 11,
+        what="values at the gateway",
+    )
     unknown = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_999)
     not_upstream = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=11536)  # TCS: real, not subscribed
     channel, stub = gateway_stub(feed)
     async with channel:
-        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[*keys, unknown, not_upstream])),
-                                  metadata=await feed.subscription.user("alice"))
+        stream = stub.StreamTicks(
+            feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[*keys, unknown, not_upstream])),
+            metadata=await feed.subscription.user("alice"),
+        )
         first = await stream.read()
         assert first.WhichOneof("body") == "snapshot"
         statuses = {(s.key.security_id): s.status for s in first.snapshot.instruments}
@@ -102,8 +108,10 @@ async def test_batch_options_bound_each_batch_and_bad_ones_are_refused(feed: Fee
     async with channel:
         options = feed_pb2.BatchOptions(max_batch_size=2)
         options.max_batch_delay.FromMilliseconds(50)
-        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys), batch_options=options),
-                                  metadata=await feed.subscription.user("alice"))
+        stream = stub.StreamTicks(
+            feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys), batch_options=options),
+            metadata=await feed.subscription.user("alice"),
+        )
         sizes: list[int] = []
 
         async def batches() -> None:  # until a full batch shows the limit is what binds
@@ -115,7 +123,9 @@ async def test_batch_options_bound_each_batch_and_bad_ones_are_refused(feed: Fee
         await asyncio.wait_for(batches(), 20)
         stream.cancel()
         assert max(sizes) <= 2 and 2 in sizes, sizes
-        bad = feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys), batch_options=feed_pb2.BatchOptions(max_batch_size=-1))
+        bad = feed_pb2.StreamTicksRequest(
+            instruments=feed_pb2.InstrumentList(keys=keys), batch_options=feed_pb2.BatchOptions(max_batch_size=-1)
+        )
         try:
             await stub.StreamTicks(bad, metadata=await feed.subscription.user("alice")).read()
             raise AssertionError("a negative max_batch_size must fail")
@@ -128,13 +138,19 @@ async def test_get_snapshot_gives_last_quotes(feed: FeedUnderTest) -> None:
     key = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)
     channel, stub = gateway_stub(feed)
     async with channel:
+
         async def has_value() -> bool:
             reply = await stub.GetSnapshot(feed_pb2.GetSnapshotRequest(keys=[key]), metadata=feed.subscription.admin)
             return bool(reply.ticks)
 
         await eventually(has_value, what="RELIANCE's last value at the gateway")
-        reply = await stub.GetSnapshot(feed_pb2.GetSnapshotRequest(keys=[key, common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=1)],
-                                                                   mode=common_pb2.FEED_MODE_TICKER), metadata=feed.subscription.admin)
+        reply = await stub.GetSnapshot(
+            feed_pb2.GetSnapshotRequest(
+                keys=[key, common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=1)],
+                mode=common_pb2.FEED_MODE_TICKER,
+            ),
+            metadata=feed.subscription.admin,
+        )
         assert reply.ticks[0].last_price > 0 and not reply.ticks[0].depth
         assert [k.security_id for k in reply.missing_keys] == [1]
         try:
@@ -156,17 +172,29 @@ async def test_my_watchlist_follows_changes_and_shows_evictions(feed: FeedUnderT
         event = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("watchlist"))
         assert event.event.watchlist.kind == spb.WATCHLIST_EVENT_KIND_ADDED
         sbin = {k.security_id for k in added.watchlist_item.instruments}
-        await read_until(stream, lambda m: m.WhichOneof("body") == "batch" and any(t.key.security_id in sbin for t in m.batch.ticks))
-        await feed.subscription.stub.UnsubscribeAllTierA(spb.UnsubscribeAllTierARequest(user_id="alice"), metadata=feed.subscription.admin)
-        evicted = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("watchlist")
-                                   and m.event.watchlist.kind == spb.WATCHLIST_EVENT_KIND_EVICTED)
+        await read_until(
+            stream, lambda m: m.WhichOneof("body") == "batch" and any(t.key.security_id in sbin for t in m.batch.ticks)
+        )
+        await feed.subscription.stub.UnsubscribeAllTierA(
+            spb.UnsubscribeAllTierARequest(user_id="alice"), metadata=feed.subscription.admin
+        )
+        evicted = await read_until(
+            stream,
+            lambda m: (
+                m.WhichOneof("body") == "event"
+                and m.event.HasField("watchlist")
+                and m.event.watchlist.kind == spb.WATCHLIST_EVENT_KIND_EVICTED
+            ),
+        )
         assert evicted.event.watchlist.watchlist_item.state == spb.WATCHLIST_ITEM_STATE_EVICTED
         stream.cancel()
 
 
 async def test_interactive_stream_adds_and_removes_with_statuses(feed: FeedUnderTest) -> None:
     await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
-    await eventually(lambda: feed.gateway.hub.upstream(wire_key("NSE_EQ", 2885)), what="the gateway hearing of the subscription")
+    await eventually(
+        lambda: feed.gateway.hub.upstream(wire_key("NSE_EQ", 2885)), what="the gateway hearing of the subscription"
+    )
     reliance = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)
     bogus = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_998)
     commands: asyncio.Queue[feed_pb2.InteractiveStreamTicksRequest | None] = asyncio.Queue()
@@ -178,18 +206,37 @@ async def test_interactive_stream_adds_and_removes_with_statuses(feed: FeedUnder
     channel, stub = gateway_stub(feed)
     async with channel:
         call = stub.InteractiveStreamTicks(requests(), metadata=await feed.subscription.user("alice"))
-        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c1", add=feed_pb2.AddInstruments(keys=[reliance, bogus])))
+        await commands.put(
+            feed_pb2.InteractiveStreamTicksRequest(
+                correlation_id="c1", add=feed_pb2.AddInstruments(keys=[reliance, bogus])
+            )
+        )
         result = await read_until(call, lambda m: m.WhichOneof("body") == "result")
         assert result.result.correlation_id == "c1"
-        assert [s.status for s in result.result.instruments] == [feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED, feed_pb2.INSTRUMENT_STATUS_NOT_FOUND]
+        assert [s.status for s in result.result.instruments] == [
+            feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED,
+            feed_pb2.INSTRUMENT_STATUS_NOT_FOUND,
+        ]
         await read_until(call, lambda m: m.WhichOneof("body") == "batch" and m.batch.ticks[0].key.security_id == 2885)
-        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c2", remove=feed_pb2.RemoveInstruments(keys=[reliance])))
+        await commands.put(
+            feed_pb2.InteractiveStreamTicksRequest(
+                correlation_id="c2", remove=feed_pb2.RemoveInstruments(keys=[reliance])
+            )
+        )
         removed = await read_until(call, lambda m: m.WhichOneof("body") == "result")
         assert removed.result.instruments[0].status == feed_pb2.INSTRUMENT_STATUS_REMOVED
-        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c3", batch_options=feed_pb2.BatchOptions(max_batch_size=-5)))
+        await commands.put(
+            feed_pb2.InteractiveStreamTicksRequest(
+                correlation_id="c3", batch_options=feed_pb2.BatchOptions(max_batch_size=-5)
+            )
+        )
         refused = await read_until(call, lambda m: m.WhichOneof("body") == "result")
         assert refused.result.correlation_id == "c3" and "max_batch_size" in refused.result.message
-        await commands.put(feed_pb2.InteractiveStreamTicksRequest(correlation_id="c4", batch_options=feed_pb2.BatchOptions(max_batch_size=10)))
+        await commands.put(
+            feed_pb2.InteractiveStreamTicksRequest(
+                correlation_id="c4", batch_options=feed_pb2.BatchOptions(max_batch_size=10)
+            )
+        )
         applied = await read_until(call, lambda m: m.WhichOneof("body") == "result")
         assert applied.result.correlation_id == "c4" and not applied.result.message
         await commands.put(None)
@@ -201,9 +248,14 @@ async def test_a_terminal_that_stops_reading_holds_one_value_per_instrument(feed
     keys = await subscribed_keys(feed, "alice")
     channel, stub = gateway_stub(feed)
     async with channel:
-        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys)), metadata=feed.subscription.admin)
+        stream = stub.StreamTicks(
+            feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys)),
+            metadata=feed.subscription.admin,
+        )
         seen = {t.key.security_id: t.sequence for t in (await stream.read()).snapshot.ticks}
-        terminal = await eventually(lambda: next(iter(feed.gateway.servicer.streams), None), what="the stream registered")
+        terminal = await eventually(
+            lambda: next(iter(feed.gateway.servicer.streams), None), what="the stream registered"
+        )
         instruments = feed.gateway.hub.instruments
 
         def behind_history() -> bool:
@@ -214,6 +266,7 @@ async def test_a_terminal_that_stops_reading_holds_one_value_per_instrument(feed
         # Stop reading; the ticks keep coming (20/s per instrument).
         await eventually(behind_history, timeout=30, what="the stalled stream falling behind the history")
         assert 0 < len(terminal.pending) <= len(keys)  # one entry per instrument, however long the stall
+
         # Resume: the stream catches up with the latest values, and the skipped ones show as gaps.
         async def catch_up() -> None:
             jumped = False
@@ -235,13 +288,18 @@ async def test_streams_survive_a_shard_restart_and_show_the_gap(feed: FeedUnderT
     key = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=2885)
     channel, stub = gateway_stub(feed)
     async with channel:
-        stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[key])), metadata=feed.subscription.admin)
+        stream = stub.StreamTicks(
+            feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[key])),
+            metadata=feed.subscription.admin,
+        )
         await stream.read()
         before = await read_until(stream, lambda m: m.WhichOneof("body") == "batch")
         old = feed.shards[0]
         port = int(old.app.address.rsplit(":", 1)[1])
         await old.app.stop(0)
-        interrupted = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("upstream"))
+        interrupted = await read_until(
+            stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("upstream")
+        )
         assert interrupted.event.upstream.state == feed_pb2.UPSTREAM_STATE_INTERRUPTED
         settings = dataclasses.replace(old.runtime.settings, grpc_port=port)
         restarted = shard_server.create_server(settings)
@@ -249,8 +307,13 @@ async def test_streams_survive_a_shard_restart_and_show_the_gap(feed: FeedUnderT
         assert restarted.app.until_ready is not None
         await restarted.app.until_ready()
         feed.shards[0] = restarted
-        restored = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("upstream"), timeout=20)
-        assert restored.event.upstream.state == feed_pb2.UPSTREAM_STATE_RESTORED and restored.event.upstream.shard_restarted
+        restored = await read_until(
+            stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("upstream"), timeout=20
+        )
+        assert (
+            restored.event.upstream.state == feed_pb2.UPSTREAM_STATE_RESTORED
+            and restored.event.upstream.shard_restarted
+        )
         after = await read_until(stream, lambda m: m.WhichOneof("body") == "batch", timeout=20)
         last_before = max(t.sequence for t in before.batch.ticks)
         assert min(t.sequence for t in after.batch.ticks) > last_before + 1  # the gap shows
@@ -271,11 +334,14 @@ async def test_gateway_replicas_give_the_same_ticks_the_same_numbers(feed: FeedU
     await eventually(lambda: applied() >= 20, what="ticks at the first gateway before the second starts")
     second = await start_gateway(feed.subscription, feed.shards)
     try:
+
         async def ticks(address: str) -> dict[int, tuple[float, int]]:
             seen: dict[int, tuple[float, int]] = {}
             async with grpc.aio.insecure_channel(address) as channel:
                 stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(
-                    feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[key])), metadata=feed.subscription.admin)
+                    feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=[key])),
+                    metadata=feed.subscription.admin,
+                )
                 while len(seen) < 30:
                     message = await stream.read()
                     body = message.batch.ticks if message.WhichOneof("body") == "batch" else message.snapshot.ticks
@@ -283,9 +349,13 @@ async def test_gateway_replicas_give_the_same_ticks_the_same_numbers(feed: FeedU
                 stream.cancel()
             return seen
 
-        first, other = await asyncio.wait_for(asyncio.gather(ticks(feed.gateway.app.address), ticks(second.app.address)), 20)
+        first, other = await asyncio.wait_for(
+            asyncio.gather(ticks(feed.gateway.app.address), ticks(second.app.address)), 20
+        )
         both = first.keys() & other.keys()
         assert len(both) >= 20, (sorted(first), sorted(other))
-        assert all(first[n] == other[n] for n in both), [(n, first[n], other[n]) for n in sorted(both) if first[n] != other[n]]
+        assert all(first[n] == other[n] for n in both), [
+            (n, first[n], other[n]) for n in sorted(both) if first[n] != other[n]
+        ]
     finally:
         await second.app.stop(0)

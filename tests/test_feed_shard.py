@@ -30,9 +30,13 @@ async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: Fee
     await eventually(lambda: feed.subscriptions_on_broker() == [11], what="11 subscriptions on the broker")
     connection = feed.simulator.connections()[0]
     assert {mode for _, _, mode in connection.subscriptions} == {"FULL"}
-    await eventually(lambda: len(shard.cache.ticks) == 11 and len(shard.cache.previous_close) == 11, what="a full cache")
+    await eventually(
+        lambda: len(shard.cache.ticks) == 11 and len(shard.cache.previous_close) == 11, what="a full cache"
+    )
     async with grpc.aio.insecure_channel(feed.shards[0].app.address) as channel:
-        stream = shard_pb2_grpc.ShardServiceStub(channel).StreamShardTicks(shard_pb2.StreamShardTicksRequest(gateway_id="test"))
+        stream = shard_pb2_grpc.ShardServiceStub(channel).StreamShardTicks(
+            shard_pb2.StreamShardTicksRequest(gateway_id="test")
+        )
         hello = await stream.read()
         assert hello.hello.shard_id == 0 and hello.hello.shard_epoch == shard.epoch
         snapshot = (await stream.read()).snapshot
@@ -59,8 +63,13 @@ async def test_more_than_100_instruments_go_in_several_messages(feed: FeedUnderT
     await add(feed.subscription, "bob", "HDFCBANK", strikes_each_side=30)
     await eventually(lambda: feed.subscriptions_on_broker() == [246], what="246 subscriptions")
     assert feed.simulator.connections()[0].requests >= 3  # the simulator refuses > 100 per message
-    items = await feed.subscription.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(), metadata=await feed.subscription.user("bob"))
-    await feed.subscription.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id=items.watchlist_items[0].item_id), metadata=await feed.subscription.user("bob"))
+    items = await feed.subscription.stub.ListWatchlistItems(
+        pb.ListWatchlistItemsRequest(), metadata=await feed.subscription.user("bob")
+    )
+    await feed.subscription.stub.RemoveWatchlistItem(
+        pb.RemoveWatchlistItemRequest(item_id=items.watchlist_items[0].item_id),
+        metadata=await feed.subscription.user("bob"),
+    )
     await eventually(lambda: feed.subscriptions_on_broker() == [123], what="the removal reaching the broker")
 
 
@@ -80,8 +89,11 @@ async def test_a_silent_feed_trips_the_watchdog(feed: FeedUnderTest) -> None:
     await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
     first = feed.simulator.connections()[0].id
     feed.simulator.silence("all")
-    await eventually(lambda: any(c.id != first and len(c.subscriptions) == 11 for c in feed.simulator.connections()),
-                     timeout=10, what="a reconnect after silence")
+    await eventually(
+        lambda: any(c.id != first and len(c.subscriptions) == 11 for c in feed.simulator.connections()),
+        timeout=10,
+        what="a reconnect after silence",
+    )
 
 
 async def test_805_backs_off_long_and_807_stops(feed: FeedUnderTest) -> None:
@@ -123,8 +135,13 @@ async def test_instruments_without_a_first_tick_are_flagged(database_url: str, m
         await eventually(lambda: feed.subscriptions_on_broker() == [1], what="the first subscription")
         feed.simulator.silence("all")
         await add(feed.subscription, "bob", "SBIN", strikes_each_side=1)  # asked while the feed is silent
-        flagged = await eventually(lambda: shard.status().instruments_awaiting_first_tick, timeout=5, what="late first ticks flagged")
+        flagged = await eventually(
+            lambda: shard.status().instruments_awaiting_first_tick, timeout=5, what="late first ticks flagged"
+        )
         assert flagged == 7
         # The watchdog reconnects; the resubscribed instruments tick and the flag clears.
-        await eventually(lambda: shard.status().instruments_awaiting_first_tick == 0 and shard.reconnect_count >= 1,
-                         timeout=10, what="first ticks after the reconnect")
+        await eventually(
+            lambda: shard.status().instruments_awaiting_first_tick == 0 and shard.reconnect_count >= 1,
+            timeout=10,
+            what="first ticks after the reconnect",
+        )

@@ -28,7 +28,11 @@ def _hub() -> tuple[Hub, ShardLink, Marks]:
 
 def test_a_fresh_gateway_takes_every_part_of_a_snapshot_under_one_number() -> None:
     hub, link, marks = _hub()
-    prev, oi, tick = encode_prev_close(SEGMENT, SECURITY_ID, 97.5, 4000), encode_oi(SEGMENT, SECURITY_ID, 5000), full_packet(100.25)
+    prev, oi, tick = (
+        encode_prev_close(SEGMENT, SECURITY_ID, 97.5, 4000),
+        encode_oi(SEGMENT, SECURITY_ID, 5000),
+        full_packet(100.25),
+    )
     hub.apply_snapshot(link, records(42, prev, oi, tick))
     latest = hub.instruments[KEY].latest
     assert latest is not None

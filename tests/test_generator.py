@@ -127,10 +127,7 @@ def test_every_equity_and_index_of_the_extract_is_kept(full: MasterSummary) -> N
 
 
 def test_real_rows_are_written_back_in_dhan_number_format(full: MasterSummary) -> None:
-    assert full.special_rows[("NSE_EQ", 2885)] == (
-        "NSE,E,2885,EQUITY,0,RELIANCE,1.0,Reliance Industries,,,,10.0000,NA,ES,EQ,"
-        "RELIANCE INDUSTRIES LTD"
-    ).split(",")
+    assert full.special_rows[("NSE_EQ", 2885)] == ["NSE", "E", "2885", "EQUITY", "0", "RELIANCE", "1.0", "Reliance Industries", "", "", "", "10.0000", "NA", "ES", "EQ", "RELIANCE INDUSTRIES LTD"]
     # Identical to the example row of the protocol reference.
     nifty = "NSE,I,13,INDEX,0,NIFTY,1.0,Nifty 50,0001-01-01,,XX,0.0500,,INDEX,X,NIFTY"
     assert full.special_rows[("IDX_I", 13)] == nifty.split(",")
@@ -261,9 +258,7 @@ def test_a_different_seed_changes_prices(small_prices: dict[tuple[str, int], flo
     assert other[("IDX_I", 13)] == small_prices[("IDX_I", 13)] == 25_900.0
 
 
-def test_reference_prices_match_the_sidecar(
-    small_prices: dict[tuple[str, int], float], tmp_path: Path
-) -> None:
+def test_reference_prices_match_the_sidecar(small_prices: dict[tuple[str, int], float], tmp_path: Path) -> None:
     out = tmp_path / "master.csv"
     count = gen.write_master(SMALL, out)
     with out.with_name("master.prices.csv").open(newline="") as fh:

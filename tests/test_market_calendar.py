@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -142,8 +142,8 @@ def test_market_hours_nse_bse_mcx() -> None:
 
 
 def test_market_hours_convert_aware_datetimes_and_take_naive_as_ist() -> None:
-    assert cal.is_market_open("NSE", datetime(2026, 11, 23, 4, 0, tzinfo=timezone.utc))  # 09:30 IST
-    assert not cal.is_market_open("NSE", datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc))  # 15:30 IST
+    assert cal.is_market_open("NSE", datetime(2026, 11, 23, 4, 0, tzinfo=UTC))  # 09:30 IST
+    assert not cal.is_market_open("NSE", datetime(2026, 11, 23, 10, 0, tzinfo=UTC))  # 15:30 IST
     assert cal.is_market_open("NSE", datetime(2026, 11, 23, 10, 0))
     with pytest.raises(ValueError):
         cal.is_market_open("NYSE", datetime(2026, 11, 23, 10, 0))

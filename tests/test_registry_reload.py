@@ -61,15 +61,22 @@ async def test_failed_reload_keeps_the_previous_master(registry: RegistryUnderTe
     garbage = tmp_path / "garbage.csv"
     garbage.write_text("this,is,not\na,scrip,master\n")
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.ReloadMaster(pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_FILE, file_path=str(garbage)), metadata=registry.admin)
+        await stub.ReloadMaster(
+            pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_FILE, file_path=str(garbage)), metadata=registry.admin
+        )
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "previous master keeps serving" in (raised.value.details() or "")
     only_bad = write_master(tmp_path / "bad.csv", ["NSE,E,x,EQUITY,0,X,1.0,X,,,,10.0000,NA,ES,EQ,X"])
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.ReloadMaster(pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_FILE, file_path=str(only_bad)), metadata=registry.admin)
+        await stub.ReloadMaster(
+            pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_FILE, file_path=str(only_bad)), metadata=registry.admin
+        )
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await stub.ReloadMaster(pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_FILE, file_path=str(tmp_path / "missing.csv")), metadata=registry.admin)
+        await stub.ReloadMaster(
+            pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_FILE, file_path=str(tmp_path / "missing.csv")),
+            metadata=registry.admin,
+        )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.ReloadMaster(pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_FILE), metadata=registry.admin)
@@ -77,7 +84,9 @@ async def test_failed_reload_keeps_the_previous_master(registry: RegistryUnderTe
     after = await stub.GetMasterStatus(pb.GetMasterStatusRequest(), metadata=registry.admin)
     assert after.status == before.status
     key = common_pb2.InstrumentKey(exchange_segment=common_pb2.EXCHANGE_SEGMENT_NSE_EQ, security_id=2885)
-    assert (await stub.GetInstrument(pb.GetInstrumentRequest(key=key), metadata=registry.user)).instrument.trading_symbol == "RELIANCE"
+    assert (
+        await stub.GetInstrument(pb.GetInstrumentRequest(key=key), metadata=registry.user)
+    ).instrument.trading_symbol == "RELIANCE"
 
 
 async def test_reload_generated_for_another_date(registry: RegistryUnderTest) -> None:

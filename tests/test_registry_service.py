@@ -52,7 +52,9 @@ async def test_search_reliance_returns_the_real_nse_id_first(stub, registry) -> 
 
 
 async def test_search_orders_exact_then_cash_index_futures_options(stub, registry) -> None:
-    reply = await stub.SearchInstruments(pb.SearchInstrumentsRequest(query="RELIANCE", page_size=500), metadata=registry.user)
+    reply = await stub.SearchInstruments(
+        pb.SearchInstrumentsRequest(query="RELIANCE", page_size=500), metadata=registry.user
+    )
     kinds = [i.instrument_type for i in reply.instruments]
     exact = [i for i in reply.instruments if i.trading_symbol == "RELIANCE"]
     assert [i.trading_symbol for i in reply.instruments[: len(exact)]] == ["RELIANCE"] * len(exact)
@@ -91,10 +93,10 @@ async def test_search_by_name_prefix_and_fuzzy(stub, registry) -> None:
 
 
 async def test_search_filters_and_derivative_tokens(stub, registry) -> None:
-    futures = await stub.SearchInstruments(
-        pb.SearchInstrumentsRequest(query="RELIANCE FUT"), metadata=registry.user
+    futures = await stub.SearchInstruments(pb.SearchInstrumentsRequest(query="RELIANCE FUT"), metadata=registry.user)
+    assert futures.instruments and all(
+        i.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTSTK for i in futures.instruments
     )
-    assert futures.instruments and all(i.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTSTK for i in futures.instruments)
     chain = await stub.GetOptionChain(
         pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_912), metadata=registry.user
     )
@@ -111,7 +113,10 @@ async def test_search_filters_and_derivative_tokens(stub, registry) -> None:
 
 
 async def test_search_bad_input(stub, registry) -> None:
-    details = await expect_status(stub.SearchInstruments(pb.SearchInstrumentsRequest(query="  "), metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT)
+    details = await expect_status(
+        stub.SearchInstruments(pb.SearchInstrumentsRequest(query="  "), metadata=registry.user),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert "query" in details
     details = await expect_status(
         stub.SearchInstruments(pb.SearchInstrumentsRequest(query="NIFTY", page_size=-1), metadata=registry.user),
@@ -119,15 +124,21 @@ async def test_search_bad_input(stub, registry) -> None:
     )
     assert "page_size" in details
     await expect_status(
-        stub.SearchInstruments(pb.SearchInstrumentsRequest(query="NIFTY", page_token="garbage!"), metadata=registry.user),
+        stub.SearchInstruments(
+            pb.SearchInstrumentsRequest(query="NIFTY", page_token="garbage!"), metadata=registry.user
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     first = await stub.SearchInstruments(pb.SearchInstrumentsRequest(query="NIFTY"), metadata=registry.user)
     await expect_status(
-        stub.SearchInstruments(pb.SearchInstrumentsRequest(query="BANKNIFTY", page_token=first.next_page_token), metadata=registry.user),
+        stub.SearchInstruments(
+            pb.SearchInstrumentsRequest(query="BANKNIFTY", page_token=first.next_page_token), metadata=registry.user
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    oversized = await stub.SearchInstruments(pb.SearchInstrumentsRequest(query="NIFTY", page_size=100_000), metadata=registry.user)
+    oversized = await stub.SearchInstruments(
+        pb.SearchInstrumentsRequest(query="NIFTY", page_size=100_000), metadata=registry.user
+    )
     assert len(oversized.instruments) == min(500, oversized.total_size)
     coerced = await stub.SearchInstruments(
         pb.SearchInstrumentsRequest(query="A", page_size=100_000, exchange_segments=[]), metadata=registry.user
@@ -140,33 +151,52 @@ async def test_get_instrument(stub, registry) -> None:
     reply = await stub.GetInstrument(pb.GetInstrumentRequest(key=key), metadata=registry.user)
     assert reply.instrument.trading_symbol == "RELIANCE" and reply.instrument.tick_size == pytest.approx(0.10)
     missing = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_999)
-    assert "999999999" in await expect_status(stub.GetInstrument(pb.GetInstrumentRequest(key=missing), metadata=registry.user), grpc.StatusCode.NOT_FOUND)
+    assert "999999999" in await expect_status(
+        stub.GetInstrument(pb.GetInstrumentRequest(key=missing), metadata=registry.user), grpc.StatusCode.NOT_FOUND
+    )
     no_segment = common_pb2.InstrumentKey(security_id=2885)
-    await expect_status(stub.GetInstrument(pb.GetInstrumentRequest(key=no_segment), metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
+        stub.GetInstrument(pb.GetInstrumentRequest(key=no_segment), metadata=registry.user),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 async def test_resolve_trading_symbol(stub, registry) -> None:
-    reply = await stub.ResolveTradingSymbol(pb.ResolveTradingSymbolRequest(trading_symbol="reliance"), metadata=registry.user)
+    reply = await stub.ResolveTradingSymbol(
+        pb.ResolveTradingSymbolRequest(trading_symbol="reliance"), metadata=registry.user
+    )
     assert [(i.key.exchange_segment, i.key.security_id) for i in reply.instruments] == [
         (NSE_EQ, 2885),
         (common_pb2.EXCHANGE_SEGMENT_BSE_EQ, 500325),
     ]
     await expect_status(
-        stub.ResolveTradingSymbol(pb.ResolveTradingSymbolRequest(trading_symbol="NOSUCHSYMBOL"), metadata=registry.user),
+        stub.ResolveTradingSymbol(
+            pb.ResolveTradingSymbolRequest(trading_symbol="NOSUCHSYMBOL"), metadata=registry.user
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
-    await expect_status(stub.ResolveTradingSymbol(pb.ResolveTradingSymbolRequest(), metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
+        stub.ResolveTradingSymbol(pb.ResolveTradingSymbolRequest(), metadata=registry.user),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 async def test_list_expiries(stub, registry) -> None:
-    reply = await stub.ListExpiries(pb.ListExpiriesRequest(underlying_symbol="NIFTY", kind=pb.DERIVATIVE_KIND_OPTIONS), metadata=registry.user)
+    reply = await stub.ListExpiries(
+        pb.ListExpiriesRequest(underlying_symbol="NIFTY", kind=pb.DERIVATIVE_KIND_OPTIONS), metadata=registry.user
+    )
     dates = [e.expiry_date for e in reply.expiries]
     assert dates == sorted(dates) and dates[0] >= TRADING_DATE.isoformat()
     assert dates[0] == NIFTY_WEEKLY
     assert all(e.has_options and e.strike_count > 0 for e in reply.expiries)
-    paged = await stub.ListExpiries(pb.ListExpiriesRequest(underlying_symbol="NIFTY", page_size=1), metadata=registry.user)
+    paged = await stub.ListExpiries(
+        pb.ListExpiriesRequest(underlying_symbol="NIFTY", page_size=1), metadata=registry.user
+    )
     assert len(paged.expiries) == 1 and paged.next_page_token
-    await expect_status(stub.ListExpiries(pb.ListExpiriesRequest(underlying_symbol="NOPE"), metadata=registry.user), grpc.StatusCode.NOT_FOUND)
+    await expect_status(
+        stub.ListExpiries(pb.ListExpiriesRequest(underlying_symbol="NOPE"), metadata=registry.user),
+        grpc.StatusCode.NOT_FOUND,
+    )
     await expect_status(
         stub.ListExpiries(pb.ListExpiriesRequest(underlying_symbol="NIFTY", page_size=-5), metadata=registry.user),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -179,7 +209,10 @@ async def test_option_chain_window_around_atm(stub, registry) -> None:
         metadata=registry.user,
     )
     assert reply.expiry_date == NIFTY_WEEKLY
-    assert (reply.underlying.key.exchange_segment, reply.underlying.key.security_id) == (common_pb2.EXCHANGE_SEGMENT_IDX_I, 13)
+    assert (reply.underlying.key.exchange_segment, reply.underlying.key.security_id) == (
+        common_pb2.EXCHANGE_SEGMENT_IDX_I,
+        13,
+    )
     assert reply.atm_strike == 25_900 and reply.strike_step == 50
     assert reply.strike_count == 11 == len(reply.strikes)
     strikes = [s.strike_price for s in reply.strikes]
@@ -187,47 +220,66 @@ async def test_option_chain_window_around_atm(stub, registry) -> None:
     assert strikes[5] == 25_900 and strikes == sorted(strikes)
     assert strikes[4:7] == [25_850, 25_900, 25_950]
     for strike in reply.strikes:
-        assert strike.call.option_type == common_pb2.OPTION_TYPE_CALL and strike.call.strike_price == strike.strike_price
+        assert (
+            strike.call.option_type == common_pb2.OPTION_TYPE_CALL and strike.call.strike_price == strike.strike_price
+        )
         assert strike.put.option_type == common_pb2.OPTION_TYPE_PUT and strike.put.expiry_date == reply.expiry_date
     assert reply.price_source == pb.PRICE_SOURCE_REQUEST and reply.clipped_below == reply.clipped_above == 0
 
 
 async def test_option_chain_step_is_derived_from_listed_strikes(stub, registry) -> None:
-    near = await stub.GetOptionChain(pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_900), metadata=registry.user)
-    far = await stub.GetOptionChain(pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_900 * 1.12), metadata=registry.user)
+    near = await stub.GetOptionChain(
+        pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_900), metadata=registry.user
+    )
+    far = await stub.GetOptionChain(
+        pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_900 * 1.12), metadata=registry.user
+    )
     assert near.strike_step == 50
     assert far.strike_step > near.strike_step
 
 
 async def test_option_chain_clips_at_listed_edges(stub, registry) -> None:
     reply = await stub.GetOptionChain(
-        pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=1.0, strikes_each_side=10), metadata=registry.user
+        pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=1.0, strikes_each_side=10),
+        metadata=registry.user,
     )
     assert reply.atm_strike == reply.strikes[0].strike_price
     assert reply.clipped_below == 10 and reply.strike_count == 11 and reply.clipped_above == 0
 
 
 async def test_option_chain_prices_from_previous_close_without_a_live_price(stub, registry) -> None:
-    reply = await stub.GetOptionChain(pb.GetOptionChainRequest(underlying_symbol="RELIANCE", use_last_price=True), metadata=registry.user)
+    reply = await stub.GetOptionChain(
+        pb.GetOptionChainRequest(underlying_symbol="RELIANCE", use_last_price=True), metadata=registry.user
+    )
     assert reply.price_source == pb.PRICE_SOURCE_PREVIOUS_CLOSE and reply.underlying_price > 0
     assert reply.underlying.key.security_id == 2885 and reply.strike_count == 21
 
 
 async def test_option_chain_for_a_commodity_uses_its_future(stub, registry) -> None:
-    reply = await stub.GetOptionChain(pb.GetOptionChainRequest(underlying_symbol="CRUDEOIL", use_last_price=True), metadata=registry.user)
+    reply = await stub.GetOptionChain(
+        pb.GetOptionChainRequest(underlying_symbol="CRUDEOIL", use_last_price=True), metadata=registry.user
+    )
     assert reply.underlying.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTCOM
     assert reply.underlying.expiry_date >= reply.expiry_date and reply.strike_count > 0
 
 
 async def test_option_chain_bad_input(stub, registry) -> None:
     zero = pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=0.0)
-    assert "price" in await expect_status(stub.GetOptionChain(zero, metadata=registry.user), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "price" in await expect_status(
+        stub.GetOptionChain(zero, metadata=registry.user), grpc.StatusCode.FAILED_PRECONDITION
+    )
     malformed = pb.GetOptionChainRequest(underlying_symbol="NIFTY", expiry_date="24-11-2026", underlying_price=25_900)
-    assert "YYYY-MM-DD" in await expect_status(stub.GetOptionChain(malformed, metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "YYYY-MM-DD" in await expect_status(
+        stub.GetOptionChain(malformed, metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT
+    )
     unlisted = pb.GetOptionChainRequest(underlying_symbol="NIFTY", expiry_date="2026-11-25", underlying_price=25_900)
-    assert NIFTY_WEEKLY in await expect_status(stub.GetOptionChain(unlisted, metadata=registry.user), grpc.StatusCode.NOT_FOUND)
+    assert NIFTY_WEEKLY in await expect_status(
+        stub.GetOptionChain(unlisted, metadata=registry.user), grpc.StatusCode.NOT_FOUND
+    )
     wide = pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=25_900, strikes_each_side=201)
-    assert "1..200" in await expect_status(stub.GetOptionChain(wide, metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "1..200" in await expect_status(
+        stub.GetOptionChain(wide, metadata=registry.user), grpc.StatusCode.INVALID_ARGUMENT
+    )
     unknown = pb.GetOptionChainRequest(underlying_symbol="NOSUCH", underlying_price=100)
     await expect_status(stub.GetOptionChain(unknown, metadata=registry.user), grpc.StatusCode.NOT_FOUND)
 
@@ -242,11 +294,20 @@ async def test_option_chain_is_cached_per_atm_in_postgres(stub, registry) -> Non
             return int(row["n"])
 
     before = await cached_rows()
-    first = await stub.GetOptionChain(pb.GetOptionChainRequest(underlying_symbol="BANKNIFTY", underlying_price=58_010, strikes_each_side=7), metadata=registry.user)
-    same_atm = await stub.GetOptionChain(pb.GetOptionChainRequest(underlying_symbol="BANKNIFTY", underlying_price=58_020, strikes_each_side=7), metadata=registry.user)
+    first = await stub.GetOptionChain(
+        pb.GetOptionChainRequest(underlying_symbol="BANKNIFTY", underlying_price=58_010, strikes_each_side=7),
+        metadata=registry.user,
+    )
+    same_atm = await stub.GetOptionChain(
+        pb.GetOptionChainRequest(underlying_symbol="BANKNIFTY", underlying_price=58_020, strikes_each_side=7),
+        metadata=registry.user,
+    )
     assert first.atm_strike == same_atm.atm_strike and await cached_rows() == before + 1
     assert same_atm.underlying_price == 58_020
-    moved = await stub.GetOptionChain(pb.GetOptionChainRequest(underlying_symbol="BANKNIFTY", underlying_price=59_000, strikes_each_side=7), metadata=registry.user)
+    moved = await stub.GetOptionChain(
+        pb.GetOptionChainRequest(underlying_symbol="BANKNIFTY", underlying_price=59_000, strikes_each_side=7),
+        metadata=registry.user,
+    )
     assert moved.atm_strike != first.atm_strike and await cached_rows() == before + 2
 
 
@@ -260,8 +321,12 @@ async def test_master_status(stub, registry) -> None:
 async def test_credentials_are_required_and_checked(stub, registry) -> None:
     await expect_status(stub.GetMasterStatus(pb.GetMasterStatusRequest()), grpc.StatusCode.UNAUTHENTICATED)
     bad = (("authorization", "Bearer dsk_not_a_key"),)
-    await expect_status(stub.GetMasterStatus(pb.GetMasterStatusRequest(), metadata=bad), grpc.StatusCode.UNAUTHENTICATED)
-    details = await expect_status(stub.ReloadMaster(pb.ReloadMasterRequest(), metadata=registry.user), grpc.StatusCode.PERMISSION_DENIED)
+    await expect_status(
+        stub.GetMasterStatus(pb.GetMasterStatusRequest(), metadata=bad), grpc.StatusCode.UNAUTHENTICATED
+    )
+    details = await expect_status(
+        stub.ReloadMaster(pb.ReloadMasterRequest(), metadata=registry.user), grpc.StatusCode.PERMISSION_DENIED
+    )
     assert "admin" in details
 
 
@@ -273,6 +338,8 @@ async def test_health_and_reflection_answer_without_credentials(registry) -> Non
 
     reflection = reflection_pb2_grpc.ServerReflectionStub(registry.channel)
     services = []
-    async for answer in reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+    async for answer in reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    ):
         services = [s.name for s in answer.list_services_response.service]
     assert "dataserver.registry.v1.RegistryService" in services and "grpc.health.v1.Health" in services

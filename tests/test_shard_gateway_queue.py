@@ -29,7 +29,9 @@ async def test_consecutive_bursts_leave_as_one_message_in_order() -> None:
 
 async def test_other_messages_keep_their_place_between_bursts() -> None:
     stream = GatewayStream()
-    change = shard_pb2.StreamShardTicksResponse(instruments_change=shard_pb2.ShardInstrumentsChange(assignment_version=7))
+    change = shard_pb2.StreamShardTicksResponse(
+        instruments_change=shard_pb2.ShardInstrumentsChange(assignment_version=7)
+    )
     stream.offer(_records(1))
     stream.offer(_records(2))
     stream.offer(change)

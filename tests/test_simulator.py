@@ -196,8 +196,14 @@ async def test_valid_credentials_connect_and_stay_up(start_sim: Any) -> None:
         ("?version=1&token=good&clientId=C1&authType=2", 814),
     ],
 )
-async def test_refused_connections_get_the_disconnect_reason_then_a_close(start_sim: Any, query: str, reason: int) -> None:
-    settings = {"valid_tokens": frozenset({"good"}), "valid_client_ids": frozenset({"C1"}), "expired_tokens": frozenset({"old"})}
+async def test_refused_connections_get_the_disconnect_reason_then_a_close(
+    start_sim: Any, query: str, reason: int
+) -> None:
+    settings = {
+        "valid_tokens": frozenset({"good"}),
+        "valid_client_ids": frozenset({"C1"}),
+        "expired_tokens": frozenset({"old"}),
+    }
     async with start_sim(**settings) as sim:
         async with Client.open(url(sim, query)) as client:
             packets, closed = await client.closed()
@@ -216,7 +222,9 @@ async def test_any_non_empty_token_is_accepted_by_default(start_sim: Any) -> Non
 # --- requests and ticks ---------------------------------------------------------------
 
 
-async def test_full_subscription_sends_prev_closes_then_full_packets_one_per_frame(start_sim: Any, nifty_option: tuple[str, int]) -> None:
+async def test_full_subscription_sends_prev_closes_then_full_packets_one_per_frame(
+    start_sim: Any, nifty_option: tuple[str, int]
+) -> None:
     wanted = [NIFTY, RELIANCE, nifty_option]
     ids = {sid for _, sid in wanted}
     async with start_sim() as sim, Client.open(sim.url()) as client:
@@ -240,7 +248,9 @@ async def test_full_subscription_sends_prev_closes_then_full_packets_one_per_fra
         assert sorted(info.subscriptions) == sorted((seg, sid, "FULL") for seg, sid in wanted)
 
 
-async def test_quote_mode_sends_quote_plus_oi_for_derivatives_and_ticker_mode_tickers(start_sim: Any, nifty_option: tuple[str, int]) -> None:
+async def test_quote_mode_sends_quote_plus_oi_for_derivatives_and_ticker_mode_tickers(
+    start_sim: Any, nifty_option: tuple[str, int]
+) -> None:
     async with start_sim() as sim, Client.open(sim.url()) as client:
         await client.subscribe([RELIANCE, nifty_option], FeedMode.QUOTE)
         packets = await client.packets(40)
@@ -548,7 +558,9 @@ async def test_garbage_frames_decode_as_protocol_errors(start_sim: Any) -> None:
         assert sim.connections()[0].state == "open"
 
 
-async def wait_for_async(step: Callable[[], Awaitable[Any]], condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+async def wait_for_async(
+    step: Callable[[], Awaitable[Any]], condition: Callable[[], bool], timeout: float = TIMEOUT
+) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await step()
@@ -578,7 +590,9 @@ async def test_control_api_over_http(start_sim: Any, nifty_option: tuple[str, in
             assert status == 200
             conns = {c["client_id"]: c for c in body["connections"]}
             assert conns["C7"]["subscription_count"] == 2
-            assert sorted(conns["C7"]["subscriptions"]) == sorted([["IDX_I", 13, "FULL"], [nifty_option[0], nifty_option[1], "FULL"]])
+            assert sorted(conns["C7"]["subscriptions"]) == sorted(
+                [["IDX_I", 13, "FULL"], [nifty_option[0], nifty_option[1], "FULL"]]
+            )
             assert conns["C8"]["subscriptions"] == [["NSE_EQ", 2885, "QUOTE"]]
             for c in conns.values():
                 assert c["state"] == "open" and c["packets_sent"] > 0 and c["remote"].startswith("127.0.0.1:")
@@ -593,16 +607,23 @@ async def test_control_api_over_http(start_sim: Any, nifty_option: tuple[str, in
             assert (await http(port, "POST", f"/connections/{a_id}/disconnect", {"reason": "x"}))[0] == 400
 
             assert await http(port, "POST", "/connections/all/silence") == (200, {"affected": [a_id, b_id]})
+
             async def all_silenced() -> bool:  # the state flips as each connection's send loop notices
                 return {c["state"] for c in (await http(port, "GET", "/connections"))[1]["connections"]} == {"silenced"}
 
             await eventually(all_silenced, timeout=TIMEOUT, what="every connection silenced")
             assert await http(port, "POST", "/connections/all/resume") == (200, {"affected": [a_id, b_id]})
 
-            assert await http(port, "POST", f"/connections/{b_id}/garbage", {"bytes": 32, "count": 3}) == (200, {"affected": [b_id]})
+            assert await http(port, "POST", f"/connections/{b_id}/garbage", {"bytes": 32, "count": 3}) == (
+                200,
+                {"affected": [b_id]},
+            )
             await wait_for_async(lambda: b.frame(), lambda: b.errors.malformed >= 3)
 
-            assert await http(port, "POST", f"/connections/{a_id}/disconnect", {"reason": 805}) == (200, {"affected": [a_id]})
+            assert await http(port, "POST", f"/connections/{a_id}/disconnect", {"reason": 805}) == (
+                200,
+                {"affected": [a_id]},
+            )
             packets, closed = await a.closed()
             assert packets[-1] == DisconnectPacket(0, 0, 805) and isinstance(closed, ConnectionClosedOK)
 
@@ -634,13 +655,31 @@ def test_settings_from_env_and_cli() -> None:
     from services.common.config import ConfigError
     from services.feed.simulator.__main__ import parse_args
 
-    env = {"SIM_PORT": "9001", "SIM_VALID_TOKENS": "a, b", "SIM_BURST": "true", "SIM_TICKS_PER_SECOND": "2.5", "SIM_SEED": "4", "SIM_MASTER_PATH": "/tmp/m.csv"}
+    env = {
+        "SIM_PORT": "9001",
+        "SIM_VALID_TOKENS": "a, b",
+        "SIM_BURST": "true",
+        "SIM_TICKS_PER_SECOND": "2.5",
+        "SIM_SEED": "4",
+        "SIM_MASTER_PATH": "/tmp/m.csv",
+    }
     s = SimulatorSettings.from_env(env)
     assert (s.port, s.valid_tokens, s.burst, s.ticks_per_second, s.seed) == (9001, frozenset({"a", "b"}), True, 2.5, 4)
     assert s.master_path == Path("/tmp/m.csv") and s.valid_client_ids is None and s.ping_interval == 10.0
     assert SimulatorSettings.from_env({}) == SimulatorSettings()
-    for bad in ({"SIM_PORT": "x"}, {"SIM_PORT": "70000"}, {"SIM_BURST": "maybe"}, {"SIM_INVALID_REQUEST_ACTION": "shrug"}):
+    for bad in (
+        {"SIM_PORT": "x"},
+        {"SIM_PORT": "70000"},
+        {"SIM_BURST": "maybe"},
+        {"SIM_INVALID_REQUEST_ACTION": "shrug"},
+    ):
         with pytest.raises(ConfigError):
             SimulatorSettings.from_env(bad)
     cli = parse_args(["--port", "8000", "--control-port", "8001", "--burst", "--tokens", "t1,t2", "--master", "/x.csv"])
-    assert (cli.port, cli.control_port, cli.burst, cli.valid_tokens, cli.master_path) == (8000, 8001, True, frozenset({"t1", "t2"}), Path("/x.csv"))
+    assert (cli.port, cli.control_port, cli.burst, cli.valid_tokens, cli.master_path) == (
+        8000,
+        8001,
+        True,
+        frozenset({"t1", "t2"}),
+        Path("/x.csv"),
+    )

@@ -139,9 +139,13 @@ def test_option_chains_are_monotone_in_strike_at_each_instant(catalog: Catalog) 
             prices = [b.ltp for b in chain]
             pairs = list(zip(prices, prices[1:]))
             if is_call:
-                assert all(a >= b for a, b in pairs), f"{underlying} calls rise with strike at instant {instant}: {prices}"
+                assert all(a >= b for a, b in pairs), (
+                    f"{underlying} calls rise with strike at instant {instant}: {prices}"
+                )
             else:
-                assert all(a <= b for a, b in pairs), f"{underlying} puts fall with strike at instant {instant}: {prices}"
+                assert all(a <= b for a, b in pairs), (
+                    f"{underlying} puts fall with strike at instant {instant}: {prices}"
+                )
             assert all(p > 0 for p in prices)
 
 

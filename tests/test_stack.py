@@ -57,11 +57,15 @@ def test_stack_comes_up_serves_and_stops(tmp_path: Path) -> None:
         assert found.instruments[0].key.security_id == 2885
         # Ticks flow: the dev user's watchlist was seeded with NIFTY's chain.
         with grpc.insecure_channel(f"127.0.0.1:{50053 + OFFSET}") as channel:
-            stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(feed_pb2.StreamTicksRequest(my_watchlist=True), timeout=30)
+            stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(
+                feed_pb2.StreamTicksRequest(my_watchlist=True), timeout=30
+            )
             snapshot = next(stream).snapshot
             assert len(snapshot.instruments) > 10
             # (the first packets of an instrument may be its previous close only)
-            priced = next(t for m in stream if m.WhichOneof("body") == "batch" for t in m.batch.ticks if t.last_price > 0)
+            priced = next(
+                t for m in stream if m.WhichOneof("body") == "batch" for t in m.batch.ticks if t.last_price > 0
+            )
             assert priced.sequence >= 1
             stream.cancel()
         assert (tmp_path / "pgdata" / "PG_VERSION").is_file()

@@ -26,11 +26,15 @@ async def service(database_url: str, masters_dir: Path) -> AsyncIterator[Subscri
 
 
 def idx(security_id: int) -> pb.TierBInstrument:
-    return pb.TierBInstrument(key=common_pb2.InstrumentKey(exchange_segment=common_pb2.EXCHANGE_SEGMENT_IDX_I, security_id=security_id))
+    return pb.TierBInstrument(
+        key=common_pb2.InstrumentKey(exchange_segment=common_pb2.EXCHANGE_SEGMENT_IDX_I, security_id=security_id)
+    )
 
 
 async def add(service: SubscriptionUnderTest, user: str, symbol: str, **fields: object) -> pb.AddWatchlistItemResponse:
-    return await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol=symbol, **fields), metadata=await service.user(user))
+    return await service.stub.AddWatchlistItem(
+        pb.AddWatchlistItemRequest(symbol=symbol, **fields), metadata=await service.user(user)
+    )
 
 
 async def states(service: SubscriptionUnderTest) -> dict[str, str]:
@@ -60,7 +64,10 @@ async def test_lru_evicts_whole_units_oldest_first_and_never_tier_b(service: Sub
     d = await add(service, "dave", "INFY")
     assert [(e.symbol, e.instruments_released) for e in d.evictions] == [("RELIANCE", 50)]  # 2885 stays: Tier B
     assert await states(service) == {
-        "alice:RELIANCE": "EVICTED", "bob:SBIN": "EVICTED", "carol:HDFCBANK": "ACTIVE", "dave:INFY": "ACTIVE",
+        "alice:RELIANCE": "EVICTED",
+        "bob:SBIN": "EVICTED",
+        "carol:HDFCBANK": "ACTIVE",
+        "dave:INFY": "ACTIVE",
     }
     tier_b = await service.rows("SELECT exchange_segment, security_id FROM subscriptions WHERE tier = 'B' ORDER BY 2")
     assert [(r["exchange_segment"], r["security_id"]) for r in tier_b] == [("IDX_I", 13), ("NSE_EQ", 2885)]
@@ -94,7 +101,9 @@ async def test_tier_b_plan_is_idempotent_and_takes_precedence(service: Subscript
     await add(service, "alice", "RELIANCE")  # 51
     await add(service, "bob", "CRUDEOIL")  # the future and 19 strikes: 39
     request = pb.SetTierBPlanRequest(
-        chains=[pb.TierBChain(underlying_symbol="NIFTY", nearest_expiries=1, strikes_each_side=20, include_underlying=True)],
+        chains=[
+            pb.TierBChain(underlying_symbol="NIFTY", nearest_expiries=1, strikes_each_side=20, include_underlying=True)
+        ],
         instruments=[idx(25)],
     )
     first = await service.stub.SetTierBPlan(request, metadata=service.admin)
@@ -109,7 +118,9 @@ async def test_tier_b_plan_is_idempotent_and_takes_precedence(service: Subscript
     assert plan.chains[0].underlying_symbol == "NIFTY" and plan.instruments[0].key.security_id == 25
     smaller = await service.stub.SetTierBPlan(pb.SetTierBPlanRequest(instruments=[idx(25)]), metadata=service.admin)
     assert smaller.instruments_removed == 39 and smaller.instruments_added == 0
-    dry = await service.stub.SetTierBPlan(pb.SetTierBPlanRequest(instruments=[idx(13)], dry_run=True), metadata=service.admin)
+    dry = await service.stub.SetTierBPlan(
+        pb.SetTierBPlanRequest(instruments=[idx(13)], dry_run=True), metadata=service.admin
+    )
     assert dry.instruments_added == 1 and dry.instruments_removed == 1
     assert (await service.rows("SELECT security_id FROM subscriptions WHERE tier = 'B'"))[0]["security_id"] == 25
     await invariants(service)
@@ -119,20 +130,31 @@ async def test_recentre_adds_new_strikes_then_drops_old_ones(service: Subscripti
     unit = await add(service, "alice", "NIFTY", strikes_each_side=3, underlying_price=25_900)
     item = unit.watchlist_item
     assert item.atm_strike == 25_900
-    still = await service.stub.RecenterChain(pb.RecenterChainRequest(item_id=item.item_id, underlying_price=25_930), metadata=service.admin)
+    still = await service.stub.RecenterChain(
+        pb.RecenterChainRequest(item_id=item.item_id, underlying_price=25_930), metadata=service.admin
+    )
     assert not still.result.moved  # within one strike step: hysteresis
-    moved = await service.stub.RecenterChain(pb.RecenterChainRequest(item_id=item.item_id, underlying_price=26_010), metadata=service.admin)
+    moved = await service.stub.RecenterChain(
+        pb.RecenterChainRequest(item_id=item.item_id, underlying_price=26_010), metadata=service.admin
+    )
     result = moved.result
     assert result.moved and result.old_atm_strike == 25_900 and result.new_atm_strike == 26_000
     assert result.instruments_added == result.instruments_removed > 0
     held = await service.rows("SELECT count(*) AS n FROM subscription_owners WHERE owner_id = %s", item.item_id)
     assert held[0]["n"] == 1 + 14
-    changes = await service.rows("SELECT change FROM assignment_changes ORDER BY version DESC LIMIT %s", result.instruments_added * 2)
+    changes = await service.rows(
+        "SELECT change FROM assignment_changes ORDER BY version DESC LIMIT %s", result.instruments_added * 2
+    )
     kinds = [r["change"] for r in reversed(changes)]
     assert kinds == ["add"] * result.instruments_added + ["remove"] * result.instruments_removed
     audit = await service.rows("SELECT reason FROM subscription_log WHERE action = 'RECENTER'")
     assert len(audit) == 1 and "25900" in audit[0]["reason"]
-    await expect(service.stub.RecenterChain(pb.RecenterChainRequest(item_id=item.item_id, underlying_price=1), metadata=await service.user("alice")), grpc.StatusCode.PERMISSION_DENIED)
+    await expect(
+        service.stub.RecenterChain(
+            pb.RecenterChainRequest(item_id=item.item_id, underlying_price=1), metadata=await service.user("alice")
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
     await invariants(service)
 
 
@@ -153,10 +175,17 @@ async def test_end_of_day_clears_tier_a_keeps_tier_b_and_runs_once(service: Subs
 async def test_unsubscribe_all_tier_a_and_clear_watchlists(service: SubscriptionUnderTest) -> None:
     await add(service, "alice", "RELIANCE", strikes_each_side=2)
     await add(service, "bob", "NIFTY", strikes_each_side=2)
-    out = await service.stub.UnsubscribeAllTierA(pb.UnsubscribeAllTierARequest(reason="maintenance"), metadata=service.admin)
+    out = await service.stub.UnsubscribeAllTierA(
+        pb.UnsubscribeAllTierARequest(reason="maintenance"), metadata=service.admin
+    )
     assert (out.units_unsubscribed, out.instruments_unsubscribed, out.users_affected) == (2, 22, 2)
     assert set((await states(service)).values()) == {"EVICTED"}
     cleared = await service.stub.ClearWatchlists(pb.ClearWatchlistsRequest(user_id="alice"), metadata=service.admin)
     assert (cleared.items_deleted, cleared.users_affected) == (1, 1)
-    await expect(service.stub.ClearWatchlists(pb.ClearWatchlistsRequest(), metadata=service.admin), grpc.StatusCode.INVALID_ARGUMENT)
-    assert (await service.stub.ClearWatchlists(pb.ClearWatchlistsRequest(all_users=True), metadata=service.admin)).items_deleted == 1
+    await expect(
+        service.stub.ClearWatchlists(pb.ClearWatchlistsRequest(), metadata=service.admin),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert (
+        await service.stub.ClearWatchlists(pb.ClearWatchlistsRequest(all_users=True), metadata=service.admin)
+    ).items_deleted == 1

@@ -46,14 +46,23 @@ async def start_replica(env: dict[str, str], log_path: Path) -> tuple[subprocess
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def replicas(database_url: str, masters_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[list[str], str, AsyncConnectionPool]]:
+async def replicas(
+    database_url: str, masters_dir: Path, tmp_path: Path
+) -> AsyncIterator[tuple[list[str], str, AsyncConnectionPool]]:
     async with running_registry(database_url, masters_dir) as registry:
         pool = await open_pool(database_url, max_size=4)
         token = await create_api_key(pool, "service", "admin")
         env = {
-            **os.environ, "DATABASE_URL": database_url, "AUTH_MODE": "api_key", "SERVICE_TOKEN": token,
-            "REGISTRY_ADDR": registry.address, "GATEWAY_ADDR": "127.0.0.1:1", "GRPC_PORT": "0", "LOG_LEVEL": "INFO",  # the "started" line carries the port
-            "FEED_CONNECTIONS": str(CONNECTIONS), "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "AUTH_MODE": "api_key",
+            "SERVICE_TOKEN": token,
+            "REGISTRY_ADDR": registry.address,
+            "GATEWAY_ADDR": "127.0.0.1:1",
+            "GRPC_PORT": "0",
+            "LOG_LEVEL": "INFO",  # the "started" line carries the port
+            "FEED_CONNECTIONS": str(CONNECTIONS),
+            "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
         }
         started = [await start_replica(env, tmp_path / f"replica-{n}.log") for n in range(2)]
         try:
@@ -71,20 +80,32 @@ async def check_invariants(pool: AsyncConnectionPool) -> None:
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             total = await (await conn.execute("SELECT count(*) AS n FROM subscriptions")).fetchone()
-            shards = await (await conn.execute(
-                "SELECT shard_id, count(*) AS n FROM (SELECT shard_id FROM subscriptions UNION ALL "
-                "SELECT moving_to_shard FROM subscriptions WHERE moving_to_shard IS NOT NULL) s GROUP BY 1")).fetchall()
-            refs = await (await conn.execute(
-                "SELECT count(*) AS n FROM subscriptions s WHERE s.ref_count <> (SELECT count(*) FROM subscription_owners o "
-                "WHERE o.exchange_segment = s.exchange_segment AND o.security_id = s.security_id)")).fetchone()
-            drift = await (await conn.execute(
-                "SELECT count(*) AS n FROM (SELECT shard_id, tier, false AS incoming, count(*) AS n FROM subscriptions "
-                "GROUP BY 1, 2 UNION ALL SELECT moving_to_shard, tier, true, count(*) FROM subscriptions "
-                "WHERE moving_to_shard IS NOT NULL GROUP BY 1, 2) actual FULL JOIN (SELECT * FROM subscription_counts "
-                "WHERE n <> 0) kept USING (shard_id, tier, incoming) WHERE actual.n IS DISTINCT FROM kept.n")).fetchone()
-            evicted_holding = await (await conn.execute(
-                "SELECT count(*) AS n FROM watchlist_items w JOIN subscription_owners o ON o.owner_kind = 'unit' "
-                "AND o.owner_id = w.item_id::text WHERE w.state = 'EVICTED'")).fetchone()
+            shards = await (
+                await conn.execute(
+                    "SELECT shard_id, count(*) AS n FROM (SELECT shard_id FROM subscriptions UNION ALL "
+                    "SELECT moving_to_shard FROM subscriptions WHERE moving_to_shard IS NOT NULL) s GROUP BY 1"
+                )
+            ).fetchall()
+            refs = await (
+                await conn.execute(
+                    "SELECT count(*) AS n FROM subscriptions s WHERE s.ref_count <> (SELECT count(*) FROM subscription_owners o "
+                    "WHERE o.exchange_segment = s.exchange_segment AND o.security_id = s.security_id)"
+                )
+            ).fetchone()
+            drift = await (
+                await conn.execute(
+                    "SELECT count(*) AS n FROM (SELECT shard_id, tier, false AS incoming, count(*) AS n FROM subscriptions "
+                    "GROUP BY 1, 2 UNION ALL SELECT moving_to_shard, tier, true, count(*) FROM subscriptions "
+                    "WHERE moving_to_shard IS NOT NULL GROUP BY 1, 2) actual FULL JOIN (SELECT * FROM subscription_counts "
+                    "WHERE n <> 0) kept USING (shard_id, tier, incoming) WHERE actual.n IS DISTINCT FROM kept.n"
+                )
+            ).fetchone()
+            evicted_holding = await (
+                await conn.execute(
+                    "SELECT count(*) AS n FROM watchlist_items w JOIN subscription_owners o ON o.owner_kind = 'unit' "
+                    "AND o.owner_id = w.item_id::text WHERE w.state = 'EVICTED'"
+                )
+            ).fetchone()
     assert total["n"] <= CONNECTIONS * PER_CONNECTION, total  # type: ignore[index]
     assert all(row["n"] <= PER_CONNECTION for row in shards), shards
     assert refs["n"] == 0 and evicted_holding["n"] == 0 and drift["n"] == 0  # type: ignore[index]
@@ -106,11 +127,16 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
             stub = stubs[(n + op) % 2]
             try:
                 if mine and rng.random() < 0.3:
-                    await stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id=mine.pop(rng.randrange(len(mine)))), metadata=users[n])
+                    await stub.RemoveWatchlistItem(
+                        pb.RemoveWatchlistItemRequest(item_id=mine.pop(rng.randrange(len(mine)))), metadata=users[n]
+                    )
                     outcomes["remove"] = outcomes.get("remove", 0) + 1
                 else:
                     reply = await stub.AddWatchlistItem(
-                        pb.AddWatchlistItemRequest(symbol=rng.choice(SYMBOLS), strikes_each_side=rng.choice((2, 5, 10))), metadata=users[n]
+                        pb.AddWatchlistItemRequest(
+                            symbol=rng.choice(SYMBOLS), strikes_each_side=rng.choice((2, 5, 10))
+                        ),
+                        metadata=users[n],
                     )
                     if reply.watchlist_item.item_id not in mine:  # a re-added evicted item keeps its id
                         mine.append(reply.watchlist_item.item_id)
@@ -130,7 +156,9 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
 
     async def tier_b() -> None:
         await under_load.wait()  # the plan lands while the clients are busy
-        chain = pb.TierBChain(underlying_symbol="NIFTY", nearest_expiries=1, strikes_each_side=5, include_underlying=True)
+        chain = pb.TierBChain(
+            underlying_symbol="NIFTY", nearest_expiries=1, strikes_each_side=5, include_underlying=True
+        )
         await stubs[1].SetTierBPlan(pb.SetTierBPlanRequest(chains=[chain]), metadata=bearer(admin_token))
 
     checking = asyncio.create_task(checker())
@@ -141,10 +169,15 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
     assert outcomes.get("add", 0) > CLIENTS and outcomes.get("evictions", 0) > 0, outcomes
     async with pool.connection() as conn:
         plan = await (await conn.execute("SELECT instrument_count FROM tier_b_entries")).fetchone()
-        held = await (await conn.execute("SELECT count(*) AS n FROM subscription_owners WHERE owner_kind = 'tier_b'")).fetchone()
-        active = await (await conn.execute(
-            "SELECT count(*) AS n FROM watchlist_items w WHERE state = 'ACTIVE' AND instrument_count <> "
-            "(SELECT count(*) FROM subscription_owners o WHERE o.owner_kind = 'unit' AND o.owner_id = w.item_id::text)")).fetchone()
+        held = await (
+            await conn.execute("SELECT count(*) AS n FROM subscription_owners WHERE owner_kind = 'tier_b'")
+        ).fetchone()
+        active = await (
+            await conn.execute(
+                "SELECT count(*) AS n FROM watchlist_items w WHERE state = 'ACTIVE' AND instrument_count <> "
+                "(SELECT count(*) FROM subscription_owners o WHERE o.owner_kind = 'unit' AND o.owner_id = w.item_id::text)"
+            )
+        ).fetchone()
     assert plan["instrument_count"] == held["n"] == 23  # Tier B (NIFTY +/-5 strikes) was never evicted
     assert active["n"] == 0  # every active unit is whole
     for channel in channels:

@@ -20,7 +20,9 @@ TIMEOUT = 10.0
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def service(database_url: str, masters_dir: Path) -> AsyncIterator[SubscriptionUnderTest]:
-    async with running_subscription(database_url, masters_dir, feed_connections=3, feed_instruments_per_connection=100) as running:
+    async with running_subscription(
+        database_url, masters_dir, feed_connections=3, feed_instruments_per_connection=100
+    ) as running:
         yield running
 
 
@@ -37,7 +39,9 @@ async def next_message(stream, kinds=(pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT, pb.AS
 
 async def test_a_shard_gets_a_snapshot_then_one_change_set_per_add(service: SubscriptionUnderTest) -> None:
     await add(service, "alice", "RELIANCE", strikes_each_side=2)  # 11 instruments spread over 3 shards
-    stream = service.stub.WatchAssignments(pb.WatchAssignmentsRequest(shard_id=0, watcher_id="test"), metadata=service.admin)
+    stream = service.stub.WatchAssignments(
+        pb.WatchAssignmentsRequest(shard_id=0, watcher_id="test"), metadata=service.admin
+    )
     snapshot = await next_message(stream)
     assert snapshot.kind == pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT and snapshot.shard_limit == 100
     on_shard_0 = await service.rows("SELECT count(*) AS n FROM subscriptions WHERE shard_id = 0")
@@ -46,7 +50,9 @@ async def test_a_shard_gets_a_snapshot_then_one_change_set_per_add(service: Subs
     changes = await next_message(stream)
     assert changes.kind == pb.ASSIGNMENT_MESSAGE_KIND_CHANGES and changes.version > snapshot.version
     assert len(changes.added) == 28 and not changes.removed  # one change set, ~a third of 83
-    await service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id=unit.watchlist_item.item_id), metadata=await service.user("bob"))
+    await service.stub.RemoveWatchlistItem(
+        pb.RemoveWatchlistItemRequest(item_id=unit.watchlist_item.item_id), metadata=await service.user("bob")
+    )
     removal = await next_message(stream)
     assert keys_of([type("A", (), {"key": k}) for k in removal.removed]) == keys_of(changes.added)
     stream.cancel()
@@ -81,12 +87,16 @@ async def test_rebalance_moves_make_before_break_within_limits(service: Subscrip
     await service.rows("UPDATE subscriptions SET shard_id = 0 WHERE shard_id = 2 RETURNING 1")
     loads = await service.rows("SELECT shard_id, count(*) AS n FROM subscriptions GROUP BY 1 ORDER BY 1")
     assert [r["shard_id"] for r in loads] == [0, 1]
-    streams = {s: service.stub.WatchAssignments(pb.WatchAssignmentsRequest(shard_id=s), metadata=service.admin) for s in (0, 2)}
+    streams = {
+        s: service.stub.WatchAssignments(pb.WatchAssignmentsRequest(shard_id=s), metadata=service.admin) for s in (0, 2)
+    }
     for stream in streams.values():
         await next_message(stream)
     dry = await service.stub.Rebalance(pb.RebalanceRequest(dry_run=True), metadata=service.admin)
     assert dry.spread_before > 1 and dry.spread_after <= 1
-    assert (await service.rows("SELECT count(*) AS n FROM subscriptions WHERE moving_to_shard IS NOT NULL"))[0]["n"] == 0
+    assert (await service.rows("SELECT count(*) AS n FROM subscriptions WHERE moving_to_shard IS NOT NULL"))[0][
+        "n"
+    ] == 0
     moved = await service.stub.Rebalance(pb.RebalanceRequest(), metadata=service.admin)
     assert len(moved.moves) == len(dry.moves) > 0 and moved.spread_after <= 1
     moving = {(m.key.exchange_segment, m.key.security_id) for m in moved.moves if m.to_shard_id == 2}
@@ -94,14 +104,20 @@ async def test_rebalance_moves_make_before_break_within_limits(service: Subscrip
     make = await next_message(streams[2])
     assert keys_of(make.added) == moving
     status = await service.stub.GetSubscriptionStatus(pb.GetSubscriptionStatusRequest(), metadata=service.admin)
-    assert all(s.instrument_count <= s.limit for s in status.shards) and sum(s.moves_in_flight for s in status.shards) > 0
+    assert (
+        all(s.instrument_count <= s.limit for s in status.shards) and sum(s.moves_in_flight for s in status.shards) > 0
+    )
     # Break: after the settle time the source lets go.
     removed: set[tuple[int, int]] = set()
     while not moving <= removed:
         message = await next_message(streams[0])
         removed |= {(k.exchange_segment, k.security_id) for k in message.removed}
-    assert (await service.rows("SELECT count(*) AS n FROM subscriptions WHERE moving_to_shard IS NOT NULL"))[0]["n"] == 0
-    history = await service.stub.GetSubscription(pb.GetSubscriptionRequest(key=moved.moves[0].key), metadata=service.admin)
+    assert (await service.rows("SELECT count(*) AS n FROM subscriptions WHERE moving_to_shard IS NOT NULL"))[0][
+        "n"
+    ] == 0
+    history = await service.stub.GetSubscription(
+        pb.GetSubscriptionRequest(key=moved.moves[0].key), metadata=service.admin
+    )
     phases = [e.action for e in history.history if e.action == pb.AUDIT_ACTION_MOVE]
     assert len(phases) == 2 and history.subscription.shard_id == moved.moves[0].to_shard_id
     for stream in streams.values():
@@ -117,12 +133,25 @@ async def test_subscriptions_can_be_listed_filtered_and_inspected(service: Subsc
     alice = await service.user("alice")
     mine = await service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(user_id="alice"), metadata=alice)
     assert mine.total_size == 11
-    bobs = await service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(user_id="bob", page_size=5), metadata=service.admin)
+    bobs = await service.stub.ListSubscriptions(
+        pb.ListSubscriptionsRequest(user_id="bob", page_size=5), metadata=service.admin
+    )
     assert bobs.total_size == 12 and len(bobs.subscriptions) == 5 and bobs.next_page_token
-    on_shard = await service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(shard_id=1, tier=pb.TIER_A), metadata=alice)
-    assert on_shard.total_size == (await service.rows("SELECT count(*) AS n FROM subscriptions WHERE shard_id = 1"))[0]["n"]
-    await expect(service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(shard_id=7), metadata=alice), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect(service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(user_id="bob"), metadata=alice), grpc.StatusCode.PERMISSION_DENIED)
+    on_shard = await service.stub.ListSubscriptions(
+        pb.ListSubscriptionsRequest(shard_id=1, tier=pb.TIER_A), metadata=alice
+    )
+    assert (
+        on_shard.total_size
+        == (await service.rows("SELECT count(*) AS n FROM subscriptions WHERE shard_id = 1"))[0]["n"]
+    )
+    await expect(
+        service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(shard_id=7), metadata=alice),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect(
+        service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(user_id="bob"), metadata=alice),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
     one = mine.subscriptions[0]
     detail = await service.stub.GetSubscription(pb.GetSubscriptionRequest(key=one.key), metadata=alice)
     assert detail.subscription.ref_count == 2 == len(detail.subscription.owners)
@@ -133,9 +162,13 @@ async def test_subscriptions_can_be_listed_filtered_and_inspected(service: Subsc
     status = await service.stub.GetSubscriptionStatus(pb.GetSubscriptionStatusRequest(), metadata=alice)
     assert [u.user_id for u in status.users] == ["alice"] and status.user_count == 2
     assert status.subscribed_count == 12 and abs(status.utilization - 12 / 300) < 1e-9
-    audit = await service.stub.ListAuditEntries(pb.ListAuditEntriesRequest(user_id="alice", page_size=4), metadata=alice)
+    audit = await service.stub.ListAuditEntries(
+        pb.ListAuditEntriesRequest(user_id="alice", page_size=4), metadata=alice
+    )
     assert len(audit.audit_entries) == 4 and audit.next_page_token
-    await expect(service.stub.ListAuditEntries(pb.ListAuditEntriesRequest(), metadata=alice), grpc.StatusCode.PERMISSION_DENIED)
+    await expect(
+        service.stub.ListAuditEntries(pb.ListAuditEntriesRequest(), metadata=alice), grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
 async def test_watchlist_events_show_adds_and_evictions(service: SubscriptionUnderTest) -> None:
@@ -156,4 +189,7 @@ async def test_watchlist_events_show_adds_and_evictions(service: SubscriptionUnd
     assert event.event.kind == pb.WATCHLIST_EVENT_KIND_EVICTED
     assert event.event.watchlist_item.state == pb.WATCHLIST_ITEM_STATE_EVICTED
     events.cancel()
-    await expect(service.stub.WatchWatchlistEvents(pb.WatchWatchlistEventsRequest(user_id="-"), metadata=alice).read(), grpc.StatusCode.PERMISSION_DENIED)
+    await expect(
+        service.stub.WatchWatchlistEvents(pb.WatchWatchlistEventsRequest(user_id="-"), metadata=alice).read(),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )

@@ -69,11 +69,15 @@ async def test_shared_instruments_are_subscribed_once_and_released_per_owner(ser
     assert a.watchlist_item.item_id != b.watchlist_item.item_id
     refs = await service.rows("SELECT ref_count, count(*) AS n FROM subscriptions GROUP BY ref_count")
     assert [(r["ref_count"], r["n"]) for r in refs] == [(2, 51)]
-    removed = await service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id=a.watchlist_item.item_id), metadata=alice)
+    removed = await service.stub.RemoveWatchlistItem(
+        pb.RemoveWatchlistItemRequest(item_id=a.watchlist_item.item_id), metadata=alice
+    )
     assert removed.instruments_released == 0
     refs = await service.rows("SELECT ref_count, count(*) AS n FROM subscriptions GROUP BY ref_count")
     assert [(r["ref_count"], r["n"]) for r in refs] == [(1, 51)]
-    removed = await service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id=b.watchlist_item.item_id), metadata=bob)
+    removed = await service.stub.RemoveWatchlistItem(
+        pb.RemoveWatchlistItemRequest(item_id=b.watchlist_item.item_id), metadata=bob
+    )
     assert removed.instruments_released == 51
     assert (await service.rows("SELECT count(*) AS n FROM subscriptions"))[0]["n"] == 0
     await invariants(service)
@@ -82,43 +86,104 @@ async def test_shared_instruments_are_subscribed_once_and_released_per_owner(ser
 async def test_watchlist_listing_and_identity(service: SubscriptionUnderTest) -> None:
     alice, bob = await service.user("alice"), await service.user("bob")
     await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=5), metadata=alice)
-    await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE", underlying_only=True), metadata=alice)
-    listed = await service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(include_instruments=True, page_size=1), metadata=alice)
+    await service.stub.AddWatchlistItem(
+        pb.AddWatchlistItemRequest(symbol="RELIANCE", underlying_only=True), metadata=alice
+    )
+    listed = await service.stub.ListWatchlistItems(
+        pb.ListWatchlistItemsRequest(include_instruments=True, page_size=1), metadata=alice
+    )
     assert listed.total_size == 2 and len(listed.watchlist_items) == 1 and listed.next_page_token
     assert listed.watchlist_items[0].instrument_count == 23 == len(listed.watchlist_items[0].instruments)
-    rest = await service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(include_instruments=True, page_size=1, page_token=listed.next_page_token), metadata=alice)
+    rest = await service.stub.ListWatchlistItems(
+        pb.ListWatchlistItemsRequest(include_instruments=True, page_size=1, page_token=listed.next_page_token),
+        metadata=alice,
+    )
     assert rest.watchlist_items[0].instrument_count == 1 and not rest.next_page_token
     assert (await service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(), metadata=bob)).total_size == 0
-    await expect(service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(user_id="alice"), metadata=bob), grpc.StatusCode.PERMISSION_DENIED)
-    for_alice = await service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(user_id="alice"), metadata=service.admin)
+    await expect(
+        service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(user_id="alice"), metadata=bob),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    for_alice = await service.stub.ListWatchlistItems(
+        pb.ListWatchlistItemsRequest(user_id="alice"), metadata=service.admin
+    )
     assert for_alice.total_size == 2
-    by_admin = await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="BANKNIFTY", strikes_each_side=2, user_id="bob"), metadata=service.admin)
+    by_admin = await service.stub.AddWatchlistItem(
+        pb.AddWatchlistItemRequest(symbol="BANKNIFTY", strikes_each_side=2, user_id="bob"), metadata=service.admin
+    )
     assert by_admin.watchlist_item.user_id == "bob"
 
 
 async def test_bad_input(service: SubscriptionUnderTest) -> None:
     alice, bob = await service.user("alice"), await service.user("bob")
-    details = await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="NOSUCHSTOCK"), metadata=alice), grpc.StatusCode.NOT_FOUND)
+    details = await expect(
+        service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="NOSUCHSTOCK"), metadata=alice),
+        grpc.StatusCode.NOT_FOUND,
+    )
     assert "NOSUCHSTOCK" in details
-    details = await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="NIFTY", expiry_date="2026-11-25"), metadata=alice), grpc.StatusCode.NOT_FOUND)
+    details = await expect(
+        service.stub.AddWatchlistItem(
+            pb.AddWatchlistItemRequest(symbol="NIFTY", expiry_date="2026-11-25"), metadata=alice
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
     assert "listed expiries: 2026-11-23" in details
-    details = await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=101), metadata=alice), grpc.StatusCode.INVALID_ARGUMENT)
+    details = await expect(
+        service.stub.AddWatchlistItem(
+            pb.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=101), metadata=alice
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert "1..100" in details
-    await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="NIFTY", expiry_date="23/11/2026"), metadata=alice), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol=""), metadata=alice), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect(service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id="999999"), metadata=alice), grpc.StatusCode.NOT_FOUND)
-    await expect(service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id="abc"), metadata=alice), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect(
+        service.stub.AddWatchlistItem(
+            pb.AddWatchlistItemRequest(symbol="NIFTY", expiry_date="23/11/2026"), metadata=alice
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect(
+        service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol=""), metadata=alice),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect(
+        service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id="999999"), metadata=alice),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect(
+        service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id="abc"), metadata=alice),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     mine = await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE"), metadata=alice)
-    await expect(service.stub.RemoveWatchlistItem(pb.RemoveWatchlistItemRequest(item_id=mine.watchlist_item.item_id), metadata=bob), grpc.StatusCode.NOT_FOUND)
-    await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE", user_id="alice"), metadata=bob), grpc.StatusCode.PERMISSION_DENIED)
-    await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE")), grpc.StatusCode.UNAUTHENTICATED)
-    await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE"), metadata=(("authorization", "Bearer nope"),)), grpc.StatusCode.UNAUTHENTICATED)
+    await expect(
+        service.stub.RemoveWatchlistItem(
+            pb.RemoveWatchlistItemRequest(item_id=mine.watchlist_item.item_id), metadata=bob
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect(
+        service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE", user_id="alice"), metadata=bob),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    await expect(
+        service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE")), grpc.StatusCode.UNAUTHENTICATED
+    )
+    await expect(
+        service.stub.AddWatchlistItem(
+            pb.AddWatchlistItemRequest(symbol="RELIANCE"), metadata=(("authorization", "Bearer nope"),)
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
     await expect(service.stub.EndOfDay(pb.EndOfDayRequest(), metadata=alice), grpc.StatusCode.PERMISSION_DENIED)
 
 
 async def test_per_user_item_quota(service: SubscriptionUnderTest) -> None:
     carol = await service.user("carol")
     for symbol in ("RELIANCE", "NIFTY", "BANKNIFTY", "CRUDEOIL"):
-        await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol=symbol, strikes_each_side=2), metadata=carol)
-    details = await expect(service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="SBIN", underlying_only=True), metadata=carol), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        await service.stub.AddWatchlistItem(
+            pb.AddWatchlistItemRequest(symbol=symbol, strikes_each_side=2), metadata=carol
+        )
+    details = await expect(
+        service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="SBIN", underlying_only=True), metadata=carol),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
     assert "4 of 4 items" in details

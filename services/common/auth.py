@@ -96,7 +96,9 @@ def current_principal() -> Principal:
 def require_admin(action: str) -> Principal:
     principal = current_principal()
     if not principal.is_admin:
-        raise PermissionDenied(f"{action} needs the admin role; caller {principal.user_id!r} has role {principal.role!r}")
+        raise PermissionDenied(
+            f"{action} needs the admin role; caller {principal.user_id!r} has role {principal.role!r}"
+        )
     return principal
 
 

@@ -1,7 +1,7 @@
 """Python code generation from protos/, and the check that the committed output is fresh.
 
-    python -m services.common.codegen write    (`make gen`)
-    python -m services.common.codegen check    (`make check-gen`, and a test)
+python -m services.common.codegen write    (`make gen`)
+python -m services.common.codegen check    (`make check-gen`, and a test)
 """
 
 from __future__ import annotations
@@ -20,8 +20,16 @@ GENERATED = REPO_ROOT / "services" / "gen"
 def generate(into: Path) -> None:
     protos = sorted(str(p.relative_to(REPO_ROOT / "protos")) for p in (REPO_ROOT / "protos").rglob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--python_out={into}", f"--pyi_out={into}",
-         f"--grpc_python_out={into}", *protos],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I.",
+            f"--python_out={into}",
+            f"--pyi_out={into}",
+            f"--grpc_python_out={into}",
+            *protos,
+        ],
         cwd=REPO_ROOT / "protos",
         check=True,
     )

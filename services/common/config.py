@@ -95,7 +95,9 @@ def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N, kind
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}; expected {low}..{high}") from None
+        raise ConfigError(
+            f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}; expected {low}..{high}"
+        ) from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range; expected {low}..{high}")
     return value
@@ -139,7 +141,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         master_scale=_choice(env, "MASTER_SCALE", "full", ("full", "small")),
         # The real feed with real credentials, the local simulator otherwise.
         feed_url=env.get("FEED_URL")
-        or ("wss://api-feed.dhan.co" if env.get("DHAN_CLIENT_ID") and env.get("DHAN_ACCESS_TOKEN") else "ws://127.0.0.1:8765"),
+        or (
+            "wss://api-feed.dhan.co"
+            if env.get("DHAN_CLIENT_ID") and env.get("DHAN_ACCESS_TOKEN")
+            else "ws://127.0.0.1:8765"
+        ),
         feed_connections=_int(env, "FEED_CONNECTIONS", 5, 1, 5),
         feed_instruments_per_connection=_int(env, "FEED_INSTRUMENTS_PER_CONNECTION", 5000, 1, 5000),
         shard_id=_int(env, "SHARD_ID", 0, 0, 4),
@@ -164,7 +170,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
     )
     for name, width in (("STOCK", settings.stock_strikes_each_side), ("INDEX", settings.index_strikes_each_side)):
         if width > settings.max_strikes_each_side:
-            raise ConfigError(f"{name}_STRIKES_EACH_SIDE={width} exceeds MAX_STRIKES_EACH_SIDE={settings.max_strikes_each_side}")
+            raise ConfigError(
+                f"{name}_STRIKES_EACH_SIDE={width} exceeds MAX_STRIKES_EACH_SIDE={settings.max_strikes_each_side}"
+            )
     if settings.effective_master_source == "file" and settings.master_file is None:
         raise ConfigError("MASTER_SOURCE=file needs MASTER_FILE, the path of a Dhan scrip-master CSV")
     if settings.effective_master_source == "dhan" and not settings.dhan_credentials:

@@ -91,7 +91,9 @@ class _RpcScope:
 
         return unary
 
-    def wrap_stream(self, behavior: Callable[[Any, ServicerContext], AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    def wrap_stream(
+        self, behavior: Callable[[Any, ServicerContext], AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
             async with self._scope(context):
                 async for response in behavior(request, context):

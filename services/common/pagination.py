@@ -41,7 +41,9 @@ def decode_page_token(token: str, request_fingerprint: str) -> int:
     except (ValueError, KeyError, TypeError):
         raise InvalidArgument("page_token is malformed: pass the next_page_token of a previous response") from None
     if not matches or offset < 0:
-        raise InvalidArgument("page_token belongs to a different request: keep the query and filters unchanged while paging")
+        raise InvalidArgument(
+            "page_token belongs to a different request: keep the query and filters unchanged while paging"
+        )
     return offset
 
 

@@ -58,17 +58,15 @@ from typing import Any, NamedTuple, TypeAlias
 from services.common.instruments import SEGMENT_WIRE_CODES, SEGMENTS_BY_WIRE_CODE
 
 __all__ = [
+    "EMPTY_DEPTH",
+    "EMPTY_LEVEL",
+    "FEED_REQUEST_CODES",
     "IST_OFFSET_SECONDS",
     "MAX_INSTRUMENTS_PER_MESSAGE",
     "PACKET_SIZES",
     "DepthLevel",
     "DisconnectPacket",
     "DisconnectReason",
-    "EMPTY_DEPTH",
-    "EMPTY_LEVEL",
-    "depth_levels",
-    "decode_packet",
-    "FEED_REQUEST_CODES",
     "FeedMode",
     "FullPacket",
     "OIPacket",
@@ -85,6 +83,8 @@ __all__ = [
     "build_subscribe_messages",
     "build_unsubscribe_messages",
     "decode_frame",
+    "decode_packet",
+    "depth_levels",
     "encode",
     "encode_disconnect",
     "encode_full",
@@ -327,7 +327,7 @@ class ProtocolErrors:
     undecoded packets by code (1 index, 7 market status); ``last_error`` describes the
     latest malformed one."""
 
-    __slots__ = ("malformed", "last_error", "skipped")
+    __slots__ = ("last_error", "malformed", "skipped")
 
     def __init__(self) -> None:
         self.malformed = 0
@@ -340,7 +340,9 @@ class ProtocolErrors:
         self.last_error = text
 
     def __repr__(self) -> str:
-        return f"ProtocolErrors(malformed={self.malformed}, skipped={dict(self.skipped)}, last_error={self.last_error!r})"
+        return (
+            f"ProtocolErrors(malformed={self.malformed}, skipped={dict(self.skipped)}, last_error={self.last_error!r})"
+        )
 
 
 # --------------------------------------------------------------------------- decoding
@@ -448,7 +450,9 @@ def _decode_general(frame: bytes | bytearray | memoryview, errors: ProtocolError
             errors.add(f"code {code} at offset {pos}: message_length {length} is shorter than the header")
             break
         if length > remaining:
-            errors.add(f"code {code} at offset {pos}: message_length {length} but only {remaining} bytes left (truncated)")
+            errors.add(
+                f"code {code} at offset {pos}: message_length {length} but only {remaining} bytes left (truncated)"
+            )
             break
         entry = _DECODERS.get(code)
         if entry is not None:
@@ -707,7 +711,9 @@ def parse_request(text: str | bytes, allowed: Iterable[int] = FEED_REQUEST_CODES
     if not entries:
         raise RequestError("InstrumentList is empty")
     if len(entries) > MAX_INSTRUMENTS_PER_MESSAGE:
-        raise RequestError(f"InstrumentList has {len(entries)} instruments; at most {MAX_INSTRUMENTS_PER_MESSAGE} per message")
+        raise RequestError(
+            f"InstrumentList has {len(entries)} instruments; at most {MAX_INSTRUMENTS_PER_MESSAGE} per message"
+        )
     if count != len(entries):
         raise RequestError(f"InstrumentCount {count} does not match the {len(entries)} entries of InstrumentList")
 

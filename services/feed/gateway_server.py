@@ -43,8 +43,10 @@ def create_server(settings: Settings, pool: AsyncConnectionPool | None) -> Gatew
         batch_seconds=settings.gateway_batch_seconds,
     )
     app = build_app(
-        [SERVICE_NAME], lambda server: register(servicer, server),
-        host=settings.grpc_host, port=settings.grpc_port,
+        [SERVICE_NAME],
+        lambda server: register(servicer, server),
+        host=settings.grpc_host,
+        port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
     )
     tasks: list[asyncio.Task[None]] = []

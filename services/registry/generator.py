@@ -111,27 +111,29 @@ MCX_SPECS: Final = (
 
 # Fixed previous closes (rupees) so that well-known names look right; every other
 # symbol gets a seeded lognormal level.
-FIXED_LEVELS: Final[Mapping[str, float]] = MappingProxyType({
-    **{s.symbol: s.level for s in INDEX_SPECS},
-    **{s.symbol: s.level for s in MCX_SPECS},
-    "INDIA VIX": 12.0,
-    "RELIANCE": 1_400.0,
-    "HDFCBANK": 990.0,
-    "ICICIBANK": 1_380.0,
-    "INFY": 1_520.0,
-    "TCS": 3_150.0,
-    "SBIN": 960.0,
-    "BHARTIARTL": 2_050.0,
-    "ITC": 410.0,
-    "LT": 3_950.0,
-    "KOTAKBANK": 2_120.0,
-    "AXISBANK": 1_210.0,
-    "HINDUNILVR": 2_450.0,
-    "MARUTI": 15_800.0,
-    "BAJFINANCE": 1_010.0,
-    "TATASTEEL": 172.0,
-    "SUNPHARMA": 1_720.0,
-})
+FIXED_LEVELS: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        **{s.symbol: s.level for s in INDEX_SPECS},
+        **{s.symbol: s.level for s in MCX_SPECS},
+        "INDIA VIX": 12.0,
+        "RELIANCE": 1_400.0,
+        "HDFCBANK": 990.0,
+        "ICICIBANK": 1_380.0,
+        "INFY": 1_520.0,
+        "TCS": 3_150.0,
+        "SBIN": 960.0,
+        "BHARTIARTL": 2_050.0,
+        "ITC": 410.0,
+        "LT": 3_950.0,
+        "KOTAKBANK": 2_120.0,
+        "AXISBANK": 1_210.0,
+        "HINDUNILVR": 2_450.0,
+        "MARUTI": 15_800.0,
+        "BAJFINANCE": 1_010.0,
+        "TATASTEEL": 172.0,
+        "SUNPHARMA": 1_720.0,
+    }
+)
 
 # Strike steps a stock may get, in rupees (NSE uses these intervals).
 STOCK_STEPS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 250.0, 500.0)
@@ -165,24 +167,26 @@ class _Profile:
     equity_limit: int | None  # NSE EQ-series equities kept besides the chosen stocks
 
 
-_PROFILES: Final[Mapping[str, _Profile]] = MappingProxyType({
-    "full": _Profile(
-        index_symbols=tuple(s.symbol for s in INDEX_SPECS),
-        index_expiry_limit=None,
-        stock_symbols=None,
-        mcx_symbols=tuple(s.symbol for s in MCX_SPECS),
-        grid_factor=1.0,
-        equity_limit=None,
-    ),
-    "small": _Profile(
-        index_symbols=("NIFTY", "BANKNIFTY"),
-        index_expiry_limit=2,
-        stock_symbols=("RELIANCE", "HDFCBANK", "INFY", "TCS", "SBIN"),
-        mcx_symbols=("CRUDEOIL",),
-        grid_factor=0.3,
-        equity_limit=200,
-    ),
-})
+_PROFILES: Final[Mapping[str, _Profile]] = MappingProxyType(
+    {
+        "full": _Profile(
+            index_symbols=tuple(s.symbol for s in INDEX_SPECS),
+            index_expiry_limit=None,
+            stock_symbols=None,
+            mcx_symbols=tuple(s.symbol for s in MCX_SPECS),
+            grid_factor=1.0,
+            equity_limit=None,
+        ),
+        "small": _Profile(
+            index_symbols=("NIFTY", "BANKNIFTY"),
+            index_expiry_limit=2,
+            stock_symbols=("RELIANCE", "HDFCBANK", "INFY", "TCS", "SBIN"),
+            mcx_symbols=("CRUDEOIL",),
+            grid_factor=0.3,
+            equity_limit=200,
+        ),
+    }
+)
 
 
 # --- seeded numbers -------------------------------------------------------------------
@@ -256,9 +260,7 @@ def _tick_price(value: float, tick_paise: int) -> float:
 # --- strike grids ---------------------------------------------------------------------
 
 
-def strike_grid(
-    spot: float, near_step: float, far_step: float, near_pct: float, far_pct: float
-) -> list[float]:
+def strike_grid(spot: float, near_step: float, far_step: float, near_pct: float, far_pct: float) -> list[float]:
     """Multiples of near_step within +-near_pct of spot, of far_step out to +-far_pct."""
     strikes: set[float] = set()
     for step, pct in ((near_step, near_pct), (far_step, far_pct)):
@@ -323,9 +325,7 @@ def load_fno_stocks(equity_rows: Sequence[list[str]]) -> list[FnoStock]:
         if key not in latest or expiry > latest[key][0]:
             latest[key] = (expiry, int(float(r[11])), int(float(r[15])))
     stocks = [
-        FnoStock(nse_symbols[sid], sid, lot, tick)
-        for sid, (_, lot, tick) in latest.items()
-        if sid in nse_symbols
+        FnoStock(nse_symbols[sid], sid, lot, tick) for sid, (_, lot, tick) in latest.items() if sid in nse_symbols
     ]
     return sorted(stocks, key=lambda s: s.symbol)
 
@@ -341,15 +341,17 @@ class Contract(NamedTuple):
     price: float
 
 
-_FEED_SEGMENTS: Final[Mapping[tuple[str, str], str]] = MappingProxyType({
-    ("NSE", "E"): "NSE_EQ",
-    ("BSE", "E"): "BSE_EQ",
-    ("NSE", "I"): "IDX_I",
-    ("BSE", "I"): "IDX_I",
-    ("NSE", "D"): "NSE_FNO",
-    ("BSE", "D"): "BSE_FNO",
-    ("MCX", "M"): "MCX_COMM",
-})
+_FEED_SEGMENTS: Final[Mapping[tuple[str, str], str]] = MappingProxyType(
+    {
+        ("NSE", "E"): "NSE_EQ",
+        ("BSE", "E"): "BSE_EQ",
+        ("NSE", "I"): "IDX_I",
+        ("BSE", "I"): "IDX_I",
+        ("NSE", "D"): "NSE_FNO",
+        ("BSE", "D"): "BSE_FNO",
+        ("MCX", "M"): "MCX_COMM",
+    }
+)
 
 
 def feed_segment(exchange: str, segment: str) -> str:
@@ -502,9 +504,7 @@ def _stock_contracts(
         yield from _option_chain(chain, ids, "OPTSTK", strikes, forward, t, vol, STOCK_OPTION_TICK_PAISE)
 
 
-def _mcx_contracts(
-    spec: McxSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator
-) -> Iterator[Contract]:
+def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
     """FUTCOM for the next 3 months, each followed by its OPTFUT chain if still alive."""
     spot = underlying_price(spec.symbol, config)
     for fut_expiry in cal.mcx_future_expiries(spec.symbol, config.trading_date, cal.MCX_FUTURES_COUNT):
@@ -520,9 +520,7 @@ def _mcx_contracts(
         pct = spec.range_pct * profile.grid_factor
         strikes = strike_grid(fut_price, spec.step, spec.step, pct, pct)
         t = _years_to(opt_expiry, config.trading_date)
-        yield from _option_chain(
-            opt_chain, ids, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise
-        )
+        yield from _option_chain(opt_chain, ids, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise)
 
 
 def _select_equities(rows: list[list[str]], profile: _Profile) -> list[list[str]]:
@@ -630,9 +628,7 @@ def write_master(config: GeneratorConfig, path: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate a Dhan compact scrip master.")
-    parser.add_argument(
-        "--date", type=date.fromisoformat, default=None, help="trading date (default: today IST)"
-    )
+    parser.add_argument("--date", type=date.fromisoformat, default=None, help="trading date (default: today IST)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--scale", choices=("full", "small"), default="full")
     parser.add_argument("--out", type=Path, required=True)

@@ -196,7 +196,9 @@ def parse_master(lines: Iterable[str], prices: Mapping[InstrumentId, float] | No
             result.rejected.append(RejectedRow(line_number, outcome))
             continue
         if outcome.key in seen:
-            result.rejected.append(RejectedRow(line_number, f"duplicate instrument {outcome.segment} {outcome.security_id}"))
+            result.rejected.append(
+                RejectedRow(line_number, f"duplicate instrument {outcome.segment} {outcome.security_id}")
+            )
             continue
         seen.add(outcome.key)
         if prices:

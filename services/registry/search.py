@@ -65,7 +65,9 @@ def search(catalog: Catalog, query: str, where: SearchFilter, offset: int, limit
     )
     if prefixed:
         grouped = {g.symbol for g in groups}
-        extra = [r for r in prefixed if r.key not in exact_keys and r.underlying_symbol not in grouped and where.accepts(r)]
+        extra = [
+            r for r in prefixed if r.key not in exact_keys and r.underlying_symbol not in grouped and where.accepts(r)
+        ]
         total += len(extra)
         ordered = itertools.chain(ordered, extra)
     return SearchPage(list(itertools.islice(ordered, offset, offset + limit)), total)

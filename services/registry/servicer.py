@@ -201,7 +201,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         underlying = group.future_for(expiry) if not (group.by_kind[0] or group.by_kind[1]) else group.feed_instrument
         if underlying is None:  # an option group with no priceable underlying in the master
             raise FailedPrecondition(f"{group.symbol} has no underlying instrument in the master to price the chain")
-        price, source = await self._underlying_price(request, underlying.segment, underlying.security_id, underlying.previous_close)
+        price, source = await self._underlying_price(
+            request, underlying.segment, underlying.security_id, underlying.previous_close
+        )
 
         window = chain_window(listing, price, each_side)
         key = (master.version.version, group.symbol, expiry, window.atm_strike, each_side)

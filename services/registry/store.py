@@ -64,10 +64,22 @@ class RegistryStore:
                     for r in records:
                         await copy.write_row(
                             (
-                                version, r.segment, r.security_id, r.exchange, r.instrument_type,
-                                r.trading_symbol, r.display_name, r.underlying_symbol, r.lot_size,
-                                r.tick_size, r.expiry, r.expiry_flag or None, r.strike,
-                                r.option_type or None, r.series, r.previous_close,
+                                version,
+                                r.segment,
+                                r.security_id,
+                                r.exchange,
+                                r.instrument_type,
+                                r.trading_symbol,
+                                r.display_name,
+                                r.underlying_symbol,
+                                r.lot_size,
+                                r.tick_size,
+                                r.expiry,
+                                r.expiry_flag or None,
+                                r.strike,
+                                r.option_type or None,
+                                r.series,
+                                r.previous_close,
                             )
                         )
                 await conn.execute(QUERIES["deactivate_masters"])
@@ -90,17 +102,59 @@ class RegistryStore:
             cursor = conn.cursor()
             async with cursor.copy(QUERIES["copy_active_instruments"], {"version": version}) as copy:
                 copy.set_types(
-                    ["text", "int8", "text", "text", "text", "text", "text", "float8", "float8",
-                     "date", "text", "float8", "text", "text", "float8"]
+                    [
+                        "text",
+                        "int8",
+                        "text",
+                        "text",
+                        "text",
+                        "text",
+                        "text",
+                        "float8",
+                        "float8",
+                        "date",
+                        "text",
+                        "float8",
+                        "text",
+                        "text",
+                        "float8",
+                    ]
                 )
                 async for row in copy.rows():
-                    (segment, security_id, exchange, instrument_type, trading_symbol, display_name,
-                     underlying, lot_size, tick_size, expiry, flag, strike, option_type, series, close) = row
+                    (
+                        segment,
+                        security_id,
+                        exchange,
+                        instrument_type,
+                        trading_symbol,
+                        display_name,
+                        underlying,
+                        lot_size,
+                        tick_size,
+                        expiry,
+                        flag,
+                        strike,
+                        option_type,
+                        series,
+                        close,
+                    ) = row
                     records.append(
                         InstrumentRecord(
-                            segment, security_id, exchange, instrument_type, trading_symbol, display_name,
-                            underlying, lot_size, tick_size, expiry, flag or "", strike, option_type or "",
-                            series, close,
+                            segment,
+                            security_id,
+                            exchange,
+                            instrument_type,
+                            trading_symbol,
+                            display_name,
+                            underlying,
+                            lot_size,
+                            tick_size,
+                            expiry,
+                            flag or "",
+                            strike,
+                            option_type or "",
+                            series,
+                            close,
                         )
                     )
         return records

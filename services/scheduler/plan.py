@@ -27,12 +27,16 @@ def default_plan(listed: set[str] | None = None) -> pb.SetTierBPlanRequest:
     (a small test master lacks some)."""
     return pb.SetTierBPlanRequest(
         chains=[
-            pb.TierBChain(underlying_symbol=symbol, nearest_expiries=expiries, strikes_each_side=width, include_underlying=True)
+            pb.TierBChain(
+                underlying_symbol=symbol, nearest_expiries=expiries, strikes_each_side=width, include_underlying=True
+            )
             for symbol, expiries, width in CHAINS
             if listed is None or symbol in listed
         ],
         instruments=[
-            pb.TierBInstrument(key=common_pb2.InstrumentKey(exchange_segment=common_pb2.EXCHANGE_SEGMENT_IDX_I, security_id=i))
+            pb.TierBInstrument(
+                key=common_pb2.InstrumentKey(exchange_segment=common_pb2.EXCHANGE_SEGMENT_IDX_I, security_id=i)
+            )
             for i in INDEX_IDS
         ],
     )

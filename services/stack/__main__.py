@@ -50,13 +50,29 @@ def plan(settings: Settings) -> list[Process]:
     processes = []
     if not settings.dhan_credentials:
         simulator_port = 8765 + offset
-        processes.append(Process(
-            "simulator",
-            (py, "-m", "services.feed.simulator", "--port", str(simulator_port), "--control-port", str(simulator_port + 1),
-             "--master-cache-dir", str(settings.data_dir / "masters"), "--master-scale", settings.master_scale,
-             "--master-seed", str(settings.master_seed)),
-            0, 0, http_health_port=simulator_port + 1,
-        ))
+        processes.append(
+            Process(
+                "simulator",
+                (
+                    py,
+                    "-m",
+                    "services.feed.simulator",
+                    "--port",
+                    str(simulator_port),
+                    "--control-port",
+                    str(simulator_port + 1),
+                    "--master-cache-dir",
+                    str(settings.data_dir / "masters"),
+                    "--master-scale",
+                    settings.master_scale,
+                    "--master-seed",
+                    str(settings.master_seed),
+                ),
+                0,
+                0,
+                http_health_port=simulator_port + 1,
+            )
+        )
     feed = () if settings.dhan_credentials else (("FEED_URL", f"ws://127.0.0.1:{8765 + offset}"),)
     processes += [
         Process("registry", (py, "-m", "services.registry"), 50051 + offset, 9464 + offset),
@@ -71,7 +87,9 @@ def plan(settings: Settings) -> list[Process]:
         Process("scheduler", (py, "-m", "services.scheduler"), 50055 + offset, 9467 + offset),
     ]
     processes += [
-        Process(f"shard-{n}", (py, "-m", "services.feed", "shard"), port, 9470 + offset + n, (("SHARD_ID", str(n)), *feed))
+        Process(
+            f"shard-{n}", (py, "-m", "services.feed", "shard"), port, 9470 + offset + n, (("SHARD_ID", str(n)), *feed)
+        )
         for n, port in enumerate(shard_ports)
     ]
     addresses = {
@@ -130,8 +148,13 @@ async def seed(registry_port: int, subscription_port: int) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{subscription_port}") as channel:
         stub = subscription_pb2_grpc.SubscriptionServiceStub(channel)
         plan = await stub.SetTierBPlan(default_plan(listed), timeout=120)
-        item = await stub.AddWatchlistItem(subscription_pb2.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=5), timeout=60)
-    log.info("seeded", extra={"tier_b_added": plan.instruments_added, "watchlist_instruments": item.watchlist_item.instrument_count})
+        item = await stub.AddWatchlistItem(
+            subscription_pb2.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=5), timeout=60
+        )
+    log.info(
+        "seeded",
+        extra={"tier_b_added": plan.instruments_added, "watchlist_instruments": item.watchlist_item.instrument_count},
+    )
 
 
 def banner(processes: list[Process]) -> str:
@@ -139,15 +162,19 @@ def banner(processes: list[Process]) -> str:
     lines = ["", "dataserver is up:"]
     for p in processes:
         if p.http_health_port:
-            lines.append(f"  {p.name:<13} feed ws://127.0.0.1:{p.http_health_port - 1}  control http://127.0.0.1:{p.http_health_port}/connections")
+            lines.append(
+                f"  {p.name:<13} feed ws://127.0.0.1:{p.http_health_port - 1}  control http://127.0.0.1:{p.http_health_port}/connections"
+            )
         else:
-            lines.append(f"  {p.name:<13} grpc 127.0.0.1:{p.grpc_port:<6} metrics http://127.0.0.1:{p.metrics_port}/metrics")
+            lines.append(
+                f"  {p.name:<13} grpc 127.0.0.1:{p.grpc_port:<6} metrics http://127.0.0.1:{p.metrics_port}/metrics"
+            )
     gateway = next(p for p in processes if p.name == "gateway").grpc_port
     lines += [
         "",
         "Try (grpcurl needs no proto files; the server has reflection):",
-        f"  grpcurl -plaintext -d '{{\"query\": \"RELIANCE\", \"page_size\": 5}}' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/SearchInstruments",
-        f"  grpcurl -plaintext -d '{{\"underlying_symbol\": \"NIFTY\", \"use_last_price\": true, \"strikes_each_side\": 5}}' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/GetOptionChain",
+        f'  grpcurl -plaintext -d \'{{"query": "RELIANCE", "page_size": 5}}\' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/SearchInstruments',
+        f'  grpcurl -plaintext -d \'{{"underlying_symbol": "NIFTY", "use_last_price": true, "strikes_each_side": 5}}\' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/GetOptionChain',
         "Live NIFTY option ticks (the dev user's watchlist holds NIFTY's chain; Tier B is preloaded):",
         f"  grpcurl -plaintext -d '{{\"my_watchlist\": true}}' 127.0.0.1:{gateway} dataserver.feed.v1.GatewayService/StreamTicks",
         "",

@@ -45,18 +45,29 @@ async def _release_units(
     instruments = 0
     units = 0
     for item in items:
-        keys = [(r["exchange_segment"], r["security_id"]) for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item["item_id"])})]
+        keys = [
+            (r["exchange_segment"], r["security_id"])
+            for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item["item_id"])})
+        ]
         if item["state"] == "ACTIVE":
             units += 1
         instruments += await ledger.release(OWNER_UNIT, str(item["item_id"]), reason=reason, user_id=item["user_id"])
         if delete:
             ledger.event(item["user_id"], "removed", item["item_id"], removed=keys)
         elif item["state"] == "ACTIVE":
-            await ledger.conn.execute(QUERIES["mark_evicted"], {"item_id": item["item_id"], "reason": reason_kind, "message": reason})
+            await ledger.conn.execute(
+                QUERIES["mark_evicted"], {"item_id": item["item_id"], "reason": reason_kind, "message": reason}
+            )
             ledger.event(item["user_id"], "evicted", item["item_id"], removed=keys)
         if item["state"] == "ACTIVE":
-            ledger.audit("EVICT", reason, tier="A", unit_id=item["item_id"], user_id=item["user_id"],
-                         details={"reason": reason_kind, "symbol": item["symbol"]})
+            ledger.audit(
+                "EVICT",
+                reason,
+                tier="A",
+                unit_id=item["item_id"],
+                user_id=item["user_id"],
+                details={"reason": reason_kind, "symbol": item["symbol"]},
+            )
     if delete and items:
         await ledger.conn.execute(QUERIES["delete_items"], {"item_ids": [i["item_id"] for i in items]})
     return ReleaseCounts(units, instruments, len({i["user_id"] for i in items}), len(items) if delete else 0)
@@ -74,19 +85,34 @@ class Admin:
             if done is not None:
                 return EndOfDayOutcome(trading_date, True, ReleaseCounts(**done["counts"]))
             counts = await _release_units(
-                ledger, None, reason_kind="END_OF_DAY", reason=f"end of day {trading_date}", delete=not keep_items, active_only=False
+                ledger,
+                None,
+                reason_kind="END_OF_DAY",
+                reason=f"end of day {trading_date}",
+                delete=not keep_items,
+                active_only=False,
             )
-            await ledger.conn.execute(QUERIES["record_end_of_day"], {"trading_date": trading_date, "counts": json.dumps(counts.__dict__)})
+            await ledger.conn.execute(
+                QUERIES["record_end_of_day"], {"trading_date": trading_date, "counts": json.dumps(counts.__dict__)}
+            )
         return EndOfDayOutcome(trading_date, False, counts)
 
     async def unsubscribe_tier_a(self, user_id: str | None, actor: str, reason: str) -> ReleaseCounts:
         async with ledger_transaction(self._pool, self._budget, actor) as ledger:
-            return await _release_units(ledger, user_id, reason_kind="ADMIN", reason=reason or "admin unsubscribed Tier A",
-                                        delete=False, active_only=True)
+            return await _release_units(
+                ledger,
+                user_id,
+                reason_kind="ADMIN",
+                reason=reason or "admin unsubscribed Tier A",
+                delete=False,
+                active_only=True,
+            )
 
     async def clear_watchlists(self, user_id: str | None, actor: str) -> ReleaseCounts:
         async with ledger_transaction(self._pool, self._budget, actor) as ledger:
-            return await _release_units(ledger, user_id, reason_kind="ADMIN", reason="watchlists cleared", delete=True, active_only=False)
+            return await _release_units(
+                ledger, user_id, reason_kind="ADMIN", reason="watchlists cleared", delete=True, active_only=False
+            )
 
     async def rebalance(self, actor: str, *, dry_run: bool, max_moves: int) -> RebalanceOutcome:
         async with ledger_transaction(self._pool, self._budget, actor) as ledger:
@@ -106,8 +132,16 @@ class Admin:
                     key = (row["exchange_segment"], row["security_id"])
                     moves.append((key, source, target))
                     if not dry_run:
-                        await ledger.conn.execute(QUERIES["start_move"], {"target": target, "segment": key[0], "security_id": key[1]})
-                        ledger.move_started(key, row["feed_mode"], source, target, f"rebalance: spread {spread(loads)} -> {spread(after)}")
+                        await ledger.conn.execute(
+                            QUERIES["start_move"], {"target": target, "segment": key[0], "security_id": key[1]}
+                        )
+                        ledger.move_started(
+                            key,
+                            row["feed_mode"],
+                            source,
+                            target,
+                            f"rebalance: spread {spread(loads)} -> {spread(after)}",
+                        )
             if dry_run:
                 return RebalanceOutcome(moves, spread(loads), spread(after))
         return RebalanceOutcome(moves, spread(loads), spread(after))

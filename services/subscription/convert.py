@@ -13,7 +13,11 @@ from services.common.errors import InvalidArgument
 from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO
 from services.subscription.model import Eviction, Key
 
-MODE_TO_PROTO = {"TICKER": common_pb2.FEED_MODE_TICKER, "QUOTE": common_pb2.FEED_MODE_QUOTE, "FULL": common_pb2.FEED_MODE_FULL}
+MODE_TO_PROTO = {
+    "TICKER": common_pb2.FEED_MODE_TICKER,
+    "QUOTE": common_pb2.FEED_MODE_QUOTE,
+    "FULL": common_pb2.FEED_MODE_FULL,
+}
 PROTO_TO_MODE = {value: name for name, value in MODE_TO_PROTO.items()}
 TIER_TO_PROTO = {"A": pb.TIER_A, "B": pb.TIER_B}
 PROTO_TO_TIER = {value: name for name, value in TIER_TO_PROTO.items()}

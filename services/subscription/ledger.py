@@ -62,8 +62,19 @@ class _Audit:
         details: dict[str, Any] | None = None,
     ) -> None:
         self.rows.append(
-            (action, actor, reason, tier, key[0] if key else None, key[1] if key else None, unit_id, user_id,
-             from_shard, to_shard, json.dumps(details or {}))
+            (
+                action,
+                actor,
+                reason,
+                tier,
+                key[0] if key else None,
+                key[1] if key else None,
+                unit_id,
+                user_id,
+                from_shard,
+                to_shard,
+                json.dumps(details or {}),
+            )
         )
 
 
@@ -123,12 +134,17 @@ class Ledger:
         tier = "B" if owner_kind == OWNER_TIER_B else "A"
         unit_id = int(owner_id) if owner_kind == OWNER_UNIT else None
         outcome = AcquireOutcome()
-        existing = {(r["exchange_segment"], r["security_id"]) for r in await self.fetch("existing_subscriptions", _columns(keys))}
+        existing = {
+            (r["exchange_segment"], r["security_id"])
+            for r in await self.fetch("existing_subscriptions", _columns(keys))
+        }
         # Claim what is already subscribed first, so evictions below cannot drop it.
         await self._own(owner_kind, owner_id, [k for k in keys if k in existing], mode)
         new = [i for i in instruments if i.key not in existing]
         if new:
-            await self._ensure_room(keys, len(new), protect_items, outcome, reason_kind="TIER_B_PLAN" if tier == "B" else "CAPACITY")
+            await self._ensure_room(
+                keys, len(new), protect_items, outcome, reason_kind="TIER_B_PLAN" if tier == "B" else "CAPACITY"
+            )
         if new:
             try:
                 shards = place(await self.shard_loads(), self.budget.per_connection, len(new))
@@ -146,8 +162,17 @@ class Ledger:
             )
             for instrument, shard in zip(new, shards, strict=True):
                 self._changes.append((shard, *instrument.key, mode, "add"))
-                self._audit.add("SUBSCRIBE", self.actor, reason, tier=tier, key=instrument.key, unit_id=unit_id,
-                                user_id=user_id, to_shard=shard, details={"owner": f"{owner_kind}:{owner_id}", "mode": mode})
+                self._audit.add(
+                    "SUBSCRIBE",
+                    self.actor,
+                    reason,
+                    tier=tier,
+                    key=instrument.key,
+                    unit_id=unit_id,
+                    user_id=user_id,
+                    to_shard=shard,
+                    details={"owner": f"{owner_kind}:{owner_id}", "mode": mode},
+                )
             outcome.subscribed = [i.key for i in new]
             await self._own(owner_kind, owner_id, [i.key for i in new], mode)
         await self._refresh(keys)
@@ -175,7 +200,9 @@ class Ledger:
         if keys is None:
             rows = await self.fetch("delete_owner", {"owner_kind": owner_kind, "owner_id": owner_id})
         else:
-            rows = await self.fetch("delete_owner_keys", {**_columns(keys), "owner_kind": owner_kind, "owner_id": owner_id})
+            rows = await self.fetch(
+                "delete_owner_keys", {**_columns(keys), "owner_kind": owner_kind, "owner_id": owner_id}
+            )
         released = [(r["exchange_segment"], r["security_id"]) for r in rows]
         if not released:
             return 0
@@ -186,8 +213,17 @@ class Ledger:
             for shard in (row["shard_id"], row["moving_to_shard"]):
                 if shard is not None:
                     self._changes.append((shard, *key, row["feed_mode"], "remove"))
-            self._audit.add(action, self.actor, reason, tier=row["tier"], key=key, unit_id=unit_id, user_id=user_id,
-                            from_shard=row["shard_id"], details={"owner": f"{owner_kind}:{owner_id}"})
+            self._audit.add(
+                action,
+                self.actor,
+                reason,
+                tier=row["tier"],
+                key=key,
+                unit_id=unit_id,
+                user_id=user_id,
+                from_shard=row["shard_id"],
+                details={"owner": f"{owner_kind}:{owner_id}"},
+            )
         gone = {(r["exchange_segment"], r["security_id"]) for r in dropped}
         await self._refresh([k for k in released if k not in gone])
         return len(dropped)
@@ -201,8 +237,13 @@ class Ledger:
                 for shard in (row["shard_id"], row["moving_to_shard"]):
                     if shard is not None:
                         self._changes.append((shard, *key, row["feed_mode"], "update"))
-                self._audit.add("MODE_CHANGE", self.actor, f"mode {row['old_mode']} -> {row['feed_mode']}", key=key,
-                                details={"old_mode": row["old_mode"], "new_mode": row["feed_mode"]})
+                self._audit.add(
+                    "MODE_CHANGE",
+                    self.actor,
+                    f"mode {row['old_mode']} -> {row['feed_mode']}",
+                    key=key,
+                    details={"old_mode": row["old_mode"], "new_mode": row["feed_mode"]},
+                )
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -240,18 +281,40 @@ class Ledger:
                 released = await self.evict_unit(unit, reason_kind, message)
                 total -= released
                 outcome.evictions.append(
-                    Eviction(unit["item_id"], unit["user_id"], unit["symbol"], unit["expiry_date"], reason_kind, message,
-                             released, unit["last_used_at"])
+                    Eviction(
+                        unit["item_id"],
+                        unit["user_id"],
+                        unit["symbol"],
+                        unit["expiry_date"],
+                        reason_kind,
+                        message,
+                        released,
+                        unit["last_used_at"],
+                    )
                 )
 
     async def evict_unit(self, unit: dict[str, Any], reason_kind: str, message: str) -> int:
         """Releases a whole Tier A unit and marks its watchlist item EVICTED."""
         item_id = int(unit["item_id"])
-        keys = [(r["exchange_segment"], r["security_id"]) for r in await self.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item_id)})]
-        released = await self.release(OWNER_UNIT, str(item_id), reason=message, user_id=unit["user_id"], action="UNSUBSCRIBE")
-        await self.conn.execute(QUERIES["mark_evicted"], {"item_id": item_id, "reason": reason_kind, "message": message})
-        self._audit.add("EVICT", self.actor, message, tier="A", unit_id=item_id, user_id=unit["user_id"],
-                        details={"reason": reason_kind, "symbol": unit["symbol"], "released": released})
+        keys = [
+            (r["exchange_segment"], r["security_id"])
+            for r in await self.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item_id)})
+        ]
+        released = await self.release(
+            OWNER_UNIT, str(item_id), reason=message, user_id=unit["user_id"], action="UNSUBSCRIBE"
+        )
+        await self.conn.execute(
+            QUERIES["mark_evicted"], {"item_id": item_id, "reason": reason_kind, "message": message}
+        )
+        self._audit.add(
+            "EVICT",
+            self.actor,
+            message,
+            tier="A",
+            unit_id=item_id,
+            user_id=unit["user_id"],
+            details={"reason": reason_kind, "symbol": unit["symbol"], "released": released},
+        )
         self.event(unit["user_id"], "evicted", item_id, removed=keys)
         return released
 
@@ -259,22 +322,38 @@ class Ledger:
 
     def move_started(self, key: Key, mode: str, source: int, target: int, reason: str) -> None:
         self._changes.append((target, *key, mode, "add"))
-        self._audit.add("MOVE", self.actor, reason, key=key, from_shard=source, to_shard=target, details={"phase": "started"})
+        self._audit.add(
+            "MOVE", self.actor, reason, key=key, from_shard=source, to_shard=target, details={"phase": "started"}
+        )
 
     def move_finished(self, key: Key, mode: str, source: int, target: int) -> None:
         self._changes.append((source, *key, mode, "remove"))
-        self._audit.add("MOVE", self.actor, "target shard subscribed; source released", key=key, from_shard=source,
-                        to_shard=target, details={"phase": "finished"})
+        self._audit.add(
+            "MOVE",
+            self.actor,
+            "target shard subscribed; source released",
+            key=key,
+            from_shard=source,
+            to_shard=target,
+            details={"phase": "finished"},
+        )
 
     def audit(self, action: str, reason: str, **fields: Any) -> None:
         self._audit.add(action, self.actor, reason, **fields)
 
     # -- events and flushing --------------------------------------------------------------
 
-    def event(self, user_id: str, kind: str, item_id: int, *, added: Sequence[Key] = (), removed: Sequence[Key] = ()) -> None:
+    def event(
+        self, user_id: str, kind: str, item_id: int, *, added: Sequence[Key] = (), removed: Sequence[Key] = ()
+    ) -> None:
         self._events.append(
-            {"user_id": user_id, "kind": kind, "item_id": item_id, "added": json.dumps([list(k) for k in added]),
-             "removed": json.dumps([list(k) for k in removed])}
+            {
+                "user_id": user_id,
+                "kind": kind,
+                "item_id": item_id,
+                "added": json.dumps([list(k) for k in added]),
+                "removed": json.dumps([list(k) for k in removed]),
+            }
         )
 
     async def flush(self) -> None:
@@ -284,8 +363,25 @@ class Ledger:
             columns = list(zip(*self._audit.rows, strict=True))
             await self.conn.execute(
                 QUERIES["insert_audit"],
-                dict(zip(("actions", "actors", "reasons", "tiers", "segments", "ids", "units", "users", "from_shards",
-                          "to_shards", "details"), map(list, columns), strict=True)),
+                dict(
+                    zip(
+                        (
+                            "actions",
+                            "actors",
+                            "reasons",
+                            "tiers",
+                            "segments",
+                            "ids",
+                            "units",
+                            "users",
+                            "from_shards",
+                            "to_shards",
+                            "details",
+                        ),
+                        map(list, columns),
+                        strict=True,
+                    )
+                ),
             )
         if self._changes:
             # Adds before removes keeps a make-before-break order within one change set.
@@ -293,13 +389,16 @@ class Ledger:
             changes = sorted(self._changes, key=lambda c: order[c[4]])
             shards, segments, ids, modes, kinds = map(list, zip(*changes, strict=True))
             await self.conn.execute(
-                QUERIES["insert_changes"], {"shards": shards, "segments": segments, "ids": ids, "modes": modes, "changes": kinds}
+                QUERIES["insert_changes"],
+                {"shards": shards, "segments": segments, "ids": ids, "modes": modes, "changes": kinds},
             )
             await self.conn.execute(QUERIES["notify_assignments"], {"payload": ",".join(map(str, sorted(set(shards))))})
         for event in self._events:
             await self.conn.execute(QUERIES["insert_watchlist_event"], event)
         if self._events:
-            await self.conn.execute(QUERIES["notify_watchlists"], {"payload": ",".join(sorted({e["user_id"] for e in self._events}))})
+            await self.conn.execute(
+                QUERIES["notify_watchlists"], {"payload": ",".join(sorted({e["user_id"] for e in self._events}))}
+            )
         self._audit.rows.clear()
         self._changes.clear()
         self._events.clear()

@@ -53,8 +53,16 @@ class Reports:
             per_connection_limit=self._budget.per_connection,
             utilization=total / self._budget.capacity if self._budget.capacity else 0.0,
             tiers=[
-                pb.TierUsage(tier=pb.TIER_A, instrument_count=sum(r["a"] for r in shards), owner_count=owner_counts.get("unit", 0)),
-                pb.TierUsage(tier=pb.TIER_B, instrument_count=sum(r["b"] for r in shards), owner_count=owner_counts.get("tier_b", 0)),
+                pb.TierUsage(
+                    tier=pb.TIER_A,
+                    instrument_count=sum(r["a"] for r in shards),
+                    owner_count=owner_counts.get("unit", 0),
+                ),
+                pb.TierUsage(
+                    tier=pb.TIER_B,
+                    instrument_count=sum(r["b"] for r in shards),
+                    owner_count=owner_counts.get("tier_b", 0),
+                ),
             ],
             shards=[
                 pb.ShardUsage(
@@ -68,8 +76,12 @@ class Reports:
                 for shard in range(self._budget.connections)
             ],
             users=[
-                pb.UserUsage(user_id=r["user_id"], active_item_count=r["active"], evicted_item_count=r["evicted"],
-                             instrument_count=r["instruments"])
+                pb.UserUsage(
+                    user_id=r["user_id"],
+                    active_item_count=r["active"],
+                    evicted_item_count=r["evicted"],
+                    instrument_count=r["instruments"],
+                )
                 for r in users
             ],
             user_count=user_count["n"] if user_count else 0,
@@ -85,7 +97,9 @@ class Reports:
         rows = await self._rows("list_subscriptions", {**params, "limit": limit, "offset": offset})
         total = await self._rows("count_subscriptions", params)
         owners = await self._owners([(r["exchange_segment"], r["security_id"]) for r in rows])
-        return [self._subscription(r, owners.get((r["exchange_segment"], r["security_id"]), [])) for r in rows], total[0]["n"]
+        return [self._subscription(r, owners.get((r["exchange_segment"], r["security_id"]), [])) for r in rows], total[
+            0
+        ]["n"]
 
     async def subscription(self, key: Key) -> pb.Subscription | None:
         rows = await self._rows("get_subscription", {"segment": key[0], "security_id": key[1]})

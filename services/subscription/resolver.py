@@ -44,7 +44,9 @@ def _instrument(proto: common_pb2.Instrument) -> Instrument:
 
 
 class UnitResolver:
-    def __init__(self, channel: grpc.aio.Channel, caller: ServiceCaller, prices: LastPriceSource, widths: ChainWidths) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, caller: ServiceCaller, prices: LastPriceSource, widths: ChainWidths
+    ) -> None:
         self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
         self._caller = caller
         self._prices = prices
@@ -92,10 +94,14 @@ class UnitResolver:
     ) -> ResolvedUnit:
         """The chain window of (symbol, expiry) around the ATM: at `price` when given, else the
         feed's last price, else `price_hint`, else the master's previous close."""
-        request = registry_pb2.GetOptionChainRequest(underlying_symbol=symbol, expiry_date=expiry, strikes_each_side=width)
+        request = registry_pb2.GetOptionChainRequest(
+            underlying_symbol=symbol, expiry_date=expiry, strikes_each_side=width
+        )
         probe = await self._caller.call(
             self._stub.GetOptionChain,
-            registry_pb2.GetOptionChainRequest(underlying_symbol=symbol, expiry_date=expiry, strikes_each_side=1, use_last_price=True),
+            registry_pb2.GetOptionChainRequest(
+                underlying_symbol=symbol, expiry_date=expiry, strikes_each_side=1, use_last_price=True
+            ),
         )
         underlying = _instrument(probe.underlying)
         live = None if price > 0 else await self._prices.last_price(*underlying.key)
@@ -107,7 +113,11 @@ class UnitResolver:
             request.underlying_price = price_hint
         else:
             request.use_last_price = True
-        chain = probe if width == 1 and request.use_last_price else await self._caller.call(self._stub.GetOptionChain, request)
+        chain = (
+            probe
+            if width == 1 and request.use_last_price
+            else await self._caller.call(self._stub.GetOptionChain, request)
+        )
         options: list[Instrument] = []
         for strike in chain.strikes:
             if strike.HasField("call"):

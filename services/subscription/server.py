@@ -42,7 +42,9 @@ class Subscription:
     notifier: ChangeNotifier
 
 
-def create_server(settings: Settings, pool: AsyncConnectionPool, conninfo: str | None = None, *, prices: LastPriceSource | None = None) -> Subscription:
+def create_server(
+    settings: Settings, pool: AsyncConnectionPool, conninfo: str | None = None, *, prices: LastPriceSource | None = None
+) -> Subscription:
     budget = Budget(settings.feed_connections, settings.feed_instruments_per_connection)
     registry_channel = open_channel(settings.registry_addr)
     gateway_prices = prices or GatewayLastPrices(settings.gateway_addr, settings.service_token)

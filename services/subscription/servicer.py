@@ -57,8 +57,16 @@ def _recenter_result(outcome: RecenterOutcome) -> pb.RecenterResult:
 
 
 class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
-    def __init__(self, budget: Budget, watchlists: Watchlists, tier_b: TierB, recentering: Recentering,
-                 admin: Admin, reports: Reports, streams: Streams) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        watchlists: Watchlists,
+        tier_b: TierB,
+        recentering: Recentering,
+        admin: Admin,
+        reports: Reports,
+        streams: Streams,
+    ) -> None:
         self._budget = budget
         self._watchlists = watchlists
         self._tier_b = tier_b
@@ -73,12 +81,18 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
 
     # -- Tier A ---------------------------------------------------------------------------
 
-    async def AddWatchlistItem(self, request: pb.AddWatchlistItemRequest, context: grpc.aio.ServicerContext) -> pb.AddWatchlistItemResponse:
+    async def AddWatchlistItem(
+        self, request: pb.AddWatchlistItemRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddWatchlistItemResponse:
         user = acting_user(request.user_id)
         outcome = await self._watchlists.add(
-            user, current_principal().user_id,
-            symbol=request.symbol, expiry=request.expiry_date, strikes_each_side=request.strikes_each_side,
-            price_hint=request.underlying_price, underlying_only=request.underlying_only,
+            user,
+            current_principal().user_id,
+            symbol=request.symbol,
+            expiry=request.expiry_date,
+            strikes_each_side=request.strikes_each_side,
+            price_hint=request.underlying_price,
+            underlying_only=request.underlying_only,
             mode=convert.mode_from_proto(request.mode),
         )
         return pb.AddWatchlistItemResponse(
@@ -87,26 +101,36 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             evictions=self._evictions(outcome.evictions, user),
         )
 
-    async def RemoveWatchlistItem(self, request: pb.RemoveWatchlistItemRequest, context: grpc.aio.ServicerContext) -> pb.RemoveWatchlistItemResponse:
+    async def RemoveWatchlistItem(
+        self, request: pb.RemoveWatchlistItemRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveWatchlistItemResponse:
         user = acting_user(request.user_id)
         released = await self._watchlists.remove(user, current_principal().user_id, request.item_id)
         return pb.RemoveWatchlistItemResponse(instruments_released=released)
 
-    async def ListWatchlistItems(self, request: pb.ListWatchlistItemsRequest, context: grpc.aio.ServicerContext) -> pb.ListWatchlistItemsResponse:
+    async def ListWatchlistItems(
+        self, request: pb.ListWatchlistItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWatchlistItemsResponse:
         user = _user_scope(request.user_id)
         size = page_size(request.page_size, default=50, maximum=500)
-        state = {pb.WATCHLIST_ITEM_STATE_ACTIVE: "ACTIVE", pb.WATCHLIST_ITEM_STATE_EVICTED: "EVICTED"}.get(request.state)
+        state = {pb.WATCHLIST_ITEM_STATE_ACTIVE: "ACTIVE", pb.WATCHLIST_ITEM_STATE_EVICTED: "EVICTED"}.get(
+            request.state
+        )
         key = fingerprint(user, state, request.include_instruments)
         offset = decode_page_token(request.page_token, key)
         items, total = await self._watchlists.list(user, state, offset, size)
-        instruments = await self._watchlists.instruments_of([i["item_id"] for i in items]) if request.include_instruments else {}
+        instruments = (
+            await self._watchlists.instruments_of([i["item_id"] for i in items]) if request.include_instruments else {}
+        )
         return pb.ListWatchlistItemsResponse(
             watchlist_items=[convert.watchlist_item(i, instruments.get(i["item_id"])) for i in items],
             next_page_token=next_token(offset, len(items), total, key),
             total_size=total,
         )
 
-    async def RecordUsage(self, request: pb.RecordUsageRequest, context: grpc.aio.ServicerContext) -> pb.RecordUsageResponse:
+    async def RecordUsage(
+        self, request: pb.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordUsageResponse:
         user = acting_user(request.user_id)
         touched = 0
         if request.item_ids:
@@ -121,12 +145,16 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             await self._watchlists.touch(own)
             touched += len(own)
         if request.keys:
-            touched += await self._watchlists.touch_holding(user, [convert.key_from_proto(k, "keys") for k in request.keys])
+            touched += await self._watchlists.touch_holding(
+                user, [convert.key_from_proto(k, "keys") for k in request.keys]
+            )
         return pb.RecordUsageResponse(units_touched=touched)
 
     # -- reports --------------------------------------------------------------------------
 
-    async def GetSubscriptionStatus(self, request: pb.GetSubscriptionStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetSubscriptionStatusResponse:
+    async def GetSubscriptionStatus(
+        self, request: pb.GetSubscriptionStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSubscriptionStatusResponse:
         status = await self._reports.status()
         principal = current_principal()
         if not principal.is_admin:  # users see their own row only
@@ -135,55 +163,90 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             status.users.extend(mine)
         return status
 
-    async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext) -> pb.ListSubscriptionsResponse:
+    async def ListSubscriptions(
+        self, request: pb.ListSubscriptionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSubscriptionsResponse:
         user = acting_user(request.user_id) if request.user_id else None
         if request.HasField("shard_id") and not 0 <= request.shard_id < self._budget.connections:
-            raise InvalidArgument(f"shard_id {request.shard_id} is out of range: accepted 0..{self._budget.connections - 1}")
+            raise InvalidArgument(
+                f"shard_id {request.shard_id} is out of range: accepted 0..{self._budget.connections - 1}"
+            )
         tier = convert.PROTO_TO_TIER.get(request.tier)
         shard = request.shard_id if request.HasField("shard_id") else None
         size = page_size(request.page_size, default=100, maximum=1000)
         key = fingerprint(tier, shard, user)
         offset = decode_page_token(request.page_token, key)
-        subscriptions, total = await self._reports.subscriptions(tier=tier, shard_id=shard, user_id=user, offset=offset, limit=size)
+        subscriptions, total = await self._reports.subscriptions(
+            tier=tier, shard_id=shard, user_id=user, offset=offset, limit=size
+        )
         return pb.ListSubscriptionsResponse(
-            subscriptions=subscriptions, next_page_token=next_token(offset, len(subscriptions), total, key), total_size=total
+            subscriptions=subscriptions,
+            next_page_token=next_token(offset, len(subscriptions), total, key),
+            total_size=total,
         )
 
-    async def GetSubscription(self, request: pb.GetSubscriptionRequest, context: grpc.aio.ServicerContext) -> pb.GetSubscriptionResponse:
+    async def GetSubscription(
+        self, request: pb.GetSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSubscriptionResponse:
         key = convert.key_from_proto(request.key)
         if request.history_limit < 0:
             raise InvalidArgument("history_limit must not be negative; 0 means 50")
         subscription = await self._reports.subscription(key)
         if subscription is None:
             raise NotFound(f"{key[0]} {key[1]} is not subscribed")
-        rows = await self._reports.audit(segment=key[0], security_id=key[1], action=None, tier=None, user_id=None,
-                                         unit_id=None, start=None, end=None, before=None, limit=min(request.history_limit or 50, 1000))
+        rows = await self._reports.audit(
+            segment=key[0],
+            security_id=key[1],
+            action=None,
+            tier=None,
+            user_id=None,
+            unit_id=None,
+            start=None,
+            end=None,
+            before=None,
+            limit=min(request.history_limit or 50, 1000),
+        )
         return pb.GetSubscriptionResponse(subscription=subscription, history=[convert.audit_entry(r) for r in rows])
 
-    async def ListAuditEntries(self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext) -> pb.ListAuditEntriesResponse:
+    async def ListAuditEntries(
+        self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAuditEntriesResponse:
         principal = current_principal()
         user = request.user_id or None
         if not principal.is_admin and user != principal.user_id:
             raise PermissionDenied("only admins may read the whole audit log; set user_id to your own id")
         key = convert.key_from_proto(request.key) if request.HasField("key") else None
         size = page_size(request.page_size, default=100, maximum=1000)
-        request_key = fingerprint(key, request.action, request.tier, user, request.item_id,
-                                  request.start_time.ToJsonString(), request.end_time.ToJsonString())
+        request_key = fingerprint(
+            key,
+            request.action,
+            request.tier,
+            user,
+            request.item_id,
+            request.start_time.ToJsonString(),
+            request.end_time.ToJsonString(),
+        )
         before = decode_page_token(request.page_token, request_key) or None
         rows = await self._reports.audit(
-            segment=key[0] if key else None, security_id=key[1] if key else None,
-            action=convert.PROTO_TO_ACTION.get(request.action), tier=convert.PROTO_TO_TIER.get(request.tier),
-            user_id=user, unit_id=int(request.item_id) if request.item_id.isdigit() else None,
+            segment=key[0] if key else None,
+            security_id=key[1] if key else None,
+            action=convert.PROTO_TO_ACTION.get(request.action),
+            tier=convert.PROTO_TO_TIER.get(request.tier),
+            user_id=user,
+            unit_id=int(request.item_id) if request.item_id.isdigit() else None,
             start=request.start_time.ToDatetime() if request.HasField("start_time") else None,
             end=request.end_time.ToDatetime() if request.HasField("end_time") else None,
-            before=before, limit=size,
+            before=before,
+            limit=size,
         )
         token = encode_page_token(rows[-1]["log_id"], request_key) if len(rows) == size else ""
         return pb.ListAuditEntriesResponse(audit_entries=[convert.audit_entry(r) for r in rows], next_page_token=token)
 
     # -- Tier B and re-centring -------------------------------------------------------------
 
-    async def SetTierBPlan(self, request: pb.SetTierBPlanRequest, context: grpc.aio.ServicerContext) -> pb.SetTierBPlanResponse:
+    async def SetTierBPlan(
+        self, request: pb.SetTierBPlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetTierBPlanResponse:
         principal = require_admin("SetTierBPlan")
         entries = []
         for chain in request.chains:
@@ -198,28 +261,42 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             if not spec.symbol:
                 raise InvalidArgument("every chain needs an underlying_symbol, e.g. NIFTY")
             if not 1 <= spec.strikes_each_side <= self._max_width():
-                raise InvalidArgument(f"strikes_each_side {spec.strikes_each_side} is out of range: accepted 1..{self._max_width()}")
+                raise InvalidArgument(
+                    f"strikes_each_side {spec.strikes_each_side} is out of range: accepted 1..{self._max_width()}"
+                )
             entries += await self._tier_b.resolve_chain(spec)
         for instrument in request.instruments:
-            entries.append(await self._tier_b.resolve_instrument(convert.key_from_proto(instrument.key, "instruments.key"),
-                                                                 convert.mode_from_proto(instrument.mode)))
+            entries.append(
+                await self._tier_b.resolve_instrument(
+                    convert.key_from_proto(instrument.key, "instruments.key"), convert.mode_from_proto(instrument.mode)
+                )
+            )
         plan = MessageToDict(request, preserving_proto_field_name=True)
         plan.pop("dry_run", None)
         outcome = await self._tier_b.apply(entries, plan, principal.user_id, dry_run=request.dry_run)
         return pb.SetTierBPlanResponse(
-            instruments_added=outcome.added, instruments_removed=outcome.removed, instruments_kept=outcome.kept,
+            instruments_added=outcome.added,
+            instruments_removed=outcome.removed,
+            instruments_kept=outcome.kept,
             evictions=self._evictions(outcome.evictions, principal.user_id),
             chains=[
                 pb.ResolvedChain(
-                    plan_entry_id=e.entry_id, underlying_symbol=e.unit.symbol, underlying=convert.key_proto(e.unit.underlying.key),
-                    expiry_date=e.unit.expiry.isoformat() if e.unit.expiry else "", atm_strike=e.unit.atm_strike or 0.0,
-                    strikes_each_side=e.unit.strikes_each_side, instrument_count=len(e.instruments),
+                    plan_entry_id=e.entry_id,
+                    underlying_symbol=e.unit.symbol,
+                    underlying=convert.key_proto(e.unit.underlying.key),
+                    expiry_date=e.unit.expiry.isoformat() if e.unit.expiry else "",
+                    atm_strike=e.unit.atm_strike or 0.0,
+                    strikes_each_side=e.unit.strikes_each_side,
+                    instrument_count=len(e.instruments),
                 )
-                for e in outcome.entries if e.unit is not None
+                for e in outcome.entries
+                if e.unit is not None
             ],
         )
 
-    async def GetTierBPlan(self, request: pb.GetTierBPlanRequest, context: grpc.aio.ServicerContext) -> pb.GetTierBPlanResponse:
+    async def GetTierBPlan(
+        self, request: pb.GetTierBPlanRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTierBPlanResponse:
         plan, entries, count = await self._tier_b.current()
         response = pb.GetTierBPlanResponse(instrument_count=count)
         if plan is not None:
@@ -230,15 +307,22 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             response.updated_at.FromDatetime(plan["updated_at"])
         for row in entries:
             if row["kind"] == "chain":
-                response.resolved_chains.append(pb.ResolvedChain(
-                    plan_entry_id=row["entry_id"], underlying_symbol=row["underlying_symbol"],
-                    underlying=convert.key_proto((row["underlying_segment"], row["underlying_security_id"])),
-                    expiry_date=row["expiry_date"].isoformat(), atm_strike=row["atm_strike"] or 0.0,
-                    strikes_each_side=row["strikes_each_side"], instrument_count=row["instrument_count"],
-                ))
+                response.resolved_chains.append(
+                    pb.ResolvedChain(
+                        plan_entry_id=row["entry_id"],
+                        underlying_symbol=row["underlying_symbol"],
+                        underlying=convert.key_proto((row["underlying_segment"], row["underlying_security_id"])),
+                        expiry_date=row["expiry_date"].isoformat(),
+                        atm_strike=row["atm_strike"] or 0.0,
+                        strikes_each_side=row["strikes_each_side"],
+                        instrument_count=row["instrument_count"],
+                    )
+                )
         return response
 
-    async def RecenterChain(self, request: pb.RecenterChainRequest, context: grpc.aio.ServicerContext) -> pb.RecenterChainResponse:
+    async def RecenterChain(
+        self, request: pb.RecenterChainRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecenterChainResponse:
         principal = require_admin("RecenterChain")
         price = request.underlying_price if request.WhichOneof("price") == "underlying_price" else 0.0
         if request.WhichOneof("price") == "underlying_price" and price <= 0:
@@ -250,23 +334,36 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         if target == "item_id":
             if not request.item_id.isdigit():
                 raise InvalidArgument(f"item_id {request.item_id!r} is malformed: expected a numeric id")
-            outcome = await self._recentering.unit(int(request.item_id), principal.user_id, price=price, hysteresis=hysteresis)
+            outcome = await self._recentering.unit(
+                int(request.item_id), principal.user_id, price=price, hysteresis=hysteresis
+            )
         elif target == "tier_b_chain":
             ref = request.tier_b_chain
-            outcome = await self._recentering.tier_b_chain(ref.underlying_symbol, ref.expiry_date, principal.user_id, price=price, hysteresis=hysteresis)
+            outcome = await self._recentering.tier_b_chain(
+                ref.underlying_symbol, ref.expiry_date, principal.user_id, price=price, hysteresis=hysteresis
+            )
         else:
-            raise InvalidArgument("set target: item_id (a Tier A unit) or tier_b_chain (underlying_symbol and expiry_date)")
-        return pb.RecenterChainResponse(result=_recenter_result(outcome), evictions=self._evictions(outcome.evictions, principal.user_id))
+            raise InvalidArgument(
+                "set target: item_id (a Tier A unit) or tier_b_chain (underlying_symbol and expiry_date)"
+            )
+        return pb.RecenterChainResponse(
+            result=_recenter_result(outcome), evictions=self._evictions(outcome.evictions, principal.user_id)
+        )
 
-    async def RecenterAllChains(self, request: pb.RecenterAllChainsRequest, context: grpc.aio.ServicerContext) -> pb.RecenterAllChainsResponse:
+    async def RecenterAllChains(
+        self, request: pb.RecenterAllChainsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecenterAllChainsResponse:
         principal = require_admin("RecenterAllChains")
         tiers = {pb.TIER_A: ("A",), pb.TIER_B: ("B",)}.get(request.tier, ("A", "B"))
         hysteresis = request.hysteresis_strikes if request.HasField("hysteresis_strikes") else None
         checked, moved = await self._recentering.all_chains(principal.user_id, tiers=tiers, hysteresis=hysteresis)
         evictions = [e for m in moved for e in m.evictions]
-        return pb.RecenterAllChainsResponse(chains_checked=checked, chains_moved=len(moved),
-                                            moved=[_recenter_result(m) for m in moved],
-                                            evictions=self._evictions(evictions, principal.user_id))
+        return pb.RecenterAllChainsResponse(
+            chains_checked=checked,
+            chains_moved=len(moved),
+            moved=[_recenter_result(m) for m in moved],
+            evictions=self._evictions(evictions, principal.user_id),
+        )
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -277,28 +374,43 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             try:
                 trading_date = date.fromisoformat(request.trading_date)
             except ValueError:
-                raise InvalidArgument(f"trading_date {request.trading_date!r} is malformed: expected YYYY-MM-DD") from None
+                raise InvalidArgument(
+                    f"trading_date {request.trading_date!r} is malformed: expected YYYY-MM-DD"
+                ) from None
         outcome = await self._admin.end_of_day(trading_date, principal.user_id, keep_items=request.keep_watchlist_items)
         return pb.EndOfDayResponse(
-            trading_date=trading_date.isoformat(), already_done=outcome.already_done,
-            units_unsubscribed=outcome.counts.units, instruments_unsubscribed=outcome.counts.instruments,
-            items_deleted=outcome.counts.items_deleted, users_affected=outcome.counts.users,
+            trading_date=trading_date.isoformat(),
+            already_done=outcome.already_done,
+            units_unsubscribed=outcome.counts.units,
+            instruments_unsubscribed=outcome.counts.instruments,
+            items_deleted=outcome.counts.items_deleted,
+            users_affected=outcome.counts.users,
         )
 
-    async def UnsubscribeAllTierA(self, request: pb.UnsubscribeAllTierARequest, context: grpc.aio.ServicerContext) -> pb.UnsubscribeAllTierAResponse:
+    async def UnsubscribeAllTierA(
+        self, request: pb.UnsubscribeAllTierARequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnsubscribeAllTierAResponse:
         principal = require_admin("UnsubscribeAllTierA")
         counts = await self._admin.unsubscribe_tier_a(request.user_id or None, principal.user_id, request.reason)
-        return pb.UnsubscribeAllTierAResponse(units_unsubscribed=counts.units, instruments_unsubscribed=counts.instruments,
-                                              users_affected=counts.users)
+        return pb.UnsubscribeAllTierAResponse(
+            units_unsubscribed=counts.units, instruments_unsubscribed=counts.instruments, users_affected=counts.users
+        )
 
-    async def ClearWatchlists(self, request: pb.ClearWatchlistsRequest, context: grpc.aio.ServicerContext) -> pb.ClearWatchlistsResponse:
+    async def ClearWatchlists(
+        self, request: pb.ClearWatchlistsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClearWatchlistsResponse:
         principal = require_admin("ClearWatchlists")
         scope = request.WhichOneof("scope")
-        if scope is None or (scope == "all_users" and not request.all_users) or (scope == "user_id" and not request.user_id):
+        if (
+            scope is None
+            or (scope == "all_users" and not request.all_users)
+            or (scope == "user_id" and not request.user_id)
+        ):
             raise InvalidArgument("set scope: user_id (one user's watchlist) or all_users: true")
         counts = await self._admin.clear_watchlists(request.user_id if scope == "user_id" else None, principal.user_id)
-        return pb.ClearWatchlistsResponse(items_deleted=counts.items_deleted, instruments_unsubscribed=counts.instruments,
-                                          users_affected=counts.users)
+        return pb.ClearWatchlistsResponse(
+            items_deleted=counts.items_deleted, instruments_unsubscribed=counts.instruments, users_affected=counts.users
+        )
 
     async def Rebalance(self, request: pb.RebalanceRequest, context: grpc.aio.ServicerContext) -> pb.RebalanceResponse:
         principal = require_admin("Rebalance")
@@ -307,19 +419,26 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         outcome = await self._admin.rebalance(principal.user_id, dry_run=request.dry_run, max_moves=request.max_moves)
         return pb.RebalanceResponse(
             moves=[pb.ShardMove(key=convert.key_proto(k), from_shard_id=s, to_shard_id=t) for k, s, t in outcome.moves],
-            spread_before=outcome.spread_before, spread_after=outcome.spread_after,
+            spread_before=outcome.spread_before,
+            spread_after=outcome.spread_after,
         )
 
     # -- streams --------------------------------------------------------------------------
 
-    async def WatchAssignments(self, request: pb.WatchAssignmentsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchAssignmentsResponse]:
+    async def WatchAssignments(
+        self, request: pb.WatchAssignmentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchAssignmentsResponse]:
         require_admin("WatchAssignments (feed shards use a service key)")
         if not 0 <= request.shard_id < self._budget.connections:
-            raise InvalidArgument(f"shard_id {request.shard_id} is out of range: accepted 0..{self._budget.connections - 1}")
+            raise InvalidArgument(
+                f"shard_id {request.shard_id} is out of range: accepted 0..{self._budget.connections - 1}"
+            )
         async for message in self._streams.assignments(request.shard_id):
             yield message
 
-    async def WatchWatchlistEvents(self, request: pb.WatchWatchlistEventsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchWatchlistEventsResponse]:
+    async def WatchWatchlistEvents(
+        self, request: pb.WatchWatchlistEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchWatchlistEventsResponse]:
         user = _user_scope(request.user_id)
         async for message in self._streams.watchlist_events(user):
             yield message
@@ -329,4 +448,3 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
 
     def _max_width(self) -> int:
         return self._tier_b.max_width
-

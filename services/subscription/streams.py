@@ -51,8 +51,16 @@ def coalesce(rows: list[dict[str, Any]]) -> tuple[list[pb.Assignment], list[pb.A
 
 
 class Streams:
-    def __init__(self, pool: AsyncConnectionPool, notifier: ChangeNotifier, *, shard_limit: int,
-                 poll_seconds: float = 1.0, heartbeat_seconds: float = 10.0, retention_seconds: float = 600.0) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        notifier: ChangeNotifier,
+        *,
+        shard_limit: int,
+        poll_seconds: float = 1.0,
+        heartbeat_seconds: float = 10.0,
+        retention_seconds: float = 600.0,
+    ) -> None:
         self._pool = pool
         self._notifier = notifier
         self._shard_limit = shard_limit
@@ -74,9 +82,16 @@ class Streams:
     async def _snapshot_message(self, shard_id: int) -> tuple[int, pb.WatchAssignmentsResponse]:
         version, rows = await self._shard_snapshot(shard_id)
         return version, pb.WatchAssignmentsResponse(
-            kind=pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT, version=version, shard_id=shard_id, shard_limit=self._shard_limit,
+            kind=pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT,
+            version=version,
+            shard_id=shard_id,
+            shard_limit=self._shard_limit,
             assignments=[
-                pb.Assignment(key=key_proto((r["exchange_segment"], r["security_id"])), mode=MODE_TO_PROTO[r["feed_mode"]], version=version)
+                pb.Assignment(
+                    key=key_proto((r["exchange_segment"], r["security_id"])),
+                    mode=MODE_TO_PROTO[r["feed_mode"]],
+                    version=version,
+                )
                 for r in rows
             ],
             sent_at=timestamp_now(),
@@ -94,7 +109,9 @@ class Streams:
                     version, snapshot = await self._snapshot_message(shard_id)
                     yield snapshot
                 async with self._pool.connection() as conn:
-                    cursor = await conn.execute(REPORTS["shard_changes"], {"shard_id": shard_id, "after": version, "limit": _BATCH})
+                    cursor = await conn.execute(
+                        REPORTS["shard_changes"], {"shard_id": shard_id, "after": version, "limit": _BATCH}
+                    )
                     changes = await cursor.fetchall()
                 last_read = time.monotonic()
                 if changes:
@@ -102,16 +119,25 @@ class Streams:
                     added, updated, removed = coalesce(changes)
                     if added or updated or removed:
                         yield pb.WatchAssignmentsResponse(
-                            kind=pb.ASSIGNMENT_MESSAGE_KIND_CHANGES, version=version, shard_id=shard_id,
-                            shard_limit=self._shard_limit, added=added, updated=updated, removed=removed, sent_at=timestamp_now(),
+                            kind=pb.ASSIGNMENT_MESSAGE_KIND_CHANGES,
+                            version=version,
+                            shard_id=shard_id,
+                            shard_limit=self._shard_limit,
+                            added=added,
+                            updated=updated,
+                            removed=removed,
+                            sent_at=timestamp_now(),
                         )
                         last_sent = time.monotonic()
                     if len(changes) == _BATCH:
                         continue
                 elif time.monotonic() - last_sent >= self._heartbeat:
                     yield pb.WatchAssignmentsResponse(
-                        kind=pb.ASSIGNMENT_MESSAGE_KIND_HEARTBEAT, version=version, shard_id=shard_id,
-                        shard_limit=self._shard_limit, sent_at=timestamp_now(),
+                        kind=pb.ASSIGNMENT_MESSAGE_KIND_HEARTBEAT,
+                        version=version,
+                        shard_id=shard_id,
+                        shard_limit=self._shard_limit,
+                        sent_at=timestamp_now(),
                     )
                     last_sent = time.monotonic()
                 await wait_for(wake, self._poll)
@@ -126,11 +152,15 @@ class Streams:
                 after = int((await cursor.fetchone())["event_id"])  # type: ignore[index]
                 cursor = await conn.execute(LEDGER_QUERIES["items_of"], {"user_id": user_id, "state": None})
                 items = await cursor.fetchall()
-            yield pb.WatchWatchlistEventsResponse(snapshot=pb.WatchlistSnapshot(watchlist_items=[watchlist_item(i) for i in items]))
+            yield pb.WatchWatchlistEventsResponse(
+                snapshot=pb.WatchlistSnapshot(watchlist_items=[watchlist_item(i) for i in items])
+            )
             last_sent = time.monotonic()
             while True:
                 async with self._pool.connection() as conn:
-                    cursor = await conn.execute(REPORTS["events_after"], {"after": after, "user_id": user_id, "limit": 1000})
+                    cursor = await conn.execute(
+                        REPORTS["events_after"], {"after": after, "user_id": user_id, "limit": 1000}
+                    )
                     events = await cursor.fetchall()
                     for event in events:
                         after = event["event_id"]
@@ -148,7 +178,9 @@ class Streams:
 
 
 def _event(event: dict[str, Any], item: dict[str, Any] | None) -> pb.WatchlistEvent:
-    proto_item = watchlist_item(item) if item else pb.WatchlistItem(item_id=str(event["item_id"]), user_id=event["user_id"])
+    proto_item = (
+        watchlist_item(item) if item else pb.WatchlistItem(item_id=str(event["item_id"]), user_id=event["user_id"])
+    )
     return pb.WatchlistEvent(
         kind=EVENT_KINDS[event["kind"]],
         watchlist_item=proto_item,

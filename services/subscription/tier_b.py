@@ -101,18 +101,28 @@ class TierB:
         if spec.expiry_dates:
             missing = [e for e in spec.expiry_dates if e not in listed]
             if missing:
-                raise InvalidArgument(f"{spec.symbol} lists no options expiring {', '.join(missing)}; listed: {', '.join(listed[:12])}")
+                raise InvalidArgument(
+                    f"{spec.symbol} lists no options expiring {', '.join(missing)}; listed: {', '.join(listed[:12])}"
+                )
             expiries = list(spec.expiry_dates)
         else:
             if not 0 <= spec.nearest <= _MAX_NEAREST:
-                raise InvalidArgument(f"nearest_expiries {spec.nearest} is out of range: accepted 1..{_MAX_NEAREST} (0 means 1)")
+                raise InvalidArgument(
+                    f"nearest_expiries {spec.nearest} is out of range: accepted 1..{_MAX_NEAREST} (0 means 1)"
+                )
             expiries = listed[: spec.nearest or 1]
         entries = []
         for expiry in expiries:
             unit = await self._resolver.window(spec.symbol, expiry, spec.strikes_each_side)
             entries.append(
-                PlanEntry(chain_entry_id(unit.symbol, expiry), "chain", spec.mode,
-                          tuple(unit.instruments(spec.include_underlying)), unit, spec.include_underlying)
+                PlanEntry(
+                    chain_entry_id(unit.symbol, expiry),
+                    "chain",
+                    spec.mode,
+                    tuple(unit.instruments(spec.include_underlying)),
+                    unit,
+                    spec.include_underlying,
+                )
             )
         return entries
 
@@ -120,7 +130,9 @@ class TierB:
         instrument = await self._resolver.instrument(key)
         return PlanEntry(f"instrument:{key[0]}:{key[1]}", "instrument", mode, (instrument,))
 
-    async def apply(self, entries: list[PlanEntry], request: dict[str, Any], actor: str, *, dry_run: bool) -> PlanOutcome:
+    async def apply(
+        self, entries: list[PlanEntry], request: dict[str, Any], actor: str, *, dry_run: bool
+    ) -> PlanOutcome:
         try:
             return await self._apply(entries, request, actor, dry_run)
         except _DryRun as rolled_back:
@@ -133,7 +145,9 @@ class TierB:
             evictions: list[Eviction] = []
             added = 0
             for entry in desired.values():  # make: every new instrument first
-                outcome = await ledger.acquire(OWNER_TIER_B, entry.entry_id, entry.instruments, entry.mode, reason="Tier B plan")
+                outcome = await ledger.acquire(
+                    OWNER_TIER_B, entry.entry_id, entry.instruments, entry.mode, reason="Tier B plan"
+                )
                 evictions += outcome.evictions
                 added += len(outcome.subscribed)
             removed = 0
@@ -141,10 +155,15 @@ class TierB:
                 removed += await ledger.release(OWNER_TIER_B, entry_id, reason="removed from the Tier B plan")
                 await ledger.conn.execute(QUERIES["delete_tier_b_entry"], {"entry_id": entry_id})
             for entry in desired.values():
-                held = {(r["exchange_segment"], r["security_id"]) for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_TIER_B, "owner_id": entry.entry_id})}
+                held = {
+                    (r["exchange_segment"], r["security_id"])
+                    for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_TIER_B, "owner_id": entry.entry_id})
+                }
                 stale = held - {i.key for i in entry.instruments}
                 if stale:
-                    removed += await ledger.release(OWNER_TIER_B, entry.entry_id, keys=list(stale), reason="left the Tier B window")
+                    removed += await ledger.release(
+                        OWNER_TIER_B, entry.entry_id, keys=list(stale), reason="left the Tier B window"
+                    )
                 await ledger.conn.execute(QUERIES["upsert_tier_b_entry"], entry.row())
             await ledger.conn.execute(QUERIES["save_tier_b_plan"], {"request": json.dumps(request)})
             planned = {i.key for e in desired.values() for i in e.instruments}

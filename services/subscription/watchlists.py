@@ -62,19 +62,35 @@ class Watchlists:
         mode: str,
     ) -> AddOutcome:
         unit = await self._resolver.resolve(
-            symbol, expiry=expiry, strikes_each_side=strikes_each_side, price_hint=price_hint, underlying_only=underlying_only
+            symbol,
+            expiry=expiry,
+            strikes_each_side=strikes_each_side,
+            price_hint=price_hint,
+            underlying_only=underlying_only,
         )
         instruments = unit.instruments()
         async with ledger_transaction(self._pool, self._budget, actor) as ledger:
             item = await ledger.fetch_one(
                 "find_item",
-                {"user_id": user_id, "symbol": unit.symbol, "expiry_date": unit.expiry, "underlying_only": underlying_only},
+                {
+                    "user_id": user_id,
+                    "symbol": unit.symbol,
+                    "expiry_date": unit.expiry,
+                    "underlying_only": underlying_only,
+                },
             )
             if item is not None and item["state"] == "ACTIVE":
                 await ledger.conn.execute(QUERIES["touch_items"], {"item_ids": [item["item_id"]]})
-                keys = [(r["exchange_segment"], r["security_id"]) for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item["item_id"])})]
+                keys = [
+                    (r["exchange_segment"], r["security_id"])
+                    for r in await ledger.fetch(
+                        "owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item["item_id"])}
+                    )
+                ]
                 return AddOutcome(item, False, [], keys)
-            quota = await ledger.fetch_one("user_quota", {"user_id": user_id, "exclude": item["item_id"] if item else 0})
+            quota = await ledger.fetch_one(
+                "user_quota", {"user_id": user_id, "exclude": item["item_id"] if item else 0}
+            )
             assert quota is not None
             if quota["items"] + 1 > self._quota.max_items:
                 raise ResourceExhausted(
@@ -89,14 +105,25 @@ class Watchlists:
             if item is None:
                 item = await ledger.fetch_one(
                     "insert_item",
-                    {**fields, "user_id": user_id, "symbol": unit.symbol, "expiry_date": unit.expiry, "underlying_only": underlying_only},
+                    {
+                        **fields,
+                        "user_id": user_id,
+                        "symbol": unit.symbol,
+                        "expiry_date": unit.expiry,
+                        "underlying_only": underlying_only,
+                    },
                 )
             else:
                 item = await ledger.fetch_one("reactivate_item", {**fields, "item_id": item["item_id"]})
             assert item is not None
             outcome = await ledger.acquire(
-                OWNER_UNIT, str(item["item_id"]), instruments, mode,
-                reason=f"watchlist add {unit.symbol} by {user_id}", user_id=user_id, protect_items=[item["item_id"]],
+                OWNER_UNIT,
+                str(item["item_id"]),
+                instruments,
+                mode,
+                reason=f"watchlist add {unit.symbol} by {user_id}",
+                user_id=user_id,
+                protect_items=[item["item_id"]],
             )
             ledger.event(user_id, "added", item["item_id"], added=[i.key for i in instruments])
         return AddOutcome(item, True, outcome.evictions, [i.key for i in instruments])
@@ -107,8 +134,13 @@ class Watchlists:
             item = await ledger.fetch_one("get_item", {"item_id": item_number})
             if item is None or item["user_id"] != user_id:
                 raise NotFound(f"watchlist of {user_id!r} has no item {item_id!r}; ListWatchlistItems shows its items")
-            keys = [(r["exchange_segment"], r["security_id"]) for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item_number)})]
-            released = await ledger.release(OWNER_UNIT, str(item_number), reason=f"watchlist remove by {user_id}", user_id=user_id)
+            keys = [
+                (r["exchange_segment"], r["security_id"])
+                for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item_number)})
+            ]
+            released = await ledger.release(
+                OWNER_UNIT, str(item_number), reason=f"watchlist remove by {user_id}", user_id=user_id
+            )
             await ledger.conn.execute(QUERIES["delete_item"], {"item_id": item_number})
             ledger.event(user_id, "removed", item_number, removed=keys)
         return released
@@ -126,9 +158,13 @@ class Watchlists:
             )
             return cursor.rowcount
 
-    async def list(self, user_id: str | None, state: str | None, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    async def list(
+        self, user_id: str | None, state: str | None, offset: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(QUERIES["list_items"], {"user_id": user_id, "state": state, "limit": limit, "offset": offset})
+            cursor = await conn.execute(
+                QUERIES["list_items"], {"user_id": user_id, "state": state, "limit": limit, "offset": offset}
+            )
             items = await cursor.fetchall()
             cursor = await conn.execute(QUERIES["count_items"], {"user_id": user_id, "state": state})
             total = await cursor.fetchone()
@@ -151,7 +187,9 @@ def _item_number(item_id: str) -> int:
     try:
         number = int(item_id)
     except ValueError:
-        raise InvalidArgument(f"item_id {item_id!r} is malformed: expected the numeric id from ListWatchlistItems") from None
+        raise InvalidArgument(
+            f"item_id {item_id!r} is malformed: expected the numeric id from ListWatchlistItems"
+        ) from None
     if number <= 0:
         raise InvalidArgument(f"item_id {item_id!r} is malformed: expected a positive id")
     return number

@@ -41,9 +41,7 @@ _FULL_BODY = struct.Struct("<8xfHIfIIIIIIffff" + "IIHHff" * 5)
 _PREV_BODY = struct.Struct("<8xfI")  # previous close, previous OI
 # Tick after its key, every field as (tag, value); tags of fields 16+ take two bytes (H).
 _DEPTH_LEVEL = "BB" + "BdBqBiBdBqBi"  # field 12 with length 46, then DepthLevel fields 1-6
-_FULL_TICK = struct.Struct(
-    "<BQBIBdBqBqBdBqBqBqBq" + _DEPTH_LEVEL * 5 + "BqBdBd" + "HdHdHqHqHdHq"
-)
+_FULL_TICK = struct.Struct("<BQBIBdBqBqBdBqBqBqBq" + _DEPTH_LEVEL * 5 + "BqBdBd" + "HdHdHqHqHdHq")
 
 
 def varint(value: int) -> bytes:
@@ -67,8 +65,14 @@ def full_entry_prefix(key_bytes: bytes) -> bytes:
 
 
 def full_entry(
-    prefix: bytes, sequence: int, received_us: int, full: bytes, prev: bytes | None,
-    _unpack: Any = _FULL_BODY.unpack_from, _pack: Any = _FULL_TICK.pack, _ist: int = IST_OFFSET_SECONDS,
+    prefix: bytes,
+    sequence: int,
+    received_us: int,
+    full: bytes,
+    prev: bytes | None,
+    _unpack: Any = _FULL_BODY.unpack_from,
+    _pack: Any = _FULL_TICK.pack,
+    _ist: int = IST_OFFSET_SECONDS,
 ) -> bytes:
     """The fast path: a Full packet (and the previous-close packet, if any) in FULL mode."""
     t = _unpack(full)
@@ -93,8 +97,13 @@ def full_entry(
 
 
 def build_tick(
-    key: common_pb2.InstrumentKey, sequence: int, received_us: int, mode: int,
-    tick: TickPacket | None, oi: OIPacket | None, prev: PrevClosePacket | None,
+    key: common_pb2.InstrumentKey,
+    sequence: int,
+    received_us: int,
+    mode: int,
+    tick: TickPacket | None,
+    oi: OIPacket | None,
+    prev: PrevClosePacket | None,
 ) -> feed_pb2.Tick:
     """The general path: the Tick as a terminal in `mode` sees it (higher modes carry more)."""
     message = feed_pb2.Tick(key=key, sequence=sequence, receive_time_micros=received_us)
@@ -124,8 +133,14 @@ def build_tick(
                     depth = tick.depth  # flat: (bid_qty, ask_qty, bid_orders, ask_orders, bid_price, ask_price) x 5
                     add = message.depth.add
                     for k in (0, 6, 12, 18, 24):
-                        add(bid_price=depth[k + 4], bid_quantity=depth[k], bid_orders=depth[k + 2],
-                            ask_price=depth[k + 5], ask_quantity=depth[k + 1], ask_orders=depth[k + 3])
+                        add(
+                            bid_price=depth[k + 4],
+                            bid_quantity=depth[k],
+                            bid_orders=depth[k + 2],
+                            ask_price=depth[k + 5],
+                            ask_quantity=depth[k + 1],
+                            ask_orders=depth[k + 3],
+                        )
     if oi is not None and mode != TICKER and not parts & PART_OI:
         parts |= PART_OI
         message.open_interest = oi.oi

@@ -49,8 +49,11 @@ SHARD_CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_byt
 PACKETS = Counter("feed_gateway_packets_total", "Packets applied from the shards.")
 # How stale a shard message is when the gateway applies it: from the shard's receipt of its
 # first packet. What the gateway adds before batching starts (the shard's own part is ~1 ms).
-INGEST_LAG = Histogram("feed_gateway_ingest_lag_seconds", "From a shard receiving a message's first packet to the gateway applying it.",
-                       buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0))
+INGEST_LAG = Histogram(
+    "feed_gateway_ingest_lag_seconds",
+    "From a shard receiving a message's first packet to the gateway applying it.",
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0),
+)
 SHARDS_UP = Gauge("feed_gateway_shards_connected", "Shard streams currently open.")
 
 
@@ -61,11 +64,24 @@ class Subscriber(Protocol):
 
 
 def proto_key(key: int) -> common_pb2.InstrumentKey:
-    return common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[SEGMENTS_BY_WIRE_CODE[key & 0xFF]], security_id=key >> 8)  # type: ignore[arg-type]
+    return common_pb2.InstrumentKey(
+        exchange_segment=SEGMENT_TO_PROTO[SEGMENTS_BY_WIRE_CODE[key & 0xFF]], security_id=key >> 8
+    )  # type: ignore[arg-type]
 
 
 class Instrument:
-    __slots__ = ("key", "key_proto", "full_prefix", "latest", "history", "source", "offset", "subscribers", "mode", "shard_id")
+    __slots__ = (
+        "full_prefix",
+        "history",
+        "key",
+        "key_proto",
+        "latest",
+        "mode",
+        "offset",
+        "shard_id",
+        "source",
+        "subscribers",
+    )
 
     def __init__(self, key: int) -> None:
         self.key = key
@@ -233,8 +249,11 @@ class Hub:
                     affected[subscriber] = affected.get(subscriber, 0) + 1
         for subscriber, count in affected.items():
             event = feed_pb2.UpstreamStatusChange(
-                shard_id=link.shard_id, state=state, affected_instruments=count,  # type: ignore[arg-type]
-                shard_restarted=restarted, reason=reason,
+                shard_id=link.shard_id,
+                state=state,
+                affected_instruments=count,  # type: ignore[arg-type]
+                shard_restarted=restarted,
+                reason=reason,
             )
             if link.interrupted_at:
                 event.interrupted_at.FromNanoseconds(int(link.interrupted_at * 1e9))
@@ -259,7 +278,9 @@ class Hub:
             code = head & 0xFF
             length = (head >> 8) & 0xFFFF
             if PACKET_SIZES.get(code) != length or start + length > size:
-                self.errors.add(f"shard {link.shard_id}: record of code {code} and length {length} at offset {start} of {size}")
+                self.errors.add(
+                    f"shard {link.shard_id}: record of code {code} and length {length} at offset {start} of {size}"
+                )
                 return  # the framing is lost; the rest of this message is unreadable
             offset = start + length
             if code not in _VALUE_CODES:
@@ -274,8 +295,14 @@ class Hub:
             number = instrument.offset + sequence
             latest = instrument.latest
             if latest is None:
-                value = Value(instrument, number, received_us, packet if code in TICK_CODES else None,
-                              packet if code == OI_CODE else None, packet if code == PREV_CLOSE_CODE else None)
+                value = Value(
+                    instrument,
+                    number,
+                    received_us,
+                    packet if code in TICK_CODES else None,
+                    packet if code == OI_CODE else None,
+                    packet if code == PREV_CLOSE_CODE else None,
+                )
             elif number <= latest.sequence:
                 continue  # already applied
             elif code in TICK_CODES:
@@ -352,4 +379,3 @@ class Hub:
             status.reachable = link.connected
             result.append(status)
         return result
-

@@ -35,7 +35,9 @@ from services.feed.gateway.watchlist import WatchlistFollower
 from services.feed.records import wire_key
 
 PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
-PENDING_MAX = Gauge("feed_gateway_stream_pending_max", "The most instruments pending on one stream (bounded by its size).")
+PENDING_MAX = Gauge(
+    "feed_gateway_stream_pending_max", "The most instruments pending on one stream (bounded by its size)."
+)
 
 MAX_INSTRUMENTS_PER_STREAM = 5000
 MAX_SNAPSHOT_KEYS = 1000
@@ -64,8 +66,15 @@ def _key(proto: common_pb2.InstrumentKey) -> int:
 
 
 class GatewayServicer:
-    def __init__(self, hub: Hub, subscription: subscription_pb2_grpc.SubscriptionServiceStub,
-                 registry: registry_pb2_grpc.RegistryServiceStub, caller: ServiceCaller, *, batch_seconds: float = CLOCK_SECONDS) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        subscription: subscription_pb2_grpc.SubscriptionServiceStub,
+        registry: registry_pb2_grpc.RegistryServiceStub,
+        caller: ServiceCaller,
+        *,
+        batch_seconds: float = CLOCK_SECONDS,
+    ) -> None:
         self._hub = hub
         self._subscription = subscription
         self._registry = registry
@@ -83,7 +92,9 @@ class GatewayServicer:
             PENDING.set(sum(len(s.pending) for s in self.streams))
             PENDING_MAX.set(max((len(s.pending) for s in self.streams), default=0))
 
-    async def _states(self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]) -> list[feed_pb2.InstrumentState]:
+    async def _states(
+        self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]
+    ) -> list[feed_pb2.InstrumentState]:
         """Registers the keys on the stream (up to its limit) and says how each one stands."""
         states = []
         room = MAX_INSTRUMENTS_PER_STREAM - len(stream.keys)
@@ -125,17 +136,26 @@ class GatewayServicer:
 
     async def _touch_keys(self, keys: list[common_pb2.InstrumentKey]) -> None:
         with contextlib.suppress(ServiceError):
-            await self._caller.call(self._subscription.RecordUsage, spb.RecordUsageRequest(user_id=current_principal().user_id, keys=keys[:1000]))
+            await self._caller.call(
+                self._subscription.RecordUsage,
+                spb.RecordUsageRequest(user_id=current_principal().user_id, keys=keys[:1000]),
+            )
 
-    async def StreamTicks(self, request: feed_pb2.StreamTicksRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        stream = TerminalStream(self._hub, self.dispatcher, _mode(request.mode), STREAM_TICKS, **_batching(request.batch_options))
+    async def StreamTicks(
+        self, request: feed_pb2.StreamTicksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        stream = TerminalStream(
+            self._hub, self.dispatcher, _mode(request.mode), STREAM_TICKS, **_batching(request.batch_options)
+        )
         follower: WatchlistFollower | None = None
         selection = request.WhichOneof("selection")
         try:
             if selection == "instruments":
                 protos = list(request.instruments.keys)
                 if not protos:
-                    raise InvalidArgument("instruments.keys is empty: list the instruments to stream, or set my_watchlist")
+                    raise InvalidArgument(
+                        "instruments.keys is empty: list the instruments to stream, or set my_watchlist"
+                    )
                 keys = [_key(k) for k in protos]
                 states = await self._states(stream, keys, protos)
                 await self._touch_keys(protos)
@@ -143,8 +163,14 @@ class GatewayServicer:
                 follower = WatchlistFollower(self._subscription, self._caller, current_principal().user_id)
                 keys = await follower.initial_keys()
                 stream.add(keys)
-                states = [feed_pb2.InstrumentState(key=self._hub.instrument(k).key_proto, status=feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED,
-                                                   mode=stream.mode) for k in keys]  # type: ignore[arg-type]
+                states = [
+                    feed_pb2.InstrumentState(
+                        key=self._hub.instrument(k).key_proto,
+                        status=feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED,
+                        mode=stream.mode,
+                    )
+                    for k in keys
+                ]  # type: ignore[arg-type]
                 follower.follow(stream)
             else:
                 raise InvalidArgument("set a selection: instruments (a list of keys) or my_watchlist: true")
@@ -159,8 +185,9 @@ class GatewayServicer:
             if follower is not None:
                 follower.stop()
 
-    async def InteractiveStreamTicks(self, request_iterator: AsyncIterator[feed_pb2.InteractiveStreamTicksRequest],
-                                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def InteractiveStreamTicks(
+        self, request_iterator: AsyncIterator[feed_pb2.InteractiveStreamTicksRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         stream = TerminalStream(self._hub, self.dispatcher, common_pb2.FEED_MODE_FULL, INTERACTIVE)
         stream.task = asyncio.current_task()
         self.streams.add(stream)
@@ -192,14 +219,33 @@ class GatewayServicer:
             try:
                 keys = [_key(k) for k in protos]
             except InvalidArgument as error:
-                stream.post(stream.shape.response(result=feed_pb2.CommandResult(
-                    correlation_id=command.correlation_id,
-                    instruments=[feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_NOT_FOUND, message=error.message) for k in protos],
-                )))
+                stream.post(
+                    stream.shape.response(
+                        result=feed_pb2.CommandResult(
+                            correlation_id=command.correlation_id,
+                            instruments=[
+                                feed_pb2.InstrumentState(
+                                    key=k, status=feed_pb2.INSTRUMENT_STATUS_NOT_FOUND, message=error.message
+                                )
+                                for k in protos
+                            ],
+                        )
+                    )
+                )
                 return
             states = await self._states(stream, keys, protos)
-            stream.post(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id, instruments=states)))
-            stream.post(stream.snapshot([k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED], [], command.correlation_id))
+            stream.post(
+                stream.shape.response(
+                    result=feed_pb2.CommandResult(correlation_id=command.correlation_id, instruments=states)
+                )
+            )
+            stream.post(
+                stream.snapshot(
+                    [k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED],
+                    [],
+                    command.correlation_id,
+                )
+            )
             await self._touch_keys(protos)
         elif kind == "remove":
             keys = []
@@ -207,20 +253,33 @@ class GatewayServicer:
                 with contextlib.suppress(InvalidArgument):
                     keys.append(_key(proto))
             stream.remove(keys)
-            stream.post(stream.shape.response(result=feed_pb2.CommandResult(
-                correlation_id=command.correlation_id,
-                instruments=[feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_REMOVED) for k in command.remove.keys],
-            )))
+            stream.post(
+                stream.shape.response(
+                    result=feed_pb2.CommandResult(
+                        correlation_id=command.correlation_id,
+                        instruments=[
+                            feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_REMOVED)
+                            for k in command.remove.keys
+                        ],
+                    )
+                )
+            )
         elif kind == "batch_options":
             try:
                 batching = _batching(command.batch_options)
             except InvalidArgument as error:
-                stream.post(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id, message=error.message)))
+                stream.post(
+                    stream.shape.response(
+                        result=feed_pb2.CommandResult(correlation_id=command.correlation_id, message=error.message)
+                    )
+                )
                 return
             stream.max_batch, stream.delay = batching["max_batch"], batching["delay"]
             stream.post(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id)))
 
-    async def GetSnapshot(self, request: feed_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetSnapshotResponse:
+    async def GetSnapshot(
+        self, request: feed_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> feed_pb2.GetSnapshotResponse:
         if not request.keys:
             raise InvalidArgument("keys is empty: give the instruments whose last values you want")
         if len(request.keys) > MAX_SNAPSHOT_KEYS:
@@ -235,7 +294,9 @@ class GatewayServicer:
                 response.missing_keys.append(proto)
         return response
 
-    async def GetShardStatus(self, request: feed_pb2.GetShardStatusRequest, context: grpc.aio.ServicerContext) -> feed_pb2.GetShardStatusResponse:
+    async def GetShardStatus(
+        self, request: feed_pb2.GetShardStatusRequest, context: grpc.aio.ServicerContext
+    ) -> feed_pb2.GetShardStatusResponse:
         statuses = self._hub.statuses()
         if request.HasField("shard_id"):
             if not 0 <= request.shard_id < len(statuses):
@@ -254,16 +315,26 @@ def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
     pre-serialised batches."""
     handlers = {
         "StreamTicks": grpc.unary_stream_rpc_method_handler(
-            servicer.StreamTicks, request_deserializer=feed_pb2.StreamTicksRequest.FromString, response_serializer=_serialize),
+            servicer.StreamTicks,
+            request_deserializer=feed_pb2.StreamTicksRequest.FromString,
+            response_serializer=_serialize,
+        ),
         "InteractiveStreamTicks": grpc.stream_stream_rpc_method_handler(
-            servicer.InteractiveStreamTicks, request_deserializer=feed_pb2.InteractiveStreamTicksRequest.FromString,
-            response_serializer=_serialize),
+            servicer.InteractiveStreamTicks,
+            request_deserializer=feed_pb2.InteractiveStreamTicksRequest.FromString,
+            response_serializer=_serialize,
+        ),
         "GetSnapshot": grpc.unary_unary_rpc_method_handler(
-            servicer.GetSnapshot, request_deserializer=feed_pb2.GetSnapshotRequest.FromString,
-            response_serializer=feed_pb2.GetSnapshotResponse.SerializeToString),
+            servicer.GetSnapshot,
+            request_deserializer=feed_pb2.GetSnapshotRequest.FromString,
+            response_serializer=feed_pb2.GetSnapshotResponse.SerializeToString,
+        ),
         "GetShardStatus": grpc.unary_unary_rpc_method_handler(
-            servicer.GetShardStatus, request_deserializer=feed_pb2.GetShardStatusRequest.FromString,
-            response_serializer=feed_pb2.GetShardStatusResponse.SerializeToString),
+            servicer.GetShardStatus,
+            request_deserializer=feed_pb2.GetShardStatusRequest.FromString,
+            response_serializer=feed_pb2.GetShardStatusResponse.SerializeToString,
+        ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("dataserver.feed.v1.GatewayService", handlers),))
-
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("dataserver.feed.v1.GatewayService", handlers),)
+    )

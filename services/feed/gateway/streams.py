@@ -36,10 +36,14 @@ BATCHES_SENT = Counter("feed_gateway_batches_sent_total", "Tick batches sent to 
 # Where a tick's time at the gateway goes: waiting for its batch, then gRPC taking the batch
 # (the stream cannot send again until it has).
 _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)
-BATCH_WAIT = Histogram("feed_gateway_batch_wait_seconds", "From a batch's first pending tick to the batch being taken.",
-                       buckets=_WAIT_BUCKETS)
-BATCH_WRITE = Histogram("feed_gateway_batch_write_seconds", "From a batch being taken to gRPC accepting its write.",
-                        buckets=_WAIT_BUCKETS)
+BATCH_WAIT = Histogram(
+    "feed_gateway_batch_wait_seconds",
+    "From a batch's first pending tick to the batch being taken.",
+    buckets=_WAIT_BUCKETS,
+)
+BATCH_WRITE = Histogram(
+    "feed_gateway_batch_write_seconds", "From a batch being taken to gRPC accepting its write.", buckets=_WAIT_BUCKETS
+)
 
 # The dispatcher's clock (GATEWAY_BATCH_SECONDS). A gRPC message costs ~60 µs of CPU here
 # and ~70 at the terminal whatever its size, against ~10 µs per tick (make bench, 2 cores),
@@ -119,8 +123,16 @@ class Dispatcher:
 
 
 class TerminalStream:
-    def __init__(self, hub: Hub, dispatcher: Dispatcher, mode: int, shape: Shape, *,
-                 max_batch: int = MAX_BATCH_TICKS, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        dispatcher: Dispatcher,
+        mode: int,
+        shape: Shape,
+        *,
+        max_batch: int = MAX_BATCH_TICKS,
+        delay: float = 0.0,
+    ) -> None:
         self.hub = hub
         self.dispatcher = dispatcher
         self.mode = mode
@@ -212,7 +224,9 @@ class TerminalStream:
             if instrument is not None and instrument.latest is not None:
                 ticks.append(instrument.latest.message(self.mode))
                 self.pending.pop(key, None)
-        return self.shape.response(snapshot=feed_pb2.TickSnapshot(ticks=ticks, instruments=states, correlation_id=correlation_id))
+        return self.shape.response(
+            snapshot=feed_pb2.TickSnapshot(ticks=ticks, instruments=states, correlation_id=correlation_id)
+        )
 
     def take_batch(self) -> bytes | None:
         """Every pending value, at most max_batch ticks; what does not fit stays pending."""
@@ -279,10 +293,15 @@ class TerminalStream:
             self.close_with(f"terminal fell {lag:.0f} s behind; reconnect for a fresh snapshot")
         elif lag > SLOW_WARNING_SECONDS and now - self._warned_at > SLOW_WARNING_SECONDS:
             self._warned_at = now
-            self.send_event(feed_pb2.StreamEvent(slow_consumer=feed_pb2.SlowConsumerWarning(
-                lag=Duration(seconds=int(lag), nanos=int(lag % 1 * 1e9)),
-                conflated_updates=self.conflated, pending_instruments=len(self.pending),
-            )))
+            self.send_event(
+                feed_pb2.StreamEvent(
+                    slow_consumer=feed_pb2.SlowConsumerWarning(
+                        lag=Duration(seconds=int(lag), nanos=int(lag % 1 * 1e9)),
+                        conflated_updates=self.conflated,
+                        pending_instruments=len(self.pending),
+                    )
+                )
+            )
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -292,7 +311,9 @@ class TerminalStream:
     def _overdue(self) -> bool:
         """The clock came while the last message was being written, or ticks waited a whole
         period meanwhile: send now."""
-        return bool(self.pending) and (self._missed or time.monotonic() - self.pending_since >= self.dispatcher.period + self.delay)
+        return bool(self.pending) and (
+            self._missed or time.monotonic() - self.pending_since >= self.dispatcher.period + self.delay
+        )
 
     async def run(self) -> AsyncGenerator[Any, None]:
         """Batches of whatever is pending, as fast as the terminal takes them."""

@@ -24,10 +24,17 @@ _DECODE_ERRORS = ProtocolErrors()  # never counts: the hub keeps only packets of
 
 
 class Value:
-    __slots__ = ("instrument", "sequence", "received_us", "tick", "oi", "prev", "_full_entry", "_entries")
+    __slots__ = ("_entries", "_full_entry", "instrument", "oi", "prev", "received_us", "sequence", "tick")
 
-    def __init__(self, instrument: Instrument, sequence: int, received_us: int,
-                 tick: bytes | None, oi: bytes | None, prev: bytes | None) -> None:
+    def __init__(
+        self,
+        instrument: Instrument,
+        sequence: int,
+        received_us: int,
+        tick: bytes | None,
+        oi: bytes | None,
+        prev: bytes | None,
+    ) -> None:
         self.instrument = instrument
         self.sequence = sequence
         self.received_us = received_us
@@ -62,6 +69,4 @@ class Value:
         tick = decode_packet(self.tick, _DECODE_ERRORS) if self.tick is not None else None
         oi = decode_packet(self.oi, _DECODE_ERRORS) if self.oi is not None else None
         prev = decode_packet(self.prev, _DECODE_ERRORS) if self.prev is not None else None
-        return build_tick(self.instrument.key_proto, self.sequence, self.received_us, mode,
-                          tick, oi, prev)  # type: ignore[arg-type]
-
+        return build_tick(self.instrument.key_proto, self.sequence, self.received_us, mode, tick, oi, prev)  # type: ignore[arg-type]

@@ -26,7 +26,9 @@ def _keys(keys: object) -> list[int]:
 
 
 class WatchlistFollower:
-    def __init__(self, stub: subscription_pb2_grpc.SubscriptionServiceStub, caller: ServiceCaller, user_id: str) -> None:
+    def __init__(
+        self, stub: subscription_pb2_grpc.SubscriptionServiceStub, caller: ServiceCaller, user_id: str
+    ) -> None:
         self._stub = stub
         self._caller = caller
         self._user_id = user_id
@@ -43,13 +45,22 @@ class WatchlistFollower:
 
     async def initial_keys(self) -> list[int]:
         """Opens the event stream first, so nothing between the listing and it is missed."""
-        self._events = self._stub.WatchWatchlistEvents(spb.WatchWatchlistEventsRequest(user_id=self._user_id), metadata=self._caller.metadata())
+        self._events = self._stub.WatchWatchlistEvents(
+            spb.WatchWatchlistEventsRequest(user_id=self._user_id), metadata=self._caller.metadata()
+        )
         await self._events.read()  # the snapshot; instruments come from the listing below
         token = ""
         while True:
-            page = await self._caller.call(self._stub.ListWatchlistItems, spb.ListWatchlistItemsRequest(
-                user_id=self._user_id, state=spb.WATCHLIST_ITEM_STATE_ACTIVE, include_instruments=True, page_size=500, page_token=token,
-            ))
+            page = await self._caller.call(
+                self._stub.ListWatchlistItems,
+                spb.ListWatchlistItemsRequest(
+                    user_id=self._user_id,
+                    state=spb.WATCHLIST_ITEM_STATE_ACTIVE,
+                    include_instruments=True,
+                    page_size=500,
+                    page_token=token,
+                ),
+            )
             for item in page.watchlist_items:
                 self.unit_keys[item.item_id] = set(_keys(item.instruments))
             token = page.next_page_token
@@ -68,7 +79,9 @@ class WatchlistFollower:
                 # allow mixing the two.
                 message = await self._events.read()
                 if message is grpc.aio.EOF:
-                    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream ended")
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream ended"
+                    )
                 if not message.HasField("event"):
                     continue
                 event = message.event
@@ -93,7 +106,9 @@ class WatchlistFollower:
         while True:
             if self.unit_keys:
                 try:
-                    await self._caller.call(self._stub.RecordUsage, spb.RecordUsageRequest(user_id=self._user_id, item_ids=self.item_ids))
+                    await self._caller.call(
+                        self._stub.RecordUsage, spb.RecordUsageRequest(user_id=self._user_id, item_ids=self.item_ids)
+                    )
                 except Exception as error:  # touching is best effort
                     log.debug("RecordUsage failed", extra={"error": str(error)})
             await asyncio.sleep(TOUCH_SECONDS)

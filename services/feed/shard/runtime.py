@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 from dataserver.feed.v1 import feed_pb2, shard_pb2
@@ -50,7 +50,12 @@ FATAL_REASONS = {
     810: "client id invalid",
 }
 KICKED = 805
-REASON_TEXT = {800: "internal server error", 804: "instruments exceed limit", 805: "too many connections", **FATAL_REASONS}
+REASON_TEXT = {
+    800: "internal server error",
+    804: "instruments exceed limit",
+    805: "too many connections",
+    **FATAL_REASONS,
+}
 _STABLE_SECONDS = 30.0
 # How long a message may wait for a slow gateway before its stream is cut (it reconnects for
 # a fresh snapshot), so overload never turns into minutes of latency. Time, not a count: a
@@ -65,7 +70,9 @@ PROTO_MODES = {mode: proto for proto, mode in MODES.items()}
 
 PACKETS = Counter("feed_shard_packets_total", "Packets applied to the last-value cache.", ["shard"])
 RECONNECTS = Counter("feed_shard_reconnects_total", "Broker reconnects, by cause.", ["shard", "cause"])
-AWAITING = Gauge("feed_shard_awaiting_first_tick", "Subscribed instruments with no packet after the first-tick deadline.", ["shard"])
+AWAITING = Gauge(
+    "feed_shard_awaiting_first_tick", "Subscribed instruments with no packet after the first-tick deadline.", ["shard"]
+)
 STATE = Gauge("feed_shard_connected", "1 while the broker connection is up.", ["shard"])
 
 Overflow = object()  # queued to a gateway stream that fell too far behind
@@ -133,7 +140,7 @@ def _timestamp(epoch_seconds: float | None) -> object:
     from google.protobuf.timestamp_pb2 import Timestamp
 
     stamp = Timestamp()
-    stamp.FromDatetime(datetime.fromtimestamp(epoch_seconds, tz=timezone.utc))
+    stamp.FromDatetime(datetime.fromtimestamp(epoch_seconds, tz=UTC))
     return stamp
 
 
@@ -195,7 +202,9 @@ class ShardRuntime:
 
     async def _follow_assignments(self) -> None:
         delay = 0.5
-        request = subscription_pb2.WatchAssignmentsRequest(shard_id=self.shard_id, watcher_id=f"shard-{self.shard_id}/{self.epoch}")
+        request = subscription_pb2.WatchAssignmentsRequest(
+            shard_id=self.shard_id, watcher_id=f"shard-{self.shard_id}/{self.epoch}"
+        )
         while True:
             try:
                 call = self._subscriptions.WatchAssignments(request, metadata=self._caller.metadata())
@@ -203,7 +212,10 @@ class ShardRuntime:
                     delay = 0.5
                     self.apply_assignment(message)
             except grpc.aio.AioRpcError as error:
-                log.warning("assignment stream lost; keeping the current set", extra={"code": error.code().name, "details": error.details()})
+                log.warning(
+                    "assignment stream lost; keeping the current set",
+                    extra={"code": error.code().name, "details": error.details()},
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -223,14 +235,16 @@ class ShardRuntime:
             for instrument in removed:
                 self.cache.drop(wire_key(*instrument))
             changed = [i for i, mode in self.desired.items() if before.get(i) != mode]
-            self._publish(shard_pb2.StreamShardTicksResponse(
-                shard_sequence=self.shard_sequence,
-                instruments_change=shard_pb2.ShardInstrumentsChange(
-                    upserted=[self._shard_instrument(i) for i in changed],
-                    removed=[self._key_proto(i) for i in removed],
-                    assignment_version=self.assignment_version,
-                ),
-            ))
+            self._publish(
+                shard_pb2.StreamShardTicksResponse(
+                    shard_sequence=self.shard_sequence,
+                    instruments_change=shard_pb2.ShardInstrumentsChange(
+                        upserted=[self._shard_instrument(i) for i in changed],
+                        removed=[self._key_proto(i) for i in removed],
+                        assignment_version=self.assignment_version,
+                    ),
+                )
+            )
 
     @staticmethod
     def _instrument(key: object) -> Instrument:
@@ -244,7 +258,8 @@ class ShardRuntime:
 
     def _shard_instrument(self, instrument: Instrument) -> shard_pb2.ShardInstrument:
         return shard_pb2.ShardInstrument(
-            key=self._key_proto(instrument), mode=PROTO_MODES[self.desired[instrument]],  # type: ignore[arg-type]
+            key=self._key_proto(instrument),
+            mode=PROTO_MODES[self.desired[instrument]],  # type: ignore[arg-type]
             subscribed=self.actual.get(instrument) == self.desired[instrument],
         )
 
@@ -277,21 +292,30 @@ class ShardRuntime:
                 self._connection = None
                 self.actual = {}
                 code = self._disconnect_code or 0
-                self._note_disconnect(code, REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})"))
+                self._note_disconnect(
+                    code, REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})")
+                )
             code = self._disconnect_code or 0
             if code in FATAL_REASONS:
                 self.state = feed_pb2.CONNECTION_STATE_STOPPED
                 self.on_health(False)
-                log.error("feed refused us; not retrying until restarted", extra={"shard": self.shard_id, "reason_code": code,
-                                                                                   "reason": FATAL_REASONS[code]})
+                log.error(
+                    "feed refused us; not retrying until restarted",
+                    extra={"shard": self.shard_id, "reason_code": code, "reason": FATAL_REASONS[code]},
+                )
                 RECONNECTS.labels(self._label, str(code)).inc()
                 return
             failures = 0 if uptime > _STABLE_SECONDS else failures + 1
             if code == KICKED:
                 delay = self.settings.feed_kicked_backoff_seconds * random.uniform(1.0, 1.5)
-                log.error("feed disconnected us with 805 (too many connections); backing off", extra={"shard": self.shard_id, "seconds": round(delay, 1)})
+                log.error(
+                    "feed disconnected us with 805 (too many connections); backing off",
+                    extra={"shard": self.shard_id, "seconds": round(delay, 1)},
+                )
             else:
-                delay = min(self.settings.feed_max_backoff_seconds, 0.5 * 2 ** min(failures, 20)) * random.uniform(0.5, 1.0)
+                delay = min(self.settings.feed_max_backoff_seconds, 0.5 * 2 ** min(failures, 20)) * random.uniform(
+                    0.5, 1.0
+                )
             RECONNECTS.labels(self._label, str(code or "closed")).inc()
             self.reconnect_count += 1
             self.state = feed_pb2.CONNECTION_STATE_BACKING_OFF
@@ -338,14 +362,17 @@ class ShardRuntime:
                     self.cache.awaiting[wire_key(*instrument)] = now
             self.actual = desired
             if messages:
-                log.info("reconciled with the feed", extra={"shard": self.shard_id, "messages": len(messages), "instruments": len(desired)})
+                log.info(
+                    "reconciled with the feed",
+                    extra={"shard": self.shard_id, "messages": len(messages), "instruments": len(desired)},
+                )
 
     # -- watchdog and first ticks -----------------------------------------------------------
 
     def _in_market_hours(self) -> bool:
         if not self.settings.feed_market_hours_only:
             return True
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return is_market_open("NSE", now) or is_market_open("MCX", now)
 
     async def _watch(self) -> None:
@@ -359,7 +386,10 @@ class ShardRuntime:
             connection = self._connection
             last = max(self.ingest.counters.last_frame_monotonic, self._connected_monotonic)
             if connection is not None and self.actual and now - last > self.settings.feed_watchdog_seconds:
-                log.warning("feed silent; forcing a reconnect", extra={"shard": self.shard_id, "silent_seconds": round(now - last, 1)})
+                log.warning(
+                    "feed silent; forcing a reconnect",
+                    extra={"shard": self.shard_id, "silent_seconds": round(now - last, 1)},
+                )
                 self._disconnect_code = None
                 connection.close()
             deadline = self.settings.feed_first_tick_seconds
@@ -375,7 +405,9 @@ class ShardRuntime:
         records, count = self.cache.records()
         hello = shard_pb2.StreamShardTicksResponse(
             shard_sequence=self.shard_sequence,
-            hello=shard_pb2.ShardHello(shard_id=self.shard_id, shard_epoch=self.epoch, started_at=_timestamp(self.started_at)),
+            hello=shard_pb2.ShardHello(
+                shard_id=self.shard_id, shard_epoch=self.epoch, started_at=_timestamp(self.started_at)
+            ),
         )
         snapshot = shard_pb2.StreamShardTicksResponse(
             shard_sequence=self.shard_sequence,

@@ -32,7 +32,9 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             while True:
                 if loop.time() >= status_due:
                     # The status, every few seconds however busy the stream, doubles as a heartbeat.
-                    yield shard_pb2.StreamShardTicksResponse(shard_sequence=self._runtime.shard_sequence, status=self._runtime.status())
+                    yield shard_pb2.StreamShardTicksResponse(
+                        shard_sequence=self._runtime.shard_sequence, status=self._runtime.status()
+                    )
                     status_due = loop.time() + STATUS_SECONDS
                 message = stream.take()
                 if message is None:
@@ -43,10 +45,14 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                         pass
                     continue
                 if message is Overflow:
-                    raise ResourceExhausted("the gateway fell too far behind this shard; reconnect for a fresh snapshot")
+                    raise ResourceExhausted(
+                        "the gateway fell too far behind this shard; reconnect for a fresh snapshot"
+                    )
                 yield message  # type: ignore[misc]
         finally:
             self._runtime.detach(stream)
 
-    async def GetStatus(self, request: shard_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> shard_pb2.GetStatusResponse:
+    async def GetStatus(
+        self, request: shard_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.GetStatusResponse:
         return shard_pb2.GetStatusResponse(status=self._runtime.status())

@@ -19,7 +19,9 @@ from .simulator import Simulator
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
-    parser = argparse.ArgumentParser(prog="python -m services.feed.simulator", description="Dhan v2 live-feed simulator")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.feed.simulator", description="Dhan v2 live-feed simulator"
+    )
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--control-host")
@@ -35,10 +37,18 @@ def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
     parser.add_argument("--total-rate-cap", type=float, help="packets/s for the whole simulator")
     parser.add_argument("--burst", action="store_true", default=None, help="tick as fast as the caps allow")
     parser.add_argument("--ping-interval", type=float)
-    parser.add_argument("--stamp-send-time", action="store_true", default=None,
-                        help="bench only: Full packets carry the UTC ms of the day at send in their volume field")
-    parser.add_argument("--permessage-deflate", action="store_true", default=None,
-                        help="bench only: accept permessage-deflate when a client offers it")
+    parser.add_argument(
+        "--stamp-send-time",
+        action="store_true",
+        default=None,
+        help="bench only: Full packets carry the UTC ms of the day at send in their volume field",
+    )
+    parser.add_argument(
+        "--permessage-deflate",
+        action="store_true",
+        default=None,
+        help="bench only: accept permessage-deflate when a client offers it",
+    )
     parser.add_argument("--seed", type=int, help="random-walk seed")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = vars(parser.parse_args(argv))

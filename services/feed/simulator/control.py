@@ -29,7 +29,14 @@ log = logging.getLogger(__name__)
 _MAX_HEADER = 16 * 1024
 _MAX_BODY = 64 * 1024
 _READ_TIMEOUT = 10.0
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+}
 _ACTIONS = ("drop", "silence", "resume", "disconnect", "garbage")
 
 
@@ -63,7 +70,7 @@ class ControlServer:
                 status, payload = 200, self._route(method, path, body)
             except HttpError as error:
                 status, payload = error.status, {"error": str(error)}
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
                 status, payload = 400, {"error": f"bad HTTP request: {error!r}"}
             except Exception as error:  # the control API must not take the simulator down
                 log.exception("control request failed")
@@ -75,7 +82,7 @@ class ControlServer:
             )
             writer.write(head.encode() + data)
             await writer.drain()
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -71,7 +71,7 @@ _PACK_FULL = struct.Struct("<BHBIfHIfIIIIIIffff" + "12sff" * 5).pack
 class Walk:
     """Geometric Brownian motion (no drift in expectation), evaluated lazily at ``now``."""
 
-    __slots__ = ("value", "level", "_t", "_sd_per_sqrt_s", "_gauss", "_lo", "_hi")
+    __slots__ = ("_gauss", "_hi", "_lo", "_sd_per_sqrt_s", "_t", "level", "value")
 
     def __init__(self, level: float, vol: float, now: float, gauss: Callable[[float, float], float]) -> None:
         self.level = level
@@ -82,7 +82,9 @@ class Walk:
         self._lo = level * (1.0 - BAND)
         self._hi = level * (1.0 + BAND)
 
-    def at(self, now: float, _exp: Callable[[float], float] = math.exp, _sqrt: Callable[[float], float] = math.sqrt) -> float:
+    def at(
+        self, now: float, _exp: Callable[[float], float] = math.exp, _sqrt: Callable[[float], float] = math.sqrt
+    ) -> float:
         dt = now - self._t
         if dt > 0.0:
             sd = self._sd_per_sqrt_s * _sqrt(dt)
@@ -155,7 +157,9 @@ class Tables:
             rows = []
             for step in steps:
                 r = rnd()
-                bounce = 0 if option else (-1 if r < 0.25 else (1 if r > 0.75 else 0))  # options: none (monotone chains)
+                bounce = (
+                    0 if option else (-1 if r < 0.25 else (1 if r > 0.75 else 0))
+                )  # options: none (monotone chains)
                 oi = 1 + int(rnd() * 20) if derivative and rnd() < 0.2 else 0
                 rows.append((bounce, oi, step, 1 if rnd() < 0.5 else 0, 2 if rnd() < 0.3 else 1, rng.randrange(_POOL)))
             table = self._draws[(derivative, option)] = tuple(rows)
@@ -179,10 +183,40 @@ class Book:
     the codec. Attributes are plain floats/ints so that tests can check them directly."""
 
     __slots__ = (
-        "contract", "segment", "security_id", "tick_size", "lot", "is_option", "is_derivative", "_fair",
-        "prev_close", "prev_oi", "ltp", "ltq", "ltt", "atp", "volume", "_pv", "total_buy_qty", "total_sell_qty",
-        "oi", "day_high_oi", "day_low_oi", "day_open", "day_high", "day_low", "_best_bid", "_best_ask",
-        "_draws", "_trade_lots", "_j", "_qty", "_orders", "_levels", "_k", "ticks",
+        "_best_ask",
+        "_best_bid",
+        "_draws",
+        "_fair",
+        "_j",
+        "_k",
+        "_levels",
+        "_orders",
+        "_pv",
+        "_qty",
+        "_trade_lots",
+        "atp",
+        "contract",
+        "day_high",
+        "day_high_oi",
+        "day_low",
+        "day_low_oi",
+        "day_open",
+        "is_derivative",
+        "is_option",
+        "lot",
+        "ltp",
+        "ltq",
+        "ltt",
+        "oi",
+        "prev_close",
+        "prev_oi",
+        "security_id",
+        "segment",
+        "tick_size",
+        "ticks",
+        "total_buy_qty",
+        "total_sell_qty",
+        "volume",
     )  # fmt: skip
 
     def __init__(
@@ -289,7 +323,9 @@ class Book:
             self.atp = low if atp < low else (high if atp > high else atp)
         if oi_lots:
             oi = self.oi + lot * oi_lots
-            self.oi = self.day_high_oi = oi if oi < _int32_max else _int32_max  # OI only grows: the day's low stays the open
+            self.oi = self.day_high_oi = (
+                oi if oi < _int32_max else _int32_max
+            )  # OI only grows: the day's low stays the open
         step *= lot
         qty = self.total_buy_qty + step
         self.total_buy_qty = lot if qty < lot else (_int32_max if qty > _int32_max else qty)
@@ -391,7 +427,9 @@ class Market:
         key = (asset, symbol)
         walk = self._walks.get(key)
         if walk is None:
-            walk = self._walks[key] = Walk(self._level(asset, symbol), self._vol(asset, symbol), self.now(), self.rng.gauss)
+            walk = self._walks[key] = Walk(
+                self._level(asset, symbol), self._vol(asset, symbol), self.now(), self.rng.gauss
+            )
         return walk
 
     def _level(self, asset: Asset, symbol: str) -> float:

@@ -12,7 +12,7 @@ class TokenBucket:
     ``take`` grants up to what is available and may let the balance go slightly negative
     (``spend`` after the fact), so a caller that overshoots by one packet pays it back."""
 
-    __slots__ = ("rate", "capacity", "_tokens", "_t", "_clock")
+    __slots__ = ("_clock", "_t", "_tokens", "capacity", "rate")
 
     def __init__(self, rate: float, capacity: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate

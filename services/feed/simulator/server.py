@@ -66,7 +66,11 @@ from .settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
 
-_SUBSCRIBE = {RequestCode.SUBSCRIBE_TICKER: FeedMode.TICKER, RequestCode.SUBSCRIBE_QUOTE: FeedMode.QUOTE, RequestCode.SUBSCRIBE_FULL: FeedMode.FULL}
+_SUBSCRIBE = {
+    RequestCode.SUBSCRIBE_TICKER: FeedMode.TICKER,
+    RequestCode.SUBSCRIBE_QUOTE: FeedMode.QUOTE,
+    RequestCode.SUBSCRIBE_FULL: FeedMode.FULL,
+}
 _UNSUBSCRIBE = frozenset({RequestCode.UNSUBSCRIBE_TICKER, RequestCode.UNSUBSCRIBE_QUOTE, RequestCode.UNSUBSCRIBE_FULL})
 _TICKER, _QUOTE, _FULL = int(FeedMode.TICKER), int(FeedMode.QUOTE), int(FeedMode.FULL)
 _BATCH = 1024  # packets per write; bounds the time between yields to the event loop
@@ -390,7 +394,11 @@ class FeedConnection:
                                 i = 0
                             book.tick(now)
                             if mode == _FULL:
-                                packet = book.full_packet(int(clock() * 1000.0) % MS_PER_DAY) if stamp else book.full_packet()
+                                packet = (
+                                    book.full_packet(int(clock() * 1000.0) % MS_PER_DAY)
+                                    if stamp
+                                    else book.full_packet()
+                                )
                             elif mode == _TICKER:
                                 packet = book.ticker_packet()
                             else:

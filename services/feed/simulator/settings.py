@@ -73,7 +73,14 @@ class SimulatorSettings:
             raise ConfigError(f"invalid_request_action must be one of {INVALID_REQUEST_ACTIONS}")
         if self.master_scale not in MASTER_SCALES:
             raise ConfigError(f"master_scale must be one of {MASTER_SCALES}")
-        for name in ("ticks_per_second", "connection_rate_cap", "total_rate_cap", "send_interval", "ping_interval", "ping_timeout"):
+        for name in (
+            "ticks_per_second",
+            "connection_rate_cap",
+            "total_rate_cap",
+            "send_interval",
+            "ping_interval",
+            "ping_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
 

@@ -51,7 +51,9 @@ class Simulator:
             if s.master_path is not None:
                 self._catalog = await asyncio.to_thread(Catalog.load, s.master_path)
             else:
-                self._catalog = await asyncio.to_thread(Catalog.generated, s.master_cache_dir, s.master_seed, s.master_scale)
+                self._catalog = await asyncio.to_thread(
+                    Catalog.generated, s.master_cache_dir, s.master_seed, s.master_scale
+                )
         self.market = Market(self._catalog, seed=s.seed, clock=self._clock, master_seed=s.master_seed)
         self.feed = FeedServer(s, self.market)
         self.control = ControlServer(self)
@@ -64,7 +66,12 @@ class Simulator:
         self.started_at = time.time()
         log.info(
             "feed simulator listening",
-            extra={"ws_port": ws_port, "control_port": control_port, "instruments": len(self._catalog), "burst": s.burst},
+            extra={
+                "ws_port": ws_port,
+                "control_port": control_port,
+                "instruments": len(self._catalog),
+                "burst": s.burst,
+            },
         )
         return ws_port, control_port
 

@@ -18,8 +18,9 @@ SEGMENT_WIRE_CODES: dict[str, int] = {
 }
 SEGMENTS_BY_WIRE_CODE: dict[int, str] = {code: name for name, code in SEGMENT_WIRE_CODES.items()}
 
-SEGMENT_TO_PROTO: dict[str, int] = {
-    name: common_pb2.ExchangeSegment.Value(f"EXCHANGE_SEGMENT_{name}") for name in SEGMENT_WIRE_CODES
+# getattr gives the enum members their declared type (EnumTypeWrapper.Value() says int).
+SEGMENT_TO_PROTO: dict[str, common_pb2.ExchangeSegment] = {
+    name: getattr(common_pb2, f"EXCHANGE_SEGMENT_{name}") for name in SEGMENT_WIRE_CODES
 }
 PROTO_TO_SEGMENT: dict[int, str] = {value: name for name, value in SEGMENT_TO_PROTO.items()}
 
@@ -37,8 +38,8 @@ MASTER_SEGMENTS: dict[tuple[str, str], str] = {
 }
 
 INSTRUMENT_TYPES = ("INDEX", "EQUITY", "FUTIDX", "OPTIDX", "FUTSTK", "OPTSTK", "FUTCOM", "OPTFUT", "FUTCUR", "OPTCUR")
-INSTRUMENT_TYPE_TO_PROTO: dict[str, int] = {
-    name: common_pb2.InstrumentType.Value(f"INSTRUMENT_TYPE_{name}") for name in INSTRUMENT_TYPES
+INSTRUMENT_TYPE_TO_PROTO: dict[str, common_pb2.InstrumentType] = {
+    name: getattr(common_pb2, f"INSTRUMENT_TYPE_{name}") for name in INSTRUMENT_TYPES
 }
 PROTO_TO_INSTRUMENT_TYPE: dict[int, str] = {value: name for name, value in INSTRUMENT_TYPE_TO_PROTO.items()}
 FUTURE_TYPES = frozenset({"FUTIDX", "FUTSTK", "FUTCOM", "FUTCUR"})

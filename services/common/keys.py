@@ -17,9 +17,7 @@ Key = tuple[str, int]  # (Dhan segment name, security id)
 
 
 def key_proto(key: Key) -> common_pb2.InstrumentKey:
-    return common_pb2.InstrumentKey(
-        exchange_segment=common_pb2.ExchangeSegment.ValueType(SEGMENT_TO_PROTO[key[0]]), security_id=key[1]
-    )
+    return common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[key[0]], security_id=key[1])
 
 
 def key_from_proto(proto: common_pb2.InstrumentKey, field: str = "key") -> Key:

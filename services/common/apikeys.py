@@ -38,9 +38,8 @@ async def run(args: argparse.Namespace) -> None:
                 )
                 for row in await cursor.fetchall():
                     state = "revoked" if row["revoked_at"] else "active"
-                    print(
-                        f"{row['user_id']:<20} {row['role']:<6} {state:<8} {row['created_at']:%Y-%m-%d %H:%M} {row['label']}"
-                    )
+                    created = f"{row['created_at']:%Y-%m-%d %H:%M}"
+                    print(f"{row['user_id']:<20} {row['role']:<6} {state:<8} {created} {row['label']}")
     finally:
         await pool.close()
 

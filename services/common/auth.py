@@ -13,8 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from psycopg_pool import AsyncConnectionPool
-
+from services.common.db import Pool
 from services.common.errors import PermissionDenied, Unauthenticated
 
 
@@ -44,7 +43,7 @@ def new_token() -> str:
 class Authenticator:
     """Resolves tokens, caching answers briefly so the database is not asked on every call."""
 
-    def __init__(self, mode: str, pool: AsyncConnectionPool | None, *, cache_seconds: float = 30.0) -> None:
+    def __init__(self, mode: str, pool: Pool | None, *, cache_seconds: float = 30.0) -> None:
         if mode == "api_key" and pool is None:
             raise ValueError("api_key authentication needs a database pool")
         self._mode = mode
@@ -114,7 +113,7 @@ def acting_user(requested_user_id: str) -> str:
     return requested_user_id
 
 
-async def create_api_key(pool: AsyncConnectionPool, user_id: str, role: str, label: str = "") -> str:
+async def create_api_key(pool: Pool, user_id: str, role: str, label: str = "") -> str:
     """Stores a new key and returns the token, which is shown once and never stored."""
     token = new_token()
     async with pool.connection() as conn:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.config import Settings
 from services.common.embedded_pg import start_embedded_postgres
+
+# Every service's pool: autocommit connections whose rows are dicts.
+Pool = AsyncConnectionPool[AsyncConnection[DictRow]]
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -17,8 +20,8 @@ def resolve_database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.data_dir)
 
 
-async def open_pool(conninfo: str, *, max_size: int = 10, name: str = "dataserver") -> AsyncConnectionPool:
-    pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+async def open_pool(conninfo: str, *, max_size: int = 10, name: str = "dataserver") -> Pool:
+    pool: Pool = AsyncConnectionPool(
         conninfo,
         min_size=1,
         max_size=max_size,

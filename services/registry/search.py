@@ -107,30 +107,34 @@ def _overlap(exact: list[InstrumentRecord], groups: list[UnderlyingGroup]) -> in
     return sum(1 for r in exact if r.underlying_symbol in symbols)
 
 
+def _token_check(token: str) -> Callable[[InstrumentRecord], bool]:
+    """What one search token asks of a derivative: CE/PE, FUT, a month, a day, a strike or a name part."""
+    if token in ("CE", "CALL", "PE", "PUT"):
+        wanted = "CE" if token in ("CE", "CALL") else "PE"
+        return lambda r: r.option_type == wanted
+    if token in ("FUT", "FUTURE", "FUTURES"):
+        return lambda r: r.is_future
+    if token[:3] in _MONTHS and token.isalpha():
+        month = _MONTHS[token[:3]]
+        return lambda r: r.expiry is not None and r.expiry.month == month
+    if _NUMBER.match(token):
+        value = float(token)
+        if value.is_integer() and 1 <= value <= 31:
+            day = int(value)
+            return lambda r: r.expiry is not None and r.expiry.day == day
+        return lambda r: r.strike == value
+    return lambda r: token in r.display_name.upper() or token in r.trading_symbol.upper()
+
+
 def _filtered_derivatives(group: UnderlyingGroup, tokens: list[str], where: SearchFilter) -> Iterator[InstrumentRecord]:
     """Derivatives of one underlying narrowed by strike, CE/PE, FUT, month or day tokens."""
     checks: list[Callable[[InstrumentRecord], bool]] = []
     candidates: list[InstrumentRecord] | None = None
     for token in tokens:
-        if token in ("CE", "CALL", "PE", "PUT"):
-            wanted = "CE" if token in ("CE", "CALL") else "PE"
-            checks.append(lambda r, w=wanted: r.option_type == w)
-        elif token in ("FUT", "FUTURE", "FUTURES"):
-            checks.append(lambda r: r.is_future)
-        elif token[:3] in _MONTHS and token.isalpha():
-            month = _MONTHS[token[:3]]
-            checks.append(lambda r, m=month: r.expiry is not None and r.expiry.month == m)
-        elif _NUMBER.match(token):
-            value = float(token)
-            at_strike = group.by_strike.get(value)
-            if at_strike is not None and candidates is None:
-                candidates = at_strike
-            elif value.is_integer() and 1 <= value <= 31:
-                checks.append(lambda r, d=int(value): r.expiry is not None and r.expiry.day == d)
-            else:
-                checks.append(lambda r, v=value: r.strike == v)
+        if _NUMBER.match(token) and candidates is None and float(token) in group.by_strike:
+            candidates = group.by_strike[float(token)]
         else:
-            checks.append(lambda r, t=token: t in r.display_name.upper() or t in r.trading_symbol.upper())
+            checks.append(_token_check(token))
     pool = candidates if candidates is not None else [*group.by_kind[2], *group.by_kind[3]]
     return (r for r in pool if where.accepts(r) and all(check(r) for check in checks))
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
+from services.common.db import Pool
 from services.common.sqlfiles import load_queries
 from services.registry.chain import ChainWindow
 from services.registry.model import InstrumentRecord
@@ -30,7 +30,7 @@ class MasterVersion:
 
 
 class RegistryStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
     async def save_master(

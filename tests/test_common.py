@@ -80,7 +80,7 @@ def test_config_is_checked_at_start_up() -> None:
         load_settings({"MASTER_SOURCE": "file"})
     with pytest.raises(ConfigError, match="DHAN_CLIENT_ID"):
         load_settings({"MASTER_SOURCE": "dhan"})
-    with pytest.raises(ConfigError, match="0..4"):
+    with pytest.raises(ConfigError, match=r"0\.\.4"):
         load_settings({"SHARD_ID": "5"})
     assert "token" not in repr(load_settings({"DHAN_ACCESS_TOKEN": "secret-token"}))
 

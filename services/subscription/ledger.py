@@ -76,8 +76,8 @@ class Ledger:
         """One serialised ledger transaction: locks, yields the ledger, writes its journal and
         commits; rolls back on error."""
         async with pool.connection() as conn, conn.transaction():
-            await sql.run(conn, QUERIES["lock_subscriptions"], {"lock_key": LOCK_KEY})
             ledger = cls(conn, budget, actor, locked=True)
+            await ledger._run("lock_subscriptions", {"lock_key": LOCK_KEY})
             yield ledger
             await ledger._flush()
 

@@ -88,9 +88,6 @@ ORDER BY exchange_segment, security_id;
 -- name: last_change_version
 SELECT coalesce(max(version), 0)::bigint AS version FROM assignment_changes;
 
--- name: oldest_change_version
-SELECT coalesce(min(version), 0)::bigint AS version FROM assignment_changes;
-
 -- name: shard_changes
 SELECT version, exchange_segment, security_id, feed_mode, change FROM assignment_changes
 WHERE shard_id = %(shard_id)s AND version > %(after)s

@@ -189,3 +189,19 @@ async def test_unsubscribe_all_tier_a_and_clear_watchlists(service: Subscription
     assert (
         await service.stub.ClearWatchlists(pb.ClearWatchlistsRequest(all_users=True), metadata=service.admin)
     ).items_deleted == 1
+
+
+async def test_record_usage_bumps_only_the_units_asked_for(service: SubscriptionUnderTest) -> None:
+    old = await add(service, "alice", "RELIANCE")  # 51, the least recently used
+    await add(service, "bob", "SBIN")  # 51
+    recent = await add(service, "alice", "INFY", strikes_each_side=2)  # 11
+    usage = await service.stub.RecordUsage(
+        pb.RecordUsageRequest(item_ids=[recent.watchlist_item.item_id]), metadata=await service.user("alice")
+    )
+    assert usage.units_touched == 1
+    used = await service.rows("SELECT symbol FROM watchlist_items ORDER BY last_used_at, item_id")
+    assert [r["symbol"] for r in used] == ["RELIANCE", "SBIN", "INFY"]  # alice's other unit kept its place
+    # 113 of 120 held: 11 more evict the least recently used unit, alice's untouched one.
+    carol = await add(service, "carol", "HDFCBANK", strikes_each_side=2)
+    assert [(e.item_id, e.symbol) for e in carol.evictions] == [(old.watchlist_item.item_id, "RELIANCE")]
+    await invariants(service)

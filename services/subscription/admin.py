@@ -3,17 +3,15 @@ the background upkeep (finishing moves, pruning logs)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
-from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from services.subscription.ledger import QUERIES, Ledger
-from services.subscription.model import OWNER_UNIT, Budget, Key
+from services.common.keys import Key
+from services.subscription.ledger import Ledger
+from services.subscription.model import OWNER_UNIT, Budget
 from services.subscription.placement import plan_moves, spread
-from services.subscription.transactions import ledger_transaction
 
 
 @dataclass(frozen=True)
@@ -41,23 +39,18 @@ class RebalanceOutcome:
 async def _release_units(
     ledger: Ledger, user_id: str | None, *, reason_kind: str, reason: str, delete: bool, active_only: bool
 ) -> ReleaseCounts:
-    items = await ledger.fetch("items_of", {"user_id": user_id, "state": "ACTIVE" if active_only else None})
+    items = await ledger.items(user_id, "ACTIVE" if active_only else None)
     instruments = 0
     units = 0
     for item in items:
-        keys = [
-            (r["exchange_segment"], r["security_id"])
-            for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item["item_id"])})
-        ]
+        keys = await ledger.owner_keys(OWNER_UNIT, str(item["item_id"]))
         if item["state"] == "ACTIVE":
             units += 1
         instruments += await ledger.release(OWNER_UNIT, str(item["item_id"]), reason=reason, user_id=item["user_id"])
         if delete:
             ledger.event(item["user_id"], "removed", item["item_id"], removed=keys)
         elif item["state"] == "ACTIVE":
-            await ledger.conn.execute(
-                QUERIES["mark_evicted"], {"item_id": item["item_id"], "reason": reason_kind, "message": reason}
-            )
+            await ledger.mark_evicted(item["item_id"], reason_kind, reason)
             ledger.event(item["user_id"], "evicted", item["item_id"], removed=keys)
         if item["state"] == "ACTIVE":
             ledger.audit(
@@ -68,8 +61,8 @@ async def _release_units(
                 user_id=item["user_id"],
                 details={"reason": reason_kind, "symbol": item["symbol"]},
             )
-    if delete and items:
-        await ledger.conn.execute(QUERIES["delete_items"], {"item_ids": [i["item_id"] for i in items]})
+    if delete:
+        await ledger.delete_items([i["item_id"] for i in items])
     return ReleaseCounts(units, instruments, len({i["user_id"] for i in items}), len(items) if delete else 0)
 
 
@@ -80,10 +73,10 @@ class Admin:
         self._settle = move_settle_seconds
 
     async def end_of_day(self, trading_date: date, actor: str, *, keep_items: bool) -> EndOfDayOutcome:
-        async with ledger_transaction(self._pool, self._budget, actor) as ledger:
-            done = await ledger.fetch_one("end_of_day_run", {"trading_date": trading_date})
+        async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
+            done = await ledger.end_of_day_run(trading_date)
             if done is not None:
-                return EndOfDayOutcome(trading_date, True, ReleaseCounts(**done["counts"]))
+                return EndOfDayOutcome(trading_date, True, ReleaseCounts(**done))
             counts = await _release_units(
                 ledger,
                 None,
@@ -92,13 +85,11 @@ class Admin:
                 delete=not keep_items,
                 active_only=False,
             )
-            await ledger.conn.execute(
-                QUERIES["record_end_of_day"], {"trading_date": trading_date, "counts": json.dumps(counts.__dict__)}
-            )
+            await ledger.record_end_of_day(trading_date, asdict(counts))
         return EndOfDayOutcome(trading_date, False, counts)
 
     async def unsubscribe_tier_a(self, user_id: str | None, actor: str, reason: str) -> ReleaseCounts:
-        async with ledger_transaction(self._pool, self._budget, actor) as ledger:
+        async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
             return await _release_units(
                 ledger,
                 user_id,
@@ -109,59 +100,45 @@ class Admin:
             )
 
     async def clear_watchlists(self, user_id: str | None, actor: str) -> ReleaseCounts:
-        async with ledger_transaction(self._pool, self._budget, actor) as ledger:
+        async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
             return await _release_units(
                 ledger, user_id, reason_kind="ADMIN", reason="watchlists cleared", delete=True, active_only=False
             )
 
     async def rebalance(self, actor: str, *, dry_run: bool, max_moves: int) -> RebalanceOutcome:
-        async with ledger_transaction(self._pool, self._budget, actor) as ledger:
+        async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
             loads = await ledger.shard_loads()
             pairs = plan_moves(loads, max_moves or None)
             after = list(loads)
             for source, target in pairs:
                 after[source] -= 1
                 after[target] += 1
+            reason = f"rebalance: spread {spread(loads)} -> {spread(after)}"
             moves: list[tuple[Key, int, int]] = []
             by_source: dict[int, list[int]] = {}
             for source, target in pairs:
                 by_source.setdefault(source, []).append(target)
             for source, targets in by_source.items():
-                rows = await ledger.fetch("movable_on_shard", {"shard_id": source, "limit": len(targets)})
+                rows = await ledger.movable_on_shard(source, len(targets))
                 for row, target in zip(rows, targets, strict=False):
                     key = (row["exchange_segment"], row["security_id"])
                     moves.append((key, source, target))
                     if not dry_run:
-                        await ledger.conn.execute(
-                            QUERIES["start_move"], {"target": target, "segment": key[0], "security_id": key[1]}
-                        )
-                        ledger.move_started(
-                            key,
-                            row["feed_mode"],
-                            source,
-                            target,
-                            f"rebalance: spread {spread(loads)} -> {spread(after)}",
-                        )
-            if dry_run:
-                return RebalanceOutcome(moves, spread(loads), spread(after))
+                        await ledger.start_move(key, row["feed_mode"], source, target, reason)
         return RebalanceOutcome(moves, spread(loads), spread(after))
 
     async def finish_settled_moves(self, actor: str = "system") -> int:
         """Completes moves whose target shard has had time to subscribe (make-before-break)."""
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(QUERIES["any_settled_moves"], {"settle": self._settle})
-            due: Any = await cursor.fetchone()
-        if not due or not due["due"]:
-            return 0
-        async with ledger_transaction(self._pool, self._budget, actor) as ledger:
-            rows = await ledger.fetch("settled_moves", {"settle": self._settle})
+        async with Ledger.unlocked(self._pool, self._budget) as reader:
+            if not await reader.moves_due(self._settle):
+                return 0
+        async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
+            rows = await ledger.settled_moves(self._settle)
             for row in rows:
                 key = (row["exchange_segment"], row["security_id"])
-                await ledger.conn.execute(QUERIES["finish_move"], {"segment": key[0], "security_id": key[1]})
-                ledger.move_finished(key, row["feed_mode"], row["shard_id"], row["moving_to_shard"])
+                await ledger.finish_move(key, row["feed_mode"], row["shard_id"], row["moving_to_shard"])
             return len(rows)
 
     async def prune(self, keep_seconds: float) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(QUERIES["prune_changes"], {"keep_seconds": keep_seconds})
-            await conn.execute(QUERIES["prune_events"], {"keep_seconds": keep_seconds})
+        async with Ledger.unlocked(self._pool, self._budget) as ledger:
+            await ledger.prune(keep_seconds)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import cast
 
 from dataserver.common.v1 import common_pb2
+from dataserver.registry.v1 import registry_pb2
 from dataserver.subscription.v1 import subscription_pb2 as pb
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.errors import InvalidArgument
-from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO
-from services.subscription.model import Eviction, Key
+from services.common.keys import Key, key_proto
+from services.common.timestamps import timestamp
+from services.subscription.model import Eviction
+from services.subscription.sql import Row
 
 MODE_TO_PROTO = {
     "TICKER": common_pb2.FEED_MODE_TICKER,
@@ -46,30 +46,17 @@ EVENT_KINDS = {
 }
 
 
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def key_proto(key: Key) -> common_pb2.InstrumentKey:
-    return common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[key[0]], security_id=key[1])  # type: ignore[arg-type]
-
-
-def key_from_proto(proto: common_pb2.InstrumentKey, field: str = "key") -> Key:
-    segment = PROTO_TO_SEGMENT.get(proto.exchange_segment)
-    if segment is None or proto.security_id == 0:
-        raise InvalidArgument(f"{field} needs an exchange_segment and a positive security_id")
-    return (segment, proto.security_id)
-
-
-def mode_from_proto(value: int) -> str:
+def mode_from_proto(value: common_pb2.FeedMode) -> str:
     return PROTO_TO_MODE.get(value, "FULL")
 
 
-def watchlist_item(row: dict[str, Any], instruments: list[Key] | None = None) -> pb.WatchlistItem:
+def price_source(stored: str | None) -> registry_pb2.PriceSource:
+    """A price source stored as its number's text. Proto3 enums are open: the number passes
+    through as it is, whatever the generated enum lists."""
+    return cast(registry_pb2.PriceSource, int(stored or 0))
+
+
+def watchlist_item(row: Row, instruments: list[Key] | None = None) -> pb.WatchlistItem:
     return pb.WatchlistItem(
         item_id=str(row["item_id"]),
         user_id=row["user_id"],
@@ -82,7 +69,7 @@ def watchlist_item(row: dict[str, Any], instruments: list[Key] | None = None) ->
         instrument_count=row["instrument_count"],
         mode=MODE_TO_PROTO[row["feed_mode"]],
         underlying_price=row["underlying_price"] or 0.0,
-        price_source=int(row["price_source"] or 0),  # type: ignore[arg-type]
+        price_source=price_source(row["price_source"]),
         created_at=timestamp(row["created_at"]),
         last_used_at=timestamp(row["last_used_at"]),
         evicted_at=timestamp(row["evicted_at"]),
@@ -105,7 +92,7 @@ def evicted_unit(eviction: Eviction, *, show_user: bool) -> pb.EvictedUnit:
     )
 
 
-def audit_entry(row: dict[str, Any]) -> pb.AuditEntry:
+def audit_entry(row: Row) -> pb.AuditEntry:
     details = row["details"] or {}
     entry = pb.AuditEntry(
         entry_id=row["log_id"],
@@ -116,8 +103,8 @@ def audit_entry(row: dict[str, Any]) -> pb.AuditEntry:
         tier=TIER_TO_PROTO.get(row["tier"] or "", pb.TIER_UNSPECIFIED),
         item_id=str(row["unit_id"]) if row["unit_id"] else "",
         user_id=row["user_id"] or "",
-        old_mode=MODE_TO_PROTO.get(details.get("old_mode", ""), 0),  # type: ignore[arg-type]
-        new_mode=MODE_TO_PROTO.get(details.get("new_mode", ""), 0),  # type: ignore[arg-type]
+        old_mode=MODE_TO_PROTO.get(details.get("old_mode", ""), common_pb2.FEED_MODE_UNSPECIFIED),
+        new_mode=MODE_TO_PROTO.get(details.get("new_mode", ""), common_pb2.FEED_MODE_UNSPECIFIED),
         old_atm_strike=details.get("old_atm") or 0.0,
         new_atm_strike=details.get("new_atm") or 0.0,
     )

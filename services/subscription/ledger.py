@@ -1,5 +1,10 @@
-"""The subscription ledger: every change to who owns which instrument, inside one
-transaction that holds the cross-replica lock.
+"""The subscription ledger: the one owner of the subscription SQL (queries.sql), run through
+named methods on a connection nobody else sees.
+
+`Ledger.transaction(pool, budget, actor)` is the only way to change who owns which
+instrument: it takes the cross-replica lock, yields the ledger, then writes the journal and
+commits (rolling back on error). `Ledger.unlocked(pool, budget)` serves what changes no
+ownership: reads, LRU touches, pruning.
 
 Invariants kept here, whatever the callers do:
 - total subscribed <= budget capacity, and no shard above its per-connection limit
@@ -12,107 +17,105 @@ Invariants kept here, whatever the callers do:
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import date
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import ResourceExhausted, Unavailable
-from services.common.sqlfiles import load_queries
+from services.common.keys import Key
+from services.subscription import sql
+from services.subscription.journal import Journal
 from services.subscription.model import (
+    LOCK_KEY,
     OWNER_TIER_B,
     OWNER_UNIT,
     AcquireOutcome,
     Budget,
     Eviction,
     Instrument,
-    Key,
+    ResolvedUnit,
 )
 from services.subscription.placement import NoRoom, place
+from services.subscription.sql import Params, Row, key_columns
 
-QUERIES = load_queries("services.subscription")
-LOCK_KEY = int.from_bytes(hashlib.sha256(b"dataserver.subscriptions").digest()[:8], "big", signed=True)
+QUERIES = sql.load("queries.sql")
 _LRU_BATCH = 32
 
 
-def _columns(keys: Iterable[Key]) -> dict[str, list[Any]]:
-    keys = list(keys)
-    return {"segments": [k[0] for k in keys], "ids": [k[1] for k in keys]}
+def _keys(rows: list[Row]) -> list[Key]:
+    return [(r["exchange_segment"], r["security_id"]) for r in rows]
 
 
-@dataclass
-class _Audit:
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-
-    def add(
-        self,
-        action: str,
-        actor: str,
-        reason: str,
-        *,
-        tier: str | None = None,
-        key: Key | None = None,
-        unit_id: int | None = None,
-        user_id: str | None = None,
-        from_shard: int | None = None,
-        to_shard: int | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self.rows.append(
-            (
-                action,
-                actor,
-                reason,
-                tier,
-                key[0] if key else None,
-                key[1] if key else None,
-                unit_id,
-                user_id,
-                from_shard,
-                to_shard,
-                json.dumps(details or {}),
-            )
-        )
+def _window(unit: ResolvedUnit, instrument_count: int) -> dict[str, Any]:
+    """The item columns a unit's (re-)resolution sets, but its price source."""
+    return {
+        "atm_strike": unit.atm_strike,
+        "strike_step": unit.strike_step,
+        "underlying_price": unit.underlying_price,
+        "instrument_count": instrument_count,
+    }
 
 
 class Ledger:
-    """Opened with `async with Ledger.open(conn, ...)`-style use: call `lock()` first inside a
-    transaction, then any operations, then `flush()` before commit."""
+    def __init__(self, conn: AsyncConnection[Any], budget: Budget, actor: str, *, locked: bool) -> None:
+        self._conn = conn
+        self._budget = budget
+        self._locked = locked
+        self._journal = Journal(actor)
 
-    def __init__(self, conn: AsyncConnection[Any], budget: Budget, actor: str) -> None:
-        self.conn = conn
-        self.budget = budget
-        self.actor = actor
-        self._audit = _Audit()
-        self._changes: list[tuple[int, str, int, str, str]] = []
-        self._events: list[dict[str, Any]] = []
+    @classmethod
+    @asynccontextmanager
+    async def transaction(
+        cls, pool: AsyncConnectionPool[AsyncConnection[Any]], budget: Budget, actor: str
+    ) -> AsyncIterator[Ledger]:
+        """One serialised ledger transaction: locks, yields the ledger, writes its journal and
+        commits; rolls back on error."""
+        async with pool.connection() as conn, conn.transaction():
+            ledger = cls(conn, budget, actor, locked=True)
+            await ledger._run("lock_subscriptions", {"lock_key": LOCK_KEY})
+            yield ledger
+            await ledger._flush()
 
-    # -- reading --------------------------------------------------------------------------
+    @classmethod
+    @asynccontextmanager
+    async def unlocked(cls, pool: AsyncConnectionPool[AsyncConnection[Any]], budget: Budget) -> AsyncIterator[Ledger]:
+        """Outside the lock, each statement committing on its own: for what changes no ownership."""
+        async with pool.connection() as conn:
+            yield cls(conn, budget, "system", locked=False)
 
-    async def lock(self) -> None:
-        await self.conn.execute(QUERIES["lock_subscriptions"], {"lock_key": LOCK_KEY})
+    async def _rows(self, name: str, params: Params = None) -> list[Row]:
+        return await sql.rows(self._conn, QUERIES[name], params)
 
-    async def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        cursor = await self.conn.execute(QUERIES[name], params or {})
-        return await cursor.fetchall()  # type: ignore[return-value]
+    async def _row(self, name: str, params: Params = None) -> Row | None:
+        return await sql.row(self._conn, QUERIES[name], params)
 
-    async def fetch_one(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        cursor = await self.conn.execute(QUERIES[name], params or {})
-        return await cursor.fetchone()  # type: ignore[return-value]
+    async def _run(self, name: str, params: Params = None) -> int:
+        return await sql.run(self._conn, QUERIES[name], params)
+
+    def _require_lock(self) -> None:
+        if not self._locked:
+            raise RuntimeError("ownership changes only inside Ledger.transaction, which holds the lock")
+
+    # -- capacity reads -------------------------------------------------------------------
 
     async def shard_loads(self) -> list[int]:
-        loads = [0] * self.budget.connections
-        for row in await self.fetch("shard_loads"):
+        loads = [0] * self._budget.connections
+        for row in await self._rows("shard_loads"):
             if 0 <= row["shard_id"] < len(loads):
                 loads[row["shard_id"]] += row["n"]
         return loads
 
     async def total(self) -> int:
-        row = await self.fetch_one("total_subscribed")
+        row = await self._row("total_subscribed")
         return int(row["n"]) if row else 0
+
+    async def owner_keys(self, owner_kind: str, owner_id: str) -> list[Key]:
+        return _keys(await self._rows("owner_keys", {"owner_kind": owner_kind, "owner_id": owner_id}))
 
     # -- owning ---------------------------------------------------------------------------
 
@@ -129,15 +132,12 @@ class Ledger:
     ) -> AcquireOutcome:
         """Makes the owner hold every instrument, subscribing the ones nobody holds yet and
         evicting least recently used Tier A units when they do not fit."""
+        self._require_lock()
         instruments = list({i.key: i for i in instruments}.values())
         keys = [i.key for i in instruments]
         tier = "B" if owner_kind == OWNER_TIER_B else "A"
-        unit_id = int(owner_id) if owner_kind == OWNER_UNIT else None
         outcome = AcquireOutcome()
-        existing = {
-            (r["exchange_segment"], r["security_id"])
-            for r in await self.fetch("existing_subscriptions", _columns(keys))
-        }
+        existing = set(_keys(await self._rows("existing_subscriptions", key_columns(keys))))
         # Claim what is already subscribed first, so evictions below cannot drop it.
         await self._own(owner_kind, owner_id, [k for k in keys if k in existing], mode)
         new = [i for i in instruments if i.key not in existing]
@@ -145,44 +145,56 @@ class Ledger:
             await self._ensure_room(
                 keys, len(new), protect_items, outcome, reason_kind="TIER_B_PLAN" if tier == "B" else "CAPACITY"
             )
-        if new:
-            try:
-                shards = place(await self.shard_loads(), self.budget.per_connection, len(new))
-            except NoRoom as error:
-                raise Unavailable(f"{error}; moves in flight hold the room, retry in a few seconds") from error
-            await self.conn.execute(
-                QUERIES["insert_subscriptions"],
-                {
-                    **_columns(i.key for i in new),
-                    "symbols": [i.trading_symbol for i in new],
-                    "modes": [mode] * len(new),
-                    "shards": shards,
-                    "tiers": [tier] * len(new),
-                },
-            )
-            for instrument, shard in zip(new, shards, strict=True):
-                self._changes.append((shard, *instrument.key, mode, "add"))
-                self._audit.add(
-                    "SUBSCRIBE",
-                    self.actor,
-                    reason,
-                    tier=tier,
-                    key=instrument.key,
-                    unit_id=unit_id,
-                    user_id=user_id,
-                    to_shard=shard,
-                    details={"owner": f"{owner_kind}:{owner_id}", "mode": mode},
-                )
+            await self._subscribe(owner_kind, owner_id, new, mode, tier, reason=reason, user_id=user_id)
             outcome.subscribed = [i.key for i in new]
-            await self._own(owner_kind, owner_id, [i.key for i in new], mode)
+            await self._own(owner_kind, owner_id, outcome.subscribed, mode)
         await self._refresh(keys)
         return outcome
 
+    async def _subscribe(
+        self,
+        owner_kind: str,
+        owner_id: str,
+        new: list[Instrument],
+        mode: str,
+        tier: str,
+        *,
+        reason: str,
+        user_id: str | None,
+    ) -> None:
+        try:
+            shards = place(await self.shard_loads(), self._budget.per_connection, len(new))
+        except NoRoom as error:
+            raise Unavailable(f"{error}; moves in flight hold the room, retry in a few seconds") from error
+        await self._run(
+            "insert_subscriptions",
+            {
+                **key_columns(i.key for i in new),
+                "symbols": [i.trading_symbol for i in new],
+                "modes": [mode] * len(new),
+                "shards": shards,
+                "tiers": [tier] * len(new),
+            },
+        )
+        unit_id = int(owner_id) if owner_kind == OWNER_UNIT else None
+        for instrument, shard in zip(new, shards, strict=True):
+            self._journal.change([shard], instrument.key, mode, "add")
+            self._journal.audit(
+                "SUBSCRIBE",
+                reason,
+                tier=tier,
+                key=instrument.key,
+                unit_id=unit_id,
+                user_id=user_id,
+                to_shard=shard,
+                details={"owner": f"{owner_kind}:{owner_id}", "mode": mode},
+            )
+
     async def _own(self, owner_kind: str, owner_id: str, keys: Sequence[Key], mode: str) -> None:
         if keys:
-            await self.conn.execute(
-                QUERIES["insert_owners"],
-                {**_columns(keys), "modes": [mode] * len(keys), "owner_kind": owner_kind, "owner_id": owner_id},
+            await self._run(
+                "insert_owners",
+                {**key_columns(keys), "modes": [mode] * len(keys), "owner_kind": owner_kind, "owner_id": owner_id},
             )
 
     async def release(
@@ -193,29 +205,24 @@ class Ledger:
         reason: str,
         keys: Sequence[Key] | None = None,
         user_id: str | None = None,
-        action: str = "UNSUBSCRIBE",
     ) -> int:
         """Drops the owner's hold (on `keys`, or on everything); returns how many instruments
         nobody holds any more and were unsubscribed."""
+        self._require_lock()
+        owner = {"owner_kind": owner_kind, "owner_id": owner_id}
         if keys is None:
-            rows = await self.fetch("delete_owner", {"owner_kind": owner_kind, "owner_id": owner_id})
+            released = _keys(await self._rows("delete_owner", owner))
         else:
-            rows = await self.fetch(
-                "delete_owner_keys", {**_columns(keys), "owner_kind": owner_kind, "owner_id": owner_id}
-            )
-        released = [(r["exchange_segment"], r["security_id"]) for r in rows]
+            released = _keys(await self._rows("delete_owner_keys", {**key_columns(keys), **owner}))
         if not released:
             return 0
-        dropped = await self.fetch("drop_unowned", _columns(released))
+        dropped = await self._rows("drop_unowned", key_columns(released))
         unit_id = int(owner_id) if owner_kind == OWNER_UNIT else None
         for row in dropped:
             key = (row["exchange_segment"], row["security_id"])
-            for shard in (row["shard_id"], row["moving_to_shard"]):
-                if shard is not None:
-                    self._changes.append((shard, *key, row["feed_mode"], "remove"))
-            self._audit.add(
-                action,
-                self.actor,
+            self._journal.change([row["shard_id"], row["moving_to_shard"]], key, row["feed_mode"], "remove")
+            self._journal.audit(
+                "UNSUBSCRIBE",
                 reason,
                 tier=row["tier"],
                 key=key,
@@ -224,22 +231,19 @@ class Ledger:
                 from_shard=row["shard_id"],
                 details={"owner": f"{owner_kind}:{owner_id}"},
             )
-        gone = {(r["exchange_segment"], r["security_id"]) for r in dropped}
+        gone = set(_keys(dropped))
         await self._refresh([k for k in released if k not in gone])
         return len(dropped)
 
     async def _refresh(self, keys: Sequence[Key]) -> None:
         if not keys:
             return
-        for row in await self.fetch("refresh_from_owners", _columns(keys)):
+        for row in await self._rows("refresh_from_owners", key_columns(keys)):
             if row["feed_mode"] != row["old_mode"]:
                 key = (row["exchange_segment"], row["security_id"])
-                for shard in (row["shard_id"], row["moving_to_shard"]):
-                    if shard is not None:
-                        self._changes.append((shard, *key, row["feed_mode"], "update"))
-                self._audit.add(
+                self._journal.change([row["shard_id"], row["moving_to_shard"]], key, row["feed_mode"], "update")
+                self._journal.audit(
                     "MODE_CHANGE",
-                    self.actor,
                     f"mode {row['old_mode']} -> {row['feed_mode']}",
                     key=key,
                     details={"old_mode": row["old_mode"], "new_mode": row["feed_mode"]},
@@ -250,22 +254,22 @@ class Ledger:
     async def _ensure_room(
         self, keys: Sequence[Key], needed: int, protect_items: Sequence[int], outcome: AcquireOutcome, reason_kind: str
     ) -> None:
-        capacity = self.budget.capacity
+        capacity = self._budget.capacity
         total = await self.total()
         if total + needed <= capacity:
             return
         # Evicting every Tier A unit would leave Tier B plus these instruments.
-        tier_b_outside = await self.fetch_one("tier_b_count_outside", _columns(keys))
+        tier_b_outside = await self._row("tier_b_count_outside", key_columns(keys))
         floor = (tier_b_outside["n"] if tier_b_outside else 0) + len(keys)
         if floor > capacity:
             raise ResourceExhausted(
                 f"{len(keys)} instruments cannot fit: Tier B holds {floor - len(keys)} of the {capacity} capacity "
-                f"({self.budget.connections} connections x {self.budget.per_connection}), leaving "
+                f"({self._budget.connections} connections x {self._budget.per_connection}), leaving "
                 f"{capacity - (floor - len(keys))} for Tier A"
             )
         protected = list(protect_items)
         while total + needed > capacity:
-            candidates = await self.fetch("lru_units", {"exclude": protected, "limit": _LRU_BATCH})
+            candidates = await self._rows("lru_units", {"exclude": protected, "limit": _LRU_BATCH})
             if not candidates:
                 raise ResourceExhausted(
                     f"no Tier A unit left to evict: {total} of {capacity} subscribed, {needed} more needed"
@@ -275,10 +279,10 @@ class Ledger:
                     break
                 protected.append(unit["item_id"])
                 message = (
-                    f"evicted as least recently used (last used {unit['last_used_at']:%Y-%m-%d %H:%M:%S} UTC) to make room "
-                    f"for {needed} instruments; {total} of {capacity} were subscribed"
+                    f"evicted as least recently used (last used {unit['last_used_at']:%Y-%m-%d %H:%M:%S} UTC) "
+                    f"to make room for {needed} instruments; {total} of {capacity} were subscribed"
                 )
-                released = await self.evict_unit(unit, reason_kind, message)
+                released = await self._evict_unit(unit, reason_kind, message)
                 total -= released
                 outcome.evictions.append(
                     Eviction(
@@ -293,22 +297,14 @@ class Ledger:
                     )
                 )
 
-    async def evict_unit(self, unit: dict[str, Any], reason_kind: str, message: str) -> int:
+    async def _evict_unit(self, unit: Row, reason_kind: str, message: str) -> int:
         """Releases a whole Tier A unit and marks its watchlist item EVICTED."""
         item_id = int(unit["item_id"])
-        keys = [
-            (r["exchange_segment"], r["security_id"])
-            for r in await self.fetch("owner_keys", {"owner_kind": OWNER_UNIT, "owner_id": str(item_id)})
-        ]
-        released = await self.release(
-            OWNER_UNIT, str(item_id), reason=message, user_id=unit["user_id"], action="UNSUBSCRIBE"
-        )
-        await self.conn.execute(
-            QUERIES["mark_evicted"], {"item_id": item_id, "reason": reason_kind, "message": message}
-        )
-        self._audit.add(
+        keys = await self.owner_keys(OWNER_UNIT, str(item_id))
+        released = await self.release(OWNER_UNIT, str(item_id), reason=message, user_id=unit["user_id"])
+        await self.mark_evicted(item_id, reason_kind, message)
+        self._journal.audit(
             "EVICT",
-            self.actor,
             message,
             tier="A",
             unit_id=item_id,
@@ -318,19 +314,144 @@ class Ledger:
         self.event(unit["user_id"], "evicted", item_id, removed=keys)
         return released
 
-    # -- moves ----------------------------------------------------------------------------
+    # -- watchlist items --------------------------------------------------------------------
 
-    def move_started(self, key: Key, mode: str, source: int, target: int, reason: str) -> None:
-        self._changes.append((target, *key, mode, "add"))
-        self._audit.add(
-            "MOVE", self.actor, reason, key=key, from_shard=source, to_shard=target, details={"phase": "started"}
+    async def find_item(self, user_id: str, symbol: str, expiry: date | None, underlying_only: bool) -> Row | None:
+        """The user's item for this unit, whatever its state, locked for this transaction."""
+        return await self._row(
+            "find_item",
+            {"user_id": user_id, "symbol": symbol, "expiry_date": expiry, "underlying_only": underlying_only},
         )
 
-    def move_finished(self, key: Key, mode: str, source: int, target: int) -> None:
-        self._changes.append((source, *key, mode, "remove"))
-        self._audit.add(
+    async def item(self, item_id: int) -> Row | None:
+        return await self._row("get_item", {"item_id": item_id})
+
+    async def save_item(
+        self, user_id: str, unit: ResolvedUnit, mode: str, *, underlying_only: bool, item_id: int | None
+    ) -> Row:
+        """A new ACTIVE item for the unit, or the evicted item `item_id` made ACTIVE again."""
+        fields = {
+            **_window(unit, len(unit.instruments())),
+            "price_source": str(unit.price_source) if unit.price_source else None,
+            "strikes_each_side": unit.strikes_each_side,
+            "feed_mode": mode,
+            "underlying_segment": unit.underlying.key[0],
+            "underlying_security_id": unit.underlying.key[1],
+        }
+        if item_id is None:
+            identity = {"user_id": user_id, "symbol": unit.symbol, "expiry_date": unit.expiry}
+            row = await self._row("insert_item", {**fields, **identity, "underlying_only": underlying_only})
+        else:
+            row = await self._row("reactivate_item", {**fields, "item_id": item_id})
+        assert row is not None  # INSERT and UPDATE of a locked row both return it
+        return row
+
+    async def update_item_window(self, item_id: int, unit: ResolvedUnit, instrument_count: int) -> None:
+        fields = {**_window(unit, instrument_count), "price_source": str(unit.price_source)}
+        await self._run("update_item_window", {**fields, "item_id": item_id})
+
+    async def user_quota(self, user_id: str, exclude_item: int) -> tuple[int, int]:
+        """How many ACTIVE items the user holds, and their instruments, leaving one item out."""
+        row = await self._row("user_quota", {"user_id": user_id, "exclude": exclude_item})
+        return (row["items"], row["instruments"]) if row else (0, 0)
+
+    async def touch(self, item_ids: Sequence[int], user_id: str | None = None) -> set[int]:
+        """Marks these ACTIVE units (of `user_id`, when given) used now; returns those it found."""
+        if not item_ids:
+            return set()
+        rows = await self._rows("touch_items", {"item_ids": list(item_ids), "user_id": user_id})
+        return {r["item_id"] for r in rows}
+
+    async def touch_holding(self, user_id: str, keys: Sequence[Key]) -> int:
+        """Marks used now the user's ACTIVE units holding any of `keys`; returns how many."""
+        return await self._run("touch_units_holding", {"user_id": user_id, **key_columns(keys)})
+
+    async def mark_evicted(self, item_id: int, reason_kind: str, message: str) -> None:
+        await self._run("mark_evicted", {"item_id": item_id, "reason": reason_kind, "message": message})
+
+    async def delete_items(self, item_ids: Sequence[int]) -> None:
+        if item_ids:
+            await self._run("delete_items", {"item_ids": list(item_ids)})
+
+    async def list_items(
+        self, user_id: str | None, state: str | None, offset: int, limit: int
+    ) -> tuple[list[Row], int]:
+        """One page of items in id order, and how many there are in all."""
+        scope = {"user_id": user_id, "state": state}
+        items = await self._rows("list_items", {**scope, "limit": limit, "offset": offset})
+        total = await self._row("count_items", scope)
+        return items, int(total["n"]) if total else 0
+
+    async def items(self, user_id: str | None, state: str | None) -> list[Row]:
+        """Every item of the user (None: of everyone), in `state` (None: any), in id order."""
+        return await self._rows("items_of", {"user_id": user_id, "state": state})
+
+    async def unit_instruments(self, item_ids: Sequence[int]) -> dict[int, list[Key]]:
+        result: dict[int, list[Key]] = {i: [] for i in item_ids}
+        for row in await self._rows("unit_instruments", {"owner_ids": [str(i) for i in item_ids]}):
+            result[int(row["owner_id"])].append((row["exchange_segment"], row["security_id"]))
+        return result
+
+    # -- Tier B -------------------------------------------------------------------------------
+
+    async def tier_b_plan(self) -> Row | None:
+        return await self._row("tier_b_plan")
+
+    async def save_tier_b_plan(self, request: dict[str, Any]) -> None:
+        await self._run("save_tier_b_plan", {"request": json.dumps(request)})
+
+    async def tier_b_entries(self) -> list[Row]:
+        return await self._rows("tier_b_entries")
+
+    async def tier_b_entry(self, entry_id: str) -> Row | None:
+        return await self._row("get_tier_b_entry", {"entry_id": entry_id})
+
+    async def save_tier_b_entry(self, row: Row) -> None:
+        await self._run("upsert_tier_b_entry", row)
+
+    async def delete_tier_b_entry(self, entry_id: str) -> None:
+        await self._run("delete_tier_b_entry", {"entry_id": entry_id})
+
+    async def tier_b_count(self) -> int:
+        """How many instruments Tier B holds."""
+        row = await self._row("tier_b_count")
+        return int(row["n"]) if row else 0
+
+    # -- end of day -------------------------------------------------------------------------
+
+    async def end_of_day_run(self, trading_date: date) -> dict[str, Any] | None:
+        """The counts end of day recorded for `trading_date`, or None if it has not run."""
+        row = await self._row("end_of_day_run", {"trading_date": trading_date})
+        return row["counts"] if row else None
+
+    async def record_end_of_day(self, trading_date: date, counts: dict[str, Any]) -> None:
+        await self._run("record_end_of_day", {"trading_date": trading_date, "counts": json.dumps(counts)})
+
+    # -- moves and upkeep ---------------------------------------------------------------------
+
+    async def movable_on_shard(self, shard_id: int, limit: int) -> list[Row]:
+        return await self._rows("movable_on_shard", {"shard_id": shard_id, "limit": limit})
+
+    async def start_move(self, key: Key, mode: str, source: int, target: int, reason: str) -> None:
+        """Subscribes `key` on the target shard too; `finish_move` drops it from the source."""
+        self._require_lock()
+        await self._run("start_move", {"target": target, "segment": key[0], "security_id": key[1]})
+        self._journal.change([target], key, mode, "add")
+        self._journal.audit("MOVE", reason, key=key, from_shard=source, to_shard=target, details={"phase": "started"})
+
+    async def moves_due(self, settle_seconds: float) -> bool:
+        row = await self._row("any_settled_moves", {"settle": settle_seconds})
+        return bool(row and row["due"])
+
+    async def settled_moves(self, settle_seconds: float) -> list[Row]:
+        return await self._rows("settled_moves", {"settle": settle_seconds})
+
+    async def finish_move(self, key: Key, mode: str, source: int, target: int) -> None:
+        self._require_lock()
+        await self._run("finish_move", {"segment": key[0], "security_id": key[1]})
+        self._journal.change([source], key, mode, "remove")
+        self._journal.audit(
             "MOVE",
-            self.actor,
             "target shard subscribed; source released",
             key=key,
             from_shard=source,
@@ -338,67 +459,34 @@ class Ledger:
             details={"phase": "finished"},
         )
 
-    def audit(self, action: str, reason: str, **fields: Any) -> None:
-        self._audit.add(action, self.actor, reason, **fields)
+    async def prune(self, keep_seconds: float) -> None:
+        """Drops change-log rows and watchlist events older than `keep_seconds`."""
+        await self._run("prune_changes", {"keep_seconds": keep_seconds})
+        await self._run("prune_events", {"keep_seconds": keep_seconds})
 
-    # -- events and flushing --------------------------------------------------------------
+    # -- journal ------------------------------------------------------------------------------
+
+    def audit(self, action: str, reason: str, **fields: Any) -> None:
+        self._journal.audit(action, reason, **fields)
 
     def event(
         self, user_id: str, kind: str, item_id: int, *, added: Sequence[Key] = (), removed: Sequence[Key] = ()
     ) -> None:
-        self._events.append(
-            {
-                "user_id": user_id,
-                "kind": kind,
-                "item_id": item_id,
-                "added": json.dumps([list(k) for k in added]),
-                "removed": json.dumps([list(k) for k in removed]),
-            }
-        )
+        self._journal.event(user_id, kind, item_id, added=added, removed=removed)
 
-    async def flush(self) -> None:
+    async def _flush(self) -> None:
         """Writes the audit rows, the shards' change log and the users' events, and queues the
         notifications that wake the streams when the transaction commits."""
-        if self._audit.rows:
-            columns = list(zip(*self._audit.rows, strict=True))
-            await self.conn.execute(
-                QUERIES["insert_audit"],
-                dict(
-                    zip(
-                        (
-                            "actions",
-                            "actors",
-                            "reasons",
-                            "tiers",
-                            "segments",
-                            "ids",
-                            "units",
-                            "users",
-                            "from_shards",
-                            "to_shards",
-                            "details",
-                        ),
-                        map(list, columns),
-                        strict=True,
-                    )
-                ),
-            )
-        if self._changes:
-            # Adds before removes keeps a make-before-break order within one change set.
-            order = {"add": 0, "update": 1, "remove": 2}
-            changes = sorted(self._changes, key=lambda c: order[c[4]])
-            shards, segments, ids, modes, kinds = map(list, zip(*changes, strict=True))
-            await self.conn.execute(
-                QUERIES["insert_changes"],
-                {"shards": shards, "segments": segments, "ids": ids, "modes": modes, "changes": kinds},
-            )
-            await self.conn.execute(QUERIES["notify_assignments"], {"payload": ",".join(map(str, sorted(set(shards))))})
-        for event in self._events:
-            await self.conn.execute(QUERIES["insert_watchlist_event"], event)
-        if self._events:
-            await self.conn.execute(
-                QUERIES["notify_watchlists"], {"payload": ",".join(sorted({e["user_id"] for e in self._events}))}
-            )
-        self._audit.rows.clear()
-        self._changes.clear()
-        self._events.clear()
+        audit = self._journal.audit_columns()
+        if audit:
+            await self._run("insert_audit", audit)
+        changes = self._journal.change_columns()
+        if changes:
+            await self._run("insert_changes", changes[0])
+            await self._run("notify_assignments", {"payload": changes[1]})
+        events = self._journal.events()
+        if events:
+            for event in events[0]:
+                await self._run("insert_watchlist_event", event)
+            await self._run("notify_watchlists", {"payload": events[1]})
+        self._journal.clear()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-Key = tuple[str, int]  # (Dhan segment name, security id)
+from dataserver.registry.v1 import registry_pb2
+
+from services.common.keys import Key
 
 OWNER_UNIT = "unit"
 OWNER_TIER_B = "tier_b"
+
+# The advisory lock that serialises the ledger's writers on every replica; readers that need
+# rows and change version to agree take it shared.
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"dataserver.subscriptions").digest()[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class ResolvedUnit:
     atm_strike: float | None
     strike_step: float | None
     underlying_price: float | None
-    price_source: int
+    price_source: registry_pb2.PriceSource
     strikes_each_side: int
     options: tuple[Instrument, ...] = ()
 

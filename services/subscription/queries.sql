@@ -1,12 +1,10 @@
--- The subscription service's SQL. Writers that touch capacity hold lock_subscriptions for
--- their whole transaction; it serialises every replica, so counts read under it are exact
--- and assignment versions commit in order.
+-- The subscription ledger's SQL: services/subscription/ledger.py runs every query here.
+-- Writers that touch capacity hold lock_subscriptions for their whole transaction; it
+-- serialises every replica, so counts read under it are exact and assignment versions
+-- commit in order.
 
 -- name: lock_subscriptions
 SELECT pg_advisory_xact_lock(%(lock_key)s);
-
--- name: lock_subscriptions_shared
-SELECT pg_advisory_xact_lock_shared(%(lock_key)s);
 
 -- name: shard_loads
 SELECT shard_id, sum(n)::int AS n FROM subscription_counts GROUP BY shard_id;
@@ -155,8 +153,11 @@ SELECT count(*) AS items, coalesce(sum(instrument_count), 0)::int AS instruments
 FROM watchlist_items WHERE user_id = %(user_id)s AND state = 'ACTIVE' AND item_id <> %(exclude)s;
 
 -- name: touch_items
+-- Only these units move in the LRU order; a NULL user_id touches them whoever holds them.
 UPDATE watchlist_items SET last_used_at = clock_timestamp()
-WHERE item_id = ANY(%(item_ids)s::bigint[]) AND state = 'ACTIVE';
+WHERE item_id = ANY(%(item_ids)s::bigint[]) AND state = 'ACTIVE'
+  AND (%(user_id)s::text IS NULL OR user_id = %(user_id)s)
+RETURNING item_id;
 
 -- name: touch_units_holding
 UPDATE watchlist_items w SET last_used_at = clock_timestamp()
@@ -165,9 +166,6 @@ WHERE w.user_id = %(user_id)s AND w.state = 'ACTIVE'
               JOIN unnest(%(segments)s::text[], %(ids)s::bigint[]) AS k (exchange_segment, security_id)
                 USING (exchange_segment, security_id)
               WHERE o.owner_kind = 'unit' AND o.owner_id = w.item_id::text);
-
--- name: delete_item
-DELETE FROM watchlist_items WHERE item_id = %(item_id)s;
 
 -- name: list_items
 SELECT * FROM watchlist_items
@@ -210,6 +208,9 @@ DELETE FROM tier_b_entries WHERE entry_id = %(entry_id)s;
 -- name: save_tier_b_plan
 INSERT INTO tier_b_plan (plan_id, request) VALUES (1, %(request)s)
 ON CONFLICT (plan_id) DO UPDATE SET request = EXCLUDED.request, updated_at = now();
+
+-- name: tier_b_count
+SELECT count(*) AS n FROM subscriptions WHERE tier = 'B';
 
 -- name: tier_b_plan
 SELECT request, updated_at FROM tier_b_plan WHERE plan_id = 1;

@@ -9,43 +9,30 @@ from typing import Any
 from dataserver.subscription.v1 import subscription_pb2 as pb
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.keys import Key, key_proto
 from services.common.market_calendar import IST, today_ist
-from services.common.sqlfiles import load_queries
-from services.subscription.convert import (
-    MODE_TO_PROTO,
-    TIER_TO_PROTO,
-    key_proto,
-    timestamp,
-)
-from services.subscription.model import Budget, Key
+from services.common.timestamps import timestamp
+from services.subscription.convert import MODE_TO_PROTO, TIER_TO_PROTO
+from services.subscription.model import Budget
+from services.subscription.readmodel import ReadModel
+from services.subscription.sql import Row
 
-REPORTS = load_queries("services.subscription", "reports.sql")
 _USERS_SHOWN = 1000
 
 
 class Reports:
     def __init__(self, pool: AsyncConnectionPool, budget: Budget) -> None:
-        self._pool = pool
+        self._reads = ReadModel(pool)
         self._budget = budget
-
-    async def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(REPORTS[name], params or {})
-            return await cursor.fetchall()  # type: ignore[return-value]
 
     async def status(self) -> pb.GetSubscriptionStatusResponse:
         midnight_ist = datetime.combine(today_ist(), clock_time(0), tzinfo=IST)
-        async with self._pool.connection() as conn:
-            shards = await (await conn.execute(REPORTS["shard_usage"])).fetchall()
-            moving_out = await (await conn.execute(REPORTS["moving_out"])).fetchall()
-            owners = await (await conn.execute(REPORTS["owner_counts"])).fetchall()
-            users = await (await conn.execute(REPORTS["user_usage"], {"limit": _USERS_SHOWN})).fetchall()
-            user_count = await (await conn.execute(REPORTS["user_count"])).fetchone()
-            evictions = await (await conn.execute(REPORTS["evictions_since"], {"since": midnight_ist})).fetchone()
+        rows = await self._reads.status(users_shown=_USERS_SHOWN, evictions_since=midnight_ist)
+        shards = rows.shards
         by_shard = {row["shard_id"]: row for row in shards}
-        outgoing = {row["shard_id"]: row["n"] for row in moving_out}
+        outgoing = {row["shard_id"]: row["n"] for row in rows.moving_out}
         total = sum(row["n"] for row in shards)
-        owner_counts = {row["owner_kind"]: row["n"] for row in owners}
+        owner_counts = {row["owner_kind"]: row["n"] for row in rows.owners}
         response = pb.GetSubscriptionStatusResponse(
             subscribed_count=total,
             capacity=self._budget.capacity,
@@ -82,10 +69,10 @@ class Reports:
                     evicted_item_count=r["evicted"],
                     instrument_count=r["instruments"],
                 )
-                for r in users
+                for r in rows.users
             ],
-            user_count=user_count["n"] if user_count else 0,
-            evictions_today=evictions["n"] if evictions else 0,
+            user_count=rows.user_count,
+            evictions_today=rows.evictions,
         )
         response.as_of.GetCurrentTime()
         return response
@@ -93,29 +80,26 @@ class Reports:
     async def subscriptions(
         self, *, tier: str | None, shard_id: int | None, user_id: str | None, offset: int, limit: int
     ) -> tuple[list[pb.Subscription], int]:
-        params = {"tier": tier, "shard_id": shard_id, "user_id": user_id}
-        rows = await self._rows("list_subscriptions", {**params, "limit": limit, "offset": offset})
-        total = await self._rows("count_subscriptions", params)
-        owners = await self._owners([(r["exchange_segment"], r["security_id"]) for r in rows])
-        return [self._subscription(r, owners.get((r["exchange_segment"], r["security_id"]), [])) for r in rows], total[
-            0
-        ]["n"]
+        rows, total = await self._reads.subscriptions(
+            tier=tier, shard_id=shard_id, user_id=user_id, offset=offset, limit=limit
+        )
+        keys = [(r["exchange_segment"], r["security_id"]) for r in rows]
+        owners = await self._owners(keys)
+        return [self._subscription(r, owners.get(k, [])) for r, k in zip(rows, keys, strict=True)], total
 
     async def subscription(self, key: Key) -> pb.Subscription | None:
-        rows = await self._rows("get_subscription", {"segment": key[0], "security_id": key[1]})
-        if not rows:
+        row = await self._reads.subscription(key)
+        if row is None:
             return None
         owners = await self._owners([key])
-        return self._subscription(rows[0], owners.get(key, []))
+        return self._subscription(row, owners.get(key, []))
 
-    async def audit(self, **filters: Any) -> list[dict[str, Any]]:
-        return await self._rows("audit_entries", filters)
+    async def audit(self, **filters: Any) -> list[Row]:
+        return await self._reads.audit(filters)
 
     async def _owners(self, keys: list[Key]) -> dict[Key, list[pb.SubscriptionOwner]]:
-        if not keys:
-            return {}
         result: dict[Key, list[pb.SubscriptionOwner]] = {}
-        for row in await self._rows("owners_of", {"segments": [k[0] for k in keys], "ids": [k[1] for k in keys]}):
+        for row in await self._reads.owners_of(keys):
             unit = row["owner_kind"] == "unit"
             owner = pb.SubscriptionOwner(
                 tier=pb.TIER_A if unit else pb.TIER_B,
@@ -129,7 +113,7 @@ class Reports:
         return result
 
     @staticmethod
-    def _subscription(row: dict[str, Any], owners: list[pb.SubscriptionOwner]) -> pb.Subscription:
+    def _subscription(row: Row, owners: list[pb.SubscriptionOwner]) -> pb.Subscription:
         subscription = pb.Subscription(
             key=key_proto((row["exchange_segment"], row["security_id"])),
             trading_symbol=row["trading_symbol"],

@@ -1,4 +1,8 @@
--- Read-only queries behind status, listings and the streams' snapshots.
+-- The read model's SQL (services/subscription/readmodel.py runs every query here): status,
+-- listings, the audit log and the streams. Read-only.
+
+-- name: lock_subscriptions_shared
+SELECT pg_advisory_xact_lock_shared(%(lock_key)s);
 
 -- name: shard_usage
 SELECT shard_id,
@@ -84,9 +88,6 @@ ORDER BY exchange_segment, security_id;
 -- name: last_change_version
 SELECT coalesce(max(version), 0)::bigint AS version FROM assignment_changes;
 
--- name: oldest_change_version
-SELECT coalesce(min(version), 0)::bigint AS version FROM assignment_changes;
-
 -- name: shard_changes
 SELECT version, exchange_segment, security_id, feed_mode, change FROM assignment_changes
 WHERE shard_id = %(shard_id)s AND version > %(after)s
@@ -95,6 +96,12 @@ LIMIT %(limit)s;
 
 -- name: last_event_id
 SELECT coalesce(max(event_id), 0)::bigint AS event_id FROM watchlist_events;
+
+-- name: watchlist_items
+SELECT * FROM watchlist_items WHERE (%(user_id)s::text IS NULL OR user_id = %(user_id)s) ORDER BY item_id;
+
+-- name: items_by_id
+SELECT * FROM watchlist_items WHERE item_id = ANY(%(item_ids)s::bigint[]);
 
 -- name: events_after
 SELECT * FROM watchlist_events

@@ -15,7 +15,8 @@ from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, NotFound
-from services.common.instruments import PROTO_TO_INSTRUMENT_TYPE, PROTO_TO_SEGMENT
+from services.common.instruments import PROTO_TO_INSTRUMENT_TYPE
+from services.common.keys import Key, key_from_proto, key_proto
 from services.common.last_prices import LastPriceSource
 from services.subscription.model import Instrument, ResolvedUnit
 
@@ -40,7 +41,7 @@ class ChainWidths:
 
 
 def _instrument(proto: common_pb2.Instrument) -> Instrument:
-    return Instrument((PROTO_TO_SEGMENT[proto.key.exchange_segment], proto.key.security_id), proto.trading_symbol)
+    return Instrument(key_from_proto(proto.key, "the registry's instrument key"), proto.trading_symbol)
 
 
 class UnitResolver:
@@ -137,15 +138,8 @@ class UnitResolver:
             options=tuple(options),
         )
 
-    async def instrument(self, key: tuple[str, int]) -> Instrument:
-        from services.common.instruments import SEGMENT_TO_PROTO
-
-        reply = await self._caller.call(
-            self._stub.GetInstrument,
-            registry_pb2.GetInstrumentRequest(
-                key=common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[key[0]], security_id=key[1])  # type: ignore[arg-type]
-            ),
-        )
+    async def instrument(self, key: Key) -> Instrument:
+        reply = await self._caller.call(self._stub.GetInstrument, registry_pb2.GetInstrumentRequest(key=key_proto(key)))
         return _instrument(reply.instrument)
 
     async def _underlying_type(self, symbol: str) -> str:
@@ -177,6 +171,6 @@ class UnitResolver:
             atm_strike=None,
             strike_step=None,
             underlying_price=None,
-            price_source=0,
+            price_source=registry_pb2.PRICE_SOURCE_UNSPECIFIED,
             strikes_each_side=0,
         )

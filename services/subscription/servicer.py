@@ -12,6 +12,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from services.common.auth import acting_user, current_principal, require_admin
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.keys import key_from_proto, key_proto
 from services.common.market_calendar import today_ist
 from services.common.pagination import (
     decode_page_token,
@@ -22,7 +23,7 @@ from services.common.pagination import (
 )
 from services.subscription import convert
 from services.subscription.admin import Admin
-from services.subscription.model import Budget
+from services.subscription.model import Budget, Eviction
 from services.subscription.recenter import Recentering, RecenterOutcome
 from services.subscription.reports import Reports
 from services.subscription.streams import Streams
@@ -47,7 +48,7 @@ def _recenter_result(outcome: RecenterOutcome) -> pb.RecenterResult:
         underlying_symbol=outcome.symbol,
         expiry_date=outcome.expiry,
         underlying_price=outcome.price,
-        price_source=outcome.price_source,  # type: ignore[arg-type]
+        price_source=outcome.price_source,
         old_atm_strike=outcome.old_atm or 0.0,
         new_atm_strike=outcome.new_atm or 0.0,
         moved=outcome.moved,
@@ -75,7 +76,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         self._reports = reports
         self._streams = streams
 
-    def _evictions(self, evictions: list, caller: str) -> list[pb.EvictedUnit]:  # type: ignore[type-arg]
+    def _evictions(self, evictions: list[Eviction], caller: str) -> list[pb.EvictedUnit]:
         admin = current_principal().is_admin
         return [convert.evicted_unit(e, show_user=admin or e.user_id == caller) for e in evictions]
 
@@ -140,14 +141,9 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
                     ids.append(int(item_id))
                 except ValueError:
                     raise InvalidArgument(f"item_id {item_id!r} is malformed: expected a numeric id") from None
-            items, _ = await self._watchlists.list(user, "ACTIVE", 0, 10_000)
-            own = [i for i in ids if i in {row["item_id"] for row in items}]
-            await self._watchlists.touch(own)
-            touched += len(own)
+            touched += await self._watchlists.record_usage(user, ids)
         if request.keys:
-            touched += await self._watchlists.touch_holding(
-                user, [convert.key_from_proto(k, "keys") for k in request.keys]
-            )
+            touched += await self._watchlists.touch_holding(user, [key_from_proto(k, "keys") for k in request.keys])
         return pb.RecordUsageResponse(units_touched=touched)
 
     # -- reports --------------------------------------------------------------------------
@@ -188,7 +184,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def GetSubscription(
         self, request: pb.GetSubscriptionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSubscriptionResponse:
-        key = convert.key_from_proto(request.key)
+        key = key_from_proto(request.key)
         if request.history_limit < 0:
             raise InvalidArgument("history_limit must not be negative; 0 means 50")
         subscription = await self._reports.subscription(key)
@@ -215,7 +211,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         user = request.user_id or None
         if not principal.is_admin and user != principal.user_id:
             raise PermissionDenied("only admins may read the whole audit log; set user_id to your own id")
-        key = convert.key_from_proto(request.key) if request.HasField("key") else None
+        key = key_from_proto(request.key) if request.HasField("key") else None
         size = page_size(request.page_size, default=100, maximum=1000)
         request_key = fingerprint(
             key,
@@ -268,7 +264,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         for instrument in request.instruments:
             entries.append(
                 await self._tier_b.resolve_instrument(
-                    convert.key_from_proto(instrument.key, "instruments.key"), convert.mode_from_proto(instrument.mode)
+                    key_from_proto(instrument.key, "instruments.key"), convert.mode_from_proto(instrument.mode)
                 )
             )
         plan = MessageToDict(request, preserving_proto_field_name=True)
@@ -283,7 +279,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
                 pb.ResolvedChain(
                     plan_entry_id=e.entry_id,
                     underlying_symbol=e.unit.symbol,
-                    underlying=convert.key_proto(e.unit.underlying.key),
+                    underlying=key_proto(e.unit.underlying.key),
                     expiry_date=e.unit.expiry.isoformat() if e.unit.expiry else "",
                     atm_strike=e.unit.atm_strike or 0.0,
                     strikes_each_side=e.unit.strikes_each_side,
@@ -311,7 +307,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
                     pb.ResolvedChain(
                         plan_entry_id=row["entry_id"],
                         underlying_symbol=row["underlying_symbol"],
-                        underlying=convert.key_proto((row["underlying_segment"], row["underlying_security_id"])),
+                        underlying=key_proto((row["underlying_segment"], row["underlying_security_id"])),
                         expiry_date=row["expiry_date"].isoformat(),
                         atm_strike=row["atm_strike"] or 0.0,
                         strikes_each_side=row["strikes_each_side"],
@@ -418,7 +414,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             raise InvalidArgument("max_moves must not be negative; 0 means no limit")
         outcome = await self._admin.rebalance(principal.user_id, dry_run=request.dry_run, max_moves=request.max_moves)
         return pb.RebalanceResponse(
-            moves=[pb.ShardMove(key=convert.key_proto(k), from_shard_id=s, to_shard_id=t) for k, s, t in outcome.moves],
+            moves=[pb.ShardMove(key=key_proto(k), from_shard_id=s, to_shard_id=t) for k, s, t in outcome.moves],
             spread_before=outcome.spread_before,
             spread_after=outcome.spread_after,
         )

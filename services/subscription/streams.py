@@ -7,38 +7,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
+from dataserver.common.v1 import common_pb2
 from dataserver.subscription.v1 import subscription_pb2 as pb
-from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg_pool import AsyncConnectionPool
 
-from services.common.sqlfiles import load_queries
-from services.subscription.convert import (
-    EVENT_KINDS,
-    MODE_TO_PROTO,
-    key_proto,
-    timestamp,
-    watchlist_item,
-)
-from services.subscription.ledger import LOCK_KEY
-from services.subscription.ledger import QUERIES as LEDGER_QUERIES
+from services.common.keys import Key, key_proto
+from services.common.timestamps import timestamp, timestamp_now
+from services.subscription.convert import EVENT_KINDS, MODE_TO_PROTO, watchlist_item
 from services.subscription.notifier import ChangeNotifier, wait_for
+from services.subscription.readmodel import ReadModel
+from services.subscription.sql import Row
 
-REPORTS = load_queries("services.subscription", "reports.sql")
 _BATCH = 20_000
+_EVENT_BATCH = 1000
 
 
-def coalesce(rows: list[dict[str, Any]]) -> tuple[list[pb.Assignment], list[pb.Assignment], list[Any]]:
+def coalesce(rows: list[Row]) -> tuple[list[pb.Assignment], list[pb.Assignment], list[common_pb2.InstrumentKey]]:
     """Folds a run of changes into their net effect per instrument, relative to what the shard
     held before the run: one add of 202 instruments becomes one change set."""
-    first: dict[tuple[str, int], str] = {}
-    last: dict[tuple[str, int], dict[str, Any]] = {}
+    first: dict[Key, str] = {}
+    last: dict[Key, Row] = {}
     for row in rows:
         key = (row["exchange_segment"], row["security_id"])
         first.setdefault(key, row["change"])
         last[key] = row
-    added, updated, removed = [], [], []
+    added: list[pb.Assignment] = []
+    updated: list[pb.Assignment] = []
+    removed: list[common_pb2.InstrumentKey] = []
     for key, row in last.items():
         held_before = first[key] != "add"
         if row["change"] == "remove":
@@ -61,26 +57,15 @@ class Streams:
         heartbeat_seconds: float = 10.0,
         retention_seconds: float = 600.0,
     ) -> None:
-        self._pool = pool
+        self._reads = ReadModel(pool)
         self._notifier = notifier
         self._shard_limit = shard_limit
         self._poll = poll_seconds
         self._heartbeat = heartbeat_seconds
         self._retention = retention_seconds
 
-    async def _shard_snapshot(self, shard_id: int) -> tuple[int, list[dict[str, Any]]]:
-        async with self._pool.connection() as conn:
-            async with conn.transaction():
-                # Shared lock: no writer is mid-transaction, so rows and version agree.
-                await conn.execute(LEDGER_QUERIES["lock_subscriptions_shared"], {"lock_key": LOCK_KEY})
-                cursor = await conn.execute(REPORTS["shard_snapshot"], {"shard_id": shard_id})
-                rows = await cursor.fetchall()
-                cursor = await conn.execute(REPORTS["last_change_version"])
-                version = await cursor.fetchone()
-        return int(version["version"]), rows  # type: ignore[index]
-
     async def _snapshot_message(self, shard_id: int) -> tuple[int, pb.WatchAssignmentsResponse]:
-        version, rows = await self._shard_snapshot(shard_id)
+        version, rows = await self._reads.shard_snapshot(shard_id)
         return version, pb.WatchAssignmentsResponse(
             kind=pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT,
             version=version,
@@ -108,11 +93,7 @@ class Streams:
                     # Too long between reads: the change log may have been pruned past us.
                     version, snapshot = await self._snapshot_message(shard_id)
                     yield snapshot
-                async with self._pool.connection() as conn:
-                    cursor = await conn.execute(
-                        REPORTS["shard_changes"], {"shard_id": shard_id, "after": version, "limit": _BATCH}
-                    )
-                    changes = await cursor.fetchall()
+                changes = await self._reads.shard_changes(shard_id, version, _BATCH)
                 last_read = time.monotonic()
                 if changes:
                     version = changes[-1]["version"]
@@ -147,37 +128,27 @@ class Streams:
     async def watchlist_events(self, user_id: str | None) -> AsyncIterator[pb.WatchWatchlistEventsResponse]:
         wake = self._notifier.subscribe("watchlist_events")
         try:
-            async with self._pool.connection() as conn:
-                cursor = await conn.execute(REPORTS["last_event_id"])
-                after = int((await cursor.fetchone())["event_id"])  # type: ignore[index]
-                cursor = await conn.execute(LEDGER_QUERIES["items_of"], {"user_id": user_id, "state": None})
-                items = await cursor.fetchall()
+            after, items = await self._reads.watchlist_snapshot(user_id)
             yield pb.WatchWatchlistEventsResponse(
                 snapshot=pb.WatchlistSnapshot(watchlist_items=[watchlist_item(i) for i in items])
             )
             last_sent = time.monotonic()
             while True:
-                async with self._pool.connection() as conn:
-                    cursor = await conn.execute(
-                        REPORTS["events_after"], {"after": after, "user_id": user_id, "limit": 1000}
-                    )
-                    events = await cursor.fetchall()
-                    for event in events:
-                        after = event["event_id"]
-                        cursor = await conn.execute(LEDGER_QUERIES["get_item"], {"item_id": event["item_id"]})
-                        item = await cursor.fetchone()
-                        yield pb.WatchWatchlistEventsResponse(event=_event(event, item))
-                        last_sent = time.monotonic()
+                events = await self._reads.events_after(after, user_id, _EVENT_BATCH)
+                for event, item in events:
+                    after = event["event_id"]
+                    yield pb.WatchWatchlistEventsResponse(event=_event(event, item))
+                    last_sent = time.monotonic()
                 if not events and time.monotonic() - last_sent >= self._heartbeat:
                     yield pb.WatchWatchlistEventsResponse(heartbeat=timestamp_now())
                     last_sent = time.monotonic()
-                if len(events) < 1000:
+                if len(events) < _EVENT_BATCH:
                     await wait_for(wake, self._poll)
         finally:
             self._notifier.unsubscribe("watchlist_events", wake)
 
 
-def _event(event: dict[str, Any], item: dict[str, Any] | None) -> pb.WatchlistEvent:
+def _event(event: Row, item: Row | None) -> pb.WatchlistEvent:
     proto_item = (
         watchlist_item(item) if item else pb.WatchlistItem(item_id=str(event["item_id"]), user_id=event["user_id"])
     )
@@ -188,9 +159,3 @@ def _event(event: dict[str, Any], item: dict[str, Any] | None) -> pb.WatchlistEv
         instruments_removed=[key_proto((k[0], k[1])) for k in event["removed"]],
         occurred_at=timestamp(event["created_at"]),
     )
-
-
-def timestamp_now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp

@@ -3,7 +3,6 @@ and idempotently, make-before-break: new instruments in, then old ones out."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -11,16 +10,11 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import InvalidArgument
-from services.subscription.ledger import QUERIES
-from services.subscription.model import (
-    OWNER_TIER_B,
-    Budget,
-    Eviction,
-    Instrument,
-    ResolvedUnit,
-)
+from services.common.keys import Key
+from services.subscription.ledger import Ledger
+from services.subscription.model import OWNER_TIER_B, Budget, Eviction, Instrument, ResolvedUnit
 from services.subscription.resolver import UnitResolver
-from services.subscription.transactions import ledger_transaction
+from services.subscription.sql import Row
 
 _MAX_NEAREST = 12
 
@@ -88,13 +82,10 @@ class TierB:
         self.default_width = resolver.widths.index
         self.max_width = resolver.widths.maximum
 
-    async def current(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
+    async def current(self) -> tuple[Row | None, list[Row], int]:
         """The plan as last set, its entries, and how many instruments Tier B holds."""
-        async with self._pool.connection() as conn:
-            plan = await (await conn.execute(QUERIES["tier_b_plan"])).fetchone()
-            entries = await (await conn.execute(QUERIES["tier_b_entries"])).fetchall()
-            count = await (await conn.execute("SELECT count(*) AS n FROM subscriptions WHERE tier = 'B'")).fetchone()
-        return plan, entries, int(count["n"]) if count else 0  # type: ignore[return-value,index]
+        async with Ledger.unlocked(self._pool, self._budget) as ledger:
+            return await ledger.tier_b_plan(), await ledger.tier_b_entries(), await ledger.tier_b_count()
 
     async def resolve_chain(self, spec: ChainSpec) -> list[PlanEntry]:
         listed = await self._resolver.option_expiries(spec.symbol)
@@ -126,7 +117,7 @@ class TierB:
             )
         return entries
 
-    async def resolve_instrument(self, key: tuple[str, int], mode: str) -> PlanEntry:
+    async def resolve_instrument(self, key: Key, mode: str) -> PlanEntry:
         instrument = await self._resolver.instrument(key)
         return PlanEntry(f"instrument:{key[0]}:{key[1]}", "instrument", mode, (instrument,))
 
@@ -140,32 +131,28 @@ class TierB:
 
     async def _apply(self, entries: list[PlanEntry], request: dict[str, Any], actor: str, dry_run: bool) -> PlanOutcome:
         desired = {e.entry_id: e for e in entries}
-        async with ledger_transaction(self._pool, self._budget, actor) as ledger:
-            current = {row["entry_id"]: row for row in await ledger.fetch("tier_b_entries")}
+        async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
+            current = {row["entry_id"]: row for row in await ledger.tier_b_entries()}
             evictions: list[Eviction] = []
             added = 0
             for entry in desired.values():  # make: every new instrument first
-                outcome = await ledger.acquire(
+                acquired = await ledger.acquire(
                     OWNER_TIER_B, entry.entry_id, entry.instruments, entry.mode, reason="Tier B plan"
                 )
-                evictions += outcome.evictions
-                added += len(outcome.subscribed)
+                evictions += acquired.evictions
+                added += len(acquired.subscribed)
             removed = 0
             for entry_id in current.keys() - desired.keys():  # then break
                 removed += await ledger.release(OWNER_TIER_B, entry_id, reason="removed from the Tier B plan")
-                await ledger.conn.execute(QUERIES["delete_tier_b_entry"], {"entry_id": entry_id})
+                await ledger.delete_tier_b_entry(entry_id)
             for entry in desired.values():
-                held = {
-                    (r["exchange_segment"], r["security_id"])
-                    for r in await ledger.fetch("owner_keys", {"owner_kind": OWNER_TIER_B, "owner_id": entry.entry_id})
-                }
-                stale = held - {i.key for i in entry.instruments}
+                stale = set(await ledger.owner_keys(OWNER_TIER_B, entry.entry_id)) - {i.key for i in entry.instruments}
                 if stale:
                     removed += await ledger.release(
                         OWNER_TIER_B, entry.entry_id, keys=list(stale), reason="left the Tier B window"
                     )
-                await ledger.conn.execute(QUERIES["upsert_tier_b_entry"], entry.row())
-            await ledger.conn.execute(QUERIES["save_tier_b_plan"], {"request": json.dumps(request)})
+                await ledger.save_tier_b_entry(entry.row())
+            await ledger.save_tier_b_plan(request)
             planned = {i.key for e in desired.values() for i in e.instruments}
             outcome = PlanOutcome(added, removed, len(planned) - added, evictions, list(desired.values()))
             if dry_run:

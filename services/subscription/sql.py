@@ -16,8 +16,7 @@ Params = Mapping[str, Any] | None
 
 
 def load(filename: str) -> dict[str, LiteralString]:
-    """The named queries of one of this package's .sql files, typed as literals: the text ships
-    with the code and is never built from input."""
+    """The named queries of one of this package's .sql files."""
     return load_queries("services.subscription", filename)
 
 

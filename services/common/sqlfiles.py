@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 _MARKER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -27,5 +27,4 @@ def parse_queries(text: str) -> dict[str, str]:
 def load_queries(package: str, filename: str = "queries.sql") -> dict[str, LiteralString]:
     """The named queries of a package's .sql file, typed as the literals they are: the text
     ships with the code and is never built from input."""
-    queries = parse_queries(resources.files(package).joinpath(filename).read_text())
-    return cast(dict[str, LiteralString], queries)
+    return parse_queries(resources.files(package).joinpath(filename).read_text())

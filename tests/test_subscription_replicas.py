@@ -88,16 +88,19 @@ async def check_invariants(pool: AsyncConnectionPool) -> None:
             ).fetchall()
             refs = await (
                 await conn.execute(
-                    "SELECT count(*) AS n FROM subscriptions s WHERE s.ref_count <> (SELECT count(*) FROM subscription_owners o "
+                    "SELECT count(*) AS n FROM subscriptions s WHERE s.ref_count <> "
+                    "(SELECT count(*) FROM subscription_owners o "
                     "WHERE o.exchange_segment = s.exchange_segment AND o.security_id = s.security_id)"
                 )
             ).fetchone()
             drift = await (
                 await conn.execute(
-                    "SELECT count(*) AS n FROM (SELECT shard_id, tier, false AS incoming, count(*) AS n FROM subscriptions "
-                    "GROUP BY 1, 2 UNION ALL SELECT moving_to_shard, tier, true, count(*) FROM subscriptions "
-                    "WHERE moving_to_shard IS NOT NULL GROUP BY 1, 2) actual FULL JOIN (SELECT * FROM subscription_counts "
-                    "WHERE n <> 0) kept USING (shard_id, tier, incoming) WHERE actual.n IS DISTINCT FROM kept.n"
+                    "SELECT count(*) AS n FROM ("
+                    "SELECT shard_id, tier, false AS incoming, count(*) AS n FROM subscriptions GROUP BY 1, 2 "
+                    "UNION ALL SELECT moving_to_shard, tier, true, count(*) FROM subscriptions "
+                    "WHERE moving_to_shard IS NOT NULL GROUP BY 1, 2) actual "
+                    "FULL JOIN (SELECT * FROM subscription_counts WHERE n <> 0) kept USING (shard_id, tier, incoming) "
+                    "WHERE actual.n IS DISTINCT FROM kept.n"
                 )
             ).fetchone()
             evicted_holding = await (
@@ -175,7 +178,8 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
         active = await (
             await conn.execute(
                 "SELECT count(*) AS n FROM watchlist_items w WHERE state = 'ACTIVE' AND instrument_count <> "
-                "(SELECT count(*) FROM subscription_owners o WHERE o.owner_kind = 'unit' AND o.owner_id = w.item_id::text)"
+                "(SELECT count(*) FROM subscription_owners o "
+                "WHERE o.owner_kind = 'unit' AND o.owner_id = w.item_id::text)"
             )
         ).fetchone()
     assert plan["instrument_count"] == held["n"] == 23  # Tier B (NIFTY +/-5 strikes) was never evicted

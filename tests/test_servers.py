@@ -33,7 +33,7 @@ async def test_unbuilt_services_start_serve_health_and_answer_unimplemented(whic
     try:
         app, call = {
             "scheduler": lambda: (
-                scheduler_server.create_server(SETTINGS, pool),
+                scheduler_server.create_server(SETTINGS, pool).app,
                 lambda ch: scheduler_pb2_grpc.SchedulerServiceStub(ch).ListJobs(scheduler_pb2.ListJobsRequest()),
             ),
         }[which]()

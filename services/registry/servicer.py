@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 import grpc
+from dataserver.common.v1 import common_pb2
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.auth import require_admin
@@ -28,7 +29,7 @@ from services.common.pagination import (
 from services.registry import sources
 from services.registry.catalog import UnderlyingGroup
 from services.registry.chain import chain_window
-from services.registry.convert import instrument_proto, master_status_proto
+from services.registry.convert import EXPIRY_FLAGS, instrument_proto, master_status_proto
 from services.registry.loader import LoadedMaster, MasterHolder
 from services.registry.master_parser import MasterFormatError
 from services.registry.search import SearchFilter, search
@@ -162,12 +163,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         key = fingerprint(master.version.version, group.symbol, request.kind)
         offset = decode_page_token(request.page_token, key)
         page = expiries[offset : offset + size]
-        flags = {"W": 1, "M": 2}
         return registry_pb2.ListExpiriesResponse(
             expiries=[
                 registry_pb2.Expiry(
                     expiry_date=info.expiry.isoformat(),
-                    expiry_flag=flags.get(info.flag, 0),  # type: ignore[arg-type]
+                    expiry_flag=EXPIRY_FLAGS.get(info.flag, common_pb2.EXPIRY_FLAG_UNSPECIFIED),
                     has_options=info.has_options,
                     has_futures=info.has_futures,
                     strike_count=info.strike_count,

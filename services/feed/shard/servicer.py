@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
@@ -25,8 +26,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument("gateway_id is required (any id naming the caller, for logs)")
         stream, opening = self._runtime.attach()
         try:
-            for message in opening:
-                yield message
+            for first in opening:
+                yield first
             loop = asyncio.get_running_loop()
             status_due = loop.time()
             while True:
@@ -48,7 +49,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                     raise ResourceExhausted(
                         "the gateway fell too far behind this shard; reconnect for a fresh snapshot"
                     )
-                yield message  # type: ignore[misc]
+                yield cast(shard_pb2.StreamShardTicksResponse, message)
         finally:
             self._runtime.detach(stream)
 

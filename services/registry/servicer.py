@@ -183,7 +183,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         each_side = request.strikes_each_side or CHAIN_WIDTH_DEFAULT
         if not 1 <= each_side <= CHAIN_WIDTH_MAX:
             raise InvalidArgument(
-                f"strikes_each_side {request.strikes_each_side} is out of range: accepted 1..{CHAIN_WIDTH_MAX} (0 means {CHAIN_WIDTH_DEFAULT})"
+                f"strikes_each_side {request.strikes_each_side} is out of range: "
+                f"accepted 1..{CHAIN_WIDTH_MAX} (0 means {CHAIN_WIDTH_DEFAULT})"
             )
         master = self._master()
         group = self._group(master, request.underlying_symbol)
@@ -246,7 +247,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if request.WhichOneof("price") == "underlying_price":
             if not request.underlying_price > 0:
                 raise FailedPrecondition(
-                    f"underlying_price {request.underlying_price} is not a usable price: give a positive price or set use_last_price"
+                    f"underlying_price {request.underlying_price} is not a usable price: "
+                    "give a positive price or set use_last_price"
                 )
             return request.underlying_price, registry_pb2.PRICE_SOURCE_REQUEST
         last = await self._prices.last_price(segment, security_id)

@@ -173,7 +173,7 @@ class Hub:
             link.restarted = bool(link.epoch) and link.epoch != message.hello.shard_epoch
             link.epoch = message.hello.shard_epoch
             link.connected = True
-            SHARDS_UP.set(sum(1 for l in self.links if l.connected))
+            SHARDS_UP.set(sum(1 for other in self.links if other.connected))
             if link.restarted:
                 log.warning("shard restarted", extra={"shard": link.shard_id})
             link.status = None
@@ -216,7 +216,7 @@ class Hub:
         if link.connected:
             link.connected = False
             link.interrupted_at = time.time()
-            SHARDS_UP.set(sum(1 for l in self.links if l.connected))
+            SHARDS_UP.set(sum(1 for other in self.links if other.connected))
             self._tell(link, feed_pb2.UPSTREAM_STATE_INTERRUPTED, reason, restarted=False)
         elif link.interrupted_at is None:
             link.interrupted_at = time.time()

@@ -109,7 +109,7 @@ class GatewayServicer:
                 pass
             state.status = feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
             state.message = "not subscribed at the broker; add it to a watchlist, ticks flow once it is"
-        for key, state in unknown[_REGISTRY_LOOKUPS:]:
+        for _, state in unknown[_REGISTRY_LOOKUPS:]:
             state.status = feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
 
     async def _touch_keys(self, keys: list[common_pb2.InstrumentKey]) -> None:

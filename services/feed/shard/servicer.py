@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -40,10 +41,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 message = stream.take()
                 if message is None:
                     # Only an idle stream pays for a timed wait; a busy one drains without a task per message.
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stream.ready.wait(), max(0.0, status_due - loop.time()))
-                    except TimeoutError:
-                        pass
                     continue
                 if message is Overflow:
                     raise ResourceExhausted(

@@ -38,6 +38,7 @@ class SubscriptionUnderTest:
 
     async def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
+            # psycopg types queries as LiteralString and rows by the pool's row factory (dict_row).
             cursor = await conn.execute(sql, params or None)  # type: ignore[arg-type]
             return await cursor.fetchall()  # type: ignore[return-value]
 

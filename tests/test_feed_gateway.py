@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest_asyncio
@@ -36,8 +37,8 @@ def gateway_stub(feed: FeedUnderTest) -> tuple[grpc.aio.Channel, feed_pb2_grpc.G
     return channel, feed_pb2_grpc.GatewayServiceStub(channel)
 
 
-async def read_until(stream, predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    async def loop():  # type: ignore[no-untyped-def]
+async def read_until(stream: Any, predicate: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+    async def loop() -> Any:
         while True:
             message = await stream.read()
             if predicate(message):
@@ -199,7 +200,7 @@ async def test_interactive_stream_adds_and_removes_with_statuses(feed: FeedUnder
     bogus = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_998)
     commands: asyncio.Queue[feed_pb2.InteractiveStreamTicksRequest | None] = asyncio.Queue()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[feed_pb2.InteractiveStreamTicksRequest]:
         while (item := await commands.get()) is not None:
             yield item
 

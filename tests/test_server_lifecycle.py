@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
@@ -59,11 +59,11 @@ def _port(log_path: Path) -> int | None:
 
 
 async def test_a_failed_background_task_turns_health_not_serving_and_exits_non_zero(tmp_path: Path) -> None:
-    trigger, log_path = tmp_path / "fail-now", tmp_path / "service.log"
+    log_path = tmp_path / "service.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "tests.crashing_service", str(trigger)], stderr=log_file)
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.crashing_service", stderr=log_file)
     try:
-        port = await eventually(lambda: process.poll() is None and _port(log_path), what="the service's port")
+        port = await eventually(lambda: process.returncode is None and _port(log_path), what="the service's port")
         address = f"127.0.0.1:{port}"
 
         async def serving() -> bool:
@@ -73,15 +73,14 @@ async def test_a_failed_background_task_turns_health_not_serving_and_exits_non_z
         async with grpc.aio.insecure_channel(address) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-            trigger.touch()
+            process.send_signal(signal.SIGUSR1)  # its background task fails
             assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()
-        await eventually(lambda: process.poll() is not None, what="the process ending")
-        assert process.returncode == 1
+        assert await asyncio.wait_for(process.wait(), 30) == 1
         records = [json.loads(line) for line in log_path.read_text().splitlines()]
         failed = [r for r in records if r.get("task") == TASK_NAME]
         assert failed and failed[0]["level"] == "ERROR" and "the background task broke" in json.dumps(failed[0])
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.wait()
+            await process.wait()

@@ -28,10 +28,11 @@ from services.common.pagination import (
 )
 from services.registry import sources
 from services.registry.catalog import UnderlyingGroup
-from services.registry.chain import chain_window
+from services.registry.chain import ChainWindow, chain_window
 from services.registry.convert import EXPIRY_FLAGS, instrument_proto, master_status_proto
 from services.registry.loader import LoadedMaster, MasterHolder
 from services.registry.master_parser import MasterFormatError
+from services.registry.model import InstrumentRecord
 from services.registry.search import SearchFilter, search
 from services.registry.store import RegistryStore
 
@@ -49,6 +50,30 @@ def parse_date(text: str, field: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise InvalidArgument(f"{field} {text!r} is malformed: expected YYYY-MM-DD, e.g. 2026-11-24") from None
+
+
+def _chain_response(
+    underlying: InstrumentRecord, expiry: date, window: ChainWindow
+) -> registry_pb2.GetOptionChainResponse:
+    """A chain window as a response, without the price it was centred on (per call)."""
+    return registry_pb2.GetOptionChainResponse(
+        underlying=instrument_proto(underlying),
+        expiry_date=expiry.isoformat(),
+        atm_strike=window.atm_strike,
+        strike_step=window.strike_step,
+        strikes=[
+            registry_pb2.ChainStrike(
+                strike_price=strike,
+                call=instrument_proto(call) if call else None,
+                put=instrument_proto(put) if put else None,
+            )
+            for strike, call, put in window.strikes
+        ],
+        strike_count=len(window.strikes),
+        listed_strike_count=window.listed_strike_count,
+        clipped_below=window.clipped_below,
+        clipped_above=window.clipped_above,
+    )
 
 
 class MasterConfig:
@@ -210,24 +235,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         key = (master.version.version, group.symbol, expiry, window.atm_strike, each_side)
         cached = self._chains.get(key)
         if cached is None:
-            cached = registry_pb2.GetOptionChainResponse(
-                underlying=instrument_proto(underlying),
-                expiry_date=expiry.isoformat(),
-                atm_strike=window.atm_strike,
-                strike_step=window.strike_step,
-                strikes=[
-                    registry_pb2.ChainStrike(
-                        strike_price=strike,
-                        call=instrument_proto(call) if call else None,
-                        put=instrument_proto(put) if put else None,
-                    )
-                    for strike, call, put in window.strikes
-                ],
-                strike_count=len(window.strikes),
-                listed_strike_count=window.listed_strike_count,
-                clipped_below=window.clipped_below,
-                clipped_above=window.clipped_above,
-            )
+            cached = _chain_response(underlying, expiry, window)
             # Recomputed only when the ATM strike changes: persist once per (underlying, expiry, ATM).
             await self._store.save_chain_window(master.version.version, group.symbol, expiry, each_side, price, window)
             self._chains[key] = cached

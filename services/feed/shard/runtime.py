@@ -22,8 +22,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import grpc
+from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2, shard_pb2
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from prometheus_client import Counter, Gauge
@@ -67,7 +69,7 @@ BEHIND_LIMIT_SECONDS = 10.0
 MERGE_BYTES = 256 * 1024
 
 MODES = {1: FeedMode.TICKER, 2: FeedMode.QUOTE, 3: FeedMode.FULL}
-PROTO_MODES = {mode: proto for proto, mode in MODES.items()}
+PROTO_MODES = {mode: cast(common_pb2.FeedMode, proto) for proto, mode in MODES.items()}
 
 PACKETS = Counter("feed_shard_packets_total", "Packets applied to the last-value cache.", ["shard"])
 RECONNECTS = Counter("feed_shard_reconnects_total", "Broker reconnects, by cause.", ["shard", "cause"])
@@ -235,7 +237,7 @@ class ShardRuntime:
     def _shard_instrument(self, instrument: Instrument) -> shard_pb2.ShardInstrument:
         return shard_pb2.ShardInstrument(
             key=key_proto(instrument),
-            mode=PROTO_MODES[self.desired[instrument]],  # type: ignore[arg-type]
+            mode=PROTO_MODES[self.desired[instrument]],
             subscribed=self.actual.get(instrument) == self.desired[instrument],
         )
 

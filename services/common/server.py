@@ -115,7 +115,7 @@ class GrpcApp:
         log.error("background task failed; stopping", extra={"task": task.get_name()}, exc_info=task.exception())
         if self.failure is None:
             self.failure = task.exception()
-            if not self._stopped:
+            if not self._stopped:  # a drain has already turned health NOT_SERVING
                 self.spawn(self.set_serving(False), "health-not-serving")
         self.stopping.set()
 
@@ -128,7 +128,10 @@ class GrpcApp:
         self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace if grace is None else grace)
-        await cancel_and_wait(self._tasks)
+        ending = list(self._tasks)
+        for task in ending:
+            task.remove_done_callback(self._ended)  # ended on purpose: cancel_and_wait reports errors
+        await cancel_and_wait(ending)
         for callback in reversed(self.on_stop):
             await callback()
 

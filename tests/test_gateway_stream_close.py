@@ -64,9 +64,9 @@ async def _blocked_streams(feed: FeedUnderTest, address: str, terminals: Termina
         calls.append(call)
 
     def blocked() -> bool:
-        # A stream waiting for work holds a waiter; one blocked in a write has pending ticks and none.
+        # A stream blocked in a write has ticks pending and is not waiting for work.
         streams = list(terminals.streams)
-        return len(streams) == STREAMS and all(s.pending and s._waiter is None for s in streams)
+        return len(streams) == STREAMS and all(s.pending and not s.waiting for s in streams)
 
     await eventually(blocked, timeout=60, what="the gateway blocked writing to every stream")
     return [channel, calls]

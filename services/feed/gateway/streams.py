@@ -314,6 +314,11 @@ class TerminalStream:
                 )
             )
 
+    @property
+    def waiting(self) -> bool:
+        """Whether its generator waits for work (not suspended in gRPC's write of its last message)."""
+        return self._waiter is not None
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():

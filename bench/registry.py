@@ -97,6 +97,7 @@ async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: st
     from services.common.config import Settings
     from services.common.db import open_pool
     from services.registry import loader
+    from services.common.last_prices import NoLastPrices
     from services.registry.server import create_server
     from services.registry.sources import MasterFile
     from services.registry.store import RegistryStore
@@ -110,7 +111,7 @@ async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: st
         Settings(), auth_mode="dev", data_dir=Path(data_dir), grpc_host="127.0.0.1", grpc_port=0, master_scale="full"
     )
     pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name="registry")
-    registry = create_server(settings, pool)
+    registry = create_server(settings, pool, prices=NoLastPrices())  # no gateway in this bench
     registry.app.on_stop.append(pool.close)
     await registry.app.start()
     rss_started = status_kib()

@@ -8,11 +8,12 @@ import dataclasses
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.config import Settings
 from services.feed import gateway_server, shard_server
 from services.feed.simulator.settings import SimulatorSettings
 from services.feed.simulator.simulator import Simulator
@@ -40,27 +41,20 @@ class FeedUnderTest:
     simulator: Simulator
     shards: list[shard_server.Shard]
     gateway: gateway_server.Gateway
+    servers: AsyncExitStack  # stops every server entered into it when the feed is torn down
 
     def subscriptions_on_broker(self) -> list[int]:
         return [len(c.subscriptions) for c in self.simulator.connections()]
 
 
-async def start_gateway(service: SubscriptionUnderTest, shards: list[shard_server.Shard]) -> gateway_server.Gateway:
-    """A gateway following every shard (another one is another replica); stop it with app.stop."""
-    gateway = gateway_server.create_server(
-        dataclasses.replace(
-            service.settings,
-            grpc_port=0,
-            subscription_addr=service.address,
-            gateway_shard_addrs=tuple(s.app.address for s in shards),
-        ),
-        service.pool,
+def gateway_settings(service: SubscriptionUnderTest, shards: list[shard_server.Shard]) -> Settings:
+    """A gateway following every shard (another one is another replica)."""
+    return dataclasses.replace(
+        service.settings,
+        grpc_port=0,
+        subscription_addr=service.address,
+        gateway_shard_addrs=tuple(s.app.address for s in shards),
     )
-    await gateway.app.start()
-    assert gateway.app.until_ready is not None
-    await gateway.app.until_ready()
-    await gateway.app.set_serving(True)
-    return gateway
 
 
 @asynccontextmanager
@@ -82,35 +76,30 @@ async def running_feed(
             )
         )
         ws_port, _ = await sim.start()
-        started: list[shard_server.Shard] = []
         try:
-            for shard_id in range(shards):
-                shard_settings = dataclasses.replace(
-                    service.settings,
-                    shard_id=shard_id,
-                    feed_connections=shards,
-                    feed_url=f"ws://127.0.0.1:{ws_port}",
-                    subscription_addr=service.address,
-                    feed_market_hours_only=False,
-                    feed_watchdog_seconds=1.5,
-                    feed_max_backoff_seconds=0.2,
-                    feed_kicked_backoff_seconds=1.0,
-                    feed_coalesce_seconds=0.02,
-                    grpc_port=0,
-                    **settings,
-                )
-                shard = shard_server.create_server(shard_settings)
-                await shard.app.start()
-                assert shard.app.until_ready is not None
-                await shard.app.until_ready()
-                await shard.app.set_serving(True)
-                started.append(shard)
-            gateway = await start_gateway(service, started)
-            try:
-                yield FeedUnderTest(service, sim, started, gateway)
-            finally:
-                await gateway.app.stop(0)
+            async with AsyncExitStack() as servers:
+                started = []
+                for shard_id in range(shards):
+                    shard = shard_server.create_server(
+                        dataclasses.replace(
+                            service.settings,
+                            shard_id=shard_id,
+                            feed_connections=shards,
+                            feed_url=f"ws://127.0.0.1:{ws_port}",
+                            subscription_addr=service.address,
+                            feed_market_hours_only=False,
+                            feed_watchdog_seconds=1.5,
+                            feed_max_backoff_seconds=0.2,
+                            feed_kicked_backoff_seconds=1.0,
+                            feed_coalesce_seconds=0.02,
+                            grpc_port=0,
+                            **settings,
+                        )
+                    )
+                    await servers.enter_async_context(shard.app)
+                    started.append(shard)
+                gateway = gateway_server.create_server(gateway_settings(service, started), service.pool)
+                await servers.enter_async_context(gateway.app)
+                yield FeedUnderTest(service, sim, started, gateway, servers)
         finally:
-            for shard in started:
-                await shard.app.stop(0)
             await sim.stop()

@@ -15,10 +15,10 @@ from psycopg_pool import AsyncConnectionPool
 from services.common.auth import create_api_key
 from services.common.config import Settings
 from services.common.db import open_pool
+from services.common.last_prices import NoLastPrices
 from services.registry.loader import MasterHolder
 from services.registry.server import create_server
 from services.registry.servicer import MasterConfig
-from services.registry.sources import from_generator
 
 TRADING_DATE = date(2026, 11, 20)  # a Friday
 # Tuesday 2026-11-24 is an exchange holiday (Guru Nanak Jayanti): the weekly moves to Monday.
@@ -44,20 +44,25 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 async def running_registry(
     conninfo: str, masters_dir: Path, trading_date: date = TRADING_DATE
 ) -> AsyncIterator[RegistryUnderTest]:
-    settings = dataclasses.replace(Settings(), auth_mode="api_key", data_dir=masters_dir.parent, master_scale="small")
+    settings = dataclasses.replace(
+        Settings(),
+        auth_mode="api_key",
+        data_dir=masters_dir.parent,
+        master_source="generated",
+        master_seed=7,
+        master_scale="small",
+        shutdown_grace_seconds=0,
+    )
     pool = await open_pool(conninfo, max_size=4)
-    registry = create_server(settings, pool)
-    app, holder, config = registry.app, registry.holder, registry.config
-    config.cache_dir = masters_dir
-    await app.start()
-    await holder.load(from_generator(masters_dir, trading_date, 7, "small"), trading_date)
-    await app.set_serving(True)
-    admin = await create_api_key(pool, "ops", "admin")
-    user = await create_api_key(pool, "alice", "user")
-    channel = grpc.aio.insecure_channel(app.address)
+    registry = create_server(settings, pool, prices=NoLastPrices())
+    registry.config.cache_dir = masters_dir
+    registry.trading_date = trading_date  # its start-up loads the generated master of that day
     try:
-        yield RegistryUnderTest(channel, pool, holder, config, bearer(admin), bearer(user), app.address)
+        async with registry.app, grpc.aio.insecure_channel(registry.app.address) as channel:
+            admin = await create_api_key(pool, "ops", "admin")
+            user = await create_api_key(pool, "alice", "user")
+            yield RegistryUnderTest(
+                channel, pool, registry.holder, registry.config, bearer(admin), bearer(user), registry.app.address
+            )
     finally:
-        await channel.close()
-        await app.stop(0)
         await pool.close()

@@ -38,6 +38,7 @@ class SubscriptionUnderTest:
 
     async def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
+            # psycopg types queries as LiteralString and rows by the pool's row factory (dict_row).
             cursor = await conn.execute(sql, params or None)  # type: ignore[arg-type]
             return await cursor.fetchall()  # type: ignore[return-value]
 
@@ -48,28 +49,27 @@ async def running_subscription(
 ) -> AsyncIterator[SubscriptionUnderTest]:
     async with running_registry(conninfo, masters_dir) as registry:
         settings = dataclasses.replace(
-            Settings(), auth_mode="api_key", registry_addr=registry.address, move_settle_seconds=0.3, **overrides
+            Settings(),
+            auth_mode="api_key",
+            registry_addr=registry.address,
+            move_settle_seconds=0.3,
+            shutdown_grace_seconds=0,
+            **overrides,
         )
         pool = await open_pool(conninfo, max_size=8)
         admin_token = await create_api_key(pool, "ops", "admin")
         settings = dataclasses.replace(settings, service_token=admin_token)
         subscription = create_server(settings, pool, conninfo, prices=NoLastPrices())
-        await subscription.app.start()
-        assert subscription.app.until_ready is not None
-        await subscription.app.until_ready()
-        await subscription.app.set_serving(True)
-        channel = grpc.aio.insecure_channel(subscription.app.address)
         try:
-            yield SubscriptionUnderTest(
-                channel,
-                subscription_pb2_grpc.SubscriptionServiceStub(channel),
-                pool,
-                settings,
-                bearer(admin_token),
-                {},
-                subscription.app.address,
-            )
+            async with subscription.app, grpc.aio.insecure_channel(subscription.app.address) as channel:
+                yield SubscriptionUnderTest(
+                    channel,
+                    subscription_pb2_grpc.SubscriptionServiceStub(channel),
+                    pool,
+                    settings,
+                    bearer(admin_token),
+                    {},
+                    subscription.app.address,
+                )
         finally:
-            await channel.close()
-            await subscription.app.stop(0)
             await pool.close()

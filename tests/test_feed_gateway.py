@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest_asyncio
@@ -16,10 +17,10 @@ from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from prometheus_client import REGISTRY
 
-from services.feed import shard_server
+from services.common.keys import wire_key
+from services.feed import gateway_server, shard_server
 from services.feed.gateway.hub import HISTORY
-from services.feed.records import wire_key
-from tests.feed_fixtures import FeedUnderTest, eventually, running_feed, start_gateway
+from tests.feed_fixtures import FeedUnderTest, eventually, gateway_settings, running_feed
 from tests.test_subscription_capacity import add
 
 NSE_EQ = common_pb2.EXCHANGE_SEGMENT_NSE_EQ
@@ -36,8 +37,8 @@ def gateway_stub(feed: FeedUnderTest) -> tuple[grpc.aio.Channel, feed_pb2_grpc.G
     return channel, feed_pb2_grpc.GatewayServiceStub(channel)
 
 
-async def read_until(stream, predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    async def loop():  # type: ignore[no-untyped-def]
+async def read_until(stream: Any, predicate: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+    async def loop() -> Any:
         while True:
             message = await stream.read()
             if predicate(message):
@@ -199,7 +200,7 @@ async def test_interactive_stream_adds_and_removes_with_statuses(feed: FeedUnder
     bogus = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_998)
     commands: asyncio.Queue[feed_pb2.InteractiveStreamTicksRequest | None] = asyncio.Queue()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[feed_pb2.InteractiveStreamTicksRequest]:
         while (item := await commands.get()) is not None:
             yield item
 
@@ -254,7 +255,7 @@ async def test_a_terminal_that_stops_reading_holds_one_value_per_instrument(feed
         )
         seen = {t.key.security_id: t.sequence for t in (await stream.read()).snapshot.ticks}
         terminal = await eventually(
-            lambda: next(iter(feed.gateway.servicer.streams), None), what="the stream registered"
+            lambda: next(iter(feed.gateway.terminals.streams), None), what="the stream registered"
         )
         instruments = feed.gateway.hub.instruments
 
@@ -303,9 +304,7 @@ async def test_streams_survive_a_shard_restart_and_show_the_gap(feed: FeedUnderT
         assert interrupted.event.upstream.state == feed_pb2.UPSTREAM_STATE_INTERRUPTED
         settings = dataclasses.replace(old.runtime.settings, grpc_port=port)
         restarted = shard_server.create_server(settings)
-        await restarted.app.start()
-        assert restarted.app.until_ready is not None
-        await restarted.app.until_ready()
+        await feed.servers.enter_async_context(restarted.app)
         feed.shards[0] = restarted
         restored = await read_until(
             stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("upstream"), timeout=20
@@ -332,8 +331,8 @@ async def test_gateway_replicas_give_the_same_ticks_the_same_numbers(feed: FeedU
         return instrument.latest.sequence if instrument is not None and instrument.latest is not None else 0
 
     await eventually(lambda: applied() >= 20, what="ticks at the first gateway before the second starts")
-    second = await start_gateway(feed.subscription, feed.shards)
-    try:
+    second = gateway_server.create_server(gateway_settings(feed.subscription, feed.shards), feed.subscription.pool)
+    async with second.app:
 
         async def ticks(address: str) -> dict[int, tuple[float, int]]:
             seen: dict[int, tuple[float, int]] = {}
@@ -357,5 +356,3 @@ async def test_gateway_replicas_give_the_same_ticks_the_same_numbers(feed: FeedU
         assert all(first[n] == other[n] for n in both), [
             (n, first[n], other[n]) for n in sorted(both) if first[n] != other[n]
         ]
-    finally:
-        await second.app.stop(0)

@@ -33,7 +33,7 @@ async def test_unbuilt_services_start_serve_health_and_answer_unimplemented(whic
     try:
         app, call = {
             "scheduler": lambda: (
-                scheduler_server.create_server(SETTINGS, pool),
+                scheduler_server.create_server(SETTINGS, pool).app,
                 lambda ch: scheduler_pb2_grpc.SchedulerServiceStub(ch).ListJobs(scheduler_pb2.ListJobsRequest()),
             ),
         }[which]()
@@ -51,8 +51,10 @@ async def test_unbuilt_services_start_serve_health_and_answer_unimplemented(whic
 
 
 async def test_unexpected_errors_become_internal_with_the_request_id(database_url: str) -> None:
-    class Exploding(health_pb2_grpc.HealthServicer):
-        async def Check(self, request, context):  # type: ignore[no-untyped-def]
+    class Exploding:
+        async def Check(
+            self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        ) -> health_pb2.HealthCheckResponse:
             raise KeyError("secret internals")
 
     # A real server with the shared stack; Health under another name stands in for a service.

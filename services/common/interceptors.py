@@ -3,6 +3,13 @@ latency metrics, and mapping of errors to canonical status codes.
 
 Domain code raises `ServiceError`s; anything unexpected is logged with its traceback and
 returned as INTERNAL with the request id, never as a raw exception text.
+
+A streaming RPC is handed to gRPC as a coroutine that writes each response
+(`context.write`), not as an async generator: gRPC iterates a generator with `async for`
+and abandons it, suspended at a `yield`, when the RPC is cancelled during a write (the
+client hung up, the server stopped); the generator is then closed later by the event loop's
+finaliser, in another task and context, where the scope's request-id token cannot be reset.
+As a coroutine, the RPC's own task closes the servicer's generator, in the RPC's context.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -42,9 +49,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or method.startswith(_OPEN_PREFIXES):
@@ -64,9 +71,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(
                 scope.wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
             )
-        return grpc.stream_stream_rpc_method_handler(
-            scope.wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-        )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                scope.wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return handler
 
 
 class _RpcScope:
@@ -84,20 +93,26 @@ class _RpcScope:
         self._name = name
         self._metadata = metadata
 
-    def wrap_unary(self, behavior: Callable[[Any, ServicerContext], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    # The behaviours are the servicer's coroutine (unary) and async-generator (streaming)
+    # methods; grpc's stubs type handlers as synchronous, hence Callable[..., Any].
+    def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: ServicerContext) -> Any:
             async with self._scope(context):
                 return await behavior(request, context)
 
         return unary
 
-    def wrap_stream(
-        self, behavior: Callable[[Any, ServicerContext], AsyncIterator[Any]]
-    ) -> Callable[..., AsyncIterator[Any]]:
-        async def stream(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
-            async with self._scope(context):
-                async for response in behavior(request, context):
-                    yield response
+    def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+        async def stream(request: Any, context: ServicerContext) -> None:
+            async with self._scope(context) as outcome, aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    try:
+                        await context.write(response)
+                    except grpc.aio.InternalError:
+                        # The call can take no more messages (the client went away during the
+                        # write): it ends quietly, as in gRPC's own loop over a generator.
+                        outcome.code = grpc.StatusCode.CANCELLED
+                        return
 
         return stream
 

@@ -15,7 +15,7 @@ from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 
 from services.common.clients import ServiceCaller, open_channel
 from services.common.errors import ServiceError
-from services.common.instruments import SEGMENT_TO_PROTO
+from services.common.keys import key_proto
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class GatewayLastPrices:
         self._caller = ServiceCaller("feed gateway", token, timeout=1.0)
 
     async def last_price(self, segment: str, security_id: int) -> float | None:
-        key = common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[segment], security_id=security_id)  # type: ignore[arg-type]
+        key = key_proto((segment, security_id))
         try:
             reply = await self._caller.call(
                 self._stub.GetSnapshot, feed_pb2.GetSnapshotRequest(keys=[key], mode=common_pb2.FEED_MODE_TICKER)

@@ -1,9 +1,16 @@
-"""Server bootstrap shared by every service: health, reflection, interceptors, the port,
-and a SIGTERM-driven graceful drain.
+"""Server bootstrap shared by every service: health, reflection, interceptors, the port, the
+service's background tasks, and a SIGTERM-driven graceful drain.
 
-Each service has `create_server(...)` (builds a `GrpcApp`, binds, does not start) apart from
-`serve()` (reads config, opens dependencies, runs until signalled), as in grpc/grpc's
-asyncio examples, so tests start the real server on port 0.
+Each service has `create_server(settings, pool)` (builds a `GrpcApp`, binds, registers its
+start-up work, starts nothing) apart from `serve()` (reads config, opens dependencies, runs
+until signalled), as in grpc/grpc's asyncio examples, so tests start the real server on port
+0 with `async with create_server(...).app:`. Serving is an async context manager, as
+websockets' `serve()` is: entering starts the server, runs the start-up work and turns health
+SERVING; leaving drains it.
+
+Long-lived work runs through `GrpcApp.spawn`: a task that fails is logged with its name, turns
+health NOT_SERVING and stops the process with a non-zero exit, so a supervisor restarts it
+rather than it serving half-broken (a batching loop that died under a healthy status).
 """
 
 from __future__ import annotations
@@ -11,10 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
@@ -26,43 +37,101 @@ from services.common.interceptors import ServerInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.migrate import migrate
+from services.common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+EXIT_TASK_FAILED = 1
 
 
-@dataclass
+@dataclass(eq=False)
 class GrpcApp:
-    """A bound, not yet started gRPC server with its health service."""
+    """A bound gRPC server with its health service, its start-up work and its background tasks."""
 
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
     port: int
+    grace: float = 0.0  # how long a drain lets in-flight RPCs finish
+    # Start-up work (load the master, start following the shards): health says SERVING only
+    # once all of it has returned.
+    before_serving: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Clean-up after the drain and the background tasks' end, run in reverse order.
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    # The service's own dependencies (a loaded master, an upstream stream); health says
-    # SERVING only after this returns.
-    until_ready: Callable[[], Awaitable[None]] | None = None
+    failure: BaseException | None = None  # what the first failed background task raised
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # a signal or a failure asks to stop
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _started: bool = False
+    _stopped: bool = False
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    async def __aenter__(self) -> GrpcApp:
+        """Starts the server, runs the start-up work, then turns health SERVING."""
+        try:
+            await self.start()
+            for work in self.before_serving:
+                await work()
+            await self.set_serving(True)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.stop()
+
     async def start(self) -> None:
-        # The health servicer starts out SERVING; nothing is ready before `until_ready`.
+        """Starts answering RPCs, health NOT_SERVING (the health servicer starts out SERVING)."""
+        if self._started:
+            return
+        self._started = True
         await self.set_serving(False)
         await self.server.start()
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        """Once a background task has failed, health stays NOT_SERVING."""
+        ok = serving and self.failure is None
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
-    async def stop(self, grace: float) -> None:
-        """Drains: NOT_SERVING first so balancers stop sending, then in-flight RPCs finish."""
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Runs `coroutine` as a task of this server until it stops; see the module doc for a failure."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("background task failed; stopping", extra={"task": task.get_name()}, exc_info=task.exception())
+        if self.failure is None:
+            self.failure = task.exception()
+            if not self._stopped:  # a drain has already turned health NOT_SERVING
+                self.spawn(self.set_serving(False), "health-not-serving")
+        self.stopping.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: NOT_SERVING first so balancers stop sending, then in-flight RPCs finish
+        (for `grace` seconds, the app's own by default), then background tasks end."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping.set()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.server.stop(self.grace if grace is None else grace)
+        ending = list(self._tasks)
+        for task in ending:
+            task.remove_done_callback(self._ended)  # ended on purpose: cancel_and_wait reports errors
+        await cancel_and_wait(ending)
         for callback in reversed(self.on_stop):
             await callback()
 
@@ -74,6 +143,7 @@ def build_app(
     host: str,
     port: int,
     authenticator: Authenticator | None,
+    grace: float = 0.0,
 ) -> GrpcApp:
     """Creates the server with the shared interceptors, health (NOT_SERVING) and reflection."""
     server = grpc.aio.server(
@@ -94,50 +164,62 @@ def build_app(
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind gRPC port {host}:{port}")
-    return GrpcApp(server=server, health=health_servicer, service_names=tuple(service_names), port=bound)
+    return GrpcApp(server=server, health=health_servicer, service_names=tuple(service_names), port=bound, grace=grace)
 
 
-async def run_until_signalled(app: GrpcApp, grace: float) -> None:
-    """Runs a started app until SIGTERM or SIGINT, then drains it."""
-    stop = asyncio.Event()
+class Service(Protocol):
+    """What a service's `create_server` returns: its app, and whatever tests look at."""
+
+    @property
+    def app(self) -> GrpcApp: ...
+
+
+async def run_until_stopped(app: GrpcApp) -> None:
+    """Serves until SIGTERM or SIGINT, or until a background task fails."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, app.stopping.set)
     log.info("serving", extra={"port": app.port, "services": list(app.service_names)})
-    await stop.wait()
-    log.info("draining", extra={"grace_seconds": grace})
-    await app.stop(grace)
-    log.info("stopped")
+    await app.stopping.wait()
+    log.info("draining", extra={"grace_seconds": app.grace})
 
 
-CreateApp = Callable[[Settings, AsyncConnectionPool | None], Awaitable[GrpcApp]]
-
-
-async def serve_service(
-    service: str,
-    default_port: int,
-    create: CreateApp,
-    *,
-    needs_database: bool = True,
-) -> None:
-    """The `serve()` of every service: config, logs, database, metrics, start, drain.
-
-    Health stays NOT_SERVING until the app's `until_ready` returns.
-    """
-    settings = load_settings(grpc_port=default_port)
-    configure_logging(service, settings.log_level)
-    pool: AsyncConnectionPool | None = None
-    if needs_database:
-        conninfo = resolve_database_url(settings)
-        await migrate(conninfo)
-        pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name=service)
-    app = await create(settings, pool)
-    if pool is not None:
-        app.on_stop.append(pool.close)
+async def serve_app(settings: Settings, app: GrpcApp) -> int:
+    """Runs a built app as a process does: metrics, start, start-up work, serve, drain.
+    Returns the exit code: non-zero when a background task failed."""
     metrics_port = start_metrics_server(settings.metrics_port, settings.grpc_host)
     await app.start()
     log.info("started", extra={"port": app.port, "metrics_port": metrics_port})
-    if app.until_ready is not None:
-        await app.until_ready()
-    await app.set_serving(True)
-    await run_until_signalled(app, settings.shutdown_grace_seconds)
+    async with app:
+        await run_until_stopped(app)
+    log.info("stopped")
+    return EXIT_TASK_FAILED if app.failure is not None else 0
+
+
+async def _serve_with_database(
+    service: str, default_port: int, create: Callable[[Settings, AsyncConnectionPool], Service]
+) -> int:
+    settings = load_settings(grpc_port=default_port)
+    configure_logging(service, settings.log_level)
+    conninfo = resolve_database_url(settings)
+    await migrate(conninfo)
+    pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name=service)
+    app = create(settings, pool).app
+    app.on_stop.insert(0, pool.close)  # closed last, after everything that uses it
+    return await serve_app(settings, app)
+
+
+async def _serve_without_database(service: str, default_port: int, create: Callable[[Settings], Service]) -> int:
+    settings = load_settings(grpc_port=default_port)
+    configure_logging(service, settings.log_level)
+    return await serve_app(settings, create(settings).app)
+
+
+def run_service(service: str, default_port: int, create: Callable[[Settings, AsyncConnectionPool], Service]) -> None:
+    """The `serve()` of a service with a database: config, logs, migrations, pool, then `serve_app`."""
+    sys.exit(uvloop.run(_serve_with_database(service, default_port, create)))
+
+
+def run_service_without_database(service: str, default_port: int, create: Callable[[Settings], Service]) -> None:
+    """The `serve()` of a service that holds no database connection (a feed shard)."""
+    sys.exit(uvloop.run(_serve_without_database(service, default_port, create)))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 
-from dataserver.feed.v1 import feed_pb2
 from dataserver.registry.v1 import registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
@@ -16,11 +13,11 @@ from services.common.auth import Authenticator
 from services.common.clients import ServiceCaller, open_channel
 from services.common.config import Settings
 from services.common.looplag import watch_loop_lag
-from services.common.server import GrpcApp, build_app
+from services.common.server import GrpcApp, build_app, run_service
 from services.feed.gateway.hub import Hub
-from services.feed.gateway.servicer import GatewayServicer, register
+from services.feed.gateway.servicer import SERVICE_NAME, GatewayServicer, register
+from services.feed.gateway.terminals import Terminals
 
-SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 DEFAULT_PORT = 50053
 
 
@@ -28,19 +25,20 @@ DEFAULT_PORT = 50053
 class Gateway:
     app: GrpcApp
     hub: Hub
-    servicer: GatewayServicer
+    terminals: Terminals
 
 
-def create_server(settings: Settings, pool: AsyncConnectionPool | None) -> Gateway:
+def create_server(settings: Settings, pool: AsyncConnectionPool) -> Gateway:
     hub = Hub(settings.gateway_shard_addrs, gateway_id=f"gateway-{uuid.uuid4().hex[:8]}")
+    terminals = Terminals(hub, settings.gateway_batch_seconds)
     subscription_channel = open_channel(settings.subscription_addr)
     registry_channel = open_channel(settings.registry_addr)
     servicer = GatewayServicer(
         hub,
+        terminals,
         subscription_pb2_grpc.SubscriptionServiceStub(subscription_channel),
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
         ServiceCaller("subscription", settings.service_token),
-        batch_seconds=settings.gateway_batch_seconds,
     )
     app = build_app(
         [SERVICE_NAME],
@@ -48,28 +46,18 @@ def create_server(settings: Settings, pool: AsyncConnectionPool | None) -> Gatew
         host=settings.grpc_host,
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
+        grace=settings.shutdown_grace_seconds,
     )
-    tasks: list[asyncio.Task[None]] = []
 
-    async def start() -> None:
-        hub.start()
-        tasks.append(asyncio.create_task(servicer.dispatcher.run(), name="gateway-dispatcher"))
-        tasks.append(asyncio.create_task(servicer.check_streams(), name="gateway-stream-checks"))
-        tasks.append(asyncio.create_task(watch_loop_lag(), name="gateway-loop-lag"))
+    async def start_background() -> None:
+        hub.start(app.spawn)
+        terminals.start(app.spawn)
+        app.spawn(watch_loop_lag(), "gateway-loop-lag")
 
-    async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await hub.stop()
-        await subscription_channel.close()
-        await registry_channel.close()
-
-    app.until_ready = start
-    app.on_stop.append(stop)
-    return Gateway(app, hub, servicer)
+    app.before_serving.append(start_background)
+    app.on_stop.extend((hub.close, subscription_channel.close, registry_channel.close))
+    return Gateway(app, hub, terminals)
 
 
-async def create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcApp:
-    return create_server(settings, pool).app
+def serve() -> None:
+    run_service("feed-gateway", DEFAULT_PORT, create_server)

@@ -6,15 +6,13 @@ reach only the subscription service and the broker.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.clients import open_channel
 from services.common.config import Settings
-from services.common.server import GrpcApp, build_app
+from services.common.server import GrpcApp, build_app, run_service_without_database
 from services.feed.shard.runtime import ShardRuntime
 from services.feed.shard.servicer import ShardServicer
 
@@ -38,20 +36,17 @@ def create_server(settings: Settings) -> Shard:
         host=settings.grpc_host,
         port=settings.grpc_port,
         authenticator=None,
+        grace=settings.shutdown_grace_seconds,
     )
-    runtime.on_health = lambda serving: asyncio.ensure_future(app.set_serving(serving))
+    runtime.on_health = lambda serving: app.spawn(app.set_serving(serving), "shard-health")
 
-    async def start() -> None:
-        runtime.start()
+    async def start_background() -> None:
+        runtime.start(app.spawn)
 
-    async def stop() -> None:
-        await runtime.stop()
-        await channel.close()
-
-    app.until_ready = start
-    app.on_stop.append(stop)
+    app.before_serving.append(start_background)
+    app.on_stop.extend((runtime.close, channel.close))
     return Shard(app, runtime)
 
 
-async def create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcApp:
-    return create_server(settings).app
+def serve() -> None:
+    run_service_without_database("feed-shard", DEFAULT_PORT, create_server)

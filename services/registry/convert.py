@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from dataserver.common.v1 import common_pb2
 from dataserver.registry.v1 import registry_pb2
 
-from services.common.instruments import INSTRUMENT_TYPE_TO_PROTO, SEGMENT_TO_PROTO
+from services.common.instruments import INSTRUMENT_TYPE_TO_PROTO
+from services.common.keys import key_proto
 from services.registry.model import InstrumentRecord
 from services.registry.store import MasterVersion
 
 _OPTION_TYPES = {"CE": common_pb2.OPTION_TYPE_CALL, "PE": common_pb2.OPTION_TYPE_PUT}
-_EXPIRY_FLAGS = {"W": common_pb2.EXPIRY_FLAG_WEEKLY, "M": common_pb2.EXPIRY_FLAG_MONTHLY}
+EXPIRY_FLAGS = {"W": common_pb2.EXPIRY_FLAG_WEEKLY, "M": common_pb2.EXPIRY_FLAG_MONTHLY}
 MASTER_SOURCES = {
     "dhan": registry_pb2.MASTER_SOURCE_DHAN,
     "file": registry_pb2.MASTER_SOURCE_FILE,
@@ -20,16 +23,16 @@ MASTER_SOURCES = {
 
 def instrument_proto(record: InstrumentRecord) -> common_pb2.Instrument:
     return common_pb2.Instrument(
-        key=common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[record.segment], security_id=record.security_id),
+        key=key_proto((record.segment, record.security_id)),
         exchange=record.exchange,
-        instrument_type=INSTRUMENT_TYPE_TO_PROTO[record.instrument_type],  # type: ignore[arg-type]
+        instrument_type=cast(common_pb2.InstrumentType, INSTRUMENT_TYPE_TO_PROTO[record.instrument_type]),
         trading_symbol=record.trading_symbol,
         display_name=record.display_name,
         underlying_symbol=record.underlying_symbol,
         lot_size=record.lot_size,
         tick_size=record.tick_size,
         expiry_date=record.expiry.isoformat() if record.expiry else "",
-        expiry_flag=_EXPIRY_FLAGS.get(record.expiry_flag, common_pb2.EXPIRY_FLAG_UNSPECIFIED),
+        expiry_flag=EXPIRY_FLAGS.get(record.expiry_flag, common_pb2.EXPIRY_FLAG_UNSPECIFIED),
         strike_price=record.strike or 0.0,
         option_type=_OPTION_TYPES.get(record.option_type, common_pb2.OPTION_TYPE_UNSPECIFIED),
         series=record.series,
@@ -41,7 +44,7 @@ def master_status_proto(version: MasterVersion) -> registry_pb2.MasterStatus:
     status = registry_pb2.MasterStatus(
         row_count=version.row_count,
         rejected_count=version.rejected_count,
-        source=MASTER_SOURCES[version.source],  # type: ignore[arg-type]
+        source=MASTER_SOURCES[version.source],
         source_detail=version.source_detail,
         version=version.version,
         trading_date=version.trading_date.isoformat(),

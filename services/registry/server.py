@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
-import uvloop
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
 from services.common.config import Settings
-from services.common.last_prices import GatewayLastPrices, LastPriceSource, NoLastPrices
+from services.common.last_prices import GatewayLastPrices, LastPriceSource
 from services.common.market_calendar import today_ist
-from services.common.server import GrpcApp, build_app, serve_service
+from services.common.server import GrpcApp, build_app, run_service
 from services.registry.loader import MasterHolder
 from services.registry.servicer import MasterConfig, RegistryServicer
 from services.registry.store import RegistryStore
@@ -26,15 +26,17 @@ class Registry:
     app: GrpcApp
     holder: MasterHolder
     config: MasterConfig
+    trading_date: date | None = None  # the master's date; today's (IST) unless a test fixes it
 
     async def load_initial_master(self) -> None:
-        """Serves today's master from Postgres if it is there, else loads the configured source."""
-        trading_date = today_ist()
+        """Serves the day's master from Postgres if it is there, else loads the configured source."""
+        trading_date = self.trading_date or today_ist()
         if not await self.holder.restore(trading_date):
             await self.holder.load(self.config.resolve(self.config.default_source, "", trading_date), trading_date)
 
 
 def create_server(settings: Settings, pool: AsyncConnectionPool, *, prices: LastPriceSource | None = None) -> Registry:
+    """`prices` is the last-price source for option chains (the gateway's by default)."""
     store = RegistryStore(pool)
     holder = MasterHolder(store)
     config = MasterConfig(
@@ -44,25 +46,24 @@ def create_server(settings: Settings, pool: AsyncConnectionPool, *, prices: Last
         scale=settings.master_scale,
         master_file=settings.master_file,
     )
-    servicer = RegistryServicer(holder, store, config, prices or NoLastPrices())
+    gateway_prices = None
+    if prices is None:
+        prices = gateway_prices = GatewayLastPrices(settings.gateway_addr, settings.service_token)
+    servicer = RegistryServicer(holder, store, config, prices)
     app = build_app(
         [SERVICE_NAME],
         lambda server: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server),
         host=settings.grpc_host,
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
+        grace=settings.shutdown_grace_seconds,
     )
-    return Registry(app, holder, config)
-
-
-async def _create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcApp:
-    assert pool is not None
-    prices = GatewayLastPrices(settings.gateway_addr, settings.service_token)
-    registry = create_server(settings, pool, prices=prices)
-    registry.app.on_stop.append(prices.close)
-    registry.app.until_ready = registry.load_initial_master
-    return registry.app
+    registry = Registry(app, holder, config)
+    app.before_serving.append(registry.load_initial_master)
+    if gateway_prices is not None:
+        app.on_stop.append(gateway_prices.close)
+    return registry
 
 
 def serve() -> None:
-    uvloop.run(serve_service("registry", DEFAULT_PORT, _create))
+    run_service("registry", DEFAULT_PORT, create_server)

@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 import grpc
+from dataserver.common.v1 import common_pb2
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.auth import require_admin
@@ -27,10 +28,11 @@ from services.common.pagination import (
 )
 from services.registry import sources
 from services.registry.catalog import UnderlyingGroup
-from services.registry.chain import chain_window
-from services.registry.convert import instrument_proto, master_status_proto
+from services.registry.chain import ChainWindow, chain_window
+from services.registry.convert import EXPIRY_FLAGS, instrument_proto, master_status_proto
 from services.registry.loader import LoadedMaster, MasterHolder
 from services.registry.master_parser import MasterFormatError
+from services.registry.model import InstrumentRecord
 from services.registry.search import SearchFilter, search
 from services.registry.store import RegistryStore
 
@@ -48,6 +50,30 @@ def parse_date(text: str, field: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise InvalidArgument(f"{field} {text!r} is malformed: expected YYYY-MM-DD, e.g. 2026-11-24") from None
+
+
+def _chain_response(
+    underlying: InstrumentRecord, expiry: date, window: ChainWindow
+) -> registry_pb2.GetOptionChainResponse:
+    """A chain window as a response, without the price it was centred on (per call)."""
+    return registry_pb2.GetOptionChainResponse(
+        underlying=instrument_proto(underlying),
+        expiry_date=expiry.isoformat(),
+        atm_strike=window.atm_strike,
+        strike_step=window.strike_step,
+        strikes=[
+            registry_pb2.ChainStrike(
+                strike_price=strike,
+                call=instrument_proto(call) if call else None,
+                put=instrument_proto(put) if put else None,
+            )
+            for strike, call, put in window.strikes
+        ],
+        strike_count=len(window.strikes),
+        listed_strike_count=window.listed_strike_count,
+        clipped_below=window.clipped_below,
+        clipped_above=window.clipped_above,
+    )
 
 
 class MasterConfig:
@@ -162,12 +188,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         key = fingerprint(master.version.version, group.symbol, request.kind)
         offset = decode_page_token(request.page_token, key)
         page = expiries[offset : offset + size]
-        flags = {"W": 1, "M": 2}
         return registry_pb2.ListExpiriesResponse(
             expiries=[
                 registry_pb2.Expiry(
                     expiry_date=info.expiry.isoformat(),
-                    expiry_flag=flags.get(info.flag, 0),  # type: ignore[arg-type]
+                    expiry_flag=EXPIRY_FLAGS.get(info.flag, common_pb2.EXPIRY_FLAG_UNSPECIFIED),
                     has_options=info.has_options,
                     has_futures=info.has_futures,
                     strike_count=info.strike_count,
@@ -183,7 +208,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         each_side = request.strikes_each_side or CHAIN_WIDTH_DEFAULT
         if not 1 <= each_side <= CHAIN_WIDTH_MAX:
             raise InvalidArgument(
-                f"strikes_each_side {request.strikes_each_side} is out of range: accepted 1..{CHAIN_WIDTH_MAX} (0 means {CHAIN_WIDTH_DEFAULT})"
+                f"strikes_each_side {request.strikes_each_side} is out of range: "
+                f"accepted 1..{CHAIN_WIDTH_MAX} (0 means {CHAIN_WIDTH_DEFAULT})"
             )
         master = self._master()
         group = self._group(master, request.underlying_symbol)
@@ -209,24 +235,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         key = (master.version.version, group.symbol, expiry, window.atm_strike, each_side)
         cached = self._chains.get(key)
         if cached is None:
-            cached = registry_pb2.GetOptionChainResponse(
-                underlying=instrument_proto(underlying),
-                expiry_date=expiry.isoformat(),
-                atm_strike=window.atm_strike,
-                strike_step=window.strike_step,
-                strikes=[
-                    registry_pb2.ChainStrike(
-                        strike_price=strike,
-                        call=instrument_proto(call) if call else None,
-                        put=instrument_proto(put) if put else None,
-                    )
-                    for strike, call, put in window.strikes
-                ],
-                strike_count=len(window.strikes),
-                listed_strike_count=window.listed_strike_count,
-                clipped_below=window.clipped_below,
-                clipped_above=window.clipped_above,
-            )
+            cached = _chain_response(underlying, expiry, window)
             # Recomputed only when the ATM strike changes: persist once per (underlying, expiry, ATM).
             await self._store.save_chain_window(master.version.version, group.symbol, expiry, each_side, price, window)
             self._chains[key] = cached
@@ -246,7 +255,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if request.WhichOneof("price") == "underlying_price":
             if not request.underlying_price > 0:
                 raise FailedPrecondition(
-                    f"underlying_price {request.underlying_price} is not a usable price: give a positive price or set use_last_price"
+                    f"underlying_price {request.underlying_price} is not a usable price: "
+                    "give a positive price or set use_last_price"
                 )
             return request.underlying_price, registry_pb2.PRICE_SOURCE_REQUEST
         last = await self._prices.last_price(segment, security_id)

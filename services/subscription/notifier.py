@@ -12,6 +12,8 @@ import logging
 
 import psycopg
 
+from services.common.tasks import Spawn
+
 log = logging.getLogger(__name__)
 
 CHANNELS = ("assignment_changes", "watchlist_events")
@@ -21,16 +23,9 @@ class ChangeNotifier:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._waiters: dict[str, set[asyncio.Event]] = {channel: set() for channel in CHANNELS}
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="change-notifier")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def start(self, spawn: Spawn) -> None:
+        spawn(self._listen(), "change-notifier")
 
     def subscribe(self, channel: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -50,7 +45,7 @@ class ChangeNotifier:
             try:
                 async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                     for channel in CHANNELS:
-                        await conn.execute(f"LISTEN {channel}")  # type: ignore[arg-type]  # fixed names
+                        await conn.execute(f"LISTEN {channel}")
                     delay = 0.5
                     for channel in CHANNELS:  # anything missed while (re)connecting
                         self._wake(channel)

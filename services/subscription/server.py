@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
-import uvloop
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
@@ -15,7 +13,7 @@ from services.common.auth import Authenticator
 from services.common.clients import ServiceCaller, open_channel
 from services.common.config import Settings
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
-from services.common.server import GrpcApp, build_app, serve_service
+from services.common.server import GrpcApp, build_app, run_service
 from services.subscription.admin import Admin
 from services.subscription.model import Budget
 from services.subscription.notifier import ChangeNotifier
@@ -45,16 +43,20 @@ class Subscription:
 def create_server(
     settings: Settings, pool: AsyncConnectionPool, conninfo: str | None = None, *, prices: LastPriceSource | None = None
 ) -> Subscription:
+    """`conninfo` is the database of the notifier's own connection (the pool's by default);
+    `prices` the last-price source (the gateway's by default)."""
     budget = Budget(settings.feed_connections, settings.feed_instruments_per_connection)
     registry_channel = open_channel(settings.registry_addr)
-    gateway_prices = prices or GatewayLastPrices(settings.gateway_addr, settings.service_token)
+    gateway_prices = None
+    if prices is None:
+        prices = gateway_prices = GatewayLastPrices(settings.gateway_addr, settings.service_token)
     resolver = UnitResolver(
         registry_channel,
         ServiceCaller("registry", settings.service_token),
-        gateway_prices,
+        prices,
         ChainWidths(settings.stock_strikes_each_side, settings.index_strikes_each_side, settings.max_strikes_each_side),
     )
-    notifier = ChangeNotifier(conninfo or pool.conninfo)
+    notifier = ChangeNotifier(conninfo or _conninfo(pool))
     admin = Admin(pool, budget, settings.move_settle_seconds)
     servicer = SubscriptionServicer(
         budget,
@@ -71,27 +73,24 @@ def create_server(
         host=settings.grpc_host,
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
+        grace=settings.shutdown_grace_seconds,
     )
-    upkeep: list[asyncio.Task[None]] = []
 
     async def start_background() -> None:
-        notifier.start()
-        upkeep.append(asyncio.create_task(_upkeep(admin), name="subscription-upkeep"))
+        notifier.start(app.spawn)
+        app.spawn(_upkeep(admin), "subscription-upkeep")
 
-    async def stop_background() -> None:
-        for task in upkeep:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await notifier.stop()
-        await registry_channel.close()
-        close = getattr(gateway_prices, "close", None)
-        if close is not None:
-            await close()
-
-    app.until_ready = start_background
-    app.on_stop.append(stop_background)
+    app.before_serving.append(start_background)
+    app.on_stop.append(registry_channel.close)
+    if gateway_prices is not None:
+        app.on_stop.append(gateway_prices.close)
     return Subscription(app, admin, notifier)
+
+
+def _conninfo(pool: AsyncConnectionPool) -> str:
+    if not isinstance(pool.conninfo, str):
+        raise TypeError("the pool's conninfo is computed; pass the notifier's conninfo")
+    return pool.conninfo
 
 
 async def _upkeep(admin: Admin) -> None:
@@ -109,10 +108,5 @@ async def _upkeep(admin: Admin) -> None:
             log.exception("subscription upkeep failed")
 
 
-async def _create(settings: Settings, pool: AsyncConnectionPool | None) -> GrpcApp:
-    assert pool is not None
-    return create_server(settings, pool, pool.conninfo).app
-
-
 def serve() -> None:
-    uvloop.run(serve_service("subscription", DEFAULT_PORT, _create))
+    run_service("subscription", DEFAULT_PORT, create_server)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
-from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2, shard_pb2, shard_pb2_grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.clients import open_channel
-from services.common.instruments import SEGMENT_TO_PROTO, SEGMENTS_BY_WIRE_CODE
+from services.common.keys import proto_wire_key, wire_key_proto
+from services.common.tasks import Spawn
 from services.feed.codec import PACKET_SIZES, ProtocolErrors
 from services.feed.gateway.encoding import full_entry_prefix, key_field
 from services.feed.gateway.values import Value
@@ -33,7 +33,6 @@ from services.feed.records import (
     RECORD_HEADER,
     TICK_CODES,
     iter_records,
-    proto_wire_key,
     split_head,
 )
 
@@ -48,7 +47,7 @@ _SNAPSHOT_PART = {**dict.fromkeys(TICK_CODES, 2), OI_CODE: 3, PREV_CLOSE_CODE: 4
 SHARD_CHANNEL_OPTIONS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 256 * 1024))
 PACKETS = Counter("feed_gateway_packets_total", "Packets applied from the shards.")
 # How stale a shard message is when the gateway applies it: from the shard's receipt of its
-# first packet. What the gateway adds before batching starts (the shard's own part is ~1 ms).
+# first packet. What the gateway adds before batching starts (the shard's own part is small).
 INGEST_LAG = Histogram(
     "feed_gateway_ingest_lag_seconds",
     "From a shard receiving a message's first packet to the gateway applying it.",
@@ -61,12 +60,6 @@ class Subscriber(Protocol):
     def mark(self, key: int, sequence: int) -> None: ...
 
     def upstream_changed(self, event: feed_pb2.UpstreamStatusChange) -> None: ...
-
-
-def proto_key(key: int) -> common_pb2.InstrumentKey:
-    return common_pb2.InstrumentKey(
-        exchange_segment=SEGMENT_TO_PROTO[SEGMENTS_BY_WIRE_CODE[key & 0xFF]], security_id=key >> 8
-    )  # type: ignore[arg-type]
 
 
 class Instrument:
@@ -85,7 +78,7 @@ class Instrument:
 
     def __init__(self, key: int) -> None:
         self.key = key
-        self.key_proto = proto_key(key)
+        self.key_proto = wire_key_proto(key)
         self.full_prefix = full_entry_prefix(key_field(self.key_proto))
         self.latest: Value | None = None
         self.history: deque[Value] = deque(maxlen=HISTORY)
@@ -114,7 +107,6 @@ class Hub:
         self.links = [ShardLink(n, address) for n, address in enumerate(shard_addresses)]
         self.errors = ProtocolErrors()
         self._gateway_id = gateway_id
-        self._tasks: list[asyncio.Task[None]] = []
         self._channels: list[grpc.aio.Channel] = []
 
     # -- terminals ----------------------------------------------------------------------------
@@ -143,18 +135,12 @@ class Hub:
 
     # -- shards -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, spawn: Spawn) -> None:
         for link in self.links:
-            self._tasks.append(asyncio.create_task(self._follow(link), name=f"gateway-shard-{link.shard_id}"))
+            spawn(self._follow(link), f"gateway-shard-{link.shard_id}")
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+    async def close(self) -> None:
+        """Closes the shard channels, once the tasks following them have ended."""
         for channel in self._channels:
             await channel.close()
 
@@ -187,7 +173,7 @@ class Hub:
             link.restarted = bool(link.epoch) and link.epoch != message.hello.shard_epoch
             link.epoch = message.hello.shard_epoch
             link.connected = True
-            SHARDS_UP.set(sum(1 for l in self.links if l.connected))
+            SHARDS_UP.set(sum(1 for other in self.links if other.connected))
             if link.restarted:
                 log.warning("shard restarted", extra={"shard": link.shard_id})
             link.status = None
@@ -230,7 +216,7 @@ class Hub:
         if link.connected:
             link.connected = False
             link.interrupted_at = time.time()
-            SHARDS_UP.set(sum(1 for l in self.links if l.connected))
+            SHARDS_UP.set(sum(1 for other in self.links if other.connected))
             self._tell(link, feed_pb2.UPSTREAM_STATE_INTERRUPTED, reason, restarted=False)
         elif link.interrupted_at is None:
             link.interrupted_at = time.time()
@@ -240,7 +226,7 @@ class Hub:
             self._tell(link, feed_pb2.UPSTREAM_STATE_RESTORED, "shard stream restored", restarted=link.restarted)
             link.interrupted_at = None
 
-    def _tell(self, link: ShardLink, state: int, reason: str, *, restarted: bool) -> None:
+    def _tell(self, link: ShardLink, state: feed_pb2.UpstreamState, reason: str, *, restarted: bool) -> None:
         affected: dict[Subscriber, int] = {}
         for key in link.instruments:
             instrument = self.instruments.get(key)
@@ -251,7 +237,7 @@ class Hub:
             event = feed_pb2.UpstreamStatusChange(
                 shard_id=link.shard_id,
                 state=state,
-                affected_instruments=count,  # type: ignore[arg-type]
+                affected_instruments=count,
                 shard_restarted=restarted,
                 reason=reason,
             )

@@ -3,11 +3,9 @@ snapshot, and shard status."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from dataserver.common.v1 import common_pb2
@@ -15,37 +13,24 @@ from dataserver.feed.v1 import feed_pb2
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
-from prometheus_client import Gauge
 
-from services.common.auth import current_principal
+from services.common.auth import current_principal, principal_var
 from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, NotFound, ServiceError
-from services.common.instruments import PROTO_TO_SEGMENT
+from services.common.keys import checked_wire_key
 from services.feed.gateway.hub import Hub
-from services.feed.gateway.streams import (
-    CLOCK_SECONDS,
-    INTERACTIVE,
-    MAX_BATCH_TICKS,
-    MAX_DELAY_SECONDS,
-    STREAM_TICKS,
-    Dispatcher,
-    TerminalStream,
-)
+from services.feed.gateway.streams import INTERACTIVE, MAX_BATCH_TICKS, MAX_DELAY_SECONDS, STREAM_TICKS, TerminalStream
+from services.feed.gateway.terminals import Terminals
 from services.feed.gateway.watchlist import WatchlistFollower
-from services.feed.records import wire_key
 
-PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
-PENDING_MAX = Gauge(
-    "feed_gateway_stream_pending_max", "The most instruments pending on one stream (bounded by its size)."
-)
-
+SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 MAX_INSTRUMENTS_PER_STREAM = 5000
 MAX_SNAPSHOT_KEYS = 1000
-CHECK_SECONDS = 1.0
+_REGISTRY_LOOKUPS = 100  # unknown keys of one request asked about at the registry
 
 
-def _mode(value: int) -> int:
-    return value or common_pb2.FEED_MODE_FULL
+def _mode(value: int) -> common_pb2.FeedMode:
+    return cast(common_pb2.FeedMode, value or common_pb2.FEED_MODE_FULL)
 
 
 def _batching(options: feed_pb2.BatchOptions) -> dict[str, Any]:
@@ -59,38 +44,27 @@ def _batching(options: feed_pb2.BatchOptions) -> dict[str, Any]:
 
 
 def _key(proto: common_pb2.InstrumentKey) -> int:
-    segment = PROTO_TO_SEGMENT.get(proto.exchange_segment)
-    if segment is None or proto.security_id == 0:
-        raise InvalidArgument("every key needs an exchange_segment and a positive security_id")
-    return wire_key(segment, proto.security_id)
+    return checked_wire_key(proto, "every key")
+
+
+def _result(command: feed_pb2.InteractiveStreamTicksRequest, **fields: Any) -> feed_pb2.CommandResult:
+    return feed_pb2.CommandResult(correlation_id=command.correlation_id, **fields)
 
 
 class GatewayServicer:
     def __init__(
         self,
         hub: Hub,
+        terminals: Terminals,
         subscription: subscription_pb2_grpc.SubscriptionServiceStub,
         registry: registry_pb2_grpc.RegistryServiceStub,
         caller: ServiceCaller,
-        *,
-        batch_seconds: float = CLOCK_SECONDS,
     ) -> None:
         self._hub = hub
+        self._terminals = terminals
         self._subscription = subscription
         self._registry = registry
         self._caller = caller
-        self.streams: set[TerminalStream] = set()
-        self.dispatcher = Dispatcher(batch_seconds)
-
-    async def check_streams(self) -> None:
-        """Heartbeats and slow-consumer checks, once a second."""
-        while True:
-            await asyncio.sleep(CHECK_SECONDS)
-            now = time.monotonic()
-            for stream in list(self.streams):
-                stream.check(now)
-            PENDING.set(sum(len(s.pending) for s in self.streams))
-            PENDING_MAX.set(max((len(s.pending) for s in self.streams), default=0))
 
     async def _states(
         self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]
@@ -101,7 +75,7 @@ class GatewayServicer:
         accepted: list[int] = []
         unknown: list[tuple[int, feed_pb2.InstrumentState]] = []
         for key, proto in zip(keys, protos, strict=True):
-            state = feed_pb2.InstrumentState(key=proto, mode=stream.mode)  # type: ignore[arg-type]
+            state = feed_pb2.InstrumentState(key=proto, mode=_mode(stream.mode))
             if key in stream.keys or key in accepted:
                 state.status = feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED
             elif room <= 0:
@@ -118,7 +92,12 @@ class GatewayServicer:
                     unknown.append((key, state))
             states.append(state)
         stream.add(accepted)
-        for key, state in unknown[:100]:  # ask the registry about a bounded number
+        await self._not_upstream(stream, unknown)
+        return states
+
+    async def _not_upstream(self, stream: TerminalStream, unknown: list[tuple[int, feed_pb2.InstrumentState]]) -> None:
+        """Keys no shard carries: not in the master (and off the stream), or not subscribed."""
+        for key, state in unknown[:_REGISTRY_LOOKUPS]:
             try:
                 await self._caller.call(self._registry.GetInstrument, registry_pb2.GetInstrumentRequest(key=state.key))
             except NotFound:
@@ -130,9 +109,8 @@ class GatewayServicer:
                 pass
             state.status = feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
             state.message = "not subscribed at the broker; add it to a watchlist, ticks flow once it is"
-        for key, state in unknown[100:]:
+        for _, state in unknown[_REGISTRY_LOOKUPS:]:
             state.status = feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
-        return states
 
     async def _touch_keys(self, keys: list[common_pb2.InstrumentKey]) -> None:
         with contextlib.suppress(ServiceError):
@@ -144,12 +122,8 @@ class GatewayServicer:
     async def StreamTicks(
         self, request: feed_pb2.StreamTicksRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        stream = TerminalStream(
-            self._hub, self.dispatcher, _mode(request.mode), STREAM_TICKS, **_batching(request.batch_options)
-        )
-        follower: WatchlistFollower | None = None
-        selection = request.WhichOneof("selection")
-        try:
+        with self._terminals.open(_mode(request.mode), STREAM_TICKS, **_batching(request.batch_options)) as stream:
+            selection = request.WhichOneof("selection")
             if selection == "instruments":
                 protos = list(request.instruments.keys)
                 if not protos:
@@ -167,115 +141,74 @@ class GatewayServicer:
                     feed_pb2.InstrumentState(
                         key=self._hub.instrument(k).key_proto,
                         status=feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED,
-                        mode=stream.mode,
+                        mode=_mode(stream.mode),
                     )
                     for k in keys
-                ]  # type: ignore[arg-type]
+                ]
                 follower.follow(stream)
             else:
                 raise InvalidArgument("set a selection: instruments (a list of keys) or my_watchlist: true")
-            self.streams.add(stream)
-            stream.task = asyncio.current_task()
             yield stream.snapshot(keys, states)
             async for message in stream.run():
                 yield message
-        finally:
-            self.streams.discard(stream)
-            stream.close()
-            if follower is not None:
-                follower.stop()
 
     async def InteractiveStreamTicks(
         self, request_iterator: AsyncIterator[feed_pb2.InteractiveStreamTicksRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        stream = TerminalStream(self._hub, self.dispatcher, common_pb2.FEED_MODE_FULL, INTERACTIVE)
-        stream.task = asyncio.current_task()
-        self.streams.add(stream)
-        principal = current_principal()
+        with self._terminals.open(common_pb2.FEED_MODE_FULL, INTERACTIVE) as stream:
+            principal = current_principal()
 
-        async def commands() -> None:
-            from services.common.auth import principal_var
+            async def commands() -> None:
+                principal_var.set(principal)
+                async for command in request_iterator:
+                    await self._command(stream, command)
+                stream.close_reason = ""  # the client finished sending; keep streaming until it hangs up
 
-            principal_var.set(principal)
-            async for command in request_iterator:
-                await self._command(stream, command)
-            stream.close_reason = ""  # the client finished sending; keep streaming until it hangs up
-
-        reader = asyncio.create_task(commands())
-        try:
+            stream.spawn(commands(), "gateway-interactive-commands")
             async for message in stream.run():
                 yield message
-        finally:
-            reader.cancel()
-            self.streams.discard(stream)
-            stream.close()
 
     async def _command(self, stream: TerminalStream, command: feed_pb2.InteractiveStreamTicksRequest) -> None:
         kind = command.WhichOneof("command")
         if kind == "add":
-            if command.add.mode:
-                stream.mode = command.add.mode
-            protos = list(command.add.keys)
-            try:
-                keys = [_key(k) for k in protos]
-            except InvalidArgument as error:
-                stream.post(
-                    stream.shape.response(
-                        result=feed_pb2.CommandResult(
-                            correlation_id=command.correlation_id,
-                            instruments=[
-                                feed_pb2.InstrumentState(
-                                    key=k, status=feed_pb2.INSTRUMENT_STATUS_NOT_FOUND, message=error.message
-                                )
-                                for k in protos
-                            ],
-                        )
-                    )
-                )
-                return
-            states = await self._states(stream, keys, protos)
-            stream.post(
-                stream.shape.response(
-                    result=feed_pb2.CommandResult(correlation_id=command.correlation_id, instruments=states)
-                )
-            )
-            stream.post(
-                stream.snapshot(
-                    [k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED],
-                    [],
-                    command.correlation_id,
-                )
-            )
-            await self._touch_keys(protos)
+            await self._add(stream, command)
         elif kind == "remove":
             keys = []
             for proto in command.remove.keys:
                 with contextlib.suppress(InvalidArgument):
                     keys.append(_key(proto))
             stream.remove(keys)
-            stream.post(
-                stream.shape.response(
-                    result=feed_pb2.CommandResult(
-                        correlation_id=command.correlation_id,
-                        instruments=[
-                            feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_REMOVED)
-                            for k in command.remove.keys
-                        ],
-                    )
-                )
-            )
+            removed = [
+                feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_REMOVED) for k in command.remove.keys
+            ]
+            stream.post(stream.shape.response(result=_result(command, instruments=removed)))
         elif kind == "batch_options":
             try:
                 batching = _batching(command.batch_options)
             except InvalidArgument as error:
-                stream.post(
-                    stream.shape.response(
-                        result=feed_pb2.CommandResult(correlation_id=command.correlation_id, message=error.message)
-                    )
-                )
+                stream.post(stream.shape.response(result=_result(command, message=error.message)))
                 return
             stream.max_batch, stream.delay = batching["max_batch"], batching["delay"]
-            stream.post(stream.shape.response(result=feed_pb2.CommandResult(correlation_id=command.correlation_id)))
+            stream.post(stream.shape.response(result=_result(command)))
+
+    async def _add(self, stream: TerminalStream, command: feed_pb2.InteractiveStreamTicksRequest) -> None:
+        if command.add.mode:
+            stream.mode = command.add.mode
+        protos = list(command.add.keys)
+        try:
+            keys = [_key(k) for k in protos]
+        except InvalidArgument as error:
+            refused = [
+                feed_pb2.InstrumentState(key=k, status=feed_pb2.INSTRUMENT_STATUS_NOT_FOUND, message=error.message)
+                for k in protos
+            ]
+            stream.post(stream.shape.response(result=_result(command, instruments=refused)))
+            return
+        states = await self._states(stream, keys, protos)
+        stream.post(stream.shape.response(result=_result(command, instruments=states)))
+        subscribed = [k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED]
+        stream.post(stream.snapshot(subscribed, [], command.correlation_id))
+        await self._touch_keys(protos)
 
     async def GetSnapshot(
         self, request: feed_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
@@ -313,7 +246,7 @@ def _serialize(message: Any) -> bytes:
 def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
     """Like the generated add_GatewayServiceServicer_to_server, but the tick streams accept
     pre-serialised batches."""
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "StreamTicks": grpc.unary_stream_rpc_method_handler(
             servicer.StreamTicks,
             request_deserializer=feed_pb2.StreamTicksRequest.FromString,
@@ -335,6 +268,4 @@ def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
             response_serializer=feed_pb2.GetShardStatusResponse.SerializeToString,
         ),
     }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("dataserver.feed.v1.GatewayService", handlers),)
-    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from google.protobuf.duration_pb2 import Duration
 from prometheus_client import Counter, Histogram
 
 from services.common.errors import ResourceExhausted
+from services.common.tasks import cancel_soon
 from services.feed.gateway.encoding import varint
 from services.feed.gateway.hub import Hub
 
@@ -45,14 +46,15 @@ BATCH_WRITE = Histogram(
     "feed_gateway_batch_write_seconds", "From a batch being taken to gRPC accepting its write.", buckets=_WAIT_BUCKETS
 )
 
-# The dispatcher's clock (GATEWAY_BATCH_SECONDS). A gRPC message costs ~60 µs of CPU here
-# and ~70 at the terminal whatever its size, against ~10 µs per tick (make bench, 2 cores),
-# so ticks wait up to one period to share a message. The clock's ticks are event-loop timers, so under load they come late and the
-# period stretches by itself (at 50,000 ticks/s on 2 cores a stream gets a batch every ~20
-# ms). Measured end to end (make bench): at 12,500 ticks/s a 10 ms period gives p99 16-18
-# ms against 26 ms for 20 ms; at 50,000 the two are within the run-to-run spread.
+# The dispatcher's clock (GATEWAY_BATCH_SECONDS). A gRPC message costs far more CPU, here
+# and at the terminal, than a tick in it (make bench), so ticks wait up to one period to
+# share a message. The clock's ticks are event-loop timers, so under load they come late and
+# the period stretches by itself: the busier the gateway, the bigger the batches. A shorter
+# period lowers latency at moderate rates for more CPU (make bench measures both).
 CLOCK_SECONDS = 0.010
-SLICES = 10  # at 50,000 ticks/s: 10 gave p99 42-46 ms in 4 runs alternating with 5 (38-67); 20 gave 55-57 (timers)
+# Phases of the clock's period (see Dispatcher): fewer release more streams at once, more
+# cost more timers; chosen by end-to-end latency under load (make bench).
+SLICES = 10
 MAX_DELAY_SECONDS = 1.0
 MAX_BATCH_TICKS = 5000
 HEARTBEAT_SECONDS = 5.0
@@ -86,7 +88,7 @@ class Dispatcher:
     Streams are spread round robin over SLICES phases of the period and released a slice at
     a time, so each release is a fraction of the streams' work: in between, the event loop
     reads the shards, instead of their messages waiting behind every stream's batch at once
-    (at 50,000 ticks/s, make bench: shard receipt -> batch taken p50 34-38 -> 14-20 ms)."""
+    (which shows as ingest latency under load, make bench)."""
 
     def __init__(self, period: float = CLOCK_SECONDS, slices: int = SLICES) -> None:
         self.period = period
@@ -150,9 +152,10 @@ class TerminalStream:
         self._waiter: asyncio.Future[None] | None = None  # set while the generator waits for work
         self._missed = False  # the clock found it still writing
         self._due = dispatcher.slot()  # where it waits for its release, in the dispatcher
-        # The task running this stream's RPC, cancelled when a terminal blocked in a write
+        # The task of the RPC that opened it, cancelled when a terminal blocked in a write
         # ignores the close for too long (its generator cannot raise while it is blocked).
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Task[Any] | None = asyncio.current_task()
+        self._tasks: list[asyncio.Task[None]] = []  # work that lives as long as the stream
 
     # -- called by the hub on the hot path -------------------------------------------------
 
@@ -196,10 +199,18 @@ class TerminalStream:
             self.pending.pop(key, None)
         self.hub.detach(self, gone)
 
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Runs `coroutine` until the stream closes (its command reader, its watchlist follower)."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.append(task)
+        return task
+
     def close(self) -> None:
         self.hub.detach(self, list(self.keys))
         self.keys.clear()
         self._due.discard(self)
+        cancel_soon(self._tasks)
+        self._tasks.clear()
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -302,6 +313,11 @@ class TerminalStream:
                     )
                 )
             )
+
+    @property
+    def waiting(self) -> bool:
+        """Whether its generator waits for work (not suspended in gRPC's write of its last message)."""
+        return self._waiter is not None
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -13,16 +13,12 @@ from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.clients import ServiceCaller
+from services.common.keys import proto_wire_key
 from services.feed.gateway.streams import TerminalStream
-from services.feed.records import proto_wire_key
 
 log = logging.getLogger(__name__)
 
 TOUCH_SECONDS = 60.0
-
-
-def _keys(keys: object) -> list[int]:
-    return [proto_wire_key(k) for k in keys]  # type: ignore[attr-defined]
 
 
 class WatchlistFollower:
@@ -32,8 +28,9 @@ class WatchlistFollower:
         self._stub = stub
         self._caller = caller
         self._user_id = user_id
-        self._events: grpc.aio.UnaryStreamCall | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._events: (
+            grpc.aio.UnaryStreamCall[spb.WatchWatchlistEventsRequest, spb.WatchWatchlistEventsResponse] | None
+        ) = None
         self.unit_keys: dict[str, set[int]] = {}  # active item id -> its instruments
 
     @property
@@ -48,6 +45,14 @@ class WatchlistFollower:
         self._events = self._stub.WatchWatchlistEvents(
             spb.WatchWatchlistEventsRequest(user_id=self._user_id), metadata=self._caller.metadata()
         )
+        try:
+            return await self._list()
+        except BaseException:
+            self._events.cancel()
+            raise
+
+    async def _list(self) -> list[int]:
+        assert self._events is not None
         await self._events.read()  # the snapshot; instruments come from the listing below
         token = ""
         while True:
@@ -62,23 +67,31 @@ class WatchlistFollower:
                 ),
             )
             for item in page.watchlist_items:
-                self.unit_keys[item.item_id] = set(_keys(item.instruments))
+                self.unit_keys[item.item_id] = {proto_wire_key(k) for k in item.instruments}
             token = page.next_page_token
             if not token:
                 return sorted(self.keys())
 
     def follow(self, stream: TerminalStream) -> None:
-        self._tasks.append(asyncio.create_task(self._apply_events(stream), name=f"watchlist-{self._user_id}"))
-        self._tasks.append(asyncio.create_task(self._touch(), name=f"watchlist-touch-{self._user_id}"))
+        """Follows the events and touches the units for as long as `stream` lasts; the event
+        call ends with the task that reads it, whichever way that task ends."""
+        events = self._events
+        assert events is not None
+        reader = stream.spawn(self._apply_events(stream, events), f"watchlist-{self._user_id}")
+        reader.add_done_callback(lambda _: events.cancel())
+        stream.spawn(self._touch(), f"watchlist-touch-{self._user_id}")
 
-    async def _apply_events(self, stream: TerminalStream) -> None:
-        assert self._events is not None
+    async def _apply_events(
+        self,
+        stream: TerminalStream,
+        events: grpc.aio.UnaryStreamCall[spb.WatchWatchlistEventsRequest, spb.WatchWatchlistEventsResponse],
+    ) -> None:
         try:
             while True:
                 # read(), not `async for`: the call was already read from, and gRPC does not
                 # allow mixing the two.
-                message = await self._events.read()
-                if message is grpc.aio.EOF:
+                message = await events.read()
+                if not isinstance(message, spb.WatchWatchlistEventsResponse):  # EOF
                     raise grpc.aio.AioRpcError(
                         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream ended"
                     )
@@ -89,8 +102,8 @@ class WatchlistFollower:
                 before = self.keys()
                 if event.kind in (spb.WATCHLIST_EVENT_KIND_ADDED, spb.WATCHLIST_EVENT_KIND_RECENTERED):
                     unit = self.unit_keys.setdefault(item_id, set())
-                    unit.update(_keys(event.instruments_added))
-                    unit.difference_update(_keys(event.instruments_removed))
+                    unit.update(proto_wire_key(k) for k in event.instruments_added)
+                    unit.difference_update(proto_wire_key(k) for k in event.instruments_removed)
                 else:
                     self.unit_keys.pop(item_id, None)
                 # An instrument another active unit of the user still holds keeps streaming.
@@ -112,9 +125,3 @@ class WatchlistFollower:
                 except Exception as error:  # touching is best effort
                     log.debug("RecordUsage failed", extra={"error": str(error)})
             await asyncio.sleep(TOUCH_SECONDS)
-
-    def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._events is not None:
-            self._events.cancel()

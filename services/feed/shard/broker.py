@@ -27,7 +27,7 @@ def feed_url(base: str, client_id: str, token: str) -> str:
     return f"{base.rstrip('/')}/?{query}"
 
 
-class _Listener(WSListener):  # type: ignore[misc]
+class _Listener(WSListener):
     def __init__(self, connection: BrokerConnection) -> None:
         self._connection = connection
 

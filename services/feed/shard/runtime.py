@@ -14,7 +14,6 @@ Failure handling, per the broker's rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -23,19 +22,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import grpc
+from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2, shard_pb2
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from services.common.clients import ServiceCaller
 from services.common.config import Settings
-from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO
+from services.common.keys import key_from_proto, key_proto, wire_key
 from services.common.looplag import watch_loop_lag
 from services.common.market_calendar import is_market_open
+from services.common.tasks import Spawn
+from services.common.timestamps import timestamp_from_epoch
 from services.feed.codec import FeedMode
-from services.feed.records import wire_key
 from services.feed.shard.broker import BrokerConnection, feed_url
 from services.feed.shard.cache import Ingest, LastValues
 from services.feed.shard.reconcile import Instrument, plan_messages
@@ -61,12 +63,13 @@ _STABLE_SECONDS = 30.0
 # a fresh snapshot), so overload never turns into minutes of latency. Time, not a count: a
 # feed read brings anything from one packet to hundreds.
 BEHIND_LIMIT_SECONDS = 10.0
-# Most record bytes merged into one message: ~1,470 Full packets, which the gateway applies
-# in ~4 ms, so catching up never blocks its event loop (and every terminal stream) for long.
+# Most record bytes merged into one message: enough to make catching up a few big reads,
+# few enough that applying one never blocks the gateway's event loop (and every terminal
+# stream) for long.
 MERGE_BYTES = 256 * 1024
 
 MODES = {1: FeedMode.TICKER, 2: FeedMode.QUOTE, 3: FeedMode.FULL}
-PROTO_MODES = {mode: proto for proto, mode in MODES.items()}
+PROTO_MODES = {mode: cast(common_pb2.FeedMode, proto) for proto, mode in MODES.items()}
 
 PACKETS = Counter("feed_shard_packets_total", "Packets applied to the last-value cache.", ["shard"])
 RECONNECTS = Counter("feed_shard_reconnects_total", "Broker reconnects, by cause.", ["shard", "cause"])
@@ -134,16 +137,6 @@ class GatewayStream:
         )
 
 
-def _timestamp(epoch_seconds: float | None) -> object:
-    if not epoch_seconds:
-        return None
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.fromtimestamp(epoch_seconds, tz=UTC))
-    return stamp
-
-
 class ShardRuntime:
     def __init__(self, settings: Settings, subscription: grpc.aio.Channel) -> None:
         self.settings = settings
@@ -172,14 +165,13 @@ class ShardRuntime:
         self._connected_monotonic = 0.0
         self._disconnect_code: int | None = None
         self._changed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         # Told when the shard stops for good (806-810) so health can say NOT_SERVING.
         self.on_health: Callable[[bool], object] = lambda serving: None
         self.late_first_ticks = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, spawn: Spawn) -> None:
         for coroutine, name in (
             (self._follow_assignments(), "assignments"),
             (self._run_connection(), "broker"),
@@ -187,14 +179,10 @@ class ShardRuntime:
             (self._watch(), "watchdog"),
             (watch_loop_lag(), "loop-lag"),
         ):
-            self._tasks.append(asyncio.create_task(coroutine, name=f"shard-{self.shard_id}-{name}"))
+            spawn(coroutine, f"shard-{self.shard_id}-{name}")
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def close(self) -> None:
+        """Closes the broker connection, once the tasks using it have ended."""
         if self._connection is not None:
             self._connection.close()
 
@@ -222,12 +210,12 @@ class ShardRuntime:
     def apply_assignment(self, message: subscription_pb2.WatchAssignmentsResponse) -> None:
         before = dict(self.desired)
         if message.kind == subscription_pb2.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT:
-            self.desired = {self._instrument(a.key): MODES.get(a.mode, FeedMode.FULL) for a in message.assignments}
+            self.desired = {key_from_proto(a.key): MODES.get(a.mode, FeedMode.FULL) for a in message.assignments}
         elif message.kind == subscription_pb2.ASSIGNMENT_MESSAGE_KIND_CHANGES:
             for assignment in (*message.added, *message.updated):
-                self.desired[self._instrument(assignment.key)] = MODES.get(assignment.mode, FeedMode.FULL)
+                self.desired[key_from_proto(assignment.key)] = MODES.get(assignment.mode, FeedMode.FULL)
             for key in message.removed:
-                self.desired.pop(self._instrument(key), None)
+                self.desired.pop(key_from_proto(key), None)
         self.assignment_version = message.version
         if self.desired != before:
             self._changed.set()
@@ -240,26 +228,16 @@ class ShardRuntime:
                     shard_sequence=self.shard_sequence,
                     instruments_change=shard_pb2.ShardInstrumentsChange(
                         upserted=[self._shard_instrument(i) for i in changed],
-                        removed=[self._key_proto(i) for i in removed],
+                        removed=[key_proto(i) for i in removed],
                         assignment_version=self.assignment_version,
                     ),
                 )
             )
 
-    @staticmethod
-    def _instrument(key: object) -> Instrument:
-        return (PROTO_TO_SEGMENT[key.exchange_segment], key.security_id)  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _key_proto(instrument: Instrument) -> object:
-        from dataserver.common.v1 import common_pb2
-
-        return common_pb2.InstrumentKey(exchange_segment=SEGMENT_TO_PROTO[instrument[0]], security_id=instrument[1])  # type: ignore[arg-type]
-
     def _shard_instrument(self, instrument: Instrument) -> shard_pb2.ShardInstrument:
         return shard_pb2.ShardInstrument(
-            key=self._key_proto(instrument),
-            mode=PROTO_MODES[self.desired[instrument]],  # type: ignore[arg-type]
+            key=key_proto(instrument),
+            mode=PROTO_MODES[self.desired[instrument]],
             subscribed=self.actual.get(instrument) == self.desired[instrument],
         )
 
@@ -406,7 +384,7 @@ class ShardRuntime:
         hello = shard_pb2.StreamShardTicksResponse(
             shard_sequence=self.shard_sequence,
             hello=shard_pb2.ShardHello(
-                shard_id=self.shard_id, shard_epoch=self.epoch, started_at=_timestamp(self.started_at)
+                shard_id=self.shard_id, shard_epoch=self.epoch, started_at=timestamp_from_epoch(self.started_at)
             ),
         )
         snapshot = shard_pb2.StreamShardTicksResponse(
@@ -433,19 +411,21 @@ class ShardRuntime:
             shard_epoch=self.epoch,
             connection_state=self.state,
             reachable=True,
-            reported_at=_timestamp(time.time()),
+            reported_at=timestamp_from_epoch(time.time()),
             last_disconnect_code=self.last_disconnect_code,
             last_disconnect_reason=self.last_disconnect_reason,
-            last_disconnect_at=_timestamp(self.last_disconnect_at),
-            connected_at=_timestamp(self.connected_at) if self.state == feed_pb2.CONNECTION_STATE_CONNECTED else None,
+            last_disconnect_at=timestamp_from_epoch(self.last_disconnect_at),
+            connected_at=timestamp_from_epoch(self.connected_at)
+            if self.state == feed_pb2.CONNECTION_STATE_CONNECTED
+            else None,
             instruments_assigned=len(self.desired),
             instruments_subscribed=sum(1 for i, m in self.actual.items() if self.desired.get(i) == m),
             instruments_awaiting_first_tick=self.late_first_ticks,
             frames_received=counters.frames,
             packets_received=counters.packets,
             protocol_errors=counters.protocol_errors,
-            last_frame_at=_timestamp(last_frame),
+            last_frame_at=timestamp_from_epoch(last_frame),
             reconnect_count=self.reconnect_count,
-            next_retry_at=_timestamp(self.next_retry_at),
+            next_retry_at=timestamp_from_epoch(self.next_retry_at),
             assignment_version=self.assignment_version,
         )

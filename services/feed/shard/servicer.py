@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
@@ -25,8 +27,8 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
             raise InvalidArgument("gateway_id is required (any id naming the caller, for logs)")
         stream, opening = self._runtime.attach()
         try:
-            for message in opening:
-                yield message
+            for first in opening:
+                yield first
             loop = asyncio.get_running_loop()
             status_due = loop.time()
             while True:
@@ -39,16 +41,14 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                 message = stream.take()
                 if message is None:
                     # Only an idle stream pays for a timed wait; a busy one drains without a task per message.
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stream.ready.wait(), max(0.0, status_due - loop.time()))
-                    except TimeoutError:
-                        pass
                     continue
                 if message is Overflow:
                     raise ResourceExhausted(
                         "the gateway fell too far behind this shard; reconnect for a fresh snapshot"
                     )
-                yield message  # type: ignore[misc]
+                yield cast(shard_pb2.StreamShardTicksResponse, message)
         finally:
             self._runtime.detach(stream)
 

@@ -1,0 +1,86 @@
+"""The shared server's lifecycle: serving as a context manager, and background work that
+fails turning health NOT_SERVING and ending the process with a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.server import build_app
+from tests.crashing_service import TASK_NAME
+from tests.feed_fixtures import eventually
+
+
+async def _health(address: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        return reply.status
+
+
+async def test_serving_runs_the_start_up_work_then_drains_and_ends_the_tasks() -> None:
+    app = build_app(["test.Empty"], lambda server: None, host="127.0.0.1", port=0, authenticator=None)
+    steps: list[str] = []
+    ended = asyncio.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    async def start_up() -> None:
+        assert await _health(app.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        app.spawn(forever(), "test-forever")
+        steps.append("started")
+
+    async def clean_up() -> None:
+        steps.append("cleaned up")
+
+    app.before_serving.append(start_up)
+    app.on_stop.append(clean_up)
+    async with app:
+        assert steps == ["started"]
+        assert await _health(app.address) == health_pb2.HealthCheckResponse.SERVING
+    assert ended.is_set() and steps == ["started", "cleaned up"]
+
+
+def _port(log_path: Path) -> int | None:
+    for line in log_path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("msg") == "started":
+            return int(record["port"])
+    return None
+
+
+async def test_a_failed_background_task_turns_health_not_serving_and_exits_non_zero(tmp_path: Path) -> None:
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.crashing_service", stderr=log_file)
+    try:
+        port = await eventually(lambda: process.returncode is None and _port(log_path), what="the service's port")
+        address = f"127.0.0.1:{port}"
+
+        async def serving() -> bool:
+            return await _health(address) == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(serving, what="health SERVING")
+        async with grpc.aio.insecure_channel(address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            process.send_signal(signal.SIGUSR1)  # its background task fails
+            assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+        assert await asyncio.wait_for(process.wait(), 30) == 1
+        records = [json.loads(line) for line in log_path.read_text().splitlines()]
+        failed = [r for r in records if r.get("task") == TASK_NAME]
+        assert failed and failed[0]["level"] == "ERROR" and "the background task broke" in json.dumps(failed[0])
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -28,11 +28,10 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
 from services.common.config import Settings, load_settings
-from services.common.db import open_pool, resolve_database_url
+from services.common.db import Pool, open_pool, resolve_database_url
 from services.common.interceptors import ServerInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.metrics import start_metrics_server
@@ -196,9 +195,7 @@ async def serve_app(settings: Settings, app: GrpcApp) -> int:
     return EXIT_TASK_FAILED if app.failure is not None else 0
 
 
-async def _serve_with_database(
-    service: str, default_port: int, create: Callable[[Settings, AsyncConnectionPool], Service]
-) -> int:
+async def _serve_with_database(service: str, default_port: int, create: Callable[[Settings, Pool], Service]) -> int:
     settings = load_settings(grpc_port=default_port)
     configure_logging(service, settings.log_level)
     conninfo = resolve_database_url(settings)
@@ -215,7 +212,7 @@ async def _serve_without_database(service: str, default_port: int, create: Calla
     return await serve_app(settings, create(settings).app)
 
 
-def run_service(service: str, default_port: int, create: Callable[[Settings, AsyncConnectionPool], Service]) -> None:
+def run_service(service: str, default_port: int, create: Callable[[Settings, Pool], Service]) -> None:
     """The `serve()` of a service with a database: config, logs, migrations, pool, then `serve_app`."""
     sys.exit(uvloop.run(_serve_with_database(service, default_port, create)))
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from dataserver.registry.v1 import registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
 from services.common.clients import ServiceCaller, open_channel
 from services.common.config import Settings
+from services.common.db import Pool
 from services.common.looplag import watch_loop_lag
 from services.common.server import GrpcApp, build_app, run_service
 from services.feed.gateway.hub import Hub
@@ -28,7 +28,7 @@ class Gateway:
     terminals: Terminals
 
 
-def create_server(settings: Settings, pool: AsyncConnectionPool) -> Gateway:
+def create_server(settings: Settings, pool: Pool) -> Gateway:
     hub = Hub(settings.gateway_shard_addrs, gateway_id=f"gateway-{uuid.uuid4().hex[:8]}")
     terminals = Terminals(hub, settings.gateway_batch_seconds)
     subscription_channel = open_channel(settings.subscription_addr)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from dataserver.common.v1 import common_pb2
 from dataserver.registry.v1 import registry_pb2
 
@@ -25,7 +23,7 @@ def instrument_proto(record: InstrumentRecord) -> common_pb2.Instrument:
     return common_pb2.Instrument(
         key=key_proto((record.segment, record.security_id)),
         exchange=record.exchange,
-        instrument_type=cast(common_pb2.InstrumentType, INSTRUMENT_TYPE_TO_PROTO[record.instrument_type]),
+        instrument_type=INSTRUMENT_TYPE_TO_PROTO[record.instrument_type],
         trading_symbol=record.trading_symbol,
         display_name=record.display_name,
         underlying_symbol=record.underlying_symbol,

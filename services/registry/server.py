@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import date
 
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
 from services.common.config import Settings
+from services.common.db import Pool
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
 from services.common.market_calendar import today_ist
 from services.common.server import GrpcApp, build_app, run_service
@@ -35,7 +35,7 @@ class Registry:
             await self.holder.load(self.config.resolve(self.config.default_source, "", trading_date), trading_date)
 
 
-def create_server(settings: Settings, pool: AsyncConnectionPool, *, prices: LastPriceSource | None = None) -> Registry:
+def create_server(settings: Settings, pool: Pool, *, prices: LastPriceSource | None = None) -> Registry:
     """`prices` is the last-price source for option chains (the gateway's by default)."""
     store = RegistryStore(pool)
     holder = MasterHolder(store)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dataserver.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
 from services.common.config import Settings
+from services.common.db import Pool
 from services.common.server import GrpcApp, build_app, run_service
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
@@ -21,7 +21,7 @@ class Scheduler:
     app: GrpcApp
 
 
-def create_server(settings: Settings, pool: AsyncConnectionPool) -> Scheduler:
+def create_server(settings: Settings, pool: Pool) -> Scheduler:
     servicer = scheduler_pb2_grpc.SchedulerServiceServicer()
     return Scheduler(
         build_app(

@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) drains every service and stops Postgres.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -123,7 +125,8 @@ async def wait_serving(process: Process, deadline: float) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                # types-grpcio-health-checking's HealthStub declares no methods.
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)  # type: ignore[attr-defined]
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:
@@ -173,14 +176,22 @@ def banner(processes: list[Process]) -> str:
     lines += [
         "",
         "Try (grpcurl needs no proto files; the server has reflection):",
-        f'  grpcurl -plaintext -d \'{{"query": "RELIANCE", "page_size": 5}}\' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/SearchInstruments',
-        f'  grpcurl -plaintext -d \'{{"underlying_symbol": "NIFTY", "use_last_price": true, "strikes_each_side": 5}}\' 127.0.0.1:{registry} dataserver.registry.v1.RegistryService/GetOptionChain',
+        _grpcurl(registry, "registry.v1.RegistryService/SearchInstruments", '{"query": "RELIANCE", "page_size": 5}'),
+        _grpcurl(
+            registry,
+            "registry.v1.RegistryService/GetOptionChain",
+            '{"underlying_symbol": "NIFTY", "use_last_price": true, "strikes_each_side": 5}',
+        ),
         "Live NIFTY option ticks (the dev user's watchlist holds NIFTY's chain; Tier B is preloaded):",
-        f"  grpcurl -plaintext -d '{{\"my_watchlist\": true}}' 127.0.0.1:{gateway} dataserver.feed.v1.GatewayService/StreamTicks",
+        _grpcurl(gateway, "feed.v1.GatewayService/StreamTicks", '{"my_watchlist": true}'),
         "",
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _grpcurl(port: int, method: str, body: str) -> str:
+    return f"  grpcurl -plaintext -d '{body}' 127.0.0.1:{port} dataserver.{method}"
 
 
 async def run() -> int:
@@ -198,15 +209,17 @@ async def run() -> int:
             "METRICS_PORT": str(process.metrics_port),
             **dict(process.env),
         }
-        children[process.name] = subprocess.Popen(process.argv, env=env)
+        children[process.name] = subprocess.Popen(process.argv, env=env)  # noqa: ASYNC220 (a fork, before serving)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         deadline = loop.time() + READY_TIMEOUT_SECONDS
-        ready = asyncio.ensure_future(asyncio.gather(*(wait_serving(p, deadline) for p in processes)))
-        waiter = asyncio.create_task(stop.wait())
+        ready: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(wait_serving(p, deadline) for p in processes))
+        )
+        waiter: asyncio.Future[Any] = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({ready, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             ready.cancel()
@@ -222,10 +235,8 @@ async def run() -> int:
             if dead:
                 log.error("a service exited; stopping the stack", extra={"services": dead})
                 return 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
         return 0
     finally:
         for child in children.values():

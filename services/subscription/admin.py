@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import date
 
-from psycopg_pool import AsyncConnectionPool
-
+from services.common.db import Pool
 from services.common.keys import Key
 from services.subscription.ledger import Ledger
 from services.subscription.model import OWNER_UNIT, Budget
@@ -67,7 +66,7 @@ async def _release_units(
 
 
 class Admin:
-    def __init__(self, pool: AsyncConnectionPool, budget: Budget, move_settle_seconds: float) -> None:
+    def __init__(self, pool: Pool, budget: Budget, move_settle_seconds: float) -> None:
         self._pool = pool
         self._budget = budget
         self._settle = move_settle_seconds

@@ -24,8 +24,8 @@ from datetime import date
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
+from services.common.db import Pool
 from services.common.errors import ResourceExhausted, Unavailable
 from services.common.keys import Key
 from services.subscription import sql
@@ -70,9 +70,7 @@ class Ledger:
 
     @classmethod
     @asynccontextmanager
-    async def transaction(
-        cls, pool: AsyncConnectionPool[AsyncConnection[Any]], budget: Budget, actor: str
-    ) -> AsyncIterator[Ledger]:
+    async def transaction(cls, pool: Pool, budget: Budget, actor: str) -> AsyncIterator[Ledger]:
         """One serialised ledger transaction: locks, yields the ledger, writes its journal and
         commits; rolls back on error."""
         async with pool.connection() as conn, conn.transaction():
@@ -83,7 +81,7 @@ class Ledger:
 
     @classmethod
     @asynccontextmanager
-    async def unlocked(cls, pool: AsyncConnectionPool[AsyncConnection[Any]], budget: Budget) -> AsyncIterator[Ledger]:
+    async def unlocked(cls, pool: Pool, budget: Budget) -> AsyncIterator[Ledger]:
         """Outside the lock, each statement committing on its own: for what changes no ownership."""
         async with pool.connection() as conn:
             yield cls(conn, budget, "system", locked=False)

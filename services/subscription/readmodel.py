@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
+from services.common.db import Pool
 from services.common.keys import Key
 from services.subscription import sql
 from services.subscription.model import LOCK_KEY
@@ -31,7 +31,7 @@ class StatusRows:
 
 
 class ReadModel:
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
+    def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
     async def _rows(self, name: str, params: Params = None) -> list[Row]:

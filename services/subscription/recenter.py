@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dataserver.registry.v1 import registry_pb2
-from psycopg_pool import AsyncConnectionPool
 
+from services.common.db import Pool
 from services.common.errors import InvalidArgument, NotFound
 from services.common.keys import Key
 from services.subscription.ledger import Ledger
@@ -103,9 +103,7 @@ def has_moved(price: float, old_atm: float | None, step: float | None, hysteresi
 
 
 class Recentering:
-    def __init__(
-        self, pool: AsyncConnectionPool, budget: Budget, resolver: UnitResolver, hysteresis_strikes: float
-    ) -> None:
+    def __init__(self, pool: Pool, budget: Budget, resolver: UnitResolver, hysteresis_strikes: float) -> None:
         self._pool = pool
         self._budget = budget
         self._resolver = resolver

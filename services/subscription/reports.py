@@ -7,8 +7,8 @@ from datetime import time as clock_time
 from typing import Any
 
 from dataserver.subscription.v1 import subscription_pb2 as pb
-from psycopg_pool import AsyncConnectionPool
 
+from services.common.db import Pool
 from services.common.keys import Key, key_proto
 from services.common.market_calendar import IST, today_ist
 from services.common.timestamps import timestamp
@@ -21,7 +21,7 @@ _USERS_SHOWN = 1000
 
 
 class Reports:
-    def __init__(self, pool: AsyncConnectionPool, budget: Budget) -> None:
+    def __init__(self, pool: Pool, budget: Budget) -> None:
         self._reads = ReadModel(pool)
         self._budget = budget
 

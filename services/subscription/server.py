@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import Authenticator
 from services.common.clients import ServiceCaller, open_channel
 from services.common.config import Settings
+from services.common.db import Pool
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
 from services.common.server import GrpcApp, build_app, run_service
 from services.subscription.admin import Admin
@@ -41,7 +41,7 @@ class Subscription:
 
 
 def create_server(
-    settings: Settings, pool: AsyncConnectionPool, conninfo: str | None = None, *, prices: LastPriceSource | None = None
+    settings: Settings, pool: Pool, conninfo: str | None = None, *, prices: LastPriceSource | None = None
 ) -> Subscription:
     """`conninfo` is the database of the notifier's own connection (the pool's by default);
     `prices` the last-price source (the gateway's by default)."""
@@ -87,7 +87,7 @@ def create_server(
     return Subscription(app, admin, notifier)
 
 
-def _conninfo(pool: AsyncConnectionPool) -> str:
+def _conninfo(pool: Pool) -> str:
     if not isinstance(pool.conninfo, str):
         raise TypeError("the pool's conninfo is computed; pass the notifier's conninfo")
     return pool.conninfo

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 from dataserver.common.v1 import common_pb2
 from dataserver.subscription.v1 import subscription_pb2 as pb
-from psycopg_pool import AsyncConnectionPool
 
+from services.common.db import Pool
 from services.common.keys import Key, key_proto
 from services.common.timestamps import timestamp, timestamp_now
 from services.subscription.convert import EVENT_KINDS, MODE_TO_PROTO, watchlist_item
@@ -49,7 +49,7 @@ def coalesce(rows: list[Row]) -> tuple[list[pb.Assignment], list[pb.Assignment],
 class Streams:
     def __init__(
         self,
-        pool: AsyncConnectionPool,
+        pool: Pool,
         notifier: ChangeNotifier,
         *,
         shard_limit: int,

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
+from services.common.db import Pool
 from services.common.errors import InvalidArgument
 from services.common.keys import Key
 from services.subscription.ledger import Ledger
@@ -75,7 +74,7 @@ class _DryRun(Exception):
 
 
 class TierB:
-    def __init__(self, pool: AsyncConnectionPool, budget: Budget, resolver: UnitResolver) -> None:
+    def __init__(self, pool: Pool, budget: Budget, resolver: UnitResolver) -> None:
         self._pool = pool
         self._budget = budget
         self._resolver = resolver

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psycopg_pool import AsyncConnectionPool
-
+from services.common.db import Pool
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.keys import Key
 from services.subscription.ledger import Ledger
@@ -29,7 +28,7 @@ class AddOutcome:
 
 
 class Watchlists:
-    def __init__(self, pool: AsyncConnectionPool, budget: Budget, resolver: UnitResolver, quota: Quota) -> None:
+    def __init__(self, pool: Pool, budget: Budget, resolver: UnitResolver, quota: Quota) -> None:
         self._pool = pool
         self._budget = budget
         self._resolver = resolver

@@ -16,9 +16,9 @@ from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from prometheus_client import REGISTRY
 
+from services.common.keys import wire_key
 from services.feed import shard_server
 from services.feed.gateway.hub import HISTORY
-from services.feed.records import wire_key
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed, start_gateway
 from tests.test_subscription_capacity import add
 

@@ -25,12 +25,12 @@ from services.common.pagination import (
     next_token,
     page_size,
 )
+from services.dhan.master import MasterFormatError
 from services.registry import sources
 from services.registry.catalog import UnderlyingGroup
 from services.registry.chain import chain_window
 from services.registry.convert import instrument_proto, master_status_proto
 from services.registry.loader import LoadedMaster, MasterHolder
-from services.registry.master_parser import MasterFormatError
 from services.registry.search import SearchFilter, search
 from services.registry.store import RegistryStore
 

@@ -21,6 +21,7 @@ from services.common.auth import current_principal
 from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.instruments import PROTO_TO_SEGMENT
+from services.common.keys import wire_key
 from services.feed.gateway.hub import Hub
 from services.feed.gateway.streams import (
     CLOCK_SECONDS,
@@ -32,7 +33,6 @@ from services.feed.gateway.streams import (
     TerminalStream,
 )
 from services.feed.gateway.watchlist import WatchlistFollower
-from services.feed.records import wire_key
 
 PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
 PENDING_MAX = Gauge(

@@ -13,8 +13,8 @@ from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.clients import ServiceCaller
+from services.common.keys import proto_wire_key
 from services.feed.gateway.streams import TerminalStream
-from services.feed.records import proto_wire_key
 
 log = logging.getLogger(__name__)
 

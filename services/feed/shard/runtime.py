@@ -32,10 +32,10 @@ from prometheus_client import Counter, Gauge
 from services.common.clients import ServiceCaller
 from services.common.config import Settings
 from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO
+from services.common.keys import wire_key
 from services.common.looplag import watch_loop_lag
 from services.common.market_calendar import is_market_open
-from services.feed.codec import FeedMode
-from services.feed.records import wire_key
+from services.dhan.protocol import FeedMode
 from services.feed.shard.broker import BrokerConnection, feed_url
 from services.feed.shard.cache import Ingest, LastValues
 from services.feed.shard.reconcile import Instrument, plan_messages

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Final
 
 from services.common.instruments import FUTURE_TYPES, INSTRUMENT_TYPES, MASTER_SEGMENTS, OPTION_TYPES
+from services.common.keys import Key
 
-InstrumentId = tuple[str, int]  # (Dhan segment name, security id)
+InstrumentId = Key  # (Dhan segment name, security id)
 
 # The generator's sidecar of previous closes, one row per master row.
 PRICES_HEADER: Final = ("EXCHANGE_SEGMENT", "SECURITY_ID", "PREVIOUS_CLOSE")

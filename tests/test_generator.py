@@ -127,24 +127,7 @@ def test_every_equity_and_index_of_the_extract_is_kept(full: MasterSummary) -> N
 
 
 def test_real_rows_are_written_back_in_dhan_number_format(full: MasterSummary) -> None:
-    assert full.special_rows[("NSE_EQ", 2885)] == [
-        "NSE",
-        "E",
-        "2885",
-        "EQUITY",
-        "0",
-        "RELIANCE",
-        "1.0",
-        "Reliance Industries",
-        "",
-        "",
-        "",
-        "10.0000",
-        "NA",
-        "ES",
-        "EQ",
-        "RELIANCE INDUSTRIES LTD",
-    ]
+    assert full.special_rows[("NSE_EQ", 2885)] == ["NSE", "E", "2885", "EQUITY", "0", "RELIANCE", "1.0", "Reliance Industries", "", "", "", "10.0000", "NA", "ES", "EQ", "RELIANCE INDUSTRIES LTD"]
     # Identical to the example row of the protocol reference.
     nifty = "NSE,I,13,INDEX,0,NIFTY,1.0,Nifty 50,0001-01-01,,XX,0.0500,,INDEX,X,NIFTY"
     assert full.special_rows[("IDX_I", 13)] == nifty.split(",")

@@ -41,7 +41,7 @@ clean-data:
 	rm -rf var/
 
 # Style and types: what CI checks before the tests.
-LINT_PATHS := services bench tests
+LINT_PATHS := services simulator bench tests
 
 style: $(STAMP)
 	$(VENV)/bin/ruff format $(LINT_PATHS)

@@ -113,7 +113,7 @@ class Window:
 
 
 def _raw(spec: dict[str, Any], window: Window) -> None:
-    from services.feed.codec import FeedMode, build_subscribe_messages
+    from services.dhan import FeedMode, build_subscribe_messages
 
     host, port = "127.0.0.1", spec["port"]
     sock = socket.create_connection((host, port), timeout=10)
@@ -188,7 +188,7 @@ def _raw(spec: dict[str, Any], window: Window) -> None:
 async def _websockets(spec: dict[str, Any], window: Window) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
-    from services.feed.codec import FeedMode, build_subscribe_messages
+    from services.dhan import FeedMode, build_subscribe_messages
 
     compression = spec.get("compression")
     first = asyncio.Event()
@@ -221,7 +221,7 @@ async def _websockets(spec: dict[str, Any], window: Window) -> dict[str, Any]:
 async def _picows(spec: dict[str, Any], window: Window) -> dict[str, Any]:
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-    from services.feed.codec import FeedMode, build_subscribe_messages
+    from services.dhan import FeedMode, build_subscribe_messages
 
     first = asyncio.Event()
     BINARY = WSMsgType.BINARY
@@ -246,7 +246,7 @@ async def _picows(spec: dict[str, Any], window: Window) -> dict[str, Any]:
 
 
 async def _ours(spec: dict[str, Any], window: Window) -> dict[str, Any]:
-    from services.feed.codec import FeedMode, build_subscribe_messages
+    from services.dhan import FeedMode, build_subscribe_messages
     from services.feed.shard.broker import BrokerConnection
     from services.feed.shard.cache import Ingest, LastValues
 

@@ -94,7 +94,7 @@ def run_profiled(prefix: str, run: Callable[[], object], *, cprofile: bool = Tru
 
 def main(prefix: str, role: str, args: list[str]) -> None:
     if role == "simulator":
-        from services.feed.simulator.__main__ import main as simulator_main
+        from simulator.__main__ import main as simulator_main
 
         run: Callable[[], object] = lambda: simulator_main(args)  # noqa: E731
     elif role in ("shard", "gateway"):

@@ -3,7 +3,7 @@
 N Full packets (random but realistic values, 1,000 distinct packets cycled) are decoded
 into complete records, every field and all five depth levels materialised:
 
-- ours: ``services.feed.codec.decode_packet`` per frame (one packet per frame, as Dhan sends
+- ours: ``services.dhan.decode_packet`` per frame (one packet per frame, as Dhan sends
   them), giving a FullPacket NamedTuple holding all 30 depth values, then reading its
   ``ltt_epoch``: the record holds Dhan's raw IST-based time and converts it in that
   property, so the timed loop pays for the time conversion the official client does too;
@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.report import Report
+from services import dhan as codec
 from services.common.gctuning import tune_for_hot_path
-from services.feed import codec
 
 N = 200_000
 DISTINCT = 1_000

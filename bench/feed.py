@@ -1,7 +1,7 @@
 """Feed benchmark: shard ingest against the simulator, a real shard process, and the whole
 path simulator -> shards -> gateway -> terminals.
 
-Every process is real and separate: the simulator (`python -m services.feed.simulator`),
+Every process is real and separate: the simulator (`python -m simulator`),
 shards (`python -m services.feed shard`), the gateway (`python -m services.feed gateway`),
 the subscription service, a registry child process with the full master (bench.registry's),
 an embedded Postgres, and client processes (bench._feed_clients). Each logs to a file in a
@@ -260,11 +260,7 @@ def _start_simulator(
     if burst:
         args.append("--burst")
     prefix = children.folder / name if PROFILE else None
-    argv = (
-        ["-m", "bench._profiled_feed", str(prefix), "simulator", *args]
-        if prefix
-        else ["-m", "services.feed.simulator", *args]
-    )
+    argv = ["-m", "bench._profiled_feed", str(prefix), "simulator", *args] if prefix else ["-m", "simulator", *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")}  # keeps BENCH_PROFILE
     return children.spawn(name, argv, env, lambda r: r.get("msg") == "feed simulator listening", prefix)
 
@@ -362,7 +358,7 @@ def _describe(report: Report, label: str, result: dict[str, Any], feed: str) -> 
 
 
 def _part_ingest(report: Report, children: Children, folder: Path, csv_path: Path, prices_path: Path) -> None:
-    from services.feed.simulator.catalog import Catalog
+    from simulator.catalog import Catalog
 
     master = _sim_master(folder, csv_path, prices_path, set(), "sim-ingest-master")
     catalog = Catalog.load(master)
@@ -603,7 +599,8 @@ async def _consume_shard(
     import grpc
     from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
 
-    from services.feed.records import RECORD_HEAD, split_head
+    from services.dhan.protocol import split_head
+    from services.feed.records import RECORD_HEAD
 
     unpack_record = RECORD_HEAD.unpack_from
     hist: Counter[int] = Counter()  # shard receipt -> here, 0.1 ms buckets
@@ -1038,9 +1035,9 @@ def _value_sizes() -> tuple[float, float]:
     from dataserver.common.v1 import common_pb2
 
     from bench.codec import _packets
+    from services.common.keys import instrument_key
     from services.feed.gateway.hub import Instrument
     from services.feed.gateway.values import Value
-    from services.feed.records import instrument_key
 
     frames = _packets()[:500]
     instrument = Instrument(instrument_key(2, 1))

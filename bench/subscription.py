@@ -118,7 +118,7 @@ async def _units(registry_address: str) -> list[tuple[str, str]]:
     from dataserver.registry.v1 import registry_pb2 as rpb
     from dataserver.registry.v1 import registry_pb2_grpc
 
-    from services.registry.generator import load_equity_rows, load_fno_stocks
+    from services.dhan.generator import load_equity_rows, load_fno_stocks
 
     symbols = [stock.symbol for stock in load_fno_stocks(load_equity_rows())]
     pairs: list[tuple[str, str]] = []

@@ -15,8 +15,8 @@ from typing import Any
 
 from services.common.config import Settings
 from services.feed import gateway_server, shard_server
-from services.feed.simulator.settings import SimulatorSettings
-from services.feed.simulator.simulator import Simulator
+from simulator.settings import SimulatorSettings
+from simulator.simulator import Simulator
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
 
 

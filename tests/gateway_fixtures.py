@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
-from services.feed.codec import encode_full
+from services.common.keys import instrument_key
+from services.dhan import encode_full
 from services.feed.gateway.hub import Hub, ShardLink
-from services.feed.records import RECORD_HEADER, instrument_key
+from services.feed.records import RECORD_HEADER
 
 SEGMENT, SECURITY_ID = 2, 40_001  # NSE_FNO
 KEY = instrument_key(SEGMENT, SECURITY_ID)

@@ -1,4 +1,4 @@
-"""Property tests of the Dhan v2 feed codec (services/feed/codec.py): round trips, frame
+"""Property tests of the Dhan v2 feed codec (services/dhan/): round trips, frame
 splitting, protocol errors that never raise, request building and validation, LTT base."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services import dhan as codec
 from services.common.instruments import SEGMENT_WIRE_CODES
-from services.feed import codec
-from services.feed.codec import (
+from services.dhan import (
     EMPTY_DEPTH,
     IST_OFFSET_SECONDS,
     PACKET_SIZES,

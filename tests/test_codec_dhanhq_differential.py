@@ -56,8 +56,8 @@ from typing import Any
 import pytest
 from dhanhq import marketfeed as official
 
-from services.feed import codec
-from services.feed.codec import (
+from services import dhan as codec
+from services.dhan import (
     DepthLevel,
     DisconnectPacket,
     FullPacket,

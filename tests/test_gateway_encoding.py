@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.instruments import SEGMENTS_BY_WIRE_CODE
-from services.feed.codec import IST_OFFSET_SECONDS
+from services.common.keys import instrument_key, wire_key
+from services.dhan import IST_OFFSET_SECONDS
 from services.feed.gateway.encoding import FULL_PARTS, PART_PREV
 from services.feed.gateway.hub import Instrument
 from services.feed.gateway.streams import STREAM_TICKS
 from services.feed.gateway.values import Value
-from services.feed.records import instrument_key, wire_key
 
 FULL = struct.Struct("<BHBIfHIfIIIIIIffff" + "IIHHff" * 5)
 PREV = struct.Struct("<BHBIfI")

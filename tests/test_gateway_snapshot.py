@@ -3,7 +3,7 @@ parts of one instrument (previous close, OI, tick) all carry the instrument's la
 
 from __future__ import annotations
 
-from services.feed.codec import encode_oi, encode_prev_close
+from services.dhan import encode_oi, encode_prev_close
 from services.feed.gateway.hub import Hub, ShardLink
 from tests.gateway_fixtures import KEY, SECURITY_ID, SEGMENT, full_packet, hub_and_link, records
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from services.common import market_calendar as cal
-from services.registry import generator as gen
-from services.registry.generator import GeneratorConfig
+from services.dhan import generator as gen
+from services.dhan.generator import GeneratorConfig
 
 TRADING_DATE = date(2026, 11, 21)
 FULL = GeneratorConfig(TRADING_DATE)

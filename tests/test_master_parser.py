@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from services.registry.master_parser import (
+from services.dhan.master import (
     MasterFormatError,
     parse_master,
     underlying_of,
 )
 
-SEED = Path(__file__).resolve().parents[1] / "services" / "registry" / "seed"
+SEED = Path(__file__).resolve().parents[1] / "services" / "dhan" / "seed"
 COMPACT_HEADER = (
     "SEM_EXM_EXCH_ID,SEM_SEGMENT,SEM_SMST_SECURITY_ID,SEM_INSTRUMENT_NAME,SEM_EXPIRY_CODE,SEM_TRADING_SYMBOL,"
     "SEM_LOT_UNITS,SEM_CUSTOM_SYMBOL,SEM_EXPIRY_DATE,SEM_STRIKE_PRICE,SEM_OPTION_TYPE,SEM_TICK_SIZE,"

@@ -23,7 +23,7 @@ from websockets.exceptions import (
 )
 from websockets.frames import Frame, Opcode
 
-from services.feed.codec import (
+from services.dhan import (
     DisconnectPacket,
     FeedMode,
     FullPacket,
@@ -39,9 +39,9 @@ from services.feed.codec import (
     decode_frame,
     depth_levels,
 )
-from services.feed.simulator import Simulator, SimulatorSettings
-from services.feed.simulator.catalog import Catalog
-from services.feed.simulator.market import Book
+from simulator import Simulator, SimulatorSettings
+from simulator.catalog import Catalog
+from simulator.market import Book
 from tests.feed_fixtures import eventually
 
 TIMEOUT = 5.0
@@ -653,7 +653,7 @@ async def test_stop_closes_open_and_silenced_connections(start_sim: Any) -> None
 
 def test_settings_from_env_and_cli() -> None:
     from services.common.config import ConfigError
-    from services.feed.simulator.__main__ import parse_args
+    from simulator.__main__ import parse_args
 
     env = {
         "SIM_PORT": "9001",

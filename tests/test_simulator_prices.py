@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.market_calendar import IST
-from services.feed.codec import (
+from services.dhan import (
     FullPacket,
     ProtocolErrors,
     QuotePacket,
@@ -23,9 +23,9 @@ from services.feed.codec import (
     depth_levels,
     encode_full,
 )
-from services.feed.simulator.catalog import Catalog, Contract
-from services.feed.simulator.market import INT32_MAX, MIN_EXPIRY_YEARS, YEAR_SECONDS, Book, Market, option_price
-from services.registry import generator as gen
+from services.dhan import synthetic as gen
+from simulator.catalog import Catalog, Contract
+from simulator.market import INT32_MAX, MIN_EXPIRY_YEARS, YEAR_SECONDS, Book, Market, option_price
 
 TRADING_DATE = date(2026, 11, 20)
 START = datetime.combine(TRADING_DATE, time(10, 0), IST).timestamp()

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date
 
-from services.registry.model import InstrumentId, InstrumentRecord
+from services.dhan.master import InstrumentId, InstrumentRecord
 
 _CASH_SEGMENT_ORDER = {"NSE_EQ": 0, "BSE_EQ": 1}
 

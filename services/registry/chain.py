@@ -10,8 +10,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from services.dhan.master import InstrumentRecord
 from services.registry.catalog import ChainListing
-from services.registry.model import InstrumentRecord
 
 
 @dataclass(frozen=True)

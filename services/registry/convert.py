@@ -7,7 +7,7 @@ from dataserver.registry.v1 import registry_pb2
 
 from services.common.instruments import INSTRUMENT_TYPE_TO_PROTO
 from services.common.keys import key_proto
-from services.registry.model import InstrumentRecord
+from services.dhan.master import InstrumentRecord
 from services.registry.store import MasterVersion
 
 _OPTION_TYPES = {"CE": common_pb2.OPTION_TYPE_CALL, "PE": common_pb2.OPTION_TYPE_PUT}

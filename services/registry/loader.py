@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass
 from datetime import date
 
-from services.registry.catalog import Catalog
-from services.registry.master_parser import (
+from services.dhan.master import (
     ParseResult,
     RejectedRow,
     parse_master,
     parse_prices,
 )
+from services.registry.catalog import Catalog
 from services.registry.sources import MasterFile
 from services.registry.store import MasterVersion, RegistryStore
 

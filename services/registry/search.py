@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from rapidfuzz import fuzz, process
 
+from services.dhan.master import InstrumentRecord
 from services.registry.catalog import Catalog, UnderlyingGroup
-from services.registry.model import InstrumentRecord
 
 _MONTHS = {name.upper(): number for number, name in enumerate(calendar.month_abbr) if name}
 _NUMBER = re.compile(r"^\d+(\.\d+)?$")

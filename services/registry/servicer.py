@@ -26,13 +26,12 @@ from services.common.pagination import (
     next_token,
     page_size,
 )
+from services.dhan.master import InstrumentRecord, MasterFormatError
 from services.registry import sources
 from services.registry.catalog import UnderlyingGroup
 from services.registry.chain import ChainWindow, chain_window
 from services.registry.convert import EXPIRY_FLAGS, instrument_proto, master_status_proto
 from services.registry.loader import LoadedMaster, MasterHolder
-from services.registry.master_parser import MasterFormatError
-from services.registry.model import InstrumentRecord
 from services.registry.search import SearchFilter, search
 from services.registry.store import RegistryStore
 

@@ -6,7 +6,6 @@ downloads and generated files are kept under the data folder, keyed by date.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import urllib.request
 from dataclasses import dataclass
@@ -14,8 +13,7 @@ from datetime import date
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-
-log = logging.getLogger(__name__)
+from services.dhan.master import prices_sidecar
 
 DHAN_COMPACT_URL = "https://images.dhan.co/api-data/api-scrip-master.csv"
 DHAN_DETAILED_URL = "https://images.dhan.co/api-data/api-scrip-master-detailed.csv"
@@ -29,10 +27,6 @@ class MasterFile:
     prices_path: Path | None
 
 
-def prices_sidecar(csv_path: Path) -> Path:
-    return csv_path.with_name(csv_path.stem + ".prices.csv")
-
-
 def from_file(path: Path) -> MasterFile:
     if not path.is_file():
         raise InvalidArgument(f"master file {str(path)!r} does not exist on the server; give the path of a Dhan CSV")
@@ -41,13 +35,9 @@ def from_file(path: Path) -> MasterFile:
 
 
 def from_generator(cache_dir: Path, trading_date: date, seed: int, scale: str) -> MasterFile:
-    from services.registry.generator import GeneratorConfig, write_master
+    from services.dhan.generator import cached_master
 
-    path = cache_dir / f"generated-{trading_date.isoformat()}-s{seed}-{scale}.csv"
-    if not path.is_file() or not prices_sidecar(path).is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = write_master(GeneratorConfig(trading_date=trading_date, seed=seed, scale=scale), path)  # type: ignore[arg-type]
-        log.info("generated master", extra={"path": str(path), "rows": rows})
+    path = cached_master(cache_dir, trading_date, seed, scale)
     detail = f"generator date={trading_date.isoformat()} seed={seed} scale={scale}"
     return MasterFile("generated", detail, path, prices_sidecar(path))
 

@@ -11,8 +11,8 @@ from psycopg.types.json import Jsonb
 
 from services.common.db import Pool
 from services.common.sqlfiles import load_queries
+from services.dhan.master import InstrumentRecord
 from services.registry.chain import ChainWindow
-from services.registry.model import InstrumentRecord
 
 QUERIES = load_queries("services.registry")
 

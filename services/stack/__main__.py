@@ -58,7 +58,7 @@ def plan(settings: Settings) -> list[Process]:
                 (
                     py,
                     "-m",
-                    "services.feed.simulator",
+                    "simulator",
                     "--port",
                     str(simulator_port),
                     "--control-port",

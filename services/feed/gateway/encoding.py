@@ -3,7 +3,7 @@
 
 Full packets streamed in FULL mode, the bulk of the traffic, take the fast path: every
 Tick field is fixed-width (see feed.proto), so the entry is the raw packet unpacked once
-and packed once with constant tags, about 2 µs where building the message takes 8.
+and packed once with constant tags, a fraction of the cost of building the message.
 Everything else (Ticker and Quote packets, lower modes) builds the message. Both give the
 same Tick; the tests check it.
 """
@@ -16,14 +16,8 @@ from typing import Any
 from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2
 
-from services.feed.codec import (
-    IST_OFFSET_SECONDS,
-    FullPacket,
-    OIPacket,
-    PrevClosePacket,
-    QuotePacket,
-    TickerPacket,
-)
+from services.dhan.packets import FullPacket, OIPacket, PrevClosePacket, QuotePacket, TickerPacket
+from services.dhan.protocol import FULL_FIELDS, HEADER_SIZE, IST_OFFSET_SECONDS, PREV_CLOSE_FIELDS
 
 TICKER, FULL = common_pb2.FEED_MODE_TICKER, common_pb2.FEED_MODE_FULL
 PART_TICKER, PART_QUOTE, PART_OI, PART_PREV, PART_FULL = (
@@ -33,12 +27,9 @@ PART_TICKER, PART_QUOTE, PART_OI, PART_PREV, PART_FULL = (
 FULL_PARTS = PART_TICKER | PART_QUOTE | PART_OI | PART_FULL
 TickPacket = TickerPacket | QuotePacket | FullPacket
 
-FULL_CODE = 8
-# A Full packet after its 8-byte header: ltp, ltq, ltt, atp, volume, total sell, total buy,
-# oi, day high oi, day low oi, open, close, high, low, then (bid qty, ask qty, bid orders,
-# ask orders, bid price, ask price) x 5.
-_FULL_BODY = struct.Struct("<8xfHIfIIIIIIffff" + "IIHHff" * 5)
-_PREV_BODY = struct.Struct("<8xfI")  # previous close, previous OI
+# A packet after its header: t[i] in full_entry is FullPacket's field i + 2 (no segment, no id).
+_FULL_BODY = struct.Struct(f"<{HEADER_SIZE}x{FULL_FIELDS}")
+_PREV_BODY = struct.Struct(f"<{HEADER_SIZE}x{PREV_CLOSE_FIELDS}")  # previous close, previous OI
 # Tick after its key, every field as (tag, value); tags of fields 16+ take two bytes (H).
 _DEPTH_LEVEL = "BB" + "BdBqBiBdBqBi"  # field 12 with length 46, then DepthLevel fields 1-6
 _FULL_TICK = struct.Struct("<BQBIBdBqBqBdBqBqBqBq" + _DEPTH_LEVEL * 5 + "BqBdBd" + "HdHdHqHqHdHq")

@@ -22,19 +22,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.common.clients import open_channel
 from services.common.keys import proto_wire_key, wire_key_proto
 from services.common.tasks import Spawn
-from services.feed.codec import PACKET_SIZES, ProtocolErrors
+from services.dhan.decode import ProtocolErrors
+from services.dhan.protocol import HEAD, OI_CODE, PACKET_SIZES, PREV_CLOSE_CODE, TICK_CODES, split_head
 from services.feed.gateway.encoding import full_entry_prefix, key_field
 from services.feed.gateway.values import Value
-from services.feed.records import (
-    OI_CODE,
-    PACKET_HEAD,
-    PREV_CLOSE_CODE,
-    RECORD_HEAD,
-    RECORD_HEADER,
-    TICK_CODES,
-    iter_records,
-    split_head,
-)
+from services.feed.records import RECORD_HEAD, RECORD_HEADER, iter_records
 
 log = logging.getLogger(__name__)
 
@@ -253,15 +245,16 @@ class Hub:
         takes it, once per mode."""
         instruments = self.instruments
         unpack_record = RECORD_HEAD.unpack_from
+        record_head_size, record_header_size = RECORD_HEAD.size, RECORD_HEADER.size
         publish = self._publish
         source_id = (link.shard_id, link.epoch)
         size = len(records)
         offset = 0
         applied = 0
-        while offset + 24 <= size:  # a record header and a packet header
+        while offset + record_head_size <= size:  # a record header and a packet header
             sequence, received_us, head = unpack_record(records, offset)
-            start = offset + 16
-            code = head & 0xFF
+            start = offset + record_header_size
+            code = head & 0xFF  # protocol.HEAD: code | length << 8 | key << 24
             length = (head >> 8) & 0xFFFF
             if PACKET_SIZES.get(code) != length or start + length > size:
                 self.errors.add(
@@ -312,7 +305,7 @@ class Hub:
         read = 0
         for sequence, received_us, packet in iter_records(records):
             read += RECORD_HEADER.size + len(packet)
-            code, length, key = split_head(PACKET_HEAD.unpack_from(packet)[0])
+            code, length, key = split_head(HEAD.unpack_from(packet)[0])
             if PACKET_SIZES.get(code) != length:
                 self.errors.add(f"shard {link.shard_id}: snapshot record of code {code} and length {length}")
                 return

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from dataserver.feed.v1 import feed_pb2
 
-from services.feed.codec import ProtocolErrors, decode_packet
+from services.dhan.decode import ProtocolErrors, decode_packet
+from services.dhan.protocol import FULL_CODE
 from services.feed.gateway.encoding import (
     FULL,
-    FULL_CODE,
     build_tick,
     entry,
     full_entry,

@@ -11,15 +11,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.feed.codec import PACKET_SIZES, SKIPPED_CODES
-from services.feed.records import (
+from services.dhan.decode import disconnect_reason
+from services.dhan.protocol import (
     DISCONNECT_CODE,
+    HEAD,
+    HEADER_SIZE,
     OI_CODE,
-    PACKET_HEAD,
+    PACKET_SIZES,
     PREV_CLOSE_CODE,
-    RECORD_HEADER,
+    SKIPPED_CODES,
     TICK_CODES,
 )
+from services.feed.records import RECORD_HEADER
 
 
 @dataclass
@@ -79,18 +82,18 @@ class Ingest:
         sequences = cache.sequences
         awaiting = cache.awaiting
         pending = self._pending
-        unpack_head, pack_header = PACKET_HEAD.unpack_from, RECORD_HEADER.pack
+        unpack_head, pack_header = HEAD.unpack_from, RECORD_HEADER.pack
         size = len(data)
         offset = 0
         while offset < size:
-            if size - offset < 8:
+            if size - offset < HEADER_SIZE:
                 self._error(f"truncated header: {size - offset} bytes")
                 return
             head = unpack_head(data, offset)[0]
-            code = head & 0xFF
+            code = head & 0xFF  # protocol.HEAD: code | length << 8 | key << 24
             length = (head >> 8) & 0xFFFF
             expected = PACKET_SIZES.get(code)
-            if length < 8 or offset + length > size or (expected is not None and expected != length):
+            if length < HEADER_SIZE or offset + length > size or (expected is not None and expected != length):
                 self._error(f"bad length {length} for code {code} at offset {offset} of {size}")
                 return
             packet = data if length == size else data[offset : offset + length]
@@ -102,7 +105,7 @@ class Ingest:
             elif code == PREV_CLOSE_CODE:
                 table = cache.previous_close
             elif code == DISCONNECT_CODE:
-                self._on_disconnect(int.from_bytes(packet[8:10], "little"))
+                self._on_disconnect(disconnect_reason(packet))
                 continue
             elif code in SKIPPED_CODES:
                 counters.skipped += 1

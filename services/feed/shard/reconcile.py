@@ -6,11 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from services.feed.codec import (
-    FeedMode,
-    build_subscribe_messages,
-    build_unsubscribe_messages,
-)
+from services.dhan.protocol import FeedMode
+from services.dhan.requests import build_subscribe_messages, build_unsubscribe_messages
 
 Instrument = tuple[str, int]  # (Dhan segment name, security id)
 

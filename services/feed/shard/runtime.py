@@ -37,7 +37,7 @@ from services.common.looplag import watch_loop_lag
 from services.common.market_calendar import is_market_open
 from services.common.tasks import Spawn
 from services.common.timestamps import timestamp_from_epoch
-from services.feed.codec import FeedMode
+from services.dhan.protocol import FeedMode
 from services.feed.shard.broker import BrokerConnection, feed_url
 from services.feed.shard.cache import Ingest, LastValues
 from services.feed.shard.reconcile import Instrument, plan_messages

@@ -22,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .simulator import Simulator
+    from .simulator import Simulator, Target
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class ControlServer:
             return info.to_json()
         if len(parts) == 3 and parts[0] == "connections" and parts[2] in _ACTIONS:
             _expect(method, "POST")
-            target = "all" if parts[1] == "all" else _conn_id(parts[1])
+            target: Target = "all" if parts[1] == "all" else _conn_id(parts[1])
             action = parts[2]
             try:
                 if action == "disconnect":

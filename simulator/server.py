@@ -23,11 +23,10 @@ Choices where Dhan's behaviour is not documented (protocol reference):
 
 Hot path: one WebSocket frame per packet, a whole batch written with one
 ``transport.write``, then ``drain()`` for back-pressure. ``await ws.send()`` per packet
-costs ~8 us of context-manager machinery and a syscall each (measured ~120k frames/s for a
-whole core); batching reaches ~1M frames/s, so the price models, not framing, bound the
-rate. The send loop frames packets itself (a constant header: server frames are unmasked)
-unless an extension was negotiated, then through ``protocol.send_binary`` (the websockets
-sans-I/O layer, ~1 us a frame).
+would pay websockets' context-manager machinery and a syscall for each; batching removes
+both, so the price models, not framing, bound the rate. The send loop frames packets itself
+(a constant header: server frames are unmasked) unless an extension was negotiated, then
+through ``protocol.send_binary`` (the websockets sans-I/O layer).
 """
 
 from __future__ import annotations
@@ -36,33 +35,27 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidState
-from websockets.http11 import Request
 from websockets.protocol import OPEN
 
-from services.feed.codec import (
-    DisconnectReason,
-    FeedMode,
-    RequestCode,
-    RequestError,
-    encode_disconnect,
-    parse_request,
-)
+from services.common.keys import Key
+from services.dhan.encode import encode_disconnect
+from services.dhan.protocol import DisconnectReason, FeedMode, RequestCode
+from services.dhan.requests import RequestError, parse_request
 
-from .catalog import Key
+from .auth import check_credentials, client_id
+from .framing import MS_PER_DAY, Framer, garbage_frame, send_time_stamp
 from .market import Book, Market
 from .ratelimit import TokenBucket
 from .settings import SimulatorSettings
+from .tasks import Tasks
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +67,9 @@ _SUBSCRIBE = {
 _UNSUBSCRIBE = frozenset({RequestCode.UNSUBSCRIBE_TICKER, RequestCode.UNSUBSCRIBE_QUOTE, RequestCode.UNSUBSCRIBE_FULL})
 _TICKER, _QUOTE, _FULL = int(FeedMode.TICKER), int(FeedMode.QUOTE), int(FeedMode.FULL)
 _BATCH = 1024  # packets per write; bounds the time between yields to the event loop
-_GARBAGE_CODES = tuple(c for c in range(100, 256))  # no response code is >= 100
-MS_PER_DAY = 86_400_000
-# Header of an unmasked, unfragmented binary frame (FIN + opcode 2, then the length: 7 bits,
-# or 126 and 16 bits) by payload length, for the packets the send loop frames itself.
-_FRAME_HEADERS = tuple(bytes((0x82, n)) if n < 126 else b"\x82\x7e" + n.to_bytes(2, "big") for n in range(163))
 
 
-def send_time_stamp(clock: Any = time.time) -> int:
-    """UTC milliseconds of the day now: what ``stamp_send_time`` puts in a Full packet's
-    volume field (bench only; fits the int32 field and is monotone during a day)."""
-    return int(clock() * 1000.0) % MS_PER_DAY
-
-
-class ConnState(str, Enum):
+class ConnState(StrEnum):
     OPEN = "open"
     SILENCED = "silenced"  # no data, no pings, not reading (so no pongs either)
     CLOSING = "closing"
@@ -124,32 +106,6 @@ class ConnectionInfo:
         }
 
 
-def check_credentials(path: str, settings: SimulatorSettings) -> int | None:
-    """The disconnect reason for a request path, or None when it may connect."""
-    url = urlsplit(path)
-    query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-    if url.path not in ("", "/") or query.get("version") != "2":
-        return DisconnectReason.INVALID_REQUEST
-    token = query.get("token", "")
-    if not token:
-        return DisconnectReason.AUTHENTICATION_FAILED
-    if token in settings.expired_tokens:
-        return DisconnectReason.ACCESS_TOKEN_EXPIRED
-    if settings.valid_tokens is not None and token not in settings.valid_tokens:
-        return DisconnectReason.ACCESS_TOKEN_INVALID
-    client_id = query.get("clientId", "")
-    if not client_id or (settings.valid_client_ids is not None and client_id not in settings.valid_client_ids):
-        return DisconnectReason.CLIENT_ID_INVALID
-    if query.get("authType") != "2":
-        return DisconnectReason.AUTHENTICATION_FAILED
-    return None
-
-
-def _client_id(request: Request) -> str:
-    values = parse_qs(urlsplit(request.path).query).get("clientId", [""])
-    return values[-1]
-
-
 def _reason_text(reason: int) -> str:
     try:
         return f"{reason} {DisconnectReason(reason).name.lower().replace('_', ' ')}"
@@ -157,12 +113,12 @@ def _reason_text(reason: int) -> str:
         return str(reason)
 
 
-def garbage_frame(size: int, rng: random.Random | None = None) -> bytes:
-    """Random bytes whose first byte is no response code, so a decoder must report an
-    error (unknown code, bad length or truncated header) whatever follows."""
-    body = bytearray(os.urandom(size))
-    body[0] = (rng or random).choice(_GARBAGE_CODES)
-    return bytes(body)
+class _Outcome(Enum):
+    """How sending a tick's due packets ended."""
+
+    SENT = "sent"  # all of them, or the connection has nothing to send
+    CAPPED = "capped"  # the caps refused the rest: dropped
+    CLOSING = "closing"  # the connection is closing
 
 
 class FeedConnection:
@@ -234,7 +190,7 @@ class FeedConnection:
     # --- requests -----------------------------------------------------------------
 
     async def serve(self) -> None:
-        self._pump_task = asyncio.create_task(self._pump(), name=f"feed-sim-pump-{self.id}")
+        self._pump_task = self.server.spawn(self._pump(), f"feed-sim-pump-{self.id}")
         try:
             async for message in self.ws:
                 if isinstance(message, bytes):
@@ -298,7 +254,7 @@ class FeedConnection:
             return None
         market = self.server.market
         books = [market.book(seg, sid) for seg, sid in keys]
-        for key, book in zip(keys, books):
+        for key, book in zip(keys, books, strict=True):
             self.subs[key] = (book, mode)
         self._entries = list(self.subs.values())
         packets = [book.prev_close_packet() for book in books]
@@ -325,26 +281,7 @@ class FeedConnection:
         settings = server.settings
         loop = asyncio.get_running_loop()
         interval, per_instrument, burst = settings.send_interval, settings.ticks_per_second, settings.burst
-        stamp, clock = settings.stamp_send_time, time.time
-        total, mine = server.total_bucket, self.bucket
-        market_now = server.market.now
-        ws = self.ws
-        proto, transport = ws.protocol, ws.transport
-        send = proto.send_binary
-        # Server frames are unmasked, so without an extension a frame is a constant header
-        # plus the packet: framing it here costs ~0.1 us against ~1 us in send_binary
-        # (a Frame, its checks, serialize), a quarter of what the books cost per packet.
-        # Valid only when no extension (the bench-only permessage-deflate) was negotiated;
-        # websockets' queued output (data_to_send) goes first so that the order on the wire
-        # is kept, and the state is checked as send_binary would (nothing can change it
-        # between the check and the write: no await).
-        raw = not proto.extensions
-        frames: list[bytes] = []  # raw: this batch's framed packets, after websockets' queued output
-
-        def frame(packet: bytes, _headers: tuple[bytes, ...] = _FRAME_HEADERS, _append: Any = frames.append) -> None:
-            _append(_headers[len(packet)] + packet)
-
-        emit = frame if raw else send
+        framer = Framer(self.ws.protocol)
         last = loop.time()
         carry = 0.0
         server.pumps += 1
@@ -367,72 +304,102 @@ class FeedConnection:
                     due = carry + per_instrument * len(self._entries) * dt
                     want = int(due)
                     carry = due - want
-                while want > 0 and self.state is ConnState.OPEN:
-                    entries = self._entries  # re-read after every await: (un)subscribes apply at once
-                    n = len(entries)
-                    if n == 0 or transport.is_closing():
-                        break
-                    if raw and proto.state is not OPEN:
-                        return  # closing: the close frame is already queued (send_binary would raise InvalidState)
-                    granted = mine.take(min(want, _BATCH))
-                    allowed = total.take(granted, limit=total.capacity / max(1, server.pumps))
-                    if allowed < granted:
-                        mine.spend(allowed - granted)  # give back what the total cap refused
-                    if allowed == 0:
-                        carry = 0.0  # capped: drop, like a conflating feed
-                        break
-                    now = market_now()
-                    i = self._cursor % n
-                    sent = nbytes = 0
-                    if raw:
-                        frames.extend(proto.data_to_send())  # queued output first
-                    try:
-                        while sent < allowed:
-                            book, mode = entries[i]
-                            i += 1
-                            if i == n:
-                                i = 0
-                            book.tick(now)
-                            if mode == _FULL:
-                                packet = (
-                                    book.full_packet(int(clock() * 1000.0) % MS_PER_DAY)
-                                    if stamp
-                                    else book.full_packet()
-                                )
-                            elif mode == _TICKER:
-                                packet = book.ticker_packet()
-                            else:
-                                packet = book.quote_packet()
-                                if book.is_derivative:
-                                    oi = book.oi_packet()
-                                    emit(oi)
-                                    sent += 1
-                                    nbytes += len(oi)
-                            emit(packet)
-                            sent += 1
-                            nbytes += len(packet)
-                    except InvalidState:
-                        return  # closing: the close frame is already queued
-                    self._cursor = i
-                    if sent > allowed:  # a Quote+OI pair overshot by one
-                        mine.spend(sent - allowed)
-                        total.spend(sent - allowed)
-                    transport.write(b"".join(frames if raw else proto.data_to_send()))
-                    frames.clear()
-                    self.packets_sent += sent
-                    self.bytes_sent += nbytes
-                    server.packets_sent += sent
-                    want -= sent
-                    await ws.drain()  # back-pressure from a slow client
-                    if want > 0:
-                        await asyncio.sleep(0)
+                outcome = await self._send_due(want, framer)
+                if outcome is _Outcome.CAPPED:
+                    carry = 0.0  # capped: drop, like a conflating feed
+                elif outcome is _Outcome.CLOSING:
+                    return  # the close frame is already queued
         except (ConnectionClosed, ConnectionError):
             return
         except Exception:
             log.exception("send loop failed", extra={"conn": self.id})
-            server.spawn(self.disconnect(DisconnectReason.INTERNAL_ERROR))
+            server.spawn(self.disconnect(DisconnectReason.INTERNAL_ERROR), f"feed-sim-disconnect-{self.id}")
         finally:
             server.pumps -= 1
+
+    async def _send_due(self, want: int, framer: Framer) -> _Outcome:
+        """Sends ``want`` packets in batches of at most _BATCH, each as the caps grant it,
+        with back-pressure from the client between batches."""
+        ws = self.ws
+        proto, transport = ws.protocol, ws.transport
+        while want > 0 and self.state is ConnState.OPEN:
+            entries = self._entries  # re-read after every await: (un)subscribes apply at once
+            if not entries or transport.is_closing():
+                break
+            if framer.raw and proto.state is not OPEN:
+                return _Outcome.CLOSING  # send_binary would raise InvalidState
+            allowed = self._grant(min(want, _BATCH))
+            if allowed == 0:
+                return _Outcome.CAPPED
+            framer.begin()
+            try:
+                sent, nbytes = self._pick(entries, allowed, framer.emit)
+            except InvalidState:
+                return _Outcome.CLOSING
+            if sent > allowed:  # a Quote+OI pair overshot by one
+                self._charge(sent - allowed)
+            self._write_frames(framer, sent, nbytes)
+            want -= sent
+            await ws.drain()  # back-pressure from a slow client
+            if want > 0:
+                await asyncio.sleep(0)
+        return _Outcome.SENT
+
+    def _grant(self, want: int) -> int:
+        """Packets the caps allow now, at most ``want``: this connection's bucket, then the
+        simulator's, shared evenly between the send loops."""
+        server, mine = self.server, self.bucket
+        total = server.total_bucket
+        granted = mine.take(want)
+        allowed = total.take(granted, limit=total.capacity / max(1, server.pumps))
+        if allowed < granted:
+            mine.spend(allowed - granted)  # give back what the total cap refused
+        return allowed
+
+    def _charge(self, extra: int) -> None:
+        """Charges packets sent beyond a grant to both caps."""
+        self.bucket.spend(extra)
+        self.server.total_bucket.spend(extra)
+
+    def _pick(self, entries: list[tuple[Book, int]], allowed: int, emit: Callable[[bytes], None]) -> tuple[int, int]:
+        """Ticks books round-robin from the cursor, emitting each one's packets in its mode,
+        until ``allowed`` are out (a Quote+OI pair may overshoot by one); returns (packets,
+        bytes)."""
+        settings = self.server.settings
+        stamp, clock = settings.stamp_send_time, time.time
+        now = self.server.market.now()
+        n = len(entries)
+        i = self._cursor % n
+        sent = nbytes = 0
+        while sent < allowed:
+            book, mode = entries[i]
+            i += 1
+            if i == n:
+                i = 0
+            book.tick(now)
+            if mode == _FULL:
+                packet = book.full_packet(int(clock() * 1000.0) % MS_PER_DAY) if stamp else book.full_packet()
+            elif mode == _TICKER:
+                packet = book.ticker_packet()
+            else:
+                packet = book.quote_packet()
+                if book.is_derivative:
+                    oi = book.oi_packet()
+                    emit(oi)
+                    sent += 1
+                    nbytes += len(oi)
+            emit(packet)
+            sent += 1
+            nbytes += len(packet)
+        self._cursor = i
+        return sent, nbytes
+
+    def _write_frames(self, framer: Framer, sent: int, nbytes: int) -> None:
+        """Writes a batch's frames in one go and counts its packets."""
+        self.ws.transport.write(framer.take())
+        self.packets_sent += sent
+        self.bytes_sent += nbytes
+        self.server.packets_sent += sent
 
     # --- faults and closing -------------------------------------------------------
 
@@ -506,7 +473,7 @@ class FeedServer:
         self._connections: dict[int, FeedConnection] = {}
         self._by_client: dict[str, list[FeedConnection]] = {}
         self._server: Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()  # send loops and background disconnects
         self.port = 0
 
     async def start(self) -> int:
@@ -534,8 +501,7 @@ class FeedServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.stop()
 
     # --- registry -----------------------------------------------------------------
 
@@ -557,12 +523,9 @@ class FeedServer:
                 extra={"conn": conn.id, "client_id": conn.client_id, "packets_sent": conn.packets_sent},
             )
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Runs a coroutine in the background, kept referenced until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Runs a coroutine in the background as the task ``name`` (see Tasks)."""
+        return self._tasks.spawn(coro, name)
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -574,12 +537,12 @@ class FeedServer:
                 await ws.send(encode_disconnect(reason))
                 await ws.close(1000, _reason_text(reason))
             return
-        conn = FeedConnection(self, ws, next(self._ids), _client_id(ws.request))
+        conn = FeedConnection(self, ws, next(self._ids), client_id(ws.request.path))
         peers = self._by_client.setdefault(conn.client_id, [])
         while len(peers) >= self.settings.max_connections_per_client:
             oldest = peers[0]
             self._unregister(oldest)  # before the await: the new one takes its place now
-            self.spawn(oldest.disconnect(DisconnectReason.TOO_MANY_CONNECTIONS))
+            self.spawn(oldest.disconnect(DisconnectReason.TOO_MANY_CONNECTIONS), f"feed-sim-disconnect-{oldest.id}")
         self._connections[conn.id] = conn
         self._by_client.setdefault(conn.client_id, []).append(conn)
         log.info("connection open", extra={"conn": conn.id, "client_id": conn.client_id, "remote": conn.remote})

@@ -1,4 +1,5 @@
-"""Parses Dhan's scrip master, compact or detailed, by header name.
+"""Dhan's scrip master: the instrument record and the parser of the master CSV, compact or
+detailed, by header name, and of the generator's previous-close sidecar.
 
 A malformed row is rejected with its line number and a reason; it never aborts the load.
 """
@@ -10,9 +11,61 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
+from typing import Final
 
-from services.common.instruments import INSTRUMENT_TYPES, MASTER_SEGMENTS, OPTION_TYPES
-from services.registry.model import InstrumentId, InstrumentRecord
+from services.common.instruments import FUTURE_TYPES, INSTRUMENT_TYPES, MASTER_SEGMENTS, OPTION_TYPES
+from services.common.keys import Key
+
+InstrumentId = Key  # (Dhan segment name, security id)
+
+# The generator's sidecar of previous closes, one row per master row.
+PRICES_HEADER: Final = ("EXCHANGE_SEGMENT", "SECURITY_ID", "PREVIOUS_CLOSE")
+
+
+@dataclass(slots=True)
+class InstrumentRecord:
+    """One instrument as the master describes it (the registry's in-memory record)."""
+
+    segment: str  # Dhan segment name, e.g. "NSE_EQ"
+    security_id: int
+    exchange: str  # NSE, BSE, MCX
+    instrument_type: str  # INDEX, EQUITY, FUTIDX, ...
+    trading_symbol: str
+    display_name: str
+    underlying_symbol: str
+    lot_size: float
+    tick_size: float  # rupees
+    expiry: date | None
+    expiry_flag: str  # "W", "M" or ""
+    strike: float | None
+    option_type: str  # "CE", "PE" or ""
+    series: str
+    previous_close: float | None = None
+
+    @property
+    def key(self) -> InstrumentId:
+        return (self.segment, self.security_id)
+
+    @property
+    def is_option(self) -> bool:
+        return self.instrument_type in OPTION_TYPES
+
+    @property
+    def is_future(self) -> bool:
+        return self.instrument_type in FUTURE_TYPES
+
+    @property
+    def kind_rank(self) -> int:
+        """Search order of kinds: cash, index, futures, options."""
+        if self.instrument_type == "INDEX":
+            return 1
+        if self.is_future:
+            return 2
+        if self.is_option:
+            return 3
+        return 0
+
 
 # Canonical field -> header name in each format.
 _COMPACT = {
@@ -207,13 +260,19 @@ def parse_master(lines: Iterable[str], prices: Mapping[InstrumentId, float] | No
     return result
 
 
+def prices_sidecar(csv_path: Path) -> Path:
+    """The previous-close sidecar beside a master: 'master.csv' -> 'master.prices.csv'."""
+    return csv_path.with_name(csv_path.stem + ".prices.csv")
+
+
 def parse_prices(lines: Iterable[str]) -> dict[InstrumentId, float]:
-    """Reads the generator's sidecar: EXCHANGE_SEGMENT,SECURITY_ID,PREVIOUS_CLOSE."""
+    """Reads the generator's sidecar (PRICES_HEADER)."""
     reader = csv.DictReader(lines)
     prices: dict[InstrumentId, float] = {}
+    segment, security_id, previous_close = PRICES_HEADER
     for row in reader:
         try:
-            prices[(row["EXCHANGE_SEGMENT"], int(row["SECURITY_ID"]))] = float(row["PREVIOUS_CLOSE"])
+            prices[(row[segment], int(row[security_id]))] = float(row[previous_close])
         except (KeyError, ValueError, TypeError):
             continue
     return prices

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from services.feed.codec import DisconnectReason
+from services.dhan.protocol import DisconnectReason
 
 from .catalog import Catalog
 from .control import ControlServer
@@ -143,7 +143,7 @@ class Simulator:
     def disconnect(self, target: Target, reason: int = DisconnectReason.TOO_MANY_CONNECTIONS) -> list[int]:
         """Sends the disconnect packet and closes, in the background (returns at once)."""
         feed = self._feed()
-        return self._each(target, lambda conn: feed.spawn(conn.disconnect(reason)))
+        return self._each(target, lambda conn: feed.spawn(conn.disconnect(reason), f"feed-sim-disconnect-{conn.id}"))
 
     def garbage(self, target: Target, size: int = 64, count: int = 1) -> list[int]:
         return self._each(target, lambda conn: conn.garbage(size, count))

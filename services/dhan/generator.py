@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
 import os
-import random
 import sys
 import tempfile
 import time
@@ -26,9 +26,28 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
 from services.common import market_calendar as cal
+from services.common.instruments import MASTER_SEGMENTS
+from services.dhan.master import PRICES_HEADER, InstrumentId, prices_sidecar
+from services.dhan.synthetic import (
+    INDEX_SPECS,
+    MCX_CARRY,
+    MCX_SPECS,
+    RISK_FREE_RATE,
+    GeneratorConfig,
+    IndexSpec,
+    McxSpec,
+    black76,
+    round_to,
+    scale_of,
+    smile_vol,
+    stock_vol,
+    underlying_price,
+)
+
+log = logging.getLogger(__name__)
 
 SEED_DIR: Final = Path(__file__).resolve().parent / "seed"
 EQUITIES_CSV: Final = SEED_DIR / "dhan-scrip-master-equities-indices-2026-07.csv"
@@ -40,100 +59,10 @@ HEADER: Final = (
     "SEM_EXPIRY_DATE", "SEM_STRIKE_PRICE", "SEM_OPTION_TYPE", "SEM_TICK_SIZE",
     "SEM_EXPIRY_FLAG", "SEM_EXCH_INSTRUMENT_TYPE", "SEM_SERIES", "SM_SYMBOL_NAME",
 )  # fmt: skip
-PRICES_HEADER: Final = ("EXCHANGE_SEGMENT", "SECURITY_ID", "PREVIOUS_CLOSE")
 
 # Above every real id in the extracts (max 977,905 in July 2026); the allocator also
 # skips any real id, so a newer extract cannot produce a collision either.
 DERIVATIVE_ID_START: Final = 1_000_000
-
-RISK_FREE_RATE: Final = 0.065  # Indian cost of carry / discount rate
-MCX_CARRY: Final = 0.02  # mild contango between energy futures months
-
-Scale = Literal["full", "small"]
-PriceKey = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    trading_date: date
-    seed: int = 7
-    scale: Scale = "full"
-
-    def __post_init__(self) -> None:
-        if self.scale not in ("full", "small"):
-            raise ValueError(f"scale must be 'full' or 'small', not {self.scale!r}")
-
-
-# --- underlyings ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """An index with derivatives; strike grids are fractions of spot at 30 days."""
-
-    symbol: str
-    exchange: Literal["NSE", "BSE"]
-    lot: int
-    level: float
-    vol: float
-    near_step: float
-    far_step: float
-    fut_tick_paise: int
-    near_pct: float = 0.06
-    far_pct: float = 0.20
-
-
-INDEX_SPECS: Final = (
-    IndexSpec("NIFTY", "NSE", 65, 25_900.0, 0.12, 50, 100, 10),
-    IndexSpec("BANKNIFTY", "NSE", 30, 58_000.0, 0.14, 100, 500, 20),
-    IndexSpec("FINNIFTY", "NSE", 60, 27_500.0, 0.14, 50, 100, 10),
-    IndexSpec("MIDCPNIFTY", "NSE", 120, 13_500.0, 0.17, 25, 50, 5),
-    IndexSpec("SENSEX", "BSE", 20, 84_500.0, 0.12, 100, 500, 5),
-    IndexSpec("BANKEX", "BSE", 30, 65_000.0, 0.14, 100, 500, 5),
-)
-
-
-@dataclass(frozen=True)
-class McxSpec:
-    symbol: str
-    level: float
-    vol: float
-    step: float
-    fut_tick_paise: int
-    opt_tick_paise: int
-    range_pct: float
-
-
-MCX_SPECS: Final = (
-    McxSpec("CRUDEOIL", 5_400.0, 0.35, 50, 100, 10, 0.30),
-    McxSpec("NATURALGAS", 330.0, 0.55, 5, 10, 5, 0.40),
-)
-
-# Fixed previous closes (rupees) so that well-known names look right; every other
-# symbol gets a seeded lognormal level.
-FIXED_LEVELS: Final[Mapping[str, float]] = MappingProxyType(
-    {
-        **{s.symbol: s.level for s in INDEX_SPECS},
-        **{s.symbol: s.level for s in MCX_SPECS},
-        "INDIA VIX": 12.0,
-        "RELIANCE": 1_400.0,
-        "HDFCBANK": 990.0,
-        "ICICIBANK": 1_380.0,
-        "INFY": 1_520.0,
-        "TCS": 3_150.0,
-        "SBIN": 960.0,
-        "BHARTIARTL": 2_050.0,
-        "ITC": 410.0,
-        "LT": 3_950.0,
-        "KOTAKBANK": 2_120.0,
-        "AXISBANK": 1_210.0,
-        "HINDUNILVR": 2_450.0,
-        "MARUTI": 15_800.0,
-        "BAJFINANCE": 1_010.0,
-        "TATASTEEL": 172.0,
-        "SUNPHARMA": 1_720.0,
-    }
-)
 
 # Strike steps a stock may get, in rupees (NSE uses these intervals).
 STOCK_STEPS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 250.0, 500.0)
@@ -189,63 +118,6 @@ _PROFILES: Final[Mapping[str, _Profile]] = MappingProxyType(
 )
 
 
-# --- seeded numbers -------------------------------------------------------------------
-
-
-def _symbol_rng(seed: int, symbol: str) -> random.Random:
-    """Per-symbol stream: a symbol's numbers do not depend on what else is generated,
-    so small and full masters agree and BSE/NSE listings of a name share a price."""
-    return random.Random(f"{seed}:{symbol}")
-
-
-def _round_to(value: float, step: float) -> float:
-    return round(round(value / step) * step, 2)
-
-
-def _seeded_level(rng: random.Random) -> float:
-    """Lognormal around Rs 600, redrawn until within Rs 50..10,000 (no pile-up at the edges)."""
-    while True:
-        level = math.exp(rng.gauss(math.log(600.0), 1.1))
-        if 50.0 <= level <= 10_000.0:
-            return level
-
-
-def underlying_price(symbol: str, config: GeneratorConfig) -> float:
-    """Previous close of a cash instrument or index, in rupees."""
-    if symbol in FIXED_LEVELS:
-        return FIXED_LEVELS[symbol]
-    return _round_to(_seeded_level(_symbol_rng(config.seed, symbol)), 0.05)
-
-
-def _stock_vol(symbol: str, config: GeneratorConfig) -> float:
-    return _symbol_rng(config.seed, "vol:" + symbol).uniform(0.20, 0.45)
-
-
-# --- pricing --------------------------------------------------------------------------
-
-
-def _norm_cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
-
-
-def _smile_vol(base: float, strike: float, forward: float, t: float) -> float:
-    """Put skew plus mild curvature in standardised moneyness, flat beyond 3 sigma."""
-    x = math.log(strike / forward) / (base * math.sqrt(t))
-    x = max(-3.0, min(3.0, x))
-    return base * (1.0 - 0.06 * x + 0.025 * x * x)
-
-
-def black76(forward: float, strike: float, t: float, vol: float, rate: float) -> tuple[float, float]:
-    """(call, put) on a forward; with forward = spot*e^(rt) this is Black-Scholes."""
-    sd = vol * math.sqrt(t)
-    d1 = (math.log(forward / strike) + 0.5 * sd * sd) / sd
-    d2 = d1 - sd
-    df = math.exp(-rate * t)
-    call = df * (forward * _norm_cdf(d1) - strike * _norm_cdf(d2))
-    put = df * (strike * _norm_cdf(-d2) - forward * _norm_cdf(-d1))
-    return call, put
-
-
 def _years_to(expiry: date, trading_date: date) -> float:
     # Half a day on expiry day keeps some time value in a same-day contract.
     return ((expiry - trading_date).days + 0.5) / 365.0
@@ -254,7 +126,7 @@ def _years_to(expiry: date, trading_date: date) -> float:
 def _tick_price(value: float, tick_paise: int) -> float:
     """Rounded to the tick, never below one tick (exchanges quote nothing lower)."""
     tick = tick_paise / 100.0
-    return max(tick, _round_to(value, tick))
+    return max(tick, round_to(value, tick))
 
 
 # --- strike grids ---------------------------------------------------------------------
@@ -341,22 +213,9 @@ class Contract(NamedTuple):
     price: float
 
 
-_FEED_SEGMENTS: Final[Mapping[tuple[str, str], str]] = MappingProxyType(
-    {
-        ("NSE", "E"): "NSE_EQ",
-        ("BSE", "E"): "BSE_EQ",
-        ("NSE", "I"): "IDX_I",
-        ("BSE", "I"): "IDX_I",
-        ("NSE", "D"): "NSE_FNO",
-        ("BSE", "D"): "BSE_FNO",
-        ("MCX", "M"): "MCX_COMM",
-    }
-)
-
-
 def feed_segment(exchange: str, segment: str) -> str:
     """Dhan feed exchange segment of a master row ('NSE','D' -> 'NSE_FNO')."""
-    return _FEED_SEGMENTS[(exchange, segment)]
+    return MASTER_SEGMENTS[(exchange, segment)]
 
 
 def _strike_text(strike: float) -> str:
@@ -459,7 +318,7 @@ def _option_chain(
     seg = feed_segment(chain.exchange, chain.segment)
     tick = f"{tick_paise:.4f}"
     for strike in strikes:
-        call, put = black76(forward, strike, t, _smile_vol(base_vol, strike, forward, t), RISK_FREE_RATE)
+        call, put = black76(forward, strike, t, smile_vol(base_vol, strike, forward, t), RISK_FREE_RATE)
         ce, pe = _option_pair(chain, (ids.take(), ids.take()), instrument, strike, tick)
         yield Contract(ce, seg, _tick_price(call, tick_paise))
         yield Contract(pe, seg, _tick_price(put, tick_paise))
@@ -491,7 +350,7 @@ def _stock_contracts(
 ) -> Iterator[Contract]:
     """FUTSTK + OPTSTK on the next 3 monthly expiries."""
     spot = underlying_price(stock.symbol, config)
-    vol = _stock_vol(stock.symbol, config)
+    vol = stock_vol(stock.symbol, config)
     step = stock_step(spot)
     f = profile.grid_factor
     strikes = strike_grid(spot, step, 2 * step, STOCK_NEAR_PCT * f, STOCK_FAR_PCT * f)
@@ -578,14 +437,9 @@ def generate_rows(config: GeneratorConfig) -> Iterator[list[str]]:
     return (c.row for c in _contracts(config))
 
 
-def reference_prices(config: GeneratorConfig) -> dict[PriceKey, float]:
+def reference_prices(config: GeneratorConfig) -> dict[InstrumentId, float]:
     """(feed segment, security id) -> previous close in rupees, for every row."""
     return {(c.segment, int(c.row[2])): c.price for c in _contracts(config)}
-
-
-def prices_path_for(master_path: Path) -> Path:
-    """Sidecar next to the master: 'master.csv' -> 'master.prices.csv'."""
-    return master_path.with_name(f"{master_path.stem}.prices.csv")
 
 
 def _temp_beside(target: Path) -> Path:
@@ -600,7 +454,7 @@ def write_master(config: GeneratorConfig, path: Path) -> int:
     """Writes the master CSV and its prices sidecar atomically; returns data rows written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prices_path = prices_path_for(path)
+    prices_path = prices_sidecar(path)
     tmp_master, tmp_prices = _temp_beside(path), _temp_beside(prices_path)
     try:
         count = 0
@@ -626,6 +480,17 @@ def write_master(config: GeneratorConfig, path: Path) -> int:
     return count
 
 
+def cached_master(cache_dir: Path, trading_date: date, seed: int, scale: str) -> Path:
+    """The master of (trading date, seed, scale) under ``cache_dir``, written with its sidecar
+    unless both are there already: the registry and the simulator share it (and its ids)."""
+    path = cache_dir / f"generated-{trading_date.isoformat()}-s{seed}-{scale}.csv"
+    if not path.is_file() or not prices_sidecar(path).is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = write_master(GeneratorConfig(trading_date=trading_date, seed=seed, scale=scale_of(scale)), path)
+        log.info("generated master", extra={"path": str(path), "rows": rows})
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate a Dhan compact scrip master.")
     parser.add_argument("--date", type=date.fromisoformat, default=None, help="trading date (default: today IST)")
@@ -637,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows = write_master(config, args.out)
     elapsed = time.perf_counter() - started
-    sidecar = prices_path_for(args.out)
+    sidecar = prices_sidecar(args.out)
     print(f"wrote {rows} rows to {args.out} and {sidecar} in {elapsed:.2f}s", file=sys.stderr)
     return 0
 

@@ -14,7 +14,7 @@
   below one tick, and without bounce: at one instant a chain is monotone in strike
   (rounding and the one-tick floor are non-decreasing maps, so they keep it).
 - Start levels are the master's previous closes (the generator's, via its sidecar) or
-  ``generator.underlying_price``; option and future parameters come from the same module,
+  ``synthetic.underlying_price``; option and future parameters come from the same module,
   so the first ticks agree with the master's prices.
 
 A ``Book`` holds one instrument's session state (last trade, day OHLC, volume, OI, depth);
@@ -33,18 +33,22 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from services.feed.codec import (
+from services.common.keys import Key
+from services.dhan import synthetic
+from services.dhan.encode import encode_full, encode_oi, encode_prev_close, encode_quote, encode_ticker
+from services.dhan.protocol import (
+    DEPTH_LEVELS,
+    DEPTH_PRICE_FIELDS,
+    DEPTH_QUANTITY_FIELDS,
+    FULL_CODE,
+    FULL_SCALAR_FIELDS,
+    FULL_SIZE,
+    HEADER_FIELDS,
     IST_OFFSET_SECONDS,
-    encode_full,
-    encode_oi,
-    encode_prev_close,
-    encode_quote,
-    encode_ticker,
 )
-from services.registry import generator as gen
-from services.registry.generator import GeneratorConfig
+from services.dhan.synthetic import GeneratorConfig
 
-from .catalog import Asset, Catalog, Contract, Key
+from .catalog import Asset, Catalog, Contract
 
 YEAR_SECONDS = 365.0 * 86_400.0  # option time to expiry is calendar time
 TRADING_SECONDS_PER_YEAR = 252 * 6.25 * 3_600.0  # the walk's clock: NSE session seconds
@@ -55,17 +59,18 @@ UINT16_MAX = 0xFFFF  # LTQ field
 MAX_UNIT = 10_000  # largest quantity step (see Book.lot)
 UNKNOWN_LEVEL = 100.0
 DERIVATIVE_SEGMENTS = frozenset({"NSE_FNO", "BSE_FNO", "MCX_COMM", "NSE_CURRENCY", "BSE_CURRENCY"})
-_INDEX_VOL = {s.symbol: s.vol for s in gen.INDEX_SPECS}
-_MCX_VOL = {s.symbol: s.vol for s in gen.MCX_SPECS}
+_INDEX_VOL = {s.symbol: s.vol for s in synthetic.INDEX_SPECS}
+_MCX_VOL = {s.symbol: s.vol for s in synthetic.MCX_SPECS}
 _POOL = 64  # (a power of two) per-book pools of random depth quantities, cycled instead of drawn per tick
 _DRAWS = 4096  # (a power of two) rows of pre-drawn per-tick randomness, cycled per book (see Tables)
 _DRAW_MASK = _DRAWS - 1
 _SQRT2 = math.sqrt(2.0)
-# The codec's Full layout (services.feed.codec._P_FULL: "<BHBIfHIfIIIIIIffff" + "IIHHff" * 5)
-# with each level's quantities and orders ("IIHH") as one pre-packed 12-byte string: the
-# same bytes (a test checks them against encode_full) from 15 arguments instead of 30.
-_LEVEL = struct.Struct("<IIHH").pack
-_PACK_FULL = struct.Struct("<BHBIfHIfIIIIIIffff" + "12sff" * 5).pack
+# The Full layout (services.dhan.protocol) with each level's quantities and orders as one
+# pre-packed string: the same bytes (a test checks them against encode_full) from 15
+# arguments instead of 30.
+_LEVEL = struct.Struct("<" + DEPTH_QUANTITY_FIELDS).pack
+_PACKED_LEVEL = f"{struct.calcsize('<' + DEPTH_QUANTITY_FIELDS)}s{DEPTH_PRICE_FIELDS}"
+_PACK_FULL = struct.Struct("<" + HEADER_FIELDS + FULL_SCALAR_FIELDS + _PACKED_LEVEL * DEPTH_LEVELS).pack
 
 
 class Walk:
@@ -101,7 +106,7 @@ class Walk:
 
 def option_price(forward: float, strike: float, years: float, vol: float, rate: float, is_call: bool) -> float:
     """Black-76 (Black-Scholes when forward = spot * e^(rT)) with the generator's smile."""
-    vol = gen._smile_vol(vol, strike, forward, years)  # same smile as the master's prices
+    vol = synthetic.smile_vol(vol, strike, forward, years)  # same smile as the master's prices
     sd = vol * math.sqrt(years)
     d1 = (math.log(forward / strike) + 0.5 * sd * sd) / sd
     d2 = d1 - sd
@@ -315,8 +320,8 @@ class Book:
         if volume <= _int32_max:
             self.volume = volume
             pv = self._pv = self._pv + price * ltq
-            # round(pv / volume, 2) costs 0.2 us (a decimal conversion); away from a half
-            # cent, whole cents rounded in binary and divided by 100 are the same float.
+            # round(pv / volume, 2) is slow (a decimal conversion); away from a half cent,
+            # whole cents rounded in binary and divided by 100 are the same float.
             cents = pv / volume * 100.0
             whole = round(cents)
             atp = whole / 100.0 if -0.4999 < cents - whole < 0.4999 else round(pv / volume, 2)
@@ -362,14 +367,15 @@ class Book:
         b = self._best_bid
         if b <= 5:
             return encode_full(
-                self.segment, self.security_id, self.ltp, self.ltq, self.ltt, self.atp, self.volume if volume is None else volume,
-                self.total_sell_qty, self.total_buy_qty, self.oi, self.day_high_oi, self.day_low_oi,
-                self.day_open, self.ltp, self.day_high, self.day_low, self.depth,
+                self.segment, self.security_id, self.ltp, self.ltq, self.ltt, self.atp,
+                self.volume if volume is None else volume, self.total_sell_qty, self.total_buy_qty,
+                self.oi, self.day_high_oi, self.day_low_oi, self.day_open, self.ltp, self.day_high, self.day_low,
+                self.depth,
             )  # fmt: skip
         t, a, ltp, lv, k = self.tick_size, self._best_ask, self.ltp, self._levels, self._k
         return _PACK_FULL(
-            8, 162, self.segment, self.security_id, ltp, self.ltq, self.ltt + IST_OFFSET_SECONDS, self.atp,
-            self.volume if volume is None else volume, self.total_sell_qty, self.total_buy_qty,
+            FULL_CODE, FULL_SIZE, self.segment, self.security_id, ltp, self.ltq, self.ltt + IST_OFFSET_SECONDS,
+            self.atp, self.volume if volume is None else volume, self.total_sell_qty, self.total_buy_qty,
             self.oi, self.day_high_oi, self.day_low_oi, self.day_open, ltp, self.day_high, self.day_low,
             lv[k], b * t, a * t, lv[k + 1], (b - 1) * t, (a + 1) * t, lv[k + 2], (b - 2) * t, (a + 2) * t,
             lv[k + 3], (b - 3) * t, (a + 3) * t, lv[k + 4], (b - 4) * t, (a + 4) * t,
@@ -421,7 +427,7 @@ class Market:
             return 0.05
         if symbol.startswith("?"):
             return 0.25
-        return gen._stock_vol(symbol, self._gen_config)  # the vol the master's options used
+        return synthetic.stock_vol(symbol, self._gen_config)  # the vol the master's options used
 
     def walk(self, asset: Asset, symbol: str) -> Walk:
         key = (asset, symbol)
@@ -443,10 +449,10 @@ class Market:
         for future in self.catalog.futures(asset, symbol):
             if future.prev_close and asset != "commodity":  # MCX: the generator's spot is exact
                 return future.prev_close / self._carry(future, self.now())
-        return gen.underlying_price(symbol, self._gen_config)
+        return synthetic.underlying_price(symbol, self._gen_config)
 
     def _carry(self, future: Contract, now: float) -> float:
-        rate = gen.MCX_CARRY if future.asset == "commodity" else gen.RISK_FREE_RATE
+        rate = synthetic.MCX_CARRY if future.asset == "commodity" else synthetic.RISK_FREE_RATE
         return math.exp(rate * self._years(future, now))
 
     @staticmethod
@@ -487,13 +493,13 @@ class Market:
         strike, expiry_ts, is_call = c.strike, c.expiry_ts, c.is_call
         base = self._vol(c.asset, c.underlying)
         underlying_future = self.catalog.future_for_option(c) if c.asset == "commodity" else None
-        neg_rate = -gen.RISK_FREE_RATE
+        neg_rate = -synthetic.RISK_FREE_RATE
         if underlying_future is not None:  # the future's price (walk * basis) as is: e^0 = 1
             walk, basis = self._future_basis(underlying_future)
             carry = 0.0
         else:  # spot * e^(rT); x * 1.0 = x exactly
             walk, basis = self.walk(c.asset, c.underlying), 1.0
-            carry = gen.MCX_CARRY if c.asset == "commodity" else gen.RISK_FREE_RATE
+            carry = synthetic.MCX_CARRY if c.asset == "commodity" else synthetic.RISK_FREE_RATE
         at, min_years, year_seconds, sqrt2 = walk.at, MIN_EXPIRY_YEARS, YEAR_SECONDS, _SQRT2
         # (t, forward, sqrt(years), discount) shared by the options of one underlying and
         # expiry: the send loop ticks a whole batch at one instant, so all but the first
@@ -501,11 +507,16 @@ class Market:
         # shown could tell: it gets the walk at that instant, not the walk's latest value.)
         at_t = self._expiries.setdefault((walk, basis, carry, expiry_ts), [(math.nan, 0.0, 0.0, 0.0)])
 
-        # The forward, gen._smile_vol and option_price in one function with everything
-        # bound locally (the nested calls were a third of a tick), in the same operations
+        # The forward, synthetic.smile_vol and option_price in one function with everything
+        # bound locally (the nested calls cost more than the arithmetic), in the same operations
         # and order, so the same floats as option_price on the same forward.
-        def fair(t: float, _log: Callable[[float], float] = math.log, _sqrt: Callable[[float], float] = math.sqrt,
-                 _exp: Callable[[float], float] = math.exp, _erfc: Callable[[float], float] = math.erfc) -> float:  # fmt: skip
+        def fair(
+            t: float,
+            _log: Callable[[float], float] = math.log,
+            _sqrt: Callable[[float], float] = math.sqrt,
+            _exp: Callable[[float], float] = math.exp,
+            _erfc: Callable[[float], float] = math.erfc,
+        ) -> float:
             t0, forward, sqrt_years, df = at_t[0]
             if t0 != t:
                 years = (expiry_ts - t) / year_seconds

@@ -1,4 +1,4 @@
-"""python -m services.feed.simulator [--port 8765] [--control-port 8766] [--master PATH] ...
+"""python -m simulator [--port 8765] [--control-port 8766] [--master PATH] ...
 
 Settings come from SIM_* environment variables (see settings.py); flags override them."""
 
@@ -19,9 +19,7 @@ from .simulator import Simulator
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.feed.simulator", description="Dhan v2 live-feed simulator"
-    )
+    parser = argparse.ArgumentParser(prog="python -m simulator", description="Dhan v2 live-feed simulator")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--control-host")

@@ -54,7 +54,7 @@ class SimulatorSettings:
     stamp_send_time: bool = False
     permessage_deflate: bool = False
     # Instrument metadata: a master CSV (+ ".prices.csv" sidecar if present); without one,
-    # a master is generated (services.registry.generator) into master_cache_dir or a
+    # a master is generated (services.dhan.generator) into master_cache_dir or a
     # temporary directory. Use the registry's cache dir, seed and scale to share its ids.
     master_path: Path | None = None
     master_cache_dir: Path | None = None

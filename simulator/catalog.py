@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from services.common.instruments import SEGMENT_WIRE_CODES
+from services.common.keys import Key
 from services.common.market_calendar import IST, today_ist
-from services.registry.master_parser import parse_master, parse_prices
-from services.registry.model import InstrumentRecord
-from services.registry.sources import from_generator, prices_sidecar
+from services.dhan.generator import cached_master
+from services.dhan.master import InstrumentRecord, parse_master, parse_prices, prices_sidecar
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, int]  # (Dhan segment name, security id)
 Kind = Literal["index", "equity", "future", "option"]
 # Which random walk drives an instrument: cash and index instruments of one symbol share it
 # with their derivatives (NSE and BSE listings of a stock share a price, as in the master).
@@ -92,7 +90,7 @@ def _contract(record: InstrumentRecord) -> Contract | None:
         symbol=record.trading_symbol,
         underlying=record.underlying_symbol if kind in ("future", "option") else record.trading_symbol,
         tick=tick,
-        lot=max(1, int(round(record.lot_size))),
+        lot=max(1, round(record.lot_size)),
         prev_close=prev,
         strike=record.strike,
         is_call=record.option_type == "CE",
@@ -175,11 +173,11 @@ class Catalog:
 
     @classmethod
     def generated(cls, cache_dir: Path | None, seed: int, scale: str, trading_date: date | None = None) -> Catalog:
-        """Generates today's master (cached by from_generator under ``cache_dir``)."""
+        """Generates today's master (cached by cached_master under ``cache_dir``)."""
         trading_date = trading_date or today_ist()
         if cache_dir is None:
             with tempfile.TemporaryDirectory(prefix="feed-sim-master-") as tmp:
-                master = from_generator(Path(tmp), trading_date, seed, scale)
-                return cls.load(master.csv_path, master.prices_path, trading_date)
-        master = from_generator(cache_dir, trading_date, seed, scale)
-        return cls.load(master.csv_path, master.prices_path, trading_date)
+                path = cached_master(Path(tmp), trading_date, seed, scale)
+                return cls.load(path, prices_sidecar(path), trading_date)
+        path = cached_master(cache_dir, trading_date, seed, scale)
+        return cls.load(path, prices_sidecar(path), trading_date)

@@ -22,6 +22,7 @@ happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -102,9 +103,13 @@ async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: st
     from services.registry.store import RegistryStore
 
     phases = _PhaseTimer()
-    loader._parse = phases.wrap_sync("parse", loader._parse)  # type: ignore[attr-defined]
-    loader.Catalog = phases.wrap_sync("catalog", loader.Catalog)  # type: ignore[assignment]
-    RegistryStore.save_master = phases.wrap_async("save_master (COPY)", RegistryStore.save_master)  # type: ignore[method-assign]
+    timed = (
+        (loader, "_parse", phases.wrap_sync("parse", loader._parse)),
+        (loader, "Catalog", phases.wrap_sync("catalog", loader.Catalog)),
+        (RegistryStore, "save_master", phases.wrap_async("save_master (COPY)", RegistryStore.save_master)),
+    )
+    for owner, name, wrapped in timed:  # this process only: the loader's steps, timed
+        setattr(owner, name, wrapped)
 
     settings = dataclasses.replace(
         Settings(), auth_mode="dev", data_dir=Path(data_dir), grpc_host="127.0.0.1", grpc_port=0, master_scale="full"
@@ -139,16 +144,12 @@ async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: st
             "hwm_loaded_kib": rss_loaded["VmHWM"],
         }
     )
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(readable.wait(), timeout=CHILD_LIFETIME_SECONDS)
-    except TimeoutError:
-        pass
     loop.remove_reader(conn.fileno())
     final = status_kib()
-    try:
+    with contextlib.suppress(OSError):
         conn.send({"event": "stopping", "rss_end_kib": final["VmRSS"], "hwm_end_kib": final["VmHWM"]})
-    except OSError:
-        pass
     await registry.app.stop(1.0)
 
 
@@ -242,7 +243,7 @@ def _report_paced(report: Report, prefix: str, run: Paced, labels: Sequence[str]
         f"p99 {percentile(lags, 99) * 1000:.2f} ms, max {lags[-1] * 1000:.2f} ms"
     )
     by_label: dict[str, list[float]] = defaultdict(list)
-    for label, lat in zip(labels, run.latencies):
+    for label, lat in zip(labels, run.latencies, strict=True):
         if lat is not None:
             by_label[label].append(lat * 1000.0)
     width = max(len(label) for label in by_label) if by_label else 0
@@ -423,5 +424,6 @@ def run(report: Report) -> None:
             if final.get("event") == "stopping":
                 report.note(
                     f"registry process RSS after the RPC runs: {final['rss_end_kib'] / 1024:.0f} MB "
-                    f"(peak {final['hwm_end_kib'] / 1024:.0f} MB); log: {log_path.stat().st_size / 1e6:.1f} MB of JSON lines"
+                    f"(peak {final['hwm_end_kib'] / 1024:.0f} MB); "
+                    f"log: {log_path.stat().st_size / 1e6:.1f} MB of JSON lines"
                 )

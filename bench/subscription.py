@@ -241,13 +241,15 @@ async def _fill_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str,
     if not full:
         report.note(
             f"not full after {elapsed:.1f} s (limit {FILL_TIME_LIMIT_SECONDS:.0f} s): {status.subscribed_count} "
-            f"of {CAPACITY}; at this rate the fill would take {CAPACITY / max(status.subscribed_count / elapsed, 1e-9):.0f} s"
+            f"of {CAPACITY}; at this rate the fill would take "
+            f"{CAPACITY / max(status.subscribed_count / elapsed, 1e-9):.0f} s"
         )
     ms = _ms(latencies)
     report.note(
         f"fill: {FILL_CLIENTS} clients (one user id each), {units[0]} units, {len(held)} distinct instruments held, "
         f"{evictions[0]} evictions, capacity {status.capacity}; per-add latency under this load: p50 "
-        f"{percentile(ms, 50):.1f}, p90 {percentile(ms, 90):.1f}, p99 {percentile(ms, 99):.1f}, max {ms[-1] if ms else math.nan:.1f} ms"
+        f"{percentile(ms, 50):.1f}, p90 {percentile(ms, 90):.1f}, p99 {percentile(ms, 99):.1f}, "
+        f"max {ms[-1] if ms else math.nan:.1f} ms"
     )
     marks = []
     for fraction in (0.25, 0.5, 0.75, 1.0):
@@ -278,14 +280,16 @@ async def _status_phase(report: Report, stub: Any, pb: Any) -> Any:
         seconds.append(time.perf_counter() - sent)
     assert last is not None
     report.note(
-        f"GetSubscriptionStatus with {last.subscribed_count} subscribed, {sum(t.owner_count for t in last.tiers)} owners, "
+        f"GetSubscriptionStatus with {last.subscribed_count} subscribed, "
+        f"{sum(t.owner_count for t in last.tiers)} owners, "
         f"{last.user_count} users, {last.evictions_today} evictions today; {len(seconds)} sequential calls"
     )
     _report_latencies(report, "subscription.status", seconds, STATUS_P99_TARGET_MS)
     run = await _paced(lambda request, timeout: _status(stub, pb), [None] * STATUS_PACED_COUNT, STATUS_RATE)
     done = _ms([lat for lat in run.latencies if lat is not None])
     report.note(
-        f"GetSubscriptionStatus open loop at {STATUS_RATE:.0f}/s, {STATUS_PACED_COUNT} calls: p50 {percentile(done, 50):.2f}, "
+        f"GetSubscriptionStatus open loop at {STATUS_RATE:.0f}/s, {STATUS_PACED_COUNT} calls: "
+        f"p50 {percentile(done, 50):.2f}, "
         f"p90 {percentile(done, 90):.2f}, p99 {percentile(done, 99):.2f}, max {done[-1] if done else math.nan:.2f} ms, "
         f"errors {dict(run.errors) or 0}"
     )
@@ -309,7 +313,8 @@ async def _evict_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str
     report.add("subscription.evict.p50_ms", percentile(ms, 50), "ms")
     report.add("subscription.evict.p99_ms", percentile(ms, 99), "ms")
     report.note(
-        f"{len(evicting)} adds evicted (max {ms[-1] if ms else math.nan:.1f} ms), {len(other)} fitted without evicting; "
+        f"{len(evicting)} adds evicted (max {ms[-1] if ms else math.nan:.1f} ms), "
+        f"{len(other)} fitted without evicting; "
         f"subscribed {before.subscribed_count} -> {after.subscribed_count}; evictions today "
         f"{before.evictions_today} -> {after.evictions_today}"
     )
@@ -349,7 +354,8 @@ async def _client(report: Report, service: Child, registry_address: str) -> None
         rss = status_kib(service.pid)
         report.add("subscription.rss_mb", rss["VmRSS"] / 1024, "MB", target=RSS_TARGET_MB)
         report.note(
-            f"subscription process with {status.subscribed_count} subscribed: peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB"
+            f"subscription process with {status.subscribed_count} subscribed: "
+            f"peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB"
         )
 
         await _evict_phase(report, stub, pb, unused)
@@ -418,7 +424,8 @@ def run(report: Report) -> None:
                 try:
                     rss = status_kib(service.pid)
                     report.note(
-                        f"subscription process pid {service.pid} at {service.address}, RSS at start {rss['VmRSS'] / 1024:.0f} MB"
+                        f"subscription process pid {service.pid} at {service.address}, "
+                        f"RSS at start {rss['VmRSS'] / 1024:.0f} MB"
                     )
                     asyncio.run(_client(report, service, ready["address"]))
                 finally:

@@ -223,7 +223,10 @@ async def _reference(conn: Any, lifetime: float) -> None:
     conn.send({"event": "ready", "pid": os.getpid(), "address": f"127.0.0.1:{port}"})
     try:
         while True:
-            await asyncio.wait_for(readable.wait(), lifetime)
+            try:
+                await asyncio.wait_for(readable.wait(), lifetime)
+            except TimeoutError:
+                return  # the parent is gone: stop by ourselves
             readable.clear()
             while conn.poll():
                 command, arg = conn.recv()
@@ -237,8 +240,6 @@ async def _reference(conn: Any, lifetime: float) -> None:
                     conn.send({"event": "disconnected"})
                 elif command == "stop":
                     return
-    except TimeoutError:
-        pass
     finally:
         loop.remove_reader(conn.fileno())
         upstream.disconnect()

@@ -221,7 +221,10 @@ async def _commands(conn: Any, receiver: Receiver, stalled: Stalled, lifetime: f
     window_started, cpu_started = time.perf_counter(), time.process_time()
     try:
         while True:
-            await asyncio.wait_for(readable.wait(), lifetime)
+            try:
+                await asyncio.wait_for(readable.wait(), lifetime)
+            except TimeoutError:
+                return  # the parent is gone: stop by ourselves
             readable.clear()
             while conn.poll():
                 command, arg = conn.recv()
@@ -240,8 +243,6 @@ async def _commands(conn: Any, receiver: Receiver, stalled: Stalled, lifetime: f
                     conn.send({"event": "resumed", "summary": await stalled.drain()})
                 elif command == "stop":
                     return
-    except TimeoutError:
-        pass
     finally:
         loop.remove_reader(conn.fileno())
 

@@ -24,7 +24,7 @@ import contextlib
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import uvloop
@@ -113,7 +113,7 @@ class FanOut:
                     sink.wake.set()
             index = (index + 1) % len(self.slices)
 
-    async def stream_ticks(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def stream_ticks(self, request: Any, context: Any) -> AsyncGenerator[Any, None]:
         """StreamTicks: an empty snapshot, then a batch whenever the clock wakes the stream."""
         from dataserver.feed.v1 import feed_pb2
 

@@ -66,7 +66,7 @@ def _run_parts(report: Report, children: Children, folder: Path, crashed: list[s
     from bench.feed.shard import run_shard
     from bench.feed.sim import sim_master
     from bench.feed.stack import feed_stack, start_shard
-    from bench.registry import SEED, TRADING_DATE
+    from bench.registry_child import SEED, TRADING_DATE
     from services.registry.sources import from_generator
 
     master = from_generator(folder / "masters", TRADING_DATE, SEED, "full")
@@ -76,20 +76,24 @@ def _run_parts(report: Report, children: Children, folder: Path, crashed: list[s
         _part(report, crashed, "ingest", lambda: run_ingest(report, children, folder, master.csv_path, prices))
     if not PARTS & {2, 3}:
         return
-    with feed_stack(report, children, folder, master) as stack:
-        option_ids = {sid for _, sid in stack.keys}
-        simulated = sim_master(folder, master.csv_path, prices, option_ids, "sim-master")
-        sim_port = free_port()
-        shard0 = start_shard(children, stack, 0, sim_port)  # left running for part 3
-        if 2 in PARTS:
-            _part(report, crashed, "shard", lambda: run_shard(report, children, stack, simulated, sim_port, shard0))
-        if 3 in PARTS:
-            _part(
-                report,
-                crashed,
-                "end to end",
-                lambda: run_e2e(report, children, folder, stack, simulated, sim_port, shard0),
-            )
+
+    def on_the_stack() -> None:
+        with feed_stack(report, children, folder, master) as stack:
+            option_ids = {sid for _, sid in stack.keys}
+            simulated = sim_master(folder, master.csv_path, prices, option_ids, "sim-master")
+            sim_port = free_port()
+            shard0 = start_shard(children, stack, 0, sim_port)  # left running for part 3
+            if 2 in PARTS:
+                _part(report, crashed, "shard", lambda: run_shard(report, children, stack, simulated, sim_port, shard0))
+            if 3 in PARTS:
+                _part(
+                    report,
+                    crashed,
+                    "end to end",
+                    lambda: run_e2e(report, children, folder, stack, simulated, sim_port, shard0),
+                )
+
+    _part(report, crashed, "stack", on_the_stack)
 
 
 def _report_profiles(children: Children) -> None:

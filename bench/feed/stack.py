@@ -42,10 +42,10 @@ async def _fill(
     from dataserver.subscription.v1 import subscription_pb2 as pb
     from dataserver.subscription.v1 import subscription_pb2_grpc
 
-    from bench.subscription import _add, _units
+    from bench.subscription_calls import add, watchlist_units
 
     capacity = CAPACITY_CONNECTIONS * PER_CONNECTION
-    pairs = await _units(registry_address)
+    pairs = await watchlist_units(registry_address)
     queue = list(reversed(pairs))
     held: set[tuple[int, int]] = set()
     in_flight = [0]
@@ -63,7 +63,7 @@ async def _fill(
                 pair = queue.pop()
                 in_flight[0] += 1
                 try:
-                    result = await _add(stub, pb, pair, f"bench-feed-{n}")
+                    result = await add(stub, pb, pair, f"bench-feed-{n}")
                 except Exception as error:
                     errors[type(error).__name__] += 1
                     continue
@@ -139,7 +139,7 @@ async def wait_subscribed(addresses: Sequence[str], expected: Sequence[int], tim
 def feed_stack(report: Report, children: Children, folder: Path, master: MasterFile) -> Iterator[Stack]:
     """Postgres, the registry and the filled subscription service, for the parts 2 and 3; every
     service child is stopped before its database goes."""
-    from bench.registry import registry_child
+    from bench.registry_child import registry_child
 
     began = time.perf_counter()
     with bench_database(folder, "bench_feed") as conninfo, registry_child(folder, conninfo, master) as registry:

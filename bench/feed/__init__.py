@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.children import Child
 from bench.feed.procs import PROFILE, Children
 from bench.report import Report, print_profile
 
@@ -82,7 +83,14 @@ def _run_parts(report: Report, children: Children, folder: Path, crashed: list[s
             option_ids = {sid for _, sid in stack.keys}
             simulated = sim_master(folder, master.csv_path, prices, option_ids, "sim-master")
             sim_port = free_port()
-            shard0 = start_shard(children, stack, 0, sim_port)  # left running for part 3
+            started: list[Child] = []
+
+            def shard0() -> Child:
+                """Shard 0, started once (by part 2 once its simulator runs) and kept for part 3."""
+                if not started:
+                    started.append(start_shard(children, stack, 0, sim_port))
+                return started[0]
+
             if 2 in PARTS:
                 _part(report, crashed, "shard", lambda: run_shard(report, children, stack, simulated, sim_port, shard0))
             if 3 in PARTS:
@@ -90,7 +98,7 @@ def _run_parts(report: Report, children: Children, folder: Path, crashed: list[s
                     report,
                     crashed,
                     "end to end",
-                    lambda: run_e2e(report, children, folder, stack, simulated, sim_port, shard0),
+                    lambda: run_e2e(report, children, folder, stack, simulated, sim_port, shard0()),
                 )
 
     _part(report, crashed, "stack", on_the_stack)

@@ -106,8 +106,10 @@ async def _consume_shard(address: str, warmup: float, window: float, on_window: 
     return out
 
 
-def run_shard(report: Report, children: Children, stack: Stack, sim_master: Path, sim_port: int, shard: Child) -> None:
-    """Part 2: `shard` (shard 0, left running for part 3) against a paced simulator."""
+def run_shard(
+    report: Report, children: Children, stack: Stack, sim_master: Path, sim_port: int, shard0: Callable[[], Child]
+) -> None:
+    """Part 2: shard 0 (`shard0()` starts it, left running for part 3) against a paced simulator."""
     n0 = stack.shard_loads.get(0, 0)
     per_instrument = SHARD_RATE / n0
     sim = start_simulator(
@@ -121,6 +123,7 @@ def run_shard(report: Report, children: Children, stack: Stack, sim_master: Path
         extra=["--stamp-send-time"],
     )
     try:
+        shard = shard0()
         shard_address = f"127.0.0.1:{shard.info['port']}"
         asyncio.run(wait_subscribed([shard_address], [n0]))
         report.note(

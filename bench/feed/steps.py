@@ -137,12 +137,15 @@ def _catch_up(sim: Child, applied: Callable[[], float], rate: float) -> float:
     return sim_packets(sim) - applied()
 
 
-def _window(rig: Rig, sim: Child, name: str, pids: dict[str, int], rate: float, system: tuple[str, ...]) -> Measured:
-    """The terminals' window, with the CPU of every process and the machine's state over it."""
+def _window(
+    rig: Rig, sim: Child, name: str, target: int, pids: dict[str, int], rate: float, system: tuple[str, ...]
+) -> Measured:
+    """The terminals' window over one target's streams (0: the gateway, 1: the reference), with
+    the CPU of every process and the machine's state over it."""
     pids = {**pids, "simulator": sim.pid, **{f"terminals{n}": p for n, p in enumerate(rig.terminals.pids())}}
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     sent0, t0 = sim_packets(sim), time.perf_counter()
-    rig.terminals.ask("window", name)
+    rig.terminals.ask("window", {"name": name, "target": target})
     machine = MachineSampler().start()
     time.sleep(E2E_WINDOW_SECONDS)
     summaries = [a["summary"] for a in rig.terminals.ask("end")]
@@ -197,7 +200,7 @@ def measure_ours(report: Report, rig: Rig, rate: float) -> Measured:
             child.profile_phase(f"3. start-up and warm-up of {rate:.0f}/s")  # so the window's profile is its own
         metrics0 = rig.gateway_metrics()
         pids = {"gateway": rig.gateway.pid, **{f"shard{i}": s.pid for i, s in enumerate(rig.shards)}}
-        measured = _window(rig, sim, name, pids, rate, tuple(k for k in pids))
+        measured = _window(rig, sim, name, 0, pids, rate, tuple(k for k in pids))
         metrics1 = rig.gateway_metrics()
         for child in profiled:
             child.profile_phase(f"3. end to end at {rate:.0f}/s")
@@ -219,7 +222,7 @@ def measure_reference(report: Report, rig: Rig, rate: float) -> Measured:
         lag = _catch_up(sim, lambda: rig.reference_counters()["packets"] - before, rate)
         time.sleep(E2E_WARMUP_SECONDS)
         pids = {"reference": rig.reference.pids()[0]}
-        measured = _window(rig, sim, name, pids, rate, ("reference",))
+        measured = _window(rig, sim, name, 1, pids, rate, ("reference",))
     finally:
         try:
             rig.reference.ask("disconnect")

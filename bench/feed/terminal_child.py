@@ -1,10 +1,10 @@
 """A terminal process of the end-to-end part (a multiprocessing spawn target, uvloop as the
 services run): it holds StreamTicks streams over grpc.aio to every target it is given (the
 gateway, and the reference fan-out: the same streams to each), driven by commands on its
-pipe: ("window", name) starts a measurement window, ("end", None) ends it and answers its
-figures, ("stall", None) opens the stalled stream on the first target (it reads its snapshot
-and then nothing), ("resume", None) makes it read again and answers what it got, ("stop",
-None) ends the process.
+pipe: ("window", {"name", "target"}) starts a measurement window of one target's streams,
+("end", None) ends it and answers its figures, ("stall", None) opens the stalled stream on
+the first target (it reads its snapshot and then nothing), ("resume", None) makes it read
+again and answers what it got, ("stop", None) ends the process.
 
 Latency of a tick = its receipt here - the send time the simulator stamped in its volume
 field (UTC ms of the day), counted only for a tick whose stamp changed (a new Full packet);
@@ -74,14 +74,19 @@ class Receiver:
     """Every stream of this process: what they received, per target."""
 
     def __init__(self, targets: int) -> None:
-        self.tally = Tally()
+        self.tally = Tally()  # the measured target's, this window
+        self.measured = 0
+        self.other = Tally()  # what the other targets send meanwhile (heartbeats), not counted
         # Per target and instrument, over the whole life of the process: last sequence and stamp.
         self.last: list[dict[tuple[int, int], list[int]]] = [{} for _ in range(targets)]
-        self.streams_open = 0
+        self.streams_open = [0] * targets
         self.errors: Counter[str] = Counter()
 
+    def tally_of(self, target: int) -> Tally:
+        return self.tally if target == self.measured else self.other
+
     def on_ticks(self, target: int, ticks: Any, snapshot: bool, sent_ms: float = 0.0) -> None:
-        t = self.tally
+        t = self.tally_of(target)
         last = self.last[target]
         now_ms = time.time() * 1000.0
         today = now_ms % MS_PER_DAY
@@ -120,31 +125,32 @@ class Receiver:
         import grpc
 
         call = stub.StreamTicks(request(keys))
-        self.streams_open += 1
+        self.streams_open[target] += 1
         try:
             async for response in call:
                 body = response.WhichOneof("body")
                 if body == "batch":
-                    self.tally.batches += 1
+                    self.tally_of(target).batches += 1
                     batch = response.batch
                     sent = batch.sent_at
                     self.on_ticks(target, batch.ticks, False, sent.seconds * 1000.0 + sent.nanos / 1e6)
                 elif body == "snapshot":
                     self.on_ticks(target, response.snapshot.ticks, True)
                 else:
-                    self.tally.events[body if body != "event" else response.event.WhichOneof("event")] += 1
+                    event = body if body != "event" else response.event.WhichOneof("event")
+                    self.tally_of(target).events[event] += 1
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.CANCELLED:
                 self.errors[error.code().name] += 1
         finally:
-            self.streams_open -= 1
+            self.streams_open[target] -= 1
 
     def window_summary(self, seconds: float, cpu: float) -> dict[str, Any]:
         summary = self.tally.summary()
         summary.update(
             seconds=seconds,
             cpu=cpu,
-            streams_open=self.streams_open,
+            streams_open=self.streams_open[self.measured],
             errors=dict(self.errors),
             instruments=sum(len(last) for last in self.last),
         )
@@ -229,9 +235,9 @@ async def _commands(conn: Any, receiver: Receiver, stalled: Stalled, lifetime: f
             while conn.poll():
                 command, arg = conn.recv()
                 if command == "window":
-                    receiver.tally = Tally()
+                    receiver.tally, receiver.other, receiver.measured = Tally(), Tally(), arg["target"]
                     window_started, cpu_started = time.perf_counter(), time.process_time()
-                    conn.send({"event": "window", "name": arg})
+                    conn.send({"event": "window", "name": arg["name"]})
                 elif command == "end":
                     summary = receiver.window_summary(
                         time.perf_counter() - window_started, time.process_time() - cpu_started

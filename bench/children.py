@@ -169,17 +169,16 @@ def spawn(
 
 
 def retry_refused(call: Callable[[], T], what: str, seconds: float = START_SECONDS) -> T:
-    """`call()`, retried while it is refused (a child still starting, or restarting), for at
-    most `seconds`; any other error, or refusal past the bound, is raised."""
+    """`call()`, retried while the connection is refused or reset (a child still starting,
+    restarting, or closing a connection as it answers), for at most `seconds`; any other
+    error, or one past the bound, is raised. For idempotent calls only."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             return call()
         except OSError as error:
-            refused = isinstance(error, ConnectionRefusedError) or isinstance(
-                getattr(error, "reason", None), ConnectionRefusedError
-            )  # urllib wraps it in URLError
-            if not refused or time.monotonic() >= deadline:
+            cause = getattr(error, "reason", error)  # urllib wraps it in URLError
+            if not isinstance(cause, ConnectionRefusedError | ConnectionResetError) or time.monotonic() >= deadline:
                 raise OSError(f"{what}: {error}") from error
         time.sleep(0.1)
 

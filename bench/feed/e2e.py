@@ -103,7 +103,8 @@ def run_e2e(
     reference = Piped()
     terminals: Piped | None = None
     try:
-        reference.start(reference_child, "bench-reference", folder / "reference.log", {"lifetime": LIFETIME_SECONDS})
+        spec = {"groups": _groups(list(stack.keys)), "lifetime": LIFETIME_SECONDS}
+        reference.start(reference_child, "bench-reference", folder / "reference.log", spec)
         (ready,) = reference.wait_ready()
         rss_idle = gateway.rss_mb()
         terminals = _start_terminals(folder, [gateway.address, ready["address"]], streams)
@@ -116,7 +117,7 @@ def run_e2e(
         )
         rig = Rig(
             children, sim_master, sim_port, free_port(), len(stack.keys), shards, shard_addresses, loads, gateway,
-            terminals, reference, _groups(list(stack.keys)),
+            terminals, reference,
         )  # fmt: skip
         _run_rates(report, rig, len(streams[0]))
     finally:

@@ -12,8 +12,9 @@ releases each stream's entries as one pre-encoded TickBatch (the gateway's
 STREAM_TICKS.batch, sent_at included), served as GatewayService.StreamTicks. No shards, no
 decoding into objects, no last-value cache, history or conflation.
 
-Driven by commands on its pipe (bench.feed.piped): ("connect", {"port", "groups"}) opens the
-connections and subscribes, answering once each has its first frame; ("counters", None);
+Started with the instruments of each connection (spec "groups"), and driven by commands on
+its pipe (bench.feed.piped): ("connect", {"port"}) opens the connections and subscribes,
+answering once each has its first frame; ("counters", None);
 ("disconnect", None); ("stop", None).
 """
 
@@ -210,7 +211,7 @@ def _server(fanout: FanOut) -> Any:
     return server
 
 
-async def _reference(conn: Any, lifetime: float) -> None:
+async def _reference(conn: Any, groups: Sequence[Sequence[Sequence[int]]], lifetime: float) -> None:
     fanout = FanOut()
     upstream = Upstream(fanout)
     server = _server(fanout)
@@ -220,6 +221,7 @@ async def _reference(conn: Any, lifetime: float) -> None:
     readable = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), readable.set)
+    os.set_blocking(conn.fileno(), True)  # the loop made it non-blocking: a long message would be read in part
     conn.send({"event": "ready", "pid": os.getpid(), "address": f"127.0.0.1:{port}"})
     try:
         while True:
@@ -231,7 +233,7 @@ async def _reference(conn: Any, lifetime: float) -> None:
             while conn.poll():
                 command, arg = conn.recv()
                 if command == "connect":
-                    answer = await upstream.connect(arg["port"], arg["groups"])
+                    answer = await upstream.connect(arg["port"], groups)
                     conn.send({"event": "connected", **answer})
                 elif command == "counters":
                     conn.send({"event": "counters", **fanout.counters})
@@ -251,4 +253,4 @@ async def _reference(conn: Any, lifetime: float) -> None:
 
 def reference_child(conn: Any, log_path: str, spec: dict[str, Any]) -> None:
     """multiprocessing (spawn) target: logs to a file, reports errors on the pipe."""
-    run_spawned(conn, log_path, lambda: uvloop.run(_reference(conn, spec["lifetime"])))
+    run_spawned(conn, log_path, lambda: uvloop.run(_reference(conn, spec["groups"], spec["lifetime"])))

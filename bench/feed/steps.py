@@ -11,6 +11,7 @@ import asyncio
 import math
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,6 @@ class Rig:
     gateway: Child
     terminals: Piped
     reference: Piped
-    reference_groups: list[list[tuple[int, int]]]  # per connection
 
     def gateway_metrics(self) -> dict[str, float]:
         return metrics(self.gateway.info["metrics_port"])
@@ -218,7 +218,7 @@ def measure_reference(report: Report, rig: Rig, rate: float) -> Measured:
     before = rig.reference_counters()["packets"]
     sim = _simulator(rig, name, rig.reference_sim_port, rate)
     try:
-        connected = rig.reference.ask("connect", {"port": rig.reference_sim_port, "groups": rig.reference_groups})[0]
+        connected = rig.reference.ask("connect", {"port": rig.reference_sim_port})[0]
         lag = _catch_up(sim, lambda: rig.reference_counters()["packets"] - before, rate)
         time.sleep(E2E_WARMUP_SECONDS)
         pids = {"reference": rig.reference.pids()[0]}
@@ -300,6 +300,7 @@ def measure_step(report: Report, rig: Rig, rate: float) -> Step:
     try:
         step.reference = measure_reference(report, rig, rate)
     except Exception as error:
+        traceback.print_exc()
         report.note(f"!! the reference at {rate:.0f}/s failed: {type(error).__name__}: {error}")
     if step.reference is not None:
         report.note(

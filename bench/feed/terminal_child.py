@@ -224,6 +224,7 @@ async def _commands(conn: Any, receiver: Receiver, stalled: Stalled, lifetime: f
     readable = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), readable.set)
+    os.set_blocking(conn.fileno(), True)  # the loop made it non-blocking: a long message would be read in part
     window_started, cpu_started = time.perf_counter(), time.process_time()
     try:
         while True:

@@ -3,7 +3,7 @@
 N Full packets (random but realistic values, 1,000 distinct packets cycled) are decoded
 into complete records, every field and all five depth levels materialised:
 
-- ours: ``services.feed.codec.decode_packet`` per frame (one packet per frame, as Dhan sends
+- ours: the codec's ``decode_packet`` (bench.upstream) per frame (one packet per frame, as Dhan sends
   them), giving a FullPacket NamedTuple holding all 30 depth values, then reading its
   ``ltt_epoch``: the record holds Dhan's raw IST-based time and converts it in that
   property, so the timed loop pays for the time conversion the official client does too;

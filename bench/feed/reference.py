@@ -64,7 +64,7 @@ class FanOut:
         from services.feed.gateway.streams import CLOCK_SECONDS, SLICES
 
         self.routes: dict[int, Route] = {}
-        self.period = CLOCK_SECONDS
+        self.period = float(os.environ.get("GATEWAY_BATCH_SECONDS", CLOCK_SECONDS))  # the gateway's own period
         self.slices: list[list[Sink]] = [[] for _ in range(SLICES)]
         self._assigned = 0
         self.counters = {"frames": 0, "packets": 0, "ticks_in": 0, "ticks_sent": 0, "batches": 0}

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import time
-import traceback
 from pathlib import Path
 
 from bench.children import Child, service_started
@@ -154,8 +153,7 @@ def _run_rates(report: Report, rig: Rig, stalled_size: int) -> None:
                 low = rate
             else:
                 high = rate
-    except Exception as error:
-        traceback.print_exc()
+    except Exception as error:  # the traceback is printed where the part is run
         report.note(f"!! the end-to-end rates stopped after {len(steps)} rate(s): {type(error).__name__}: {error}")
         raise
     finally:

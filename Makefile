@@ -31,7 +31,7 @@ check-gen: $(STAMP)
 run: $(STAMP)
 	$(PY) -m services.stack
 
-test: $(STAMP) check-gen
+test: $(STAMP) check-gen lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

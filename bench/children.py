@@ -1,12 +1,13 @@
 """What every benchmark does with its child processes and its database: start a service
 logging JSON lines to a file and wait for its ready line, read its memory, ask it for a
-profile, stop it (SIGTERM, then SIGKILL), run a spawned Python child that reports a crash
-on its pipe, and an embedded Postgres with a fresh migrated database that is deleted at the
-end whatever happened."""
+profile, stop it (SIGTERM, then SIGKILL), retry a call while a child starts up, run a
+spawned Python child that reports a crash on its pipe, and an embedded Postgres with a
+fresh migrated database that is deleted at the end whatever happened."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing.process
@@ -21,7 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 60.0
@@ -129,7 +132,10 @@ def spawn(
     timeout: float = START_SECONDS,
 ) -> Child:
     """Starts `python ARGV` with stdout and stderr to `log_path` (a pipe nobody drains would
-    block it); with `ready`, waits for a JSON log line it accepts, which becomes `info`."""
+    block it); with `ready`, waits for a JSON log line it accepts, which becomes `info`. Only
+    lines this process wrote count: a log appended to by an earlier process of the same name
+    holds that one's ready line (and its ports)."""
+    start = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, *argv], env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
@@ -143,7 +149,9 @@ def spawn(
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: {child.tail()}")
-            lines = log_path.read_text(errors="replace").splitlines()
+            with log_path.open("rb") as log_file:
+                log_file.seek(start)
+                lines = log_file.read().decode(errors="replace").splitlines()
             for line in lines[seen:]:
                 try:
                     record = json.loads(line)
@@ -158,6 +166,21 @@ def spawn(
     except BaseException:
         child.stop()
         raise
+
+
+def retry_refused(call: Callable[[], T], what: str, seconds: float = START_SECONDS) -> T:
+    """`call()`, retried while the connection is refused or reset (a child still starting,
+    restarting, or closing a connection as it answers), for at most `seconds`; any other
+    error, or one past the bound, is raised. For idempotent calls only."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except OSError as error:
+            cause = getattr(error, "reason", error)  # urllib wraps it in URLError
+            if not isinstance(cause, ConnectionRefusedError | ConnectionResetError) or time.monotonic() >= deadline:
+                raise OSError(f"{what}: {error}") from error
+        time.sleep(0.1)
 
 
 def service_started(record: dict[str, Any]) -> bool:
@@ -190,10 +213,8 @@ def run_spawned(conn: Connection, log_path: str, run: Callable[[], object], *, s
     except BaseException:
         detail = traceback.format_exc()
         print(detail, file=sys.stderr, flush=True)
-        try:
+        with contextlib.suppress(OSError):
             conn.send({"event": "error", "traceback": detail})
-        except OSError:
-            pass
         raise SystemExit(1) from None
 
 

@@ -44,8 +44,10 @@ def _packets(seed: int = 11) -> list[bytes]:
     for _ in range(DISTINCT):
         ltp = price()
         depth = [
-            codec.DepthLevel(rng.randrange(1, 500_000), rng.randrange(1, 500_000), rng.randrange(1, 400), rng.randrange(1, 400),
-                             round(ltp - 0.05 * (k + 1), 2), round(ltp + 0.05 * (k + 1), 2))
+            codec.DepthLevel(
+                rng.randrange(1, 500_000), rng.randrange(1, 500_000), rng.randrange(1, 400), rng.randrange(1, 400),
+                round(ltp - 0.05 * (k + 1), 2), round(ltp + 0.05 * (k + 1), 2),
+            )
             for k in range(5)
         ]  # fmt: skip
         frames.append(
@@ -67,7 +69,7 @@ def _packets(seed: int = 11) -> list[bytes]:
                 price(),
                 price(),
                 depth,
-            )  # fmt: skip
+            )
         )
     return (frames * (N // DISTINCT + 1))[:N]
 
@@ -113,6 +115,7 @@ def run(report: Report) -> None:
     # Same values on both sides for a sample (prices at the official 2-decimal rounding).
     for frame in frames[:DISTINCT]:
         (mine,) = codec.decode_frame(frame, errors)
+        assert isinstance(mine, codec.FullPacket)
         theirs = official.process_full(frame)
         assert (theirs["security_id"], theirs["LTP"], theirs["volume"]) == (
             mine.security_id,

@@ -3,11 +3,10 @@
 Set-up: an embedded Postgres in a temporary folder with a fresh migrated database, and the
 full generated master for TRADING_DATE (generation is timed and reported, not counted).
 
-1. A child process (multiprocessing, spawn) is the registry: it starts the real server
-   (`create_server` + `app.start()`, dev auth, logging configured as `serve()` does it, to a
-   log file), times `holder.load(...)` (parse + COPY into Postgres + in-memory catalog) and
-   reports the load seconds and its own RSS (VmRSS of /proc/self/status) with the master
-   loaded. It then serves until told to stop.
+1. A child process (bench.registry_child) is the registry: it starts the real server, times
+   `holder.load(...)` (parse + COPY into Postgres + in-memory catalog) and reports the load
+   seconds and its own RSS (VmRSS of /proc/self/status) with the master loaded. It then
+   serves until told to stop.
 2. This process is the client: an open-loop load paced at RATE requests/s over loopback
    gRPC, COUNT requests per RPC (SearchInstruments with a mix of realistic queries, then
    GetOptionChain with prices that sometimes stay at the ATM (cache hits) and sometimes
@@ -22,27 +21,18 @@ happened.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import multiprocessing
-import os
 import random
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.children import bench_database, run_spawned, status_kib, stop_spawned
+from bench.children import bench_database
+from bench.registry_child import SEED, TRADING_DATE, registry_child
 from bench.report import Report, percentile
-from services.registry.sources import MasterFile
-
-TRADING_DATE = date(2026, 11, 20)  # a Friday; fixed so every run loads the same master
-SEED = 7
 
 LOAD_TARGET_SECONDS = 20.0
 RSS_TARGET_MB = 500.0
@@ -52,117 +42,12 @@ RATE = 200.0  # requests per second, open loop
 COUNT = 2_000  # requests per RPC: ~10 s at RATE
 RPC_DEADLINE_SECONDS = 2.0
 DRAIN_SECONDS = 5.0  # after the last send, how long stragglers may take
-CHILD_READY_SECONDS = 240.0  # start + full load
-CHILD_LIFETIME_SECONDS = 600.0  # the child stops by itself after this, whatever the parent does
-CHILD_STOP_SECONDS = 15.0
 
 SEARCH_QUERIES = (
     "RELIANCE", "NIFTY", "BANKNIFTY 58000 CE", "HDFC", "INFY FUT",
     "RELAINCE", "TATA", "SBIN", "reliance indus",
 )  # fmt: skip
 CHAIN_UNDERLYINGS = ("NIFTY", "BANKNIFTY", "RELIANCE", "CRUDEOIL")
-
-
-# --- the server process -------------------------------------------------------------------
-
-
-class _PhaseTimer:
-    """Wraps the loader's steps to time them; behaviour is unchanged (bench process only)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def wrap_sync(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-        return timed
-
-    def wrap_async(self, name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-        return timed
-
-
-async def _serve(conn: Connection, conninfo: str, csv_path: str, prices_path: str, detail: str, data_dir: str) -> None:
-    from services.common.config import Settings
-    from services.common.db import open_pool
-    from services.registry import loader
-    from services.common.last_prices import NoLastPrices
-    from services.registry.server import create_server
-    from services.registry.sources import MasterFile
-    from services.registry.store import RegistryStore
-
-    phases = _PhaseTimer()
-    loader._parse = phases.wrap_sync("parse", loader._parse)  # type: ignore[attr-defined]
-    loader.Catalog = phases.wrap_sync("catalog", loader.Catalog)  # type: ignore[assignment]
-    RegistryStore.save_master = phases.wrap_async("save_master (COPY)", RegistryStore.save_master)  # type: ignore[method-assign]
-
-    settings = dataclasses.replace(
-        Settings(), auth_mode="dev", data_dir=Path(data_dir), grpc_host="127.0.0.1", grpc_port=0, master_scale="full"
-    )
-    pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name="registry")
-    registry = create_server(settings, pool, prices=NoLastPrices())  # no gateway in this bench
-    registry.app.on_stop.append(pool.close)
-    await registry.app.start()
-    rss_started = status_kib()
-
-    master_file = MasterFile("generated", detail, Path(csv_path), Path(prices_path))
-    started = time.perf_counter()
-    outcome = await registry.holder.load(master_file, TRADING_DATE)
-    load_seconds = time.perf_counter() - started
-    rss_loaded = status_kib()
-    await registry.app.set_serving(True)
-
-    loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
-    loop.add_reader(conn.fileno(), readable.set)  # the parent's "stop", or EOF if it died
-    conn.send(
-        {
-            "event": "ready",
-            "address": registry.app.address,
-            "pid": os.getpid(),
-            "load_seconds": load_seconds,
-            "phases": phases.seconds,
-            "rows": outcome.master.version.row_count,
-            "rejected": outcome.master.version.rejected_count,
-            "rss_started_kib": rss_started["VmRSS"],
-            "rss_loaded_kib": rss_loaded["VmRSS"],
-            "hwm_loaded_kib": rss_loaded["VmHWM"],
-        }
-    )
-    try:
-        await asyncio.wait_for(readable.wait(), timeout=CHILD_LIFETIME_SECONDS)
-    except TimeoutError:
-        pass
-    loop.remove_reader(conn.fileno())
-    final = status_kib()
-    try:
-        conn.send({"event": "stopping", "rss_end_kib": final["VmRSS"], "hwm_end_kib": final["VmHWM"]})
-    except OSError:
-        pass
-    await registry.app.stop(1.0)
-
-
-def _server_child(conn: Connection, log_path: str, *args: str) -> None:
-    """Entry point of the registry process: logs as `serve()` configures them, to a file."""
-
-    def serve() -> None:
-        from services.common.jsonlog import configure_logging
-
-        configure_logging("registry", "INFO")
-        asyncio.run(_serve(conn, *args))
-
-    run_spawned(conn, log_path, serve, stdout=False)
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -243,7 +128,7 @@ def _report_paced(report: Report, prefix: str, run: Paced, labels: Sequence[str]
         f"p99 {percentile(lags, 99) * 1000:.2f} ms, max {lags[-1] * 1000:.2f} ms"
     )
     by_label: dict[str, list[float]] = defaultdict(list)
-    for label, lat in zip(labels, run.latencies):
+    for label, lat in zip(labels, run.latencies, strict=True):
         if lat is not None:
             by_label[label].append(lat * 1000.0)
     width = max(len(label) for label in by_label) if by_label else 0
@@ -337,62 +222,6 @@ async def _client(address: str, report: Report) -> None:
 # --- the benchmark ------------------------------------------------------------------------
 
 
-def _stop_child(process: multiprocessing.process.BaseProcess, conn: Connection) -> dict[str, Any]:
-    final: dict[str, Any] = {}
-    if process.is_alive():
-        try:
-            conn.send("stop")
-            if conn.poll(CHILD_STOP_SECONDS):
-                final = conn.recv()
-        except (OSError, EOFError):
-            pass
-    stop_spawned(process, CHILD_STOP_SECONDS)
-    return final
-
-
-def _wait_ready(process: multiprocessing.process.BaseProcess, conn: Connection, log_path: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + CHILD_READY_SECONDS
-    while time.monotonic() < deadline:
-        if conn.poll(0.5):
-            message = conn.recv()
-            if message.get("event") == "ready":
-                return message
-            raise RuntimeError(f"registry process failed:\n{message.get('traceback', message)}")
-        if not process.is_alive():
-            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-            raise RuntimeError(
-                f"registry process exited with {process.exitcode} before it was ready; log tail:\n{tail}"
-            )
-    raise TimeoutError(f"registry process not ready after {CHILD_READY_SECONDS:.0f} s")
-
-
-@dataclass
-class RegistryChild:
-    """A registry server in a child process: its ready report, and its last one on stopping."""
-
-    ready: dict[str, Any] = dataclasses.field(default_factory=dict)
-    final: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@contextmanager
-def registry_child(folder: Path, conninfo: str, master: MasterFile) -> Iterator[RegistryChild]:
-    """Runs a real registry in a spawned child with `master` loaded, logging to a file."""
-    log_path = folder / "registry.log"
-    context = multiprocessing.get_context("spawn")
-    parent_conn, child_conn = context.Pipe()
-    args = (str(log_path), conninfo, str(master.csv_path), str(master.prices_path), master.detail, str(folder))
-    process = context.Process(target=_server_child, args=(child_conn, *args), name="bench-registry", daemon=True)
-    process.start()
-    child_conn.close()
-    child = RegistryChild()
-    try:
-        child.ready = _wait_ready(process, parent_conn, log_path)
-        yield child
-    finally:
-        child.final = _stop_child(process, parent_conn)
-        parent_conn.close()
-
-
 def run(report: Report) -> None:
     from services.registry.sources import from_generator
 
@@ -424,5 +253,6 @@ def run(report: Report) -> None:
             if final.get("event") == "stopping":
                 report.note(
                     f"registry process RSS after the RPC runs: {final['rss_end_kib'] / 1024:.0f} MB "
-                    f"(peak {final['hwm_end_kib'] / 1024:.0f} MB); log: {log_path.stat().st_size / 1e6:.1f} MB of JSON lines"
+                    f"(peak {final['hwm_end_kib'] / 1024:.0f} MB); "
+                    f"log: {log_path.stat().st_size / 1e6:.1f} MB of JSON lines"
                 )

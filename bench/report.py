@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 
 @dataclass(frozen=True)
@@ -92,25 +93,25 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def summary_table(figures: Sequence[Figure], out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+def summary_table(figures: Sequence[Figure], out: TextIO = sys.stdout) -> None:
     rows = [("figure", "value", "unit", "target", "ratio", "status")]
-    for f in figures:
-        rows.append(
-            (
-                f.name,
-                fmt(f.value),
-                f.unit,
-                f"{f.op} {fmt(f.target)}" if f.target is not None else "",
-                f"{f.ratio:.2f}" if f.ratio is not None else "",
-                f.status,
-            )
+    rows.extend(
+        (
+            f.name,
+            fmt(f.value),
+            f.unit,
+            f"{f.op} {fmt(f.target)}" if f.target is not None else "",
+            f"{f.ratio:.2f}" if f.ratio is not None else "",
+            f.status,
         )
+        for f in figures
+    )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
         print(
             "  ".join(
                 cell.ljust(width) if i in (0, 2, 3, 5) else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(row, widths))
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
             ).rstrip(),
             file=out,
         )

@@ -44,23 +44,19 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import random
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.children import Child, bench_database, service_started, spawn, status_kib
-from bench.registry import (  # the registry child, its database and its lifecycle, reused as they are
-    SEED,
-    TRADING_DATE,
-    _paced,
-    registry_child,
-)
+from bench.registry import _paced
+from bench.registry_child import SEED, TRADING_DATE, registry_child
 from bench.report import Report, percentile, print_profile
+from bench.subscription_calls import add, error_code, get_status, watchlist_units
 
 CONNECTIONS, PER_CONNECTION = 5, 5000  # the default budget, set explicitly
 CAPACITY = CONNECTIONS * PER_CONNECTION
@@ -81,8 +77,6 @@ RSS_TARGET_MB = 300.0
 EVICT_ADDS = 30
 SQL_REPEATS = 20
 
-ADD_DEADLINE_SECONDS = 10.0
-STATUS_DEADLINE_SECONDS = 5.0
 SERVICE_START_SECONDS = 60.0
 SERVICE_STOP_SECONDS = 30.0
 PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
@@ -107,70 +101,18 @@ def _report_latencies(report: Report, prefix: str, seconds: Sequence[float], tar
     report.add(f"{prefix}.max_ms", ms[-1] if ms else math.nan, "ms")
 
 
-def _error_code(error: BaseException) -> str:
-    code = getattr(error, "code", None)
-    return code().name if callable(code) else type(error).__name__
-
-
-async def _units(registry_address: str) -> list[tuple[str, str]]:
-    """Every (F&O stock, options expiry) pair the registry lists with a full default window."""
-    import grpc
-    from dataserver.registry.v1 import registry_pb2 as rpb
-    from dataserver.registry.v1 import registry_pb2_grpc
-
-    from services.dhan.generator import load_equity_rows, load_fno_stocks
-
-    symbols = [stock.symbol for stock in load_fno_stocks(load_equity_rows())]
-    pairs: list[tuple[str, str]] = []
-    async with grpc.aio.insecure_channel(registry_address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
-        stub = registry_pb2_grpc.RegistryServiceStub(channel)
-        for symbol in symbols:
-            reply = await stub.ListExpiries(
-                rpb.ListExpiriesRequest(underlying_symbol=symbol, kind=rpb.DERIVATIVE_KIND_OPTIONS, page_size=50),
-                timeout=5,
-            )
-            pairs += [(symbol, e.expiry_date) for e in reply.expiries if e.strike_count >= 2 * 12 + 1]
-    random.Random(SEED).shuffle(pairs)
-    return pairs
-
-
-@dataclass
-class AddResult:
-    seconds: float
-    instruments: list[tuple[int, int]]
-    evictions: int
-
-
-async def _add(stub: Any, pb: Any, pair: tuple[str, str], user_id: str = "") -> AddResult:
-    symbol, expiry = pair
-    sent = time.perf_counter()
-    reply = await stub.AddWatchlistItem(
-        pb.AddWatchlistItemRequest(symbol=symbol, expiry_date=expiry, user_id=user_id), timeout=ADD_DEADLINE_SECONDS
-    )
-    elapsed = time.perf_counter() - sent
-    if not reply.created:
-        raise RuntimeError(f"{symbol} {expiry} was not a new unit")
-    keys = [(k.exchange_segment, k.security_id) for k in reply.watchlist_item.instruments]
-    return AddResult(elapsed, keys, len(reply.evictions))
-
-
-async def _status(stub: Any, pb: Any) -> Any:
-    return await stub.GetSubscriptionStatus(pb.GetSubscriptionStatusRequest(), timeout=STATUS_DEADLINE_SECONDS)
-
-
 async def _latency_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str, str]]) -> None:
     sizes: Counter[int] = Counter()
     for pair in pairs[:ADD_WARMUP]:
-        await _add(stub, pb, pair)
+        await add(stub, pb, pair)
     seconds: list[float] = []
     started = time.perf_counter()
     for pair in pairs[ADD_WARMUP : ADD_WARMUP + ADD_COUNT]:
-        result = await _add(stub, pb, pair)
+        result = await add(stub, pb, pair)
         seconds.append(result.seconds)
         sizes[len(result.instruments)] += 1
     elapsed = time.perf_counter() - started
-    status = await _status(stub, pb)
+    status = await get_status(stub, pb)
     report.note(
         f"AddWatchlistItem, one client, sequential: {len(seconds)} distinct units after {ADD_WARMUP} warm-up adds, "
         f"instruments per unit {dict(sizes)}, {len(seconds) / elapsed:.1f} adds/s; subscribed after: "
@@ -185,7 +127,7 @@ async def _clear(report: Report, stub: Any, pb: Any) -> None:
     started = time.perf_counter()
     reply = await stub.ClearWatchlists(pb.ClearWatchlistsRequest(all_users=True), timeout=60)
     elapsed = time.perf_counter() - started
-    status = await _status(stub, pb)
+    status = await get_status(stub, pb)
     report.note(
         f"ClearWatchlists(all users): {reply.items_deleted} items, {reply.instruments_unsubscribed} instruments in "
         f"{elapsed * 1000:.0f} ms; subscribed now {status.subscribed_count}"
@@ -194,79 +136,91 @@ async def _clear(report: Report, stub: Any, pb: Any) -> None:
         raise RuntimeError(f"the pool is not empty after ClearWatchlists: {status.subscribed_count}")
 
 
+@dataclass
+class _Fill:
+    """What the fill's clients did."""
+
+    held: set[tuple[int, int]] = field(default_factory=set)
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    progress: list[tuple[float, int]] = field(default_factory=list)  # (seconds, instruments held)
+    in_flight: int = 0
+    evictions: int = 0
+    units: int = 0
+
+
 async def _fill_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Fills the pool from 0; returns the pairs it did not use."""
     queue = list(reversed(pairs))
-    held: set[tuple[int, int]] = set()
-    in_flight = [0]
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    evictions = [0]
-    units = [0]
+    fill = _Fill()
     deadline = time.monotonic() + FILL_TIME_LIMIT_SECONDS
-    progress: list[tuple[float, int]] = []
 
     async def client(n: int) -> None:
         user = f"bench-user-{n}"
         while queue and time.monotonic() < deadline:
-            if len(held) + (in_flight[0] + 1) * UNIT_SIZE > CAPACITY:
+            if len(fill.held) + (fill.in_flight + 1) * UNIT_SIZE > CAPACITY:
                 return  # one more unit would not fit once the ones in flight land
             pair = queue.pop()
-            in_flight[0] += 1
+            fill.in_flight += 1
             try:
-                result = await _add(stub, pb, pair, user)
+                result = await add(stub, pb, pair, user)
             except Exception as error:
-                errors[_error_code(error)] += 1
+                fill.errors[error_code(error)] += 1
                 continue
             finally:
-                in_flight[0] -= 1
-            latencies.append(result.seconds)
-            held.update(result.instruments)
-            evictions[0] += result.evictions
-            units[0] += 1
-            progress.append((time.perf_counter() - started, len(held)))
+                fill.in_flight -= 1
+            fill.latencies.append(result.seconds)
+            fill.held.update(result.instruments)
+            fill.evictions += result.evictions
+            fill.units += 1
+            fill.progress.append((time.perf_counter() - started, len(fill.held)))
 
     started = time.perf_counter()
     await asyncio.gather(*(client(n) for n in range(FILL_CLIENTS)))
-    status = await _status(stub, pb)
-    elapsed = time.perf_counter() - started
+    status = await get_status(stub, pb)
+    _report_fill(report, fill, status, time.perf_counter() - started)
+    return list(reversed(queue))
+
+
+def _report_fill(report: Report, fill: _Fill, status: Any, elapsed: float) -> None:
     full = status.subscribed_count >= CAPACITY - UNIT_SIZE
     report.add("subscription.fill.subscribed", status.subscribed_count, target=CAPACITY - UNIT_SIZE, op=">=")
     report.add("subscription.fill_seconds", elapsed if full else math.nan, "s", target=FILL_TARGET_SECONDS)
-    report.add("subscription.fill.adds_per_s", units[0] / elapsed, "adds/s")
+    report.add("subscription.fill.adds_per_s", fill.units / elapsed, "adds/s")
     report.add("subscription.fill.instruments_per_s", status.subscribed_count / elapsed, "instr/s")
-    report.add("subscription.fill.errors", sum(errors.values()), target=0)
-    if errors:
-        report.note(f"fill errors by code: {dict(errors)}")
+    report.add("subscription.fill.errors", sum(fill.errors.values()), target=0)
+    if fill.errors:
+        report.note(f"fill errors by code: {dict(fill.errors)}")
     if not full:
         report.note(
             f"not full after {elapsed:.1f} s (limit {FILL_TIME_LIMIT_SECONDS:.0f} s): {status.subscribed_count} "
-            f"of {CAPACITY}; at this rate the fill would take {CAPACITY / max(status.subscribed_count / elapsed, 1e-9):.0f} s"
+            f"of {CAPACITY}; at this rate the fill would take "
+            f"{CAPACITY / max(status.subscribed_count / elapsed, 1e-9):.0f} s"
         )
-    ms = _ms(latencies)
+    ms = _ms(fill.latencies)
     report.note(
-        f"fill: {FILL_CLIENTS} clients (one user id each), {units[0]} units, {len(held)} distinct instruments held, "
-        f"{evictions[0]} evictions, capacity {status.capacity}; per-add latency under this load: p50 "
-        f"{percentile(ms, 50):.1f}, p90 {percentile(ms, 90):.1f}, p99 {percentile(ms, 99):.1f}, max {ms[-1] if ms else math.nan:.1f} ms"
+        f"fill: {FILL_CLIENTS} clients (one user id each), {fill.units} units, {len(fill.held)} distinct instruments "
+        f"held, {fill.evictions} evictions, capacity {status.capacity}; per-add latency under this load: p50 "
+        f"{percentile(ms, 50):.1f}, p90 {percentile(ms, 90):.1f}, p99 {percentile(ms, 99):.1f}, "
+        f"max {ms[-1] if ms else math.nan:.1f} ms"
     )
     marks = []
     for fraction in (0.25, 0.5, 0.75, 1.0):
-        reached = next((t for t, n in progress if n >= fraction * (CAPACITY - UNIT_SIZE)), None)
+        reached = next((t for t, n in fill.progress if n >= fraction * (CAPACITY - UNIT_SIZE)), None)
         marks.append(f"{fraction:.0%} at {reached:.1f} s" if reached is not None else f"{fraction:.0%} never")
     report.note("fill progress (instruments held): " + ", ".join(marks))
-    if progress:  # does the add get slower as the tables fill?
-        third = max(1, len(latencies) // 3)
+    if fill.progress:  # does the add get slower as the tables fill?
+        third = max(1, len(fill.latencies) // 3)
         report.note(
             "add latency p50 by fill third: "
-            + ", ".join(f"{percentile(_ms(latencies[i * third : (i + 1) * third]), 50):.1f}" for i in range(3))
+            + ", ".join(f"{percentile(_ms(fill.latencies[i * third : (i + 1) * third]), 50):.1f}" for i in range(3))
             + " ms"
         )
-    return list(reversed(queue))
 
 
 async def _status_phase(report: Report, stub: Any, pb: Any) -> Any:
     for _ in range(20):  # warm
-        await _status(stub, pb)
+        await get_status(stub, pb)
     seconds: list[float] = []
     last = None
     deadline = time.monotonic() + STATUS_TIME_LIMIT_SECONDS
@@ -274,18 +228,20 @@ async def _status_phase(report: Report, stub: Any, pb: Any) -> Any:
         if time.monotonic() > deadline:
             break
         sent = time.perf_counter()
-        last = await _status(stub, pb)
+        last = await get_status(stub, pb)
         seconds.append(time.perf_counter() - sent)
     assert last is not None
     report.note(
-        f"GetSubscriptionStatus with {last.subscribed_count} subscribed, {sum(t.owner_count for t in last.tiers)} owners, "
+        f"GetSubscriptionStatus with {last.subscribed_count} subscribed, "
+        f"{sum(t.owner_count for t in last.tiers)} owners, "
         f"{last.user_count} users, {last.evictions_today} evictions today; {len(seconds)} sequential calls"
     )
     _report_latencies(report, "subscription.status", seconds, STATUS_P99_TARGET_MS)
-    run = await _paced(lambda request, timeout: _status(stub, pb), [None] * STATUS_PACED_COUNT, STATUS_RATE)
+    run = await _paced(lambda request, timeout: get_status(stub, pb), [None] * STATUS_PACED_COUNT, STATUS_RATE)
     done = _ms([lat for lat in run.latencies if lat is not None])
     report.note(
-        f"GetSubscriptionStatus open loop at {STATUS_RATE:.0f}/s, {STATUS_PACED_COUNT} calls: p50 {percentile(done, 50):.2f}, "
+        f"GetSubscriptionStatus open loop at {STATUS_RATE:.0f}/s, {STATUS_PACED_COUNT} calls: "
+        f"p50 {percentile(done, 50):.2f}, "
         f"p90 {percentile(done, 90):.2f}, p99 {percentile(done, 99):.2f}, max {done[-1] if done else math.nan:.2f} ms, "
         f"errors {dict(run.errors) or 0}"
     )
@@ -294,22 +250,23 @@ async def _status_phase(report: Report, stub: Any, pb: Any) -> Any:
 
 
 async def _evict_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str, str]]) -> None:
-    before = await _status(stub, pb)
+    before = await get_status(stub, pb)
     evicting: list[float] = []
     other: list[float] = []
     evictions = 0
     for pair in pairs[:EVICT_ADDS]:
-        result = await _add(stub, pb, pair, "bench-user-evict")
+        result = await add(stub, pb, pair, "bench-user-evict")
         evictions += result.evictions
         (evicting if result.evictions else other).append(result.seconds)
-    after = await _status(stub, pb)
+    after = await get_status(stub, pb)
     report.add("subscription.evict.adds", len(evicting) + len(other))
     report.add("subscription.evict.evictions", evictions)
     ms = _ms(evicting)
     report.add("subscription.evict.p50_ms", percentile(ms, 50), "ms")
     report.add("subscription.evict.p99_ms", percentile(ms, 99), "ms")
     report.note(
-        f"{len(evicting)} adds evicted (max {ms[-1] if ms else math.nan:.1f} ms), {len(other)} fitted without evicting; "
+        f"{len(evicting)} adds evicted (max {ms[-1] if ms else math.nan:.1f} ms), "
+        f"{len(other)} fitted without evicting; "
         f"subscribed {before.subscribed_count} -> {after.subscribed_count}; evictions today "
         f"{before.evictions_today} -> {after.evictions_today}"
     )
@@ -320,7 +277,7 @@ async def _client(report: Report, service: Child, registry_address: str) -> None
     from dataserver.subscription.v1 import subscription_pb2 as pb
     from dataserver.subscription.v1 import subscription_pb2_grpc
 
-    pairs = await _units(registry_address)
+    pairs = await watchlist_units(registry_address)
     needed = ADD_WARMUP + ADD_COUNT
     report.note(f"units available: {len(pairs)} (stock, expiry) pairs, about {len(pairs) * UNIT_SIZE} instruments")
     if len(pairs) < needed or len(pairs) * (UNIT_SIZE - 1) < CAPACITY + EVICT_ADDS * UNIT_SIZE:
@@ -330,7 +287,7 @@ async def _client(report: Report, service: Child, registry_address: str) -> None
         await asyncio.wait_for(channel.channel_ready(), timeout=10)
         stub = subscription_pb2_grpc.SubscriptionServiceStub(channel)
         for _ in range(20):
-            await _status(stub, pb)
+            await get_status(stub, pb)
         service.profile_phase("start-up")
 
         await _latency_phase(report, stub, pb, pairs[:needed])
@@ -349,7 +306,8 @@ async def _client(report: Report, service: Child, registry_address: str) -> None
         rss = status_kib(service.pid)
         report.add("subscription.rss_mb", rss["VmRSS"] / 1024, "MB", target=RSS_TARGET_MB)
         report.note(
-            f"subscription process with {status.subscribed_count} subscribed: peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB"
+            f"subscription process with {status.subscribed_count} subscribed: "
+            f"peak RSS (VmHWM) {rss['VmHWM'] / 1024:.0f} MB"
         )
 
         await _evict_phase(report, stub, pb, unused)
@@ -365,6 +323,33 @@ def _report_profiles(service: Child) -> None:
 
 
 # --- the benchmark ------------------------------------------------------------------------
+
+
+def _start_service(folder: Path, conninfo: str, registry_address: str) -> Child:
+    """The real subscription service as its own process, on the bench's database."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": conninfo,
+        "DATASERVER_DATA_DIR": str(folder),
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": "0",
+        "METRICS_PORT": "0",
+        "REGISTRY_ADDR": registry_address,
+        "GATEWAY_ADDR": "127.0.0.1:1",  # nothing listens: no live price
+        "AUTH_MODE": "dev",
+        "FEED_CONNECTIONS": str(CONNECTIONS),
+        "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
+        "USER_MAX_ITEMS": "100000",
+        "USER_MAX_INSTRUMENTS": str(CAPACITY),
+        "LOG_LEVEL": "INFO",  # the "started" line carries the port
+    }
+    env.pop("SERVICE_TOKEN", None)
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    prefix = folder / "subscription" if PROFILE else None
+    argv = ["-m", "bench._profiled_subscription", str(prefix)] if prefix else ["-m", "services.subscription"]
+    return spawn(
+        "subscription", argv, env, folder / "subscription.log", service_started, prefix, timeout=SERVICE_START_SECONDS
+    )
 
 
 def run(report: Report) -> None:
@@ -384,41 +369,12 @@ def run(report: Report) -> None:
                     f"registry process ready at {ready['address']}, master loaded in {ready['load_seconds']:.1f} s"
                 )
 
-                env = {
-                    **os.environ,
-                    "DATABASE_URL": conninfo,
-                    "DATASERVER_DATA_DIR": str(folder),
-                    "GRPC_HOST": "127.0.0.1",
-                    "GRPC_PORT": "0",
-                    "METRICS_PORT": "0",
-                    "REGISTRY_ADDR": ready["address"],
-                    "GATEWAY_ADDR": "127.0.0.1:1",  # nothing listens: no live price
-                    "AUTH_MODE": "dev",
-                    "FEED_CONNECTIONS": str(CONNECTIONS),
-                    "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
-                    "USER_MAX_ITEMS": "100000",
-                    "USER_MAX_INSTRUMENTS": str(CAPACITY),
-                    "LOG_LEVEL": "INFO",  # the "started" line carries the port
-                }
-                env.pop("SERVICE_TOKEN", None)
-                env.pop("KUBERNETES_SERVICE_HOST", None)
-                prefix = folder / "subscription" if PROFILE else None
-                argv = (
-                    ["-m", "bench._profiled_subscription", str(prefix)] if prefix else ["-m", "services.subscription"]
-                )
-                service = spawn(
-                    "subscription",
-                    argv,
-                    env,
-                    folder / "subscription.log",
-                    service_started,
-                    prefix,
-                    timeout=SERVICE_START_SECONDS,
-                )
+                service = _start_service(folder, conninfo, ready["address"])
                 try:
                     rss = status_kib(service.pid)
                     report.note(
-                        f"subscription process pid {service.pid} at {service.address}, RSS at start {rss['VmRSS'] / 1024:.0f} MB"
+                        f"subscription process pid {service.pid} at {service.address}, "
+                        f"RSS at start {rss['VmRSS'] / 1024:.0f} MB"
                     )
                     asyncio.run(_client(report, service, ready["address"]))
                 finally:

@@ -89,7 +89,9 @@ def test_round_trip_every_kind(kind: st.SearchStrategy[codec.Packet]) -> None:
 def _keywords(packet: TickerPacket | QuotePacket | FullPacket) -> dict[str, object]:
     """The record's fields as the keyword encoders take them: the LTT as UTC ltt_epoch, a
     Full packet's depth as one flat sequence."""
-    fields: dict[str, object] = dict(zip(packet._fields[:16], packet))  # a Full packet's scalars, others whole
+    fields: dict[str, object] = dict(
+        zip(packet._fields[:16], packet, strict=False)
+    )  # a Full packet's scalars, others whole
     del fields["ltt_ist"]
     if isinstance(packet, FullPacket):
         fields["depth"] = packet.depth
@@ -124,9 +126,9 @@ def test_layout_matches_reference_offsets() -> None:
     struct.pack_into("<H", full, 12, 65)  # LTQ
     struct.pack_into("<I", full, 14, raw_ltt)  # LTT
     struct.pack_into("<f", full, 18, 100.5)  # ATP
-    for offset, value in zip((22, 26, 30, 34, 38, 42), (1000, 2000, 3000, 4000, 5000, 3500)):
+    for offset, value in zip((22, 26, 30, 34, 38, 42), (1000, 2000, 3000, 4000, 5000, 3500), strict=False):
         struct.pack_into("<I", full, offset, value)  # volume, sell, buy, OI, OI high, OI low
-    for offset, value in zip((46, 50, 54, 58), (99.0, 98.0, 105.0, 95.0)):
+    for offset, value in zip((46, 50, 54, 58), (99.0, 98.0, 105.0, 95.0), strict=False):
         struct.pack_into("<f", full, offset, value)  # open, close, high, low
     for k in range(5):
         struct.pack_into("<IIHHff", full, 62 + 20 * k, 10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k)
@@ -161,7 +163,7 @@ def test_layout_matches_reference_offsets() -> None:
 def test_records_of_different_kinds_are_never_equal() -> None:
     # Same tuple contents: a plain NamedTuple would compare equal.
     assert TickerPacket(1, 2, 3.0, 4) != PrevClosePacket(1, 2, 3.0, 4)
-    assert not (TickerPacket(1, 2, 3.0, 4) == PrevClosePacket(1, 2, 3.0, 4))
+    assert TickerPacket(1, 2, 3.0, 4) != PrevClosePacket(1, 2, 3.0, 4)
     assert TickerPacket(1, 2, 3.0, 4) == TickerPacket(1, 2, 3.0, 4)
     assert hash(TickerPacket(1, 2, 3.0, 4)) == hash(TickerPacket(1, 2, 3.0, 4))
     assert TickerPacket(1, 2, 3.0, 4) != (1, 2, 3.0, 4)
@@ -226,7 +228,7 @@ def test_truncated_frames_decode_the_whole_packets_and_count_one_error(
     frame = b"".join(encode(p) for p in items)
     cut = data.draw(st.integers(1, len(frame) - 1))
     ends = [sum(len(encode(p)) for p in items[: i + 1]) for i in range(len(items))]
-    whole = [p for p, end in zip(items, ends) if end <= cut]
+    whole = [p for p, end in zip(items, ends, strict=False) if end <= cut]
     decoded, errors = _decode(frame[:cut])
     assert decoded == whole
     assert errors.malformed == (0 if cut in ends else 1)

@@ -70,7 +70,7 @@ async def test_streams_are_spread_over_the_slices_and_released_a_slice_at_a_time
     streams = [TerminalStream(hub, dispatcher, common_pb2.FEED_MODE_FULL, STREAM_TICKS) for _ in range(2)]
     for stream in streams:
         stream.add([KEY])
-    generators, firsts = zip(*[await _started(stream) for stream in streams])
+    generators, firsts = zip(*[await _started(stream) for stream in streams], strict=False)
     _tick(hub, link, 1)
     assert [len(slot) for slot in dispatcher.slices] == [1, 1]
     dispatcher.release(1, time.monotonic())
@@ -85,7 +85,7 @@ async def test_streams_are_spread_over_the_slices_and_released_a_slice_at_a_time
 
 
 async def test_a_batch_says_when_it_was_sent() -> None:
-    hub, link, dispatcher, stream = _stream()
+    hub, link, _dispatcher, stream = _stream()
     batches, first = await _started(stream)
     _tick(hub, link, 1)
     before = time.time_ns()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -127,7 +128,24 @@ def test_every_equity_and_index_of_the_extract_is_kept(full: MasterSummary) -> N
 
 
 def test_real_rows_are_written_back_in_dhan_number_format(full: MasterSummary) -> None:
-    assert full.special_rows[("NSE_EQ", 2885)] == ["NSE", "E", "2885", "EQUITY", "0", "RELIANCE", "1.0", "Reliance Industries", "", "", "", "10.0000", "NA", "ES", "EQ", "RELIANCE INDUSTRIES LTD"]
+    assert full.special_rows[("NSE_EQ", 2885)] == [
+        "NSE",
+        "E",
+        "2885",
+        "EQUITY",
+        "0",
+        "RELIANCE",
+        "1.0",
+        "Reliance Industries",
+        "",
+        "",
+        "",
+        "10.0000",
+        "NA",
+        "ES",
+        "EQ",
+        "RELIANCE INDUSTRIES LTD",
+    ]
     # Identical to the example row of the protocol reference.
     nifty = "NSE,I,13,INDEX,0,NIFTY,1.0,Nifty 50,0001-01-01,,XX,0.0500,,INDEX,X,NIFTY"
     assert full.special_rows[("IDX_I", 13)] == nifty.split(",")
@@ -161,8 +179,8 @@ def test_nifty_options_listed_on_every_expiry_of_the_calendar(full: MasterSummar
 def test_nifty_strike_grid_is_finer_near_the_money(full: MasterSummary) -> None:
     strikes = sorted(k for k, _ in full.chains[("NIFTY", "2026-12-29", "CE")])
     spot = gen.underlying_price("NIFTY", FULL)
-    gaps_near = {b - a for a, b in zip(strikes, strikes[1:]) if abs(a - spot) < 0.03 * spot}
-    gaps_far = {b - a for a, b in zip(strikes, strikes[1:]) if abs(a - spot) > 0.10 * spot}
+    gaps_near = {b - a for a, b in itertools.pairwise(strikes) if abs(a - spot) < 0.03 * spot}
+    gaps_far = {b - a for a, b in itertools.pairwise(strikes) if abs(a - spot) > 0.10 * spot}
     assert gaps_near == {50.0}
     assert gaps_far == {100.0}
     assert min(strikes) < 0.85 * spot and max(strikes) > 1.15 * spot
@@ -183,13 +201,13 @@ def test_calls_fall_and_puts_rise_with_strike(full: MasterSummary) -> None:
         return [full.prices[key] for _, key in sorted(full.chains[chain_key])]
 
     calls = prices(("NIFTY", "2026-12-29", "CE"))
-    assert all(a >= b for a, b in zip(calls, calls[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(calls))
     assert calls[0] > calls[-1]
     for chain_key in full.chains:  # and every other chain, both sides
         values = prices(chain_key)
         if chain_key[2] == "PE":
             values.reverse()
-        assert all(a >= b for a, b in zip(values, values[1:])), chain_key
+        assert all(a >= b for a, b in itertools.pairwise(values)), chain_key
 
 
 # --- small master, formats, determinism ----------------------------------------------

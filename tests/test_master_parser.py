@@ -52,12 +52,14 @@ def test_malformed_rows_are_counted_with_line_numbers_and_do_not_abort() -> None
         COMPACT_HEADER,
         "NSE,E,2885,EQUITY,0,RELIANCE,1.0,Reliance Industries,,,,10.0000,NA,ES,EQ,RELIANCE INDUSTRIES LTD",
         "NSE,E,notanumber,EQUITY,0,BAD,1.0,Bad,,,,10.0000,NA,ES,EQ,BAD",
-        "NSE,D,44430,OPTIDX,0,NIFTY-Nov2026-25800-CE,65.0,NIFTY 24 NOV 25800 CALL,2026-13-45 14:30:00,25800.00000,CE,5.0000,W,OP,,",
+        "NSE,D,44430,OPTIDX,0,NIFTY-Nov2026-25800-CE,65.0,NIFTY 24 NOV 25800 CALL,"
+        "2026-13-45 14:30:00,25800.00000,CE,5.0000,W,OP,,",
         "NSE,E,1,EQUITY,0,SHORT",
         "XYZ,E,5,EQUITY,0,ODD,1.0,Odd,,,,10.0000,NA,ES,EQ,ODD",
         "NSE,D,44431,OPTIDX,0,NIFTY-Nov2026-25800-XX,65.0,NIFTY,2026-11-24 14:30:00,25800.00000,XX,5.0000,W,OP,,",
         "NSE,E,2885,EQUITY,0,RELIANCE,1.0,Duplicate,,,,10.0000,NA,ES,EQ,DUP",
-        "NSE,D,44432,OPTIDX,0,NIFTY-Nov2026-25850-PE,65.0,NIFTY 24 NOV 25850 PUT,2026-11-24 14:30:00,25850.00000,PE,5.0000,W,OP,,",
+        "NSE,D,44432,OPTIDX,0,NIFTY-Nov2026-25850-PE,65.0,NIFTY 24 NOV 25850 PUT,"
+        "2026-11-24 14:30:00,25850.00000,PE,5.0000,W,OP,,",
     ]
     result = parse_master(io.StringIO("\n".join(rows) + "\n"))
     assert [r.key for r in result.records] == [("NSE_EQ", 2885), ("NSE_FNO", 44432)]

@@ -4,6 +4,7 @@ day OHLC, and agreement with the generated master's previous closes."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import defaultdict
@@ -79,8 +80,8 @@ def _check_book(book: Book) -> None:
     assert bids, "the best bid is never empty"
     assert all(b > 0 and _on_grid(b, tick) for b in bids)
     assert all(a > 0 and _on_grid(a, tick) for a in asks)
-    assert all(x > y for x, y in zip(bids, bids[1:])), f"bids not strictly descending: {bids}"
-    assert all(x < y for x, y in zip(asks, asks[1:])), f"asks not strictly ascending: {asks}"
+    assert all(x > y for x, y in itertools.pairwise(bids)), f"bids not strictly descending: {bids}"
+    assert all(x < y for x, y in itertools.pairwise(asks)), f"asks not strictly ascending: {asks}"
     assert bids[0] < asks[0], f"crossed book: {bids[0]} >= {asks[0]}"
     assert bids[0] <= book.ltp <= asks[0]
     for lvl in depth:  # an empty bid level is all zeros; a filled one has orders
@@ -137,7 +138,7 @@ def test_option_chains_are_monotone_in_strike_at_each_instant(catalog: Catalog) 
             for book in chain:
                 book.tick(clock.t)
             prices = [b.ltp for b in chain]
-            pairs = list(zip(prices, prices[1:]))
+            pairs = list(itertools.pairwise(prices))
             if is_call:
                 assert all(a >= b for a, b in pairs), (
                     f"{underlying} calls rise with strike at instant {instant}: {prices}"
@@ -164,8 +165,8 @@ def test_rounded_option_prices_are_monotone_in_strike(forward: float, vol: float
 
     calls = [rounded(k, True) for k in strikes]
     puts = [rounded(k, False) for k in strikes]
-    assert all(a >= b for a, b in zip(calls, calls[1:]))
-    assert all(a <= b for a, b in zip(puts, puts[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(calls))
+    assert all(a <= b for a, b in itertools.pairwise(puts))
 
 
 def test_first_prices_match_the_master(catalog: Catalog) -> None:
@@ -263,7 +264,7 @@ def test_option_fair_value_is_option_price_on_the_current_forward(catalog: Catal
     books = [market.book(*c.key) for c in options]
     for step in (0.0, 1.0, 900.0, 86_400.0, 30 * 86_400.0):  # the last one passes some expiries
         clock.t += step
-        for c, book in zip(options, books):
+        for c, book in zip(options, books, strict=False):
             assert c.expiry_ts is not None and c.strike is not None
             fair = book._fair(clock.t)
             years = max(MIN_EXPIRY_YEARS, (c.expiry_ts - clock.t) / YEAR_SECONDS)

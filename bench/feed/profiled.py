@@ -1,4 +1,4 @@
-"""`python -m bench._profiled_feed PREFIX ROLE [ARGS...]`: a feed process under cProfile, for
+"""`python -m bench.feed.profiled PREFIX ROLE [ARGS...]`: a feed process under cProfile, for
 bench.feed when BENCH_PROFILE is set. ROLE is `shard` or `gateway` (what
 `python -m services.feed ROLE` runs, same environment) or `simulator` (ARGS are the
 simulator's command line). Behaviour is unchanged; only the profiler is added.
@@ -94,7 +94,7 @@ def run_profiled(prefix: str, run: Callable[[], object], *, cprofile: bool = Tru
 
 def main(prefix: str, role: str, args: list[str]) -> None:
     if role == "simulator":
-        from simulator.__main__ import main as simulator_main
+        from bench.upstream import simulator_main
 
         run: Callable[[], object] = lambda: simulator_main(args)  # noqa: E731
     elif role in ("shard", "gateway"):

@@ -11,7 +11,7 @@ from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2
 
 from bench.feed.reference import FanOut
-from bench.upstream import codec
+from services import dhan as codec
 from services.feed.gateway.streams import STREAM_TICKS
 
 NSE_EQ = 1  # the NSE_EQ segment byte on the wire

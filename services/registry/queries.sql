@@ -26,9 +26,10 @@ SELECT version, source, source_detail, trading_date, row_count, rejected_count, 
 FROM master_versions WHERE active;
 
 -- name: copy_active_instruments
+-- Columns in InstrumentRecord's field order; the record holds "" for no flag or option type.
 COPY (SELECT exchange_segment, security_id, exchange, instrument_type, trading_symbol, display_name,
-             underlying_symbol, lot_size, tick_size, expiry_date, expiry_flag, strike_price,
-             option_type, series, previous_close
+             underlying_symbol, lot_size, tick_size, expiry_date, coalesce(expiry_flag, ''), strike_price,
+             coalesce(option_type, ''), series, previous_close
       FROM instruments WHERE master_version = %(version)s)
 TO STDOUT;
 

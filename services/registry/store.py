@@ -15,6 +15,11 @@ from services.dhan.master import InstrumentRecord
 from services.registry.chain import ChainWindow
 
 QUERIES = load_queries("services.registry")
+# copy_active_instruments' column types, in InstrumentRecord's field order.
+_INSTRUMENT_COLUMN_TYPES = [
+    "text", "int8", "text", "text", "text", "text", "text", "float8", "float8", "date", "text", "float8", "text",
+    "text", "float8",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,67 +102,11 @@ class RegistryStore:
         return MasterVersion(**row) if row else None
 
     async def load_instruments(self, version: int) -> list[InstrumentRecord]:
-        records: list[InstrumentRecord] = []
         async with self._pool.connection() as conn:
             cursor = conn.cursor()
             async with cursor.copy(QUERIES["copy_active_instruments"], {"version": version}) as copy:
-                copy.set_types(
-                    [
-                        "text",
-                        "int8",
-                        "text",
-                        "text",
-                        "text",
-                        "text",
-                        "text",
-                        "float8",
-                        "float8",
-                        "date",
-                        "text",
-                        "float8",
-                        "text",
-                        "text",
-                        "float8",
-                    ]
-                )
-                async for row in copy.rows():
-                    (
-                        segment,
-                        security_id,
-                        exchange,
-                        instrument_type,
-                        trading_symbol,
-                        display_name,
-                        underlying,
-                        lot_size,
-                        tick_size,
-                        expiry,
-                        flag,
-                        strike,
-                        option_type,
-                        series,
-                        close,
-                    ) = row
-                    records.append(
-                        InstrumentRecord(
-                            segment,
-                            security_id,
-                            exchange,
-                            instrument_type,
-                            trading_symbol,
-                            display_name,
-                            underlying,
-                            lot_size,
-                            tick_size,
-                            expiry,
-                            flag or "",
-                            strike,
-                            option_type or "",
-                            series,
-                            close,
-                        )
-                    )
-        return records
+                copy.set_types(_INSTRUMENT_COLUMN_TYPES)
+                return [InstrumentRecord(*row) async for row in copy.rows()]
 
     async def save_chain_window(
         self, version: int, symbol: str, expiry: date, each_side: int, price: float, window: ChainWindow

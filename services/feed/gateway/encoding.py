@@ -103,17 +103,17 @@ def build_tick(
         parts |= PART_TICKER
         message.last_price = tick.ltp
         message.last_trade_time_seconds = tick.ltt_epoch
-        if mode != TICKER and type(tick) is not TickerPacket:
+        if mode != TICKER and isinstance(tick, QuotePacket | FullPacket):
             parts |= PART_QUOTE
-            message.last_trade_quantity = tick.ltq  # type: ignore[union-attr]
-            message.average_price = tick.atp  # type: ignore[union-attr]
-            message.volume = tick.volume  # type: ignore[union-attr]
-            message.total_buy_quantity = tick.total_buy_qty  # type: ignore[union-attr]
-            message.total_sell_quantity = tick.total_sell_qty  # type: ignore[union-attr]
-            message.day_open = tick.day_open  # type: ignore[union-attr]
-            message.day_high = tick.day_high  # type: ignore[union-attr]
-            message.day_low = tick.day_low  # type: ignore[union-attr]
-            message.day_close = tick.day_close  # type: ignore[union-attr]
+            message.last_trade_quantity = tick.ltq
+            message.average_price = tick.atp
+            message.volume = tick.volume
+            message.total_buy_quantity = tick.total_buy_qty
+            message.total_sell_quantity = tick.total_sell_qty
+            message.day_open = tick.day_open
+            message.day_high = tick.day_high
+            message.day_low = tick.day_low
+            message.day_close = tick.day_close
             if type(tick) is FullPacket:
                 parts |= PART_OI
                 message.open_interest = tick.oi

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 from dataserver.feed.v1 import feed_pb2
 
 from services.dhan.decode import ProtocolErrors, decode_packet
+from services.dhan.packets import OIPacket, Packet, PrevClosePacket
 from services.dhan.protocol import FULL_CODE
 from services.feed.gateway.encoding import (
     FULL,
+    TickPacket,
     build_tick,
     entry,
     full_entry,
@@ -66,7 +68,17 @@ class Value:
 
     def message(self, mode: int) -> feed_pb2.Tick:
         """The Tick as a terminal in `mode` sees it (the general path: snapshots, low modes)."""
-        tick = decode_packet(self.tick, _DECODE_ERRORS) if self.tick is not None else None
-        oi = decode_packet(self.oi, _DECODE_ERRORS) if self.oi is not None else None
-        prev = decode_packet(self.prev, _DECODE_ERRORS) if self.prev is not None else None
-        return build_tick(self.instrument.key_proto, self.sequence, self.received_us, mode, tick, oi, prev)  # type: ignore[arg-type]
+        tick, oi, prev = _decoded(self.tick), _decoded(self.oi), _decoded(self.prev)
+        return build_tick(
+            self.instrument.key_proto,
+            self.sequence,
+            self.received_us,
+            mode,
+            tick if isinstance(tick, TickPacket) else None,
+            oi if isinstance(oi, OIPacket) else None,
+            prev if isinstance(prev, PrevClosePacket) else None,
+        )
+
+
+def _decoded(packet: bytes | None) -> Packet | None:
+    return decode_packet(packet, _DECODE_ERRORS) if packet is not None else None

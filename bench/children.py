@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -197,6 +197,29 @@ def stop_spawned(process: multiprocessing.process.BaseProcess, seconds: float = 
     if process.is_alive():
         process.kill()
         process.join(5)
+
+
+async def parent_commands(conn: Any, lifetime: float) -> AsyncIterator[tuple[str, Any]]:
+    """The (command, argument) pairs a spawned child's parent sends on its pipe, until "stop"
+    or `lifetime` seconds without one (the parent is gone: the child stops by itself)."""
+    readable = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(conn.fileno(), readable.set)
+    os.set_blocking(conn.fileno(), True)  # the loop made it non-blocking: a long message would be read in part
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(readable.wait(), lifetime)
+            except TimeoutError:
+                return
+            readable.clear()
+            while conn.poll():
+                command, arg = conn.recv()
+                if command == "stop":
+                    return
+                yield command, arg
+    finally:
+        loop.remove_reader(conn.fileno())
 
 
 def run_spawned(conn: Connection, log_path: str, run: Callable[[], object], *, stdout: bool = True) -> None:

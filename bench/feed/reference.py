@@ -30,7 +30,7 @@ from typing import Any
 
 import uvloop
 
-from bench.children import run_spawned
+from bench.children import parent_commands, run_spawned
 from services import dhan as codec
 
 FULL_CODE = 8
@@ -218,32 +218,18 @@ async def _reference(conn: Any, groups: Sequence[Sequence[Sequence[int]]], lifet
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     clock = asyncio.create_task(fanout.clock())
-    readable = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_reader(conn.fileno(), readable.set)
-    os.set_blocking(conn.fileno(), True)  # the loop made it non-blocking: a long message would be read in part
     conn.send({"event": "ready", "pid": os.getpid(), "address": f"127.0.0.1:{port}"})
     try:
-        while True:
-            try:
-                await asyncio.wait_for(readable.wait(), lifetime)
-            except TimeoutError:
-                return  # the parent is gone: stop by ourselves
-            readable.clear()
-            while conn.poll():
-                command, arg = conn.recv()
-                if command == "connect":
-                    answer = await upstream.connect(arg["port"], groups)
-                    conn.send({"event": "connected", **answer})
-                elif command == "counters":
-                    conn.send({"event": "counters", **fanout.counters})
-                elif command == "disconnect":
-                    upstream.disconnect()
-                    conn.send({"event": "disconnected"})
-                elif command == "stop":
-                    return
+        async for command, arg in parent_commands(conn, lifetime):
+            if command == "connect":
+                answer = await upstream.connect(arg["port"], groups)
+                conn.send({"event": "connected", **answer})
+            elif command == "counters":
+                conn.send({"event": "counters", **fanout.counters})
+            elif command == "disconnect":
+                upstream.disconnect()
+                conn.send({"event": "disconnected"})
     finally:
-        loop.remove_reader(conn.fileno())
         upstream.disconnect()
         clock.cancel()
         with contextlib.suppress(asyncio.CancelledError):

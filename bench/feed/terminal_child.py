@@ -22,7 +22,7 @@ from typing import Any
 
 import uvloop
 
-from bench.children import run_spawned
+from bench.children import parent_commands, run_spawned
 
 MS_PER_DAY = 86_400_000
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 32 * 1024 * 1024)]
@@ -221,37 +221,19 @@ class Stalled:
 
 async def _commands(conn: Any, receiver: Receiver, stalled: Stalled, lifetime: float) -> None:
     """Answers the parent's commands until "stop", or `lifetime` seconds without one."""
-    readable = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_reader(conn.fileno(), readable.set)
-    os.set_blocking(conn.fileno(), True)  # the loop made it non-blocking: a long message would be read in part
     window_started, cpu_started = time.perf_counter(), time.process_time()
-    try:
-        while True:
-            try:
-                await asyncio.wait_for(readable.wait(), lifetime)
-            except TimeoutError:
-                return  # the parent is gone: stop by ourselves
-            readable.clear()
-            while conn.poll():
-                command, arg = conn.recv()
-                if command == "window":
-                    receiver.tally, receiver.other, receiver.measured = Tally(), Tally(), arg["target"]
-                    window_started, cpu_started = time.perf_counter(), time.process_time()
-                    conn.send({"event": "window", "name": arg["name"]})
-                elif command == "end":
-                    summary = receiver.window_summary(
-                        time.perf_counter() - window_started, time.process_time() - cpu_started
-                    )
-                    conn.send({"event": "end", "summary": summary})
-                elif command == "stall":
-                    conn.send({"event": "stalled", "summary": await stalled.open()})
-                elif command == "resume":
-                    conn.send({"event": "resumed", "summary": await stalled.drain()})
-                elif command == "stop":
-                    return
-    finally:
-        loop.remove_reader(conn.fileno())
+    async for command, arg in parent_commands(conn, lifetime):
+        if command == "window":
+            receiver.tally, receiver.other, receiver.measured = Tally(), Tally(), arg["target"]
+            window_started, cpu_started = time.perf_counter(), time.process_time()
+            conn.send({"event": "window", "name": arg["name"]})
+        elif command == "end":
+            summary = receiver.window_summary(time.perf_counter() - window_started, time.process_time() - cpu_started)
+            conn.send({"event": "end", "summary": summary})
+        elif command == "stall":
+            conn.send({"event": "stalled", "summary": await stalled.open()})
+        elif command == "resume":
+            conn.send({"event": "resumed", "summary": await stalled.drain()})
 
 
 async def _terminals(conn: Any, spec: dict[str, Any]) -> None:

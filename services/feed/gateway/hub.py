@@ -30,7 +30,7 @@ from services.feed.records import RECORD_HEAD, RECORD_HEADER, iter_records
 
 log = logging.getLogger(__name__)
 
-HISTORY = 3  # values kept per instrument, so a stream that keeps up loses none (at ~2 ticks/s each)
+HISTORY = 3  # values kept per instrument: enough that a stream keeping up with the feed loses none
 _VALUE_CODES = TICK_CODES | {OI_CODE, PREV_CLOSE_CODE}
 _SNAPSHOT_PART = {**dict.fromkeys(TICK_CODES, 2), OI_CODE: 3, PREV_CLOSE_CODE: 4}  # its index in a merged entry
 # A fixed, small HTTP/2 window on shard streams: when the gateway is busy, a shard's

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataserver.common.v1 import common_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.instruments import PROTO_TO_SEGMENT, SEGMENT_TO_PROTO, SEGMENT_WIRE_CODES, SEGMENTS_BY_WIRE_CODE
+from services.common.instruments import (
+    PROTO_TO_SEGMENT,
+    SEGMENT_NAMES_ACCEPTED,
+    SEGMENT_TO_PROTO,
+    SEGMENT_WIRE_CODES,
+    SEGMENTS_BY_WIRE_CODE,
+)
 
 Key = tuple[str, int]  # (Dhan segment name, security id)
 
@@ -23,8 +29,10 @@ def key_proto(key: Key) -> common_pb2.InstrumentKey:
 def key_from_proto(proto: common_pb2.InstrumentKey, field: str = "key") -> Key:
     """The key of a request's InstrumentKey; INVALID_ARGUMENT naming `field` when it is unset."""
     segment = PROTO_TO_SEGMENT.get(proto.exchange_segment)
-    if segment is None or proto.security_id == 0:
-        raise InvalidArgument(f"{field} needs an exchange_segment and a positive security_id")
+    if segment is None:
+        raise InvalidArgument(f"{field}.exchange_segment is required; accepted: {SEGMENT_NAMES_ACCEPTED}")
+    if proto.security_id == 0:
+        raise InvalidArgument(f"{field}.security_id is required (a positive Dhan security id)")
     return (segment, proto.security_id)
 
 

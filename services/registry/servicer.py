@@ -18,6 +18,7 @@ from services.common.instruments import (
     PROTO_TO_SEGMENT,
     SEGMENT_NAMES_ACCEPTED,
 )
+from services.common.keys import key_from_proto
 from services.common.last_prices import LastPriceSource
 from services.common.market_calendar import today_ist
 from services.common.pagination import (
@@ -146,14 +147,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def GetInstrument(
         self, request: registry_pb2.GetInstrumentRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.GetInstrumentResponse:
-        segment = PROTO_TO_SEGMENT.get(request.key.exchange_segment)
-        if segment is None:
-            raise InvalidArgument(f"key.exchange_segment is required; accepted: {SEGMENT_NAMES_ACCEPTED}")
-        if request.key.security_id == 0:
-            raise InvalidArgument("key.security_id is required (a positive Dhan security id)")
-        record = self._master().catalog.by_key.get((segment, request.key.security_id))
+        segment, security_id = key_from_proto(request.key)
+        record = self._master().catalog.by_key.get((segment, security_id))
         if record is None:
-            raise NotFound(f"no instrument {segment} {request.key.security_id} in the master")
+            raise NotFound(f"no instrument {segment} {security_id} in the master")
         return registry_pb2.GetInstrumentResponse(instrument=instrument_proto(record))
 
     async def ResolveTradingSymbol(

@@ -4,8 +4,9 @@ the index values, and MCX commodity chains. The scheduler preloads it each tradi
 
 from __future__ import annotations
 
-from dataserver.common.v1 import common_pb2
 from dataserver.subscription.v1 import subscription_pb2 as pb
+
+from services.common.keys import key_proto
 
 # (underlying, nearest expiries, strikes each side of the ATM)
 CHAINS: tuple[tuple[str, int, int], ...] = (
@@ -33,10 +34,5 @@ def default_plan(listed: set[str] | None = None) -> pb.SetTierBPlanRequest:
             for symbol, expiries, width in CHAINS
             if listed is None or symbol in listed
         ],
-        instruments=[
-            pb.TierBInstrument(
-                key=common_pb2.InstrumentKey(exchange_segment=common_pb2.EXCHANGE_SEGMENT_IDX_I, security_id=i)
-            )
-            for i in INDEX_IDS
-        ],
+        instruments=[pb.TierBInstrument(key=key_proto(("IDX_I", i))) for i in INDEX_IDS],
     )

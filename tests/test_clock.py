@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -7,7 +7,7 @@ from services.common.market_calendar import IST
 
 
 def test_manual_clock_moves_only_forward_and_only_when_told() -> None:
-    clock = ManualClock(datetime(2026, 12, 7, 3, 0, tzinfo=timezone.utc))
+    clock = ManualClock(datetime(2026, 12, 7, 3, 0, tzinfo=UTC))
     assert clock.now() == datetime(2026, 12, 7, 8, 30, tzinfo=IST)
     clock.advance(timedelta(hours=7))
     assert clock.now().hour == 15 and clock.now().minute == 30

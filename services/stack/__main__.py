@@ -27,7 +27,7 @@ from services.common.config import Settings, load_settings
 from services.common.db import resolve_database_url
 from services.common.jsonlog import configure_logging
 from services.common.migrate import migrate
-from services.scheduler.plan import CHAINS, default_plan
+from services.scheduler.plan import default_plan
 
 log = logging.getLogger("stack")
 
@@ -142,7 +142,7 @@ async def seed(registry_port: int, subscription_port: int) -> None:
     listed = set()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{registry_port}") as channel:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
-        for symbol, _, _ in CHAINS:
+        for symbol in [c.underlying_symbol for c in default_plan().chains]:
             try:
                 await registry.ListExpiries(registry_pb2.ListExpiriesRequest(underlying_symbol=symbol), timeout=10)
                 listed.add(symbol)

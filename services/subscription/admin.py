@@ -4,10 +4,12 @@ the background upkeep (finishing moves, pruning logs)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import date
+from datetime import date, datetime
 
 from services.common.db import Pool
+from services.common.errors import FailedPrecondition
 from services.common.keys import Key
+from services.common.market_calendar import IST, NSE_CLOSE
 from services.subscription.ledger import Ledger
 from services.subscription.model import OWNER_UNIT, Budget
 from services.subscription.placement import plan_moves, spread
@@ -33,6 +35,17 @@ class RebalanceOutcome:
     moves: list[tuple[Key, int, int]]
     spread_before: int
     spread_after: int
+
+
+def check_after_close(trading_date: date, now: datetime) -> None:
+    """Refuses an end of day before `trading_date`'s NSE close: clearing Tier A mid-session
+    takes every user's chains away while the market still trades."""
+    close = datetime.combine(trading_date, NSE_CLOSE, tzinfo=IST)
+    if now < close:
+        raise FailedPrecondition(
+            f"end of day for {trading_date} runs after the close at {NSE_CLOSE:%H:%M} IST; "
+            f"it is {now.astimezone(IST):%Y-%m-%d %H:%M} IST: set force to run it now"
+        )
 
 
 async def _release_units(
@@ -72,10 +85,10 @@ class Admin:
         self._settle = move_settle_seconds
 
     async def end_of_day(self, trading_date: date, actor: str, *, keep_items: bool) -> EndOfDayOutcome:
+        """Clears every Tier A unit that exists now, whether or not the date ran before: end of
+        day is about content, so items added after an early run go at the next one."""
         async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
-            done = await ledger.end_of_day_run(trading_date)
-            if done is not None:
-                return EndOfDayOutcome(trading_date, True, ReleaseCounts(**done))
+            ran_before = await ledger.end_of_day_run(trading_date) is not None
             counts = await _release_units(
                 ledger,
                 None,
@@ -85,7 +98,7 @@ class Admin:
                 active_only=False,
             )
             await ledger.record_end_of_day(trading_date, asdict(counts))
-        return EndOfDayOutcome(trading_date, False, counts)
+        return EndOfDayOutcome(trading_date, ran_before, counts)
 
     async def unsubscribe_tier_a(self, user_id: str | None, actor: str, reason: str) -> ReleaseCounts:
         async with Ledger.transaction(self._pool, self._budget, actor) as ledger:

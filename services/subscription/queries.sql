@@ -222,7 +222,9 @@ SELECT * FROM tier_b_entries WHERE entry_id = %(entry_id)s;
 SELECT trading_date, done_at, counts FROM end_of_day_runs WHERE trading_date = %(trading_date)s;
 
 -- name: record_end_of_day
-INSERT INTO end_of_day_runs (trading_date, counts) VALUES (%(trading_date)s, %(counts)s);
+-- The latest run of the date: a later run clears what was added since and records its own counts.
+INSERT INTO end_of_day_runs (trading_date, counts) VALUES (%(trading_date)s, %(counts)s)
+ON CONFLICT (trading_date) DO UPDATE SET done_at = now(), counts = EXCLUDED.counts;
 
 -- name: delete_items
 DELETE FROM watchlist_items WHERE item_id = ANY(%(item_ids)s::bigint[]);

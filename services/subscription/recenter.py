@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from dataserver.registry.v1 import registry_pb2
 
 from services.common.db import Pool
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.keys import Key
 from services.subscription.ledger import Ledger
 from services.subscription.model import OWNER_TIER_B, OWNER_UNIT, Budget, Eviction, ResolvedUnit
@@ -110,12 +110,23 @@ class Recentering:
         self.hysteresis_strikes = hysteresis_strikes
 
     async def unit(
-        self, item_id: int, actor: str, *, price: float = 0.0, hysteresis: float | None = None
+        self,
+        item_id: int,
+        actor: str,
+        *,
+        price: float = 0.0,
+        hysteresis: float | None = None,
+        owner: str | None = None,
     ) -> RecenterOutcome:
+        """Re-centres one Tier A unit; with `owner`, only if the item is that user's."""
         async with Ledger.unlocked(self._pool, self._budget) as ledger:
             item = await ledger.item(item_id)
         if item is None:
             raise NotFound(f"no watchlist item {item_id}")
+        if owner is not None and item["user_id"] != owner:
+            raise PermissionDenied(
+                f"watchlist item {item_id} is not yours: owners may re-centre their own items, admins any"
+            )
         if item["state"] != "ACTIVE" or item["expiry_date"] is None:
             raise InvalidArgument(
                 f"watchlist item {item_id} has no live option chain to re-centre (state {item['state']})"

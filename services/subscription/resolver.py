@@ -62,6 +62,22 @@ class UnitResolver:
         )
         return [e.expiry_date for e in reply.expiries]
 
+    async def nearest_futures(self, symbol: str, count: int) -> list[Instrument]:
+        """The underlying's `count` nearest futures, nearest first (fewer when fewer are listed)."""
+        reply = await self._caller.call(
+            self._stub.SearchInstruments,
+            registry_pb2.SearchInstrumentsRequest(
+                query=f"{symbol} FUT",
+                instrument_types=[common_pb2.INSTRUMENT_TYPE_FUTCOM, common_pb2.INSTRUMENT_TYPE_FUTIDX],
+                page_size=50,
+            ),
+        )
+        futures = sorted(
+            (f for f in reply.instruments if f.underlying_symbol == symbol and f.expiry_date),
+            key=lambda f: f.expiry_date,
+        )
+        return [_instrument(f) for f in futures[:count]]
+
     async def resolve(
         self,
         symbol: str,

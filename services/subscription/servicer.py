@@ -11,9 +11,9 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from services.common.auth import acting_user, current_principal, require_admin
+from services.common.clock import Clock, trading_date_of
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.keys import key_from_proto, key_proto
-from services.common.market_calendar import today_ist
 from services.common.pagination import (
     decode_page_token,
     encode_page_token,
@@ -22,7 +22,7 @@ from services.common.pagination import (
     page_size,
 )
 from services.subscription import convert
-from services.subscription.admin import Admin
+from services.subscription.admin import Admin, check_after_close
 from services.subscription.model import Budget, Eviction
 from services.subscription.recenter import Recentering, RecenterOutcome
 from services.subscription.reports import Reports
@@ -67,6 +67,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         admin: Admin,
         reports: Reports,
         streams: Streams,
+        clock: Clock,
     ) -> None:
         self._budget = budget
         self._watchlists = watchlists
@@ -75,6 +76,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         self._admin = admin
         self._reports = reports
         self._streams = streams
+        self._clock = clock
 
     def _evictions(self, evictions: list[Eviction], caller: str) -> list[pb.EvictedUnit]:
         admin = current_principal().is_admin
@@ -253,6 +255,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
                 strikes_each_side=chain.strikes_each_side or self._tier_b_width(),
                 include_underlying=chain.include_underlying,
                 mode=convert.mode_from_proto(chain.mode),
+                nearest_futures=chain.nearest_futures,
             )
             if not spec.symbol:
                 raise InvalidArgument("every chain needs an underlying_symbol, e.g. NIFTY")
@@ -274,6 +277,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             instruments_added=outcome.added,
             instruments_removed=outcome.removed,
             instruments_kept=outcome.kept,
+            instrument_count=outcome.added + outcome.kept,
             evictions=self._evictions(outcome.evictions, principal.user_id),
             chains=[
                 pb.ResolvedChain(
@@ -319,19 +323,25 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def RecenterChain(
         self, request: pb.RecenterChainRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecenterChainResponse:
-        principal = require_admin("RecenterChain")
+        principal = current_principal()
+        target = request.WhichOneof("target")
+        if target == "tier_b_chain":
+            require_admin("RecenterChain of a Tier B chain")
         price = request.underlying_price if request.WhichOneof("price") == "underlying_price" else 0.0
         if request.WhichOneof("price") == "underlying_price" and price <= 0:
             raise InvalidArgument(f"underlying_price {price} must be positive, or set use_last_price")
         hysteresis = request.hysteresis_strikes if request.HasField("hysteresis_strikes") else None
         if hysteresis is not None and hysteresis < 0:
             raise InvalidArgument("hysteresis_strikes must not be negative")
-        target = request.WhichOneof("target")
         if target == "item_id":
             if not request.item_id.isdigit():
                 raise InvalidArgument(f"item_id {request.item_id!r} is malformed: expected a numeric id")
             outcome = await self._recentering.unit(
-                int(request.item_id), principal.user_id, price=price, hysteresis=hysteresis
+                int(request.item_id),
+                principal.user_id,
+                price=price,
+                hysteresis=hysteresis,
+                owner=None if principal.is_admin else principal.user_id,
             )
         elif target == "tier_b_chain":
             ref = request.tier_b_chain
@@ -365,7 +375,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
 
     async def EndOfDay(self, request: pb.EndOfDayRequest, context: grpc.aio.ServicerContext) -> pb.EndOfDayResponse:
         principal = require_admin("EndOfDay")
-        trading_date = today_ist()
+        trading_date = trading_date_of(self._clock)
         if request.trading_date:
             try:
                 trading_date = date.fromisoformat(request.trading_date)
@@ -373,6 +383,8 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
                 raise InvalidArgument(
                     f"trading_date {request.trading_date!r} is malformed: expected YYYY-MM-DD"
                 ) from None
+        if not request.force:
+            check_after_close(trading_date, self._clock.now())
         outcome = await self._admin.end_of_day(trading_date, principal.user_id, keep_items=request.keep_watchlist_items)
         return pb.EndOfDayResponse(
             trading_date=trading_date.isoformat(),

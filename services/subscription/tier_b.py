@@ -3,6 +3,7 @@ and idempotently, make-before-break: new instruments in, then old ones out."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -15,7 +16,11 @@ from services.subscription.model import OWNER_TIER_B, Budget, Eviction, Instrume
 from services.subscription.resolver import UnitResolver
 from services.subscription.sql import Row
 
-_MAX_NEAREST = 12
+log = logging.getLogger(__name__)
+
+# A sanity bound only: the plan takes as many expiries as the master lists (NIFTY lists about 18).
+MAX_NEAREST_EXPIRIES = 50
+MAX_NEAREST_FUTURES = 12
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class ChainSpec:
     strikes_each_side: int
     include_underlying: bool
     mode: str
+    nearest_futures: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class PlanEntry:
     instruments: tuple[Instrument, ...]
     unit: ResolvedUnit | None = None
     include_underlying: bool = True
+    part: str = ""  # the underlying a plain instrument belongs to (a commodity's futures)
 
     def row(self) -> dict[str, Any]:
         unit = self.unit
@@ -62,6 +69,19 @@ class PlanOutcome:
     kept: int
     evictions: list[Eviction]
     entries: list[PlanEntry]
+
+
+def parts(entries: list[PlanEntry]) -> dict[str, int]:
+    """Distinct instruments per part of the plan: each chain's underlying, and "instruments"
+    for the plain ones; an instrument two parts share counts in the first."""
+    counted: set[Key] = set()
+    by_part: dict[str, int] = {}
+    for entry in entries:
+        part = entry.part or (entry.unit.symbol if entry.unit else "instruments")
+        fresh = {i.key for i in entry.instruments} - counted
+        counted |= fresh
+        by_part[part] = by_part.get(part, 0) + len(fresh)
+    return by_part
 
 
 def chain_entry_id(symbol: str, expiry: date | str) -> str:
@@ -96,12 +116,20 @@ class TierB:
                 )
             expiries = list(spec.expiry_dates)
         else:
-            if not 0 <= spec.nearest <= _MAX_NEAREST:
+            if not 0 <= spec.nearest <= MAX_NEAREST_EXPIRIES:
                 raise InvalidArgument(
-                    f"nearest_expiries {spec.nearest} is out of range: accepted 1..{_MAX_NEAREST} (0 means 1)"
+                    f"nearest_expiries {spec.nearest} is out of range: accepted 1..{MAX_NEAREST_EXPIRIES} "
+                    "(0 means 1), capped by the expiries listed"
                 )
             expiries = listed[: spec.nearest or 1]
-        entries = []
+        if not 0 <= spec.nearest_futures <= MAX_NEAREST_FUTURES:
+            raise InvalidArgument(
+                f"nearest_futures {spec.nearest_futures} is out of range: accepted 0..{MAX_NEAREST_FUTURES}"
+            )
+        entries = [
+            PlanEntry(f"instrument:{f.key[0]}:{f.key[1]}", "instrument", spec.mode, (f,), part=spec.symbol)
+            for f in await self._resolver.nearest_futures(spec.symbol, spec.nearest_futures)
+        ]
         for expiry in expiries:
             unit = await self._resolver.window(spec.symbol, expiry, spec.strikes_each_side)
             entries.append(
@@ -124,9 +152,20 @@ class TierB:
         self, entries: list[PlanEntry], request: dict[str, Any], actor: str, *, dry_run: bool
     ) -> PlanOutcome:
         try:
-            return await self._apply(entries, request, actor, dry_run)
+            outcome = await self._apply(entries, request, actor, dry_run)
         except _DryRun as rolled_back:
             return rolled_back.outcome
+        log.info(
+            "Tier B plan set",
+            extra={
+                "instruments": outcome.added + outcome.kept,
+                "added": outcome.added,
+                "removed": outcome.removed,
+                "by_part": parts(outcome.entries),
+                "actor": actor,
+            },
+        )
+        return outcome
 
     async def _apply(self, entries: list[PlanEntry], request: dict[str, Any], actor: str, dry_run: bool) -> PlanOutcome:
         desired = {e.entry_id: e for e in entries}

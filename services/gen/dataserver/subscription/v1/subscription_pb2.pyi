@@ -449,20 +449,22 @@ class ExpiryDateList(_message.Message):
     def __init__(self, expiry_dates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TierBChain(_message.Message):
-    __slots__ = ("underlying_symbol", "expiry_dates", "nearest_expiries", "strikes_each_side", "include_underlying", "mode")
+    __slots__ = ("underlying_symbol", "expiry_dates", "nearest_expiries", "strikes_each_side", "include_underlying", "mode", "nearest_futures")
     UNDERLYING_SYMBOL_FIELD_NUMBER: _ClassVar[int]
     EXPIRY_DATES_FIELD_NUMBER: _ClassVar[int]
     NEAREST_EXPIRIES_FIELD_NUMBER: _ClassVar[int]
     STRIKES_EACH_SIDE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_FUTURES_FIELD_NUMBER: _ClassVar[int]
     underlying_symbol: str
     expiry_dates: ExpiryDateList
     nearest_expiries: int
     strikes_each_side: int
     include_underlying: bool
     mode: _common_pb2.FeedMode
-    def __init__(self, underlying_symbol: _Optional[str] = ..., expiry_dates: _Optional[_Union[ExpiryDateList, _Mapping]] = ..., nearest_expiries: _Optional[int] = ..., strikes_each_side: _Optional[int] = ..., include_underlying: _Optional[bool] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ...) -> None: ...
+    nearest_futures: int
+    def __init__(self, underlying_symbol: _Optional[str] = ..., expiry_dates: _Optional[_Union[ExpiryDateList, _Mapping]] = ..., nearest_expiries: _Optional[int] = ..., strikes_each_side: _Optional[int] = ..., include_underlying: _Optional[bool] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ..., nearest_futures: _Optional[int] = ...) -> None: ...
 
 class TierBInstrument(_message.Message):
     __slots__ = ("key", "mode")
@@ -501,18 +503,20 @@ class SetTierBPlanRequest(_message.Message):
     def __init__(self, chains: _Optional[_Iterable[_Union[TierBChain, _Mapping]]] = ..., instruments: _Optional[_Iterable[_Union[TierBInstrument, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class SetTierBPlanResponse(_message.Message):
-    __slots__ = ("instruments_added", "instruments_removed", "instruments_kept", "evictions", "chains")
+    __slots__ = ("instruments_added", "instruments_removed", "instruments_kept", "evictions", "chains", "instrument_count")
     INSTRUMENTS_ADDED_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENTS_KEPT_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     CHAINS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     instruments_added: int
     instruments_removed: int
     instruments_kept: int
     evictions: _containers.RepeatedCompositeFieldContainer[EvictedUnit]
     chains: _containers.RepeatedCompositeFieldContainer[ResolvedChain]
-    def __init__(self, instruments_added: _Optional[int] = ..., instruments_removed: _Optional[int] = ..., instruments_kept: _Optional[int] = ..., evictions: _Optional[_Iterable[_Union[EvictedUnit, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[ResolvedChain, _Mapping]]] = ...) -> None: ...
+    instrument_count: int
+    def __init__(self, instruments_added: _Optional[int] = ..., instruments_removed: _Optional[int] = ..., instruments_kept: _Optional[int] = ..., evictions: _Optional[_Iterable[_Union[EvictedUnit, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[ResolvedChain, _Mapping]]] = ..., instrument_count: _Optional[int] = ...) -> None: ...
 
 class GetTierBPlanRequest(_message.Message):
     __slots__ = ()
@@ -609,12 +613,14 @@ class RecenterAllChainsResponse(_message.Message):
     def __init__(self, chains_checked: _Optional[int] = ..., chains_moved: _Optional[int] = ..., moved: _Optional[_Iterable[_Union[RecenterResult, _Mapping]]] = ..., evictions: _Optional[_Iterable[_Union[EvictedUnit, _Mapping]]] = ...) -> None: ...
 
 class EndOfDayRequest(_message.Message):
-    __slots__ = ("trading_date", "keep_watchlist_items")
+    __slots__ = ("trading_date", "keep_watchlist_items", "force")
     TRADING_DATE_FIELD_NUMBER: _ClassVar[int]
     KEEP_WATCHLIST_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     trading_date: str
     keep_watchlist_items: bool
-    def __init__(self, trading_date: _Optional[str] = ..., keep_watchlist_items: _Optional[bool] = ...) -> None: ...
+    force: bool
+    def __init__(self, trading_date: _Optional[str] = ..., keep_watchlist_items: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class EndOfDayResponse(_message.Message):
     __slots__ = ("trading_date", "already_done", "units_unsubscribed", "instruments_unsubscribed", "items_deleted", "users_affected")

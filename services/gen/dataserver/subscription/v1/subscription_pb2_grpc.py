@@ -248,7 +248,9 @@ class SubscriptionServiceServicer:
 
     def EndOfDay(self, request, context):
         """End-of-day cleanup (admin; the scheduler's 15:30 IST job): unsubscribes every Tier A
-        unit and clears the watchlists. Idempotent per trading date.
+        unit and clears the watchlists. Every run clears every Tier A unit that exists when it
+        runs, so items added after an earlier run of the same date go too. Before the NSE close
+        (15:30 IST) of the trading date it is refused with FAILED_PRECONDITION unless forced.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -16,7 +16,8 @@ from psycopg_pool import AsyncConnectionPool
 from services.common.auth import create_api_key
 from services.common.config import Settings
 from services.common.db import open_pool
-from services.common.last_prices import NoLastPrices
+from services.common.clock import Clock
+from services.common.last_prices import LastPriceSource, NoLastPrices
 from services.subscription.server import create_server
 from tests.registry_fixtures import bearer, running_registry
 
@@ -45,8 +46,14 @@ class SubscriptionUnderTest:
 
 @asynccontextmanager
 async def running_subscription(
-    conninfo: str, masters_dir: Path, **overrides: Any
+    conninfo: str,
+    masters_dir: Path,
+    *,
+    clock: Clock | None = None,
+    prices: LastPriceSource | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[SubscriptionUnderTest]:
+    """`clock` and `prices` as in create_server (no live prices by default)."""
     async with running_registry(conninfo, masters_dir) as registry:
         settings = dataclasses.replace(
             Settings(),
@@ -59,7 +66,7 @@ async def running_subscription(
         pool = await open_pool(conninfo, max_size=8)
         admin_token = await create_api_key(pool, "ops", "admin")
         settings = dataclasses.replace(settings, service_token=admin_token)
-        subscription = create_server(settings, pool, conninfo, prices=NoLastPrices())
+        subscription = create_server(settings, pool, conninfo, prices=prices or NoLastPrices(), clock=clock)
         try:
             async with subscription.app, grpc.aio.insecure_channel(subscription.app.address) as channel:
                 yield SubscriptionUnderTest(

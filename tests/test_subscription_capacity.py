@@ -149,12 +149,18 @@ async def test_recentre_adds_new_strikes_then_drops_old_ones(service: Subscripti
     assert kinds == ["add"] * result.instruments_added + ["remove"] * result.instruments_removed
     audit = await service.rows("SELECT reason FROM subscription_log WHERE action = 'RECENTER'")
     assert len(audit) == 1 and "25900" in audit[0]["reason"]
-    await expect(
+    # Only its owner and admins may re-centre a watchlist item (issue 12 §6).
+    details = await expect(
         service.stub.RecenterChain(
-            pb.RecenterChainRequest(item_id=item.item_id, underlying_price=1), metadata=await service.user("alice")
+            pb.RecenterChainRequest(item_id=item.item_id, underlying_price=1), metadata=await service.user("bob")
         ),
         grpc.StatusCode.PERMISSION_DENIED,
     )
+    assert item.item_id in details and "not yours" in details
+    own = await service.stub.RecenterChain(
+        pb.RecenterChainRequest(item_id=item.item_id, underlying_price=25_900), metadata=await service.user("alice")
+    )
+    assert own.result.moved and own.result.new_atm_strike == 25_900
     await invariants(service)
 
 
@@ -165,8 +171,9 @@ async def test_end_of_day_clears_tier_a_keeps_tier_b_and_runs_once(service: Subs
     done = await service.stub.EndOfDay(pb.EndOfDayRequest(trading_date="2026-11-20"), metadata=service.admin)
     assert (done.already_done, done.units_unsubscribed, done.items_deleted, done.users_affected) == (False, 2, 2, 2)
     assert done.instruments_unsubscribed == 11 + 10  # NIFTY's index value stays with Tier B
+    # A second run of the date clears what exists now (nothing): counts are the run's own.
     again = await service.stub.EndOfDay(pb.EndOfDayRequest(trading_date="2026-11-20"), metadata=service.admin)
-    assert again.already_done and again.units_unsubscribed == 2
+    assert again.already_done and (again.units_unsubscribed, again.items_deleted) == (0, 0)
     rows = await service.rows("SELECT tier, security_id FROM subscriptions")
     assert [(r["tier"], r["security_id"]) for r in rows] == [("B", 13)]
     assert (await service.rows("SELECT count(*) AS n FROM watchlist_items"))[0]["n"] == 0

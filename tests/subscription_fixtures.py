@@ -14,9 +14,9 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import create_api_key
+from services.common.clock import Clock
 from services.common.config import Settings
 from services.common.db import open_pool
-from services.common.clock import Clock
 from services.common.last_prices import LastPriceSource, NoLastPrices
 from services.subscription.server import create_server
 from tests.registry_fixtures import bearer, running_registry

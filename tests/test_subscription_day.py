@@ -175,7 +175,8 @@ async def test_commodity_chains_take_their_nearest_futures(database_url: str, ma
         assert alone.instrument_count == alone.chains[0].instrument_count == 1 + 2 * 7
         assert both.instrument_count == alone.instrument_count + 1  # the near future is the chain's underlying
         rows = await service.rows(
-            "SELECT DISTINCT i.expiry_date FROM subscriptions s JOIN subscription_owners o USING (exchange_segment, security_id) "
+            "SELECT DISTINCT i.expiry_date FROM subscriptions s "
+            "JOIN subscription_owners o USING (exchange_segment, security_id) "
             "JOIN instruments i USING (exchange_segment, security_id) "
             "WHERE o.owner_id LIKE 'instrument:MCX_COMM:%%' ORDER BY 1"
         )

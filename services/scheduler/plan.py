@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ def _check_fields(source: _Source, table: str, n: int, fields: dict[str, Any]) -
         raise source.fail(table, n, f"unknown field {', '.join(unknown)}; accepted: {accepted}")
 
 
-def _underlying(source: _Source, table: str, n: int, fields: dict[str, Any], known: Any) -> str:
+def _underlying(source: _Source, table: str, n: int, fields: dict[str, Any], known: Collection[str]) -> str:
     symbol = fields.get("underlying")
     if not isinstance(symbol, str) or not symbol.strip():
         raise source.fail(table, n, 'underlying is required, e.g. underlying = "NIFTY"')

@@ -71,6 +71,9 @@ class Settings:
     gateway_batch_seconds: float = 0.010
     # `make run` adds this to every fixed port, so a second stack (or a test) can run beside.
     stack_port_offset: int = 0
+    # Calendar and clock (issue 12 §4): "simulated" keeps an NSE session open whatever the
+    # hour (`make run`); "exchange" follows the wall clock and the exchange calendar (k8s).
+    market_clock: str = "simulated"
 
     @property
     def dhan_credentials(self) -> bool:
@@ -167,6 +170,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         gateway_shard_addrs=tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
         gateway_batch_seconds=_float(env, "GATEWAY_BATCH_SECONDS", 0.010, 0.001, 1.0),
         stack_port_offset=_int(env, "STACK_PORT_OFFSET", 0, 0, 10000),
+        # Calendar and clock.
+        market_clock=_choice(env, "MARKET_CLOCK", "simulated", ("simulated", "exchange")),
     )
     for name, width in (("STOCK", settings.stock_strikes_each_side), ("INDEX", settings.index_strikes_each_side)):
         if width > settings.max_strikes_each_side:

@@ -145,9 +145,15 @@ def strike_grid(spot: float, near_step: float, far_step: float, near_pct: float,
     return sorted(strikes)
 
 
-def _index_range_factor(days: int) -> float:
-    """Weeklies list a narrower band than far monthlies/quarterlies (~sqrt of time)."""
-    return min(1.5, max(0.5, math.sqrt(max(days, 1) / 30.0)))
+def _index_range_factor(symbol: str, expiry: date, flag: str) -> float:
+    """Weeklies list a narrower band than monthlies, the quarter months of an index with
+    long-dated cycles a wider one. Fixed for a contract's life (spot is the fixed previous
+    close too), so a strike once listed stays listed until expiry, with its id."""
+    if flag == "W":
+        return 0.75
+    if rules.expiry_rule(symbol).quarterly_count and expiry.month in rules.QUARTER_MONTHS:
+        return 1.5
+    return 1.0
 
 
 def stock_step(price: float) -> float:
@@ -329,7 +335,7 @@ def _index_contracts(spec: IndexSpec, profile: _Profile, config: GeneratorConfig
             futures_left -= 1
             row = _future_row(chain, str(ids.of(expiry, "FUT")), "FUTIDX", spec.fut_tick_paise)
             yield Contract(row, feed_segment(spec.exchange, "D"), _tick_price(forward, spec.fut_tick_paise))
-        factor = _index_range_factor((expiry - config.trading_date).days) * profile.grid_factor
+        factor = _index_range_factor(spec.symbol, expiry, flag) * profile.grid_factor
         near, far = spec.near_pct * factor, spec.far_pct * factor
         strikes = strike_grid(spot, spec.near_step, spec.far_step, near, far)
         yield from _option_chain(chain, ids, expiry, "OPTIDX", strikes, forward, t, spec.vol, INDEX_OPTION_TICK_PAISE)
@@ -369,7 +375,8 @@ def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig) ->
             continue
         opt_chain = _Chain.make("MCX", spec.symbol, "1.0", opt_expiry, "M")
         pct = spec.range_pct * profile.grid_factor
-        strikes = strike_grid(fut_price, spec.step, spec.step, pct, pct)
+        # Around spot, not the future's price: the carry moves that daily, and the strikes must not.
+        strikes = strike_grid(spot, spec.step, spec.step, pct, pct)
         t = _years_to(opt_expiry, config.trading_date)
         yield from _option_chain(
             opt_chain, ids, opt_expiry, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise

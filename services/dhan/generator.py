@@ -146,14 +146,13 @@ def strike_grid(spot: float, near_step: float, far_step: float, near_pct: float,
 
 
 def _index_range_factor(symbol: str, expiry: date, flag: str) -> float:
-    """Weeklies list a narrower band than monthlies, the quarter months of an index with
-    long-dated cycles a wider one. Fixed for a contract's life (spot is the fixed previous
-    close too), so a strike once listed stays listed until expiry, with its id."""
-    if flag == "W":
-        return 0.75
-    if rules.expiry_rule(symbol).quarterly_count and expiry.month in rules.QUARTER_MONTHS:
+    """Weeklies and serial monthlies list a narrow band, contracts of an index's quarterly
+    and half-yearly cycle (its Mar/Jun/Sep/Dec expiries, listed months ahead) a wide one.
+    Fixed for a contract's life (spot is the fixed previous close too), so a strike once
+    listed stays listed until expiry, with its id."""
+    if flag == "M" and rules.expiry_rule(symbol).quarterly_count and expiry.month in rules.QUARTER_MONTHS:
         return 1.5
-    return 1.0
+    return 0.5
 
 
 def stock_step(price: float) -> float:

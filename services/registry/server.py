@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 
@@ -26,12 +25,11 @@ class Registry:
     app: GrpcApp
     holder: MasterHolder
     config: MasterConfig
-    clock: Clock
-    trading_date: date | None = None  # the master's date; the clock's trading date unless a test fixes it
+    clock: Clock  # its trading date is the start-up master's
 
     async def load_initial_master(self) -> None:
         """Serves the day's master from Postgres if it is there, else loads the configured source."""
-        trading_date = self.trading_date or trading_date_of(self.clock)
+        trading_date = trading_date_of(self.clock)
         if not await self.holder.restore(trading_date):
             await self.holder.load(self.config.resolve(self.config.default_source, "", trading_date), trading_date)
 

@@ -349,7 +349,7 @@ class ShardRuntime:
 
     # -- watchdog and first ticks -----------------------------------------------------------
 
-    def _in_market_hours(self) -> bool:
+    def in_market_hours(self) -> bool:
         if not self.settings.feed_market_hours_only:
             return True
         now = self.market_clock.now()
@@ -359,7 +359,7 @@ class ShardRuntime:
         period = min(1.0, self.settings.feed_watchdog_seconds / 4)
         while True:
             await asyncio.sleep(period)
-            if not self._in_market_hours():
+            if not self.in_market_hours():
                 AWAITING.labels(self._label).set(0)
                 continue
             now = time.monotonic()

@@ -49,7 +49,7 @@ def test_nifty_expiries_on_2026_11_21() -> None:
         (date(2028, 6, 27), "M"),
         (date(2028, 12, 26), "M"),
         (date(2029, 6, 26), "M"),
-        (date(2029, 12, 25), "M"),  # no holiday list for 2029 yet
+        (date(2029, 12, 24), "M"),  # Christmas, a fixed-date holiday in a year the file does not list
         (date(2030, 6, 25), "M"),
         (date(2030, 12, 31), "M"),
         (date(2031, 6, 24), "M"),

@@ -188,3 +188,12 @@ def test_index_values_follow_nse() -> None:
         assert cal.market_phase("IDX_I", at) == cal.market_phase("NSE", at)
     with pytest.raises(ValueError, match="unknown exchange 'NSE_XYZ'"):
         cal.market_phase("NSE_XYZ", ist(2026, 12, 7, 10, 0))
+
+
+def test_years_the_file_does_not_list_close_on_the_fixed_date_holidays() -> None:
+    assert 2029 not in cal.HOLIDAY_YEARS
+    assert not cal.is_trading_day(date(2029, 12, 25)) and not cal.is_trading_day(date(2029, 12, 25), "MCX")
+    assert not cal.is_trading_day(date(2029, 1, 26)) and cal.is_trading_day(date(2029, 1, 25))
+    # Maharashtra Day: NSE shut, MCX evening only.
+    assert not cal.is_trading_day(date(2029, 5, 1)) and cal.is_trading_day(date(2029, 5, 1), "MCX")
+    assert cal.market_phase("MCX", ist(2029, 5, 1, 10, 0)) == (P.CLOSED, ist(2029, 5, 1, 17, 0))

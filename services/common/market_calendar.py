@@ -96,8 +96,12 @@ NSE_HOLIDAYS: Final[frozenset[date]] = frozenset(_HOLIDAYS["NSE"])
 # MCX days with no session at all; days listed "morning" still trade in the evening.
 MCX_CLOSED_DAYS: Final[frozenset[date]] = frozenset(d for d, c in _HOLIDAYS["MCX"].items() if c == "day")
 MCX_EVENING_ONLY_DAYS: Final[frozenset[date]] = frozenset(d for d, c in _HOLIDAYS["MCX"].items() if c == "morning")
-# Years the file covers; outside them only weekends are known closures.
+# Years the file covers. Outside them the days India always closes on are assumed (far
+# expiries are listed years ahead): (month, day, how MCX observes it).
 HOLIDAY_YEARS: Final = frozenset(d.year for d in NSE_HOLIDAYS)
+_FIXED_DATE_HOLIDAYS: Final[Mapping[tuple[int, int], Closure]] = MappingProxyType(
+    {(1, 26): "day", (5, 1): "morning", (8, 15): "day", (10, 2): "day", (12, 25): "day"}
+)
 
 # Which calendar each exchange or Dhan exchange segment follows.
 _CALENDARS: Final[Mapping[str, CalendarName]] = MappingProxyType(
@@ -116,13 +120,18 @@ def calendar_of(exchange: str) -> CalendarName:
         raise ValueError(f"unknown exchange {exchange!r}; expected one of {sorted(_CALENDARS)}") from None
 
 
+def _closure(name: CalendarName, d: date) -> Closure | None:
+    """How a weekday is closed on a calendar: the file's line, else a fixed-date holiday of
+    a year the file does not list, else None (it trades)."""
+    if d.year in HOLIDAY_YEARS:
+        return _HOLIDAYS[name].get(d)
+    closure = _FIXED_DATE_HOLIDAYS.get((d.month, d.day))
+    return "day" if closure is not None and name == "NSE" else closure
+
+
 def is_trading_day(d: date, exchange: str = "NSE") -> bool:
     """A weekday the exchange trades on (for MCX, any session, evening-only included)."""
-    if d.weekday() >= SATURDAY:
-        return False
-    if calendar_of(exchange) == "MCX":
-        return d not in MCX_CLOSED_DAYS
-    return d not in NSE_HOLIDAYS
+    return d.weekday() < SATURDAY and _closure(calendar_of(exchange), d) != "day"
 
 
 def is_mcx_trading_day(d: date) -> bool:
@@ -212,7 +221,8 @@ def session_on(exchange: str, d: date) -> Session | None:
         return None
     name = exchange.upper()
     if calendar_of(name) == "MCX":
-        return Session(None, MCX_EVENING_OPEN if d in MCX_EVENING_ONLY_DAYS else MCX_OPEN, mcx_close(d))
+        evening_only = _closure("MCX", d) == "morning"
+        return Session(None, MCX_EVENING_OPEN if evening_only else MCX_OPEN, mcx_close(d))
     if name.endswith("_CURRENCY"):
         return Session(None, CURRENCY_OPEN, CURRENCY_CLOSE)
     return Session(NSE_PRE_OPEN, NSE_OPEN, NSE_CLOSE)

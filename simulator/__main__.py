@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 import uvloop
@@ -28,6 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
     parser.add_argument("--master-cache-dir", type=Path, help="where to generate the master when --master is not given")
     parser.add_argument("--master-scale", choices=("small", "full"))
     parser.add_argument("--master-seed", type=int)
+    parser.add_argument("--trading-date", type=date.fromisoformat, help="the generated master's date (default: today)")
     parser.add_argument("--tokens", help="comma-separated valid tokens (default: any non-empty token)")
     parser.add_argument("--client-ids", help="comma-separated valid client ids (default: any non-empty id)")
     parser.add_argument("--ticks-per-second", type=float, help="per instrument per connection")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ class SimulatorSettings:
     master_cache_dir: Path | None = None
     master_seed: int = 7
     master_scale: str = "small"
+    # The generated master's trading date; None: today in India. `make run` passes its market
+    # clock's trading date, so the simulator quotes the master the registry serves.
+    trading_date: date | None = None
     seed: int | None = None  # random walks; None: a fresh seed per run
     log_level: str = "INFO"
 
@@ -114,6 +118,8 @@ def _convert(name: str, raw: str) -> Any:
             return Path(raw)
         if name == "seed":
             return int(raw)
+        if name == "trading_date":
+            return date.fromisoformat(raw)
         if isinstance(default, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
                 return True

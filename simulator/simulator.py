@@ -52,7 +52,7 @@ class Simulator:
                 self._catalog = await asyncio.to_thread(Catalog.load, s.master_path)
             else:
                 self._catalog = await asyncio.to_thread(
-                    Catalog.generated, s.master_cache_dir, s.master_seed, s.master_scale
+                    Catalog.generated, s.master_cache_dir, s.master_seed, s.master_scale, s.trading_date
                 )
         self.market = Market(self._catalog, seed=s.seed, clock=self._clock, master_seed=s.master_seed)
         self.feed = FeedServer(s, self.market)

@@ -6,16 +6,18 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time
 from pathlib import Path
 
 import grpc
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import create_api_key
+from services.common.clock import ManualClock
 from services.common.config import Settings
 from services.common.db import open_pool
 from services.common.last_prices import NoLastPrices
+from services.common.market_calendar import IST
 from services.registry.loader import MasterHolder
 from services.registry.server import create_server
 from services.registry.servicer import MasterConfig
@@ -54,9 +56,10 @@ async def running_registry(
         shutdown_grace_seconds=0,
     )
     pool = await open_pool(conninfo, max_size=4)
-    registry = create_server(settings, pool, prices=NoLastPrices())
+    # The clock's trading date is the generated master's, at start-up and for a dateless reload.
+    clock = ManualClock(datetime.combine(trading_date, time(10, 0), IST))
+    registry = create_server(settings, pool, prices=NoLastPrices(), clock=clock)
     registry.config.cache_dir = masters_dir
-    registry.trading_date = trading_date  # its start-up loads the generated master of that day
     try:
         async with registry.app, grpc.aio.insecure_channel(registry.app.address) as channel:
             admin = await create_api_key(pool, "ops", "admin")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.common import market_calendar as cal
+from services.dhan import expiry_rules as rules
 from services.dhan import generator as gen
 from services.dhan.generator import GeneratorConfig
 
@@ -170,9 +171,9 @@ def test_every_option_strike_has_call_and_put(full: MasterSummary) -> None:
 
 def test_nifty_options_listed_on_every_expiry_of_the_calendar(full: MasterSummary) -> None:
     listed = sorted({exp for (u, exp, _) in full.chains if u == "NIFTY"})
-    assert listed == [d.isoformat() for d, _ in cal.expiries_for("NIFTY", TRADING_DATE)]
+    assert listed == [d.isoformat() for d, _ in rules.expiries_for("NIFTY", TRADING_DATE)]
     sensex = {date.fromisoformat(exp) for (u, exp, _) in full.chains if u == "SENSEX"}
-    assert sensex == {d for d, _ in cal.expiries_for("SENSEX", TRADING_DATE)}
+    assert sensex == {d for d, _ in rules.expiries_for("SENSEX", TRADING_DATE)}
     assert all(d.weekday() == cal.THURSDAY for d in sensex)
 
 

@@ -102,6 +102,12 @@ async def test_reload_generated_for_another_date(registry: RegistryUnderTest) ->
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "YYYY-MM-DD" in (raised.value.details() or "")
 
 
+async def test_a_reload_without_a_date_takes_the_clock_s_trading_date(registry: RegistryUnderTest) -> None:
+    stub = registry_pb2_grpc.RegistryServiceStub(registry.channel)
+    reply = await stub.ReloadMaster(pb.ReloadMasterRequest(source=pb.MASTER_SOURCE_GENERATED), metadata=registry.admin)
+    assert reply.status.trading_date == TRADING_DATE.isoformat()
+
+
 async def test_a_restarted_registry_restores_the_master_from_postgres(registry: RegistryUnderTest) -> None:
     holder = MasterHolder(RegistryStore(registry.pool))
     assert not await holder.restore(TRADING_DATE.replace(day=TRADING_DATE.day + 1))

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -662,10 +663,14 @@ def test_settings_from_env_and_cli() -> None:
         "SIM_TICKS_PER_SECOND": "2.5",
         "SIM_SEED": "4",
         "SIM_MASTER_PATH": "/tmp/m.csv",
+        "SIM_TRADING_DATE": "2026-12-04",
     }
     s = SimulatorSettings.from_env(env)
     assert (s.port, s.valid_tokens, s.burst, s.ticks_per_second, s.seed) == (9001, frozenset({"a", "b"}), True, 2.5, 4)
     assert s.master_path == Path("/tmp/m.csv") and s.valid_client_ids is None and s.ping_interval == 10.0
+    assert s.trading_date == date(2026, 12, 4) and parse_args(["--trading-date", "2026-12-07"]).trading_date == date(
+        2026, 12, 7
+    )
     assert SimulatorSettings.from_env({}) == SimulatorSettings()
     for bad in (
         {"SIM_PORT": "x"},

@@ -72,3 +72,16 @@ def test_stack_comes_up_serves_and_stops(tmp_path: Path) -> None:
     finally:
         stack.send_signal(signal.SIGTERM)
         assert stack.wait(timeout=60) == 0
+
+
+def test_the_simulator_generates_the_master_of_the_registry_s_trading_date() -> None:
+    from datetime import date
+
+    from services.common.clock import clock_from_settings, trading_date_of
+    from services.common.config import load_settings
+    from services.common.market_calendar import is_trading_day
+
+    settings = load_settings({})
+    simulator = next(p for p in plan(settings) if p.name == "simulator")
+    given = date.fromisoformat(simulator.argv[simulator.argv.index("--trading-date") + 1])
+    assert given == trading_date_of(clock_from_settings(settings)) and is_trading_day(given)

@@ -71,8 +71,11 @@ class Settings:
     gateway_batch_seconds: float = 0.010
     # `make run` adds this to every fixed port, so a second stack (or a test) can run beside.
     stack_port_offset: int = 0
-    # Tier B plan (issue 12 §2): the plan file the scheduler preloads; the shipped one by default.
+    # Tier B plan: the plan file the scheduler preloads; the shipped one by default.
     tier_b_plan_file: Path = REPO_ROOT / "services" / "scheduler" / "tier_b_plan.toml"
+    # Calendar and clock: "simulated" keeps an NSE session open whatever the
+    # hour (`make run`); "exchange" follows the wall clock and the exchange calendar (k8s).
+    market_clock: str = "simulated"
 
     @property
     def dhan_credentials(self) -> bool:
@@ -169,8 +172,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         gateway_shard_addrs=tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
         gateway_batch_seconds=_float(env, "GATEWAY_BATCH_SECONDS", 0.010, 0.001, 1.0),
         stack_port_offset=_int(env, "STACK_PORT_OFFSET", 0, 0, 10000),
-        # Tier B plan (issue 12 §2)
+        # Tier B plan
         tier_b_plan_file=Path(env.get("TIER_B_PLAN_FILE") or Settings.tier_b_plan_file),
+        # Calendar and clock.
+        market_clock=_choice(env, "MARKET_CLOCK", "simulated", ("simulated", "exchange")),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

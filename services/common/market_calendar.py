@@ -1,25 +1,38 @@
-"""Indian exchange trading calendar: trading days, derivative expiries, market hours.
+"""Indian exchange trading calendars and sessions: trading days per exchange, market phases.
 
-Pure functions over dates, no I/O. Holiday lists are the published NSE lists (BSE
-publishes the same dates for equity and derivatives); they must be extended every
-December when NSE publishes the next year's list.
+Pure functions over dates, no I/O after import. Two calendars: NSE (which BSE shares, for
+equity, equity derivatives and the indices) and MCX (its own holidays, most of them with the
+evening session open). The holidays are data, in holidays.csv beside this module, read and
+validated once at import: a malformed line fails the import naming the line.
 """
 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterator, Mapping
+import csv
+import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
 IST: Final = ZoneInfo("Asia/Kolkata")
 
-MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY = range(5)
+MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY, SATURDAY, SUNDAY = range(7)
 
-ExpiryFlag = Literal["W", "M"]
+CalendarName = Literal["NSE", "MCX"]
+Closure = Literal["day", "morning"]  # "morning": MCX trades only its evening session
+
+HOLIDAYS_FILE: Final = Path(__file__).resolve().parent / "holidays.csv"
+_HOLIDAY_HEADER: Final = ["calendar", "date", "closed", "name"]
+
+
+class HolidayFileError(ValueError):
+    """A line of the holidays file that cannot be used; the message names the line."""
 
 
 def today_ist() -> date:
@@ -27,95 +40,123 @@ def today_ist() -> date:
     return datetime.now(IST).date()
 
 
-# Weekday holidays only (weekend holidays change nothing). Sources: NSE circulars for
-# 2025 and 2026, including the 2026-01-15 closure for the Maharashtra municipal polls
-# that NSE added in January 2026.
-_HOLIDAYS_2025: Final = (
-    date(2025, 2, 26),  # Mahashivratri
-    date(2025, 3, 14),  # Holi
-    date(2025, 3, 31),  # Id-ul-Fitr
-    date(2025, 4, 10),  # Shri Mahavir Jayanti
-    date(2025, 4, 14),  # Dr. Baba Saheb Ambedkar Jayanti
-    date(2025, 4, 18),  # Good Friday
-    date(2025, 5, 1),  # Maharashtra Day
-    date(2025, 8, 15),  # Independence Day
-    date(2025, 8, 27),  # Ganesh Chaturthi
-    date(2025, 10, 2),  # Mahatma Gandhi Jayanti / Dussehra
-    date(2025, 10, 21),  # Diwali Laxmi Pujan (only the evening muhurat session trades)
-    date(2025, 10, 22),  # Diwali Balipratipada
-    date(2025, 11, 5),  # Prakash Gurpurb Sri Guru Nanak Dev
-    date(2025, 12, 25),  # Christmas
+# --- holidays -------------------------------------------------------------------------
+
+
+def _holiday_line(where: str, fields: list[str], seen: set[tuple[str, date]]) -> tuple[CalendarName, date, Closure]:
+    if len(fields) != 4:
+        raise HolidayFileError(f"{where}: expected 4 fields (calendar,date,closed,name), got {len(fields)}")
+    name, day_text, closed, label = (f.strip() for f in fields)
+    if name not in ("NSE", "MCX"):
+        raise HolidayFileError(f"{where}: calendar {name!r} is not NSE or MCX")
+    try:
+        day = date.fromisoformat(day_text)
+    except ValueError:
+        raise HolidayFileError(f"{where}: date {day_text!r} is not YYYY-MM-DD") from None
+    if day.weekday() >= SATURDAY:
+        raise HolidayFileError(f"{where}: {day} is a weekend day; only weekday holidays belong here")
+    if closed not in ("day", "morning"):
+        raise HolidayFileError(f"{where}: closed {closed!r} is not 'day' or 'morning'")
+    if closed == "morning" and name != "MCX":
+        raise HolidayFileError(f"{where}: only MCX has an evening session to keep open")
+    if not label:
+        raise HolidayFileError(f"{where}: the holiday needs a name")
+    if (name, day) in seen:
+        raise HolidayFileError(f"{where}: {name} {day} is listed twice")
+    seen.add((name, day))
+    return ("NSE" if name == "NSE" else "MCX"), day, ("day" if closed == "day" else "morning")
+
+
+def parse_holidays(text: str, source: str = "holidays.csv") -> dict[CalendarName, dict[date, Closure]]:
+    """The holidays file's lines by calendar; '#' lines and blank lines are comments."""
+    out: dict[CalendarName, dict[date, Closure]] = {"NSE": {}, "MCX": {}}
+    seen: set[tuple[str, date]] = set()
+    header_seen = False
+    for number, line in enumerate(io.StringIO(text), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = next(csv.reader([line]))
+        if not header_seen:
+            if [f.strip() for f in fields] != _HOLIDAY_HEADER:
+                raise HolidayFileError(f"{source}:{number}: expected the header {','.join(_HOLIDAY_HEADER)}")
+            header_seen = True
+            continue
+        name, day, closed = _holiday_line(f"{source}:{number}", fields, seen)
+        out[name][day] = closed
+    if not header_seen:
+        raise HolidayFileError(f"{source}: no header line {','.join(_HOLIDAY_HEADER)}")
+    return out
+
+
+_HOLIDAYS: Final = {
+    name: MappingProxyType(days)
+    for name, days in parse_holidays(HOLIDAYS_FILE.read_text(encoding="utf-8"), HOLIDAYS_FILE.name).items()
+}
+NSE_HOLIDAYS: Final[frozenset[date]] = frozenset(_HOLIDAYS["NSE"])
+# MCX days with no session at all; days listed "morning" still trade in the evening.
+MCX_CLOSED_DAYS: Final[frozenset[date]] = frozenset(d for d, c in _HOLIDAYS["MCX"].items() if c == "day")
+MCX_EVENING_ONLY_DAYS: Final[frozenset[date]] = frozenset(d for d, c in _HOLIDAYS["MCX"].items() if c == "morning")
+# Years the file covers. Outside them the days India always closes on are assumed (far
+# expiries are listed years ahead): (month, day, how MCX observes it).
+HOLIDAY_YEARS: Final = frozenset(d.year for d in NSE_HOLIDAYS)
+_FIXED_DATE_HOLIDAYS: Final[Mapping[tuple[int, int], Closure]] = MappingProxyType(
+    {(1, 26): "day", (5, 1): "morning", (8, 15): "day", (10, 2): "day", (12, 25): "day"}
 )
-_HOLIDAYS_2026: Final = (
-    date(2026, 1, 15),  # Municipal Corporation elections in Maharashtra
-    date(2026, 1, 26),  # Republic Day
-    date(2026, 3, 3),  # Holi
-    date(2026, 3, 26),  # Shri Ram Navami
-    date(2026, 3, 31),  # Shri Mahavir Jayanti
-    date(2026, 4, 3),  # Good Friday
-    date(2026, 4, 14),  # Dr. Baba Saheb Ambedkar Jayanti
-    date(2026, 5, 1),  # Maharashtra Day
-    date(2026, 5, 28),  # Bakri Id
-    date(2026, 6, 26),  # Muharram
-    date(2026, 9, 14),  # Ganesh Chaturthi
-    date(2026, 10, 2),  # Mahatma Gandhi Jayanti
-    date(2026, 10, 20),  # Dussehra
-    date(2026, 11, 10),  # Diwali Balipratipada
-    date(2026, 11, 24),  # Prakash Gurpurb Sri Guru Nanak Dev
-    date(2026, 12, 25),  # Christmas
-)
-# PROVISIONAL: NSE publishes 2027 in December 2026. These are the expected festival
-# dates that fall on weekdays (lunar festivals may move by a day); replace them with
-# the circular's list when it is out.
-_HOLIDAYS_2027: Final = (
-    date(2027, 1, 26),  # Republic Day
-    date(2027, 3, 10),  # Id-ul-Fitr (expected)
-    date(2027, 3, 22),  # Holi (expected)
-    date(2027, 3, 26),  # Good Friday
-    date(2027, 4, 14),  # Dr. Baba Saheb Ambedkar Jayanti
-    date(2027, 4, 15),  # Shri Ram Navami (expected)
-    date(2027, 4, 20),  # Shri Mahavir Jayanti (expected)
-    date(2027, 5, 17),  # Bakri Id (expected)
-    date(2027, 6, 15),  # Muharram (expected)
-    date(2027, 10, 29),  # Diwali Laxmi Pujan (expected)
-)
 
-NSE_HOLIDAYS: Final[frozenset[date]] = frozenset(_HOLIDAYS_2025 + _HOLIDAYS_2026 + _HOLIDAYS_2027)
-HOLIDAY_YEARS: Final = frozenset({2025, 2026, 2027})
+# Which calendar each exchange or Dhan exchange segment follows.
+_CALENDARS: Final[Mapping[str, CalendarName]] = MappingProxyType(
+    {
+        "NSE": "NSE", "BSE": "NSE", "MCX": "MCX", "IDX_I": "NSE", "NSE_EQ": "NSE", "NSE_FNO": "NSE",
+        "NSE_CURRENCY": "NSE", "BSE_EQ": "NSE", "BSE_FNO": "NSE", "BSE_CURRENCY": "NSE", "MCX_COMM": "MCX",
+    }
+)  # fmt: skip
 
 
-def is_trading_day(d: date) -> bool:
-    """NSE/BSE trading day. Outside HOLIDAY_YEARS only weekends are known closures."""
-    return d.weekday() < 5 and d not in NSE_HOLIDAYS
+def calendar_of(exchange: str) -> CalendarName:
+    """'NSE', 'BSE', 'MCX' or a Dhan exchange segment ('NSE_FNO', 'IDX_I', ...) -> its calendar."""
+    try:
+        return _CALENDARS[exchange.upper()]
+    except KeyError:
+        raise ValueError(f"unknown exchange {exchange!r}; expected one of {sorted(_CALENDARS)}") from None
 
 
-def previous_trading_day(d: date) -> date:
+def _closure(name: CalendarName, d: date) -> Closure | None:
+    """How a weekday is closed on a calendar: the file's line, else a fixed-date holiday of
+    a year the file does not list, else None (it trades)."""
+    if d.year in HOLIDAY_YEARS:
+        return _HOLIDAYS[name].get(d)
+    closure = _FIXED_DATE_HOLIDAYS.get((d.month, d.day))
+    return "day" if closure is not None and name == "NSE" else closure
+
+
+def is_trading_day(d: date, exchange: str = "NSE") -> bool:
+    """A weekday the exchange trades on (for MCX, any session, evening-only included)."""
+    return d.weekday() < SATURDAY and _closure(calendar_of(exchange), d) != "day"
+
+
+def is_mcx_trading_day(d: date) -> bool:
+    return is_trading_day(d, "MCX")
+
+
+def previous_trading_day(d: date, exchange: str = "NSE") -> date:
     """The last trading day strictly before d."""
     d -= timedelta(days=1)
-    while not is_trading_day(d):
+    while not is_trading_day(d, exchange):
         d -= timedelta(days=1)
     return d
 
 
-def next_trading_day(d: date) -> date:
+def next_trading_day(d: date, exchange: str = "NSE") -> date:
     """The first trading day strictly after d."""
     d += timedelta(days=1)
-    while not is_trading_day(d):
+    while not is_trading_day(d, exchange):
         d += timedelta(days=1)
     return d
 
 
-def on_or_before_trading_day(d: date) -> date:
+def on_or_before_trading_day(d: date, exchange: str = "NSE") -> date:
     """d if it trades, else the previous trading day: how exchanges move an expiry."""
-    return d if is_trading_day(d) else previous_trading_day(d)
-
-
-# MCX is open on NSE trading days (it also opens for an evening session on some NSE
-# holidays; the feed backend does not need that precision), so it shares the calendar.
-is_mcx_trading_day = is_trading_day
-
-
-# --- expiries -------------------------------------------------------------------------
+    return d if is_trading_day(d, exchange) else previous_trading_day(d, exchange)
 
 
 def last_weekday_of_month(year: int, month: int, weekday: int) -> date:
@@ -124,172 +165,78 @@ def last_weekday_of_month(year: int, month: int, weekday: int) -> date:
     return last - timedelta(days=(last.weekday() - weekday) % 7)
 
 
-def monthly_expiry(year: int, month: int, weekday: int) -> date:
-    """Monthly expiry: last `weekday` of the month, moved back over holidays."""
-    return on_or_before_trading_day(last_weekday_of_month(year, month, weekday))
+def nth_weekday_of_month(year: int, month: int, weekday: int, n: int) -> date:
+    """The n-th (1-based) `weekday` of the month."""
+    first = date(year, month, 1)
+    return first + timedelta(days=(weekday - first.weekday()) % 7 + 7 * (n - 1))
 
 
-def _months_from(year: int, month: int) -> Iterator[tuple[int, int]]:
-    while True:
-        yield year, month
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+# --- sessions -------------------------------------------------------------------------
 
 
-def weekly_expiries(weekday: int, start: date, count: int) -> list[date]:
-    """The next `count` weekly expiries on `weekday`, holiday-shifted, on or after start.
+class Phase(StrEnum):
+    PRE_OPEN = "pre-open"
+    OPEN = "open"
+    CLOSED = "closed"  # a trading day, outside its session
+    HOLIDAY = "holiday"  # not a trading day (weekend or listed holiday)
 
-    A weekday that is a holiday expires on the previous trading day; if that is
-    before `start` the contract has already expired and is skipped.
-    """
-    candidate = start + timedelta(days=(weekday - start.weekday()) % 7)
-    out: list[date] = []
-    while len(out) < count:
-        expiry = on_or_before_trading_day(candidate)
-        if expiry >= start and expiry not in out:
-            out.append(expiry)
-        candidate += timedelta(days=7)
-    return out
-
-
-def monthly_expiries(weekday: int, start: date, count: int) -> list[date]:
-    """The next `count` monthly expiries (last `weekday`) on or after start."""
-    out: list[date] = []
-    for year, month in _months_from(start.year, start.month):
-        if len(out) == count:
-            return out
-        expiry = monthly_expiry(year, month, weekday)
-        if expiry >= start:
-            out.append(expiry)
-    raise AssertionError("unreachable")
-
-
-def quarterly_expiries(weekday: int, after: date, count: int) -> list[date]:
-    """`count` quarterly (Mar/Jun/Sep/Dec monthly) expiries in months after `after`'s month."""
-    months = _months_from(after.year, after.month)
-    next(months)  # strictly after the month of `after`
-    out: list[date] = []
-    for year, month in months:
-        if len(out) == count:
-            return out
-        if month % 3 == 0:
-            out.append(monthly_expiry(year, month, weekday))
-    raise AssertionError("unreachable")
-
-
-# MCX energy futures expire around the 19th-21st (CRUDEOIL) and the 25th-27th
-# (NATURALGAS) depending on NYMEX; a fixed day moved back to a trading day is close
-# enough for a simulator and is what the generated master uses.
-MCX_FUTURE_EXPIRY_DAY: Final[Mapping[str, int]] = MappingProxyType({"CRUDEOIL": 19, "NATURALGAS": 25})
-MCX_OPTION_LEAD_TRADING_DAYS: Final = 2
-
-
-def mcx_future_expiry(symbol: str, year: int, month: int) -> date:
-    return on_or_before_trading_day(date(year, month, MCX_FUTURE_EXPIRY_DAY[symbol]))
-
-
-def mcx_option_expiry(future_expiry: date) -> date:
-    """MCX options on a future expire 2 trading days before the future."""
-    d = future_expiry
-    for _ in range(MCX_OPTION_LEAD_TRADING_DAYS):
-        d = previous_trading_day(d)
-    return d
-
-
-def mcx_future_expiries(symbol: str, start: date, count: int) -> list[date]:
-    """The next `count` futures expiries on or after start (futures months)."""
-    out: list[date] = []
-    for year, month in _months_from(start.year, start.month):
-        if len(out) == count:
-            return out
-        expiry = mcx_future_expiry(symbol, year, month)
-        if expiry >= start:
-            out.append(expiry)
-    raise AssertionError("unreachable")
-
-
-@dataclass(frozen=True)
-class ExpiryRule:
-    """Which contracts an underlying lists on a given day."""
-
-    monthly_weekday: int
-    monthly_count: int = 3
-    weekly_weekday: int | None = None
-    weekly_count: int = 0
-    quarterly_count: int = 0
-
-
-_STOCK_RULE: Final = ExpiryRule(monthly_weekday=TUESDAY)
-EXPIRY_RULES: Final[Mapping[str, ExpiryRule]] = MappingProxyType(
-    {
-        "NIFTY": ExpiryRule(TUESDAY, 3, weekly_weekday=TUESDAY, weekly_count=4, quarterly_count=4),
-        "SENSEX": ExpiryRule(THURSDAY, 3, weekly_weekday=THURSDAY, weekly_count=4),
-        "BANKNIFTY": ExpiryRule(TUESDAY),
-        "FINNIFTY": ExpiryRule(TUESDAY),
-        "MIDCPNIFTY": ExpiryRule(TUESDAY),
-        "BANKEX": ExpiryRule(THURSDAY),
-    }
-)
-MCX_FUTURES_COUNT: Final = 3
-
-
-def expiry_rule(underlying: str) -> ExpiryRule:
-    """Index rule by name; any other NSE name is a stock (monthly, last Tuesday)."""
-    return EXPIRY_RULES.get(underlying, _STOCK_RULE)
-
-
-def expiries_for(underlying: str, trading_date: date) -> list[tuple[date, ExpiryFlag]]:
-    """Expiries listed on trading_date, sorted, flagged 'W' (weekly) or 'M' (monthly).
-
-    A weekly that coincides with a monthly or quarterly is one contract, flagged 'M'.
-    MCX underlyings return both futures and option expiries (all 'M').
-    """
-    if underlying in MCX_FUTURE_EXPIRY_DAY:
-        return [(d, "M") for d in mcx_expiries(underlying, trading_date)]
-    rule = expiry_rule(underlying)
-    monthly = monthly_expiries(rule.monthly_weekday, trading_date, rule.monthly_count)
-    if rule.quarterly_count:
-        monthly += quarterly_expiries(rule.monthly_weekday, monthly[-1], rule.quarterly_count)
-    weekly: list[date] = []
-    if rule.weekly_weekday is not None:
-        weekly = weekly_expiries(rule.weekly_weekday, trading_date, rule.weekly_count)
-    monthly_set = set(monthly)
-    flagged: dict[date, ExpiryFlag] = {d: "W" for d in weekly if d not in monthly_set}
-    flagged.update((d, "M") for d in monthly)
-    return sorted(flagged.items())
-
-
-def mcx_expiries(symbol: str, trading_date: date) -> list[date]:
-    """Futures expiries of the next 3 months plus their option expiries still alive."""
-    futures = mcx_future_expiries(symbol, trading_date, MCX_FUTURES_COUNT)
-    options = [o for o in map(mcx_option_expiry, futures) if o >= trading_date]
-    return sorted(set(futures) | set(options))
-
-
-# --- market hours ---------------------------------------------------------------------
 
 NSE_PRE_OPEN: Final = time(9, 0)
 NSE_OPEN: Final = time(9, 15)
 NSE_CLOSE: Final = time(15, 30)
 BSE_PRE_OPEN, BSE_OPEN, BSE_CLOSE = NSE_PRE_OPEN, NSE_OPEN, NSE_CLOSE
+CURRENCY_OPEN: Final = time(9, 0)
+CURRENCY_CLOSE: Final = time(17, 0)
 MCX_OPEN: Final = time(9, 0)
-# 23:30 while the US is on daylight saving time; MCX extends to 23:55 in the US winter.
-# The simpler fixed close is deliberate: callers only need "is it worth streaming".
+MCX_EVENING_OPEN: Final = time(17, 0)
+# MCX closes its energy and metal contracts at 23:30 while the US is on daylight saving time
+# and at 23:55 while it is on standard time (the NYMEX/COMEX hours they follow).
 MCX_CLOSE: Final = time(23, 30)
-
-_SESSIONS: Final[Mapping[str, tuple[time, time]]] = MappingProxyType(
-    {"NSE": (NSE_OPEN, NSE_CLOSE), "BSE": (BSE_OPEN, BSE_CLOSE), "MCX": (MCX_OPEN, MCX_CLOSE)}
-)
+MCX_CLOSE_US_WINTER: Final = time(23, 55)
 
 
-def _exchange_of(exchange: str) -> str:
-    """Accepts 'NSE', 'BSE', 'MCX' or a Dhan segment such as 'NSE_FNO' or 'MCX_COMM'."""
+def us_on_standard_time(d: date) -> bool:
+    """From the first Sunday of November to the second Sunday of March (US rule since 2007).
+    The switches happen at 02:00 US time on a Sunday, when Indian markets are shut, so the
+    date alone decides a trading day's close."""
+    return d >= nth_weekday_of_month(d.year, 11, SUNDAY, 1) or d < nth_weekday_of_month(d.year, 3, SUNDAY, 2)
+
+
+def mcx_close(d: date) -> time:
+    return MCX_CLOSE_US_WINTER if us_on_standard_time(d) else MCX_CLOSE
+
+
+@dataclass(frozen=True)
+class Session:
+    """A trading day's session in IST: [pre_open, open) call auction, [open, close) trading."""
+
+    pre_open: time | None
+    open: time
+    close: time
+
+
+def session_on(exchange: str, d: date) -> Session | None:
+    """The session of an exchange or Dhan segment on d; None when d is not a trading day."""
+    if not is_trading_day(d, exchange):
+        return None
     name = exchange.upper()
-    if name == "IDX_I":
-        return "NSE"  # index values publish during cash-market hours
-    head = name.split("_", 1)[0]
-    if head not in _SESSIONS:
-        raise ValueError(f"unknown exchange {exchange!r}")
-    return head
+    if calendar_of(name) == "MCX":
+        evening_only = _closure("MCX", d) == "morning"
+        return Session(None, MCX_EVENING_OPEN if evening_only else MCX_OPEN, mcx_close(d))
+    if name.endswith("_CURRENCY"):
+        return Session(None, CURRENCY_OPEN, CURRENCY_CLOSE)
+    return Session(NSE_PRE_OPEN, NSE_OPEN, NSE_CLOSE)
+
+
+def _day_marks(exchange: str, d: date) -> list[tuple[time, Phase]]:
+    """The phases of day d, each with the time it starts, in order."""
+    session = session_on(exchange, d)
+    if session is None:
+        return [(time(0), Phase.HOLIDAY)]
+    marks = [(time(0), Phase.CLOSED)]
+    if session.pre_open is not None:
+        marks.append((session.pre_open, Phase.PRE_OPEN))
+    return [*marks, (session.open, Phase.OPEN), (session.close, Phase.CLOSED)]
 
 
 def _as_ist(at: datetime) -> datetime:
@@ -297,16 +244,36 @@ def _as_ist(at: datetime) -> datetime:
     return at.replace(tzinfo=IST) if at.tzinfo is None else at.astimezone(IST)
 
 
+# No exchange closes for longer than this; past it the calendar itself is broken.
+_MAX_CLOSED_DAYS: Final = 30
+
+
+def market_phase(exchange: str, at: datetime) -> tuple[Phase, datetime]:
+    """The phase of an exchange or Dhan segment at `at` and the instant (IST) it next changes.
+
+    `next_change_at` is the first instant after `at` at which this function returns another
+    phase: a holiday's is the midnight starting the next trading day (then 'closed' until
+    the pre-open or open), a Friday close's is Saturday midnight (then 'holiday').
+    """
+    local = _as_ist(at)
+    day, now = local.date(), local.time()
+    marks = _day_marks(exchange, day)
+    current = [phase for start, phase in marks if start <= now][-1]
+    later = [(start, phase) for start, phase in marks if start > now]
+    for _ in range(_MAX_CLOSED_DAYS):
+        for start, phase in later:
+            if phase != current:
+                return current, datetime.combine(day, start, IST)
+        day += timedelta(days=1)
+        later = _day_marks(exchange, day)
+    raise AssertionError(f"{exchange} has no phase change within {_MAX_CLOSED_DAYS} days of {local}")
+
+
 def is_market_open(exchange: str, at: datetime) -> bool:
     """Continuous trading session, [open, close) in IST, on trading days."""
-    local = _as_ist(at)
-    opens, closes = _SESSIONS[_exchange_of(exchange)]
-    return is_trading_day(local.date()) and opens <= local.time() < closes
+    return market_phase(exchange, at)[0] is Phase.OPEN
 
 
 def is_pre_open(exchange: str, at: datetime) -> bool:
-    """NSE/BSE equity pre-open call auction, 09:00-09:15 IST; MCX has none."""
-    local = _as_ist(at)
-    if _exchange_of(exchange) == "MCX":
-        return False
-    return is_trading_day(local.date()) and NSE_PRE_OPEN <= local.time() < NSE_OPEN
+    """NSE/BSE equity pre-open call auction, 09:00-09:15 IST; MCX and currencies have none."""
+    return market_phase(exchange, at)[0] is Phase.PRE_OPEN

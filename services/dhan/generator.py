@@ -1,8 +1,9 @@
 """Deterministic generator of a Dhan compact scrip master for a trading date.
 
 Real equities and indices (ids, symbols, names, lot sizes) come from the extracts in
-./seed; every derivative contract listed on the trading date is generated with a fresh
-security id, following the exchanges' expiry rules (services.common.market_calendar).
+./seed; every derivative contract listed on the trading date is generated, following the
+exchanges' expiry rules (expiry_rules.py), with the security id its contract always has
+(contract_ids.py), so a contract keeps its id from one day's master to the next.
 A sidecar CSV carries a previous close for every row, so a feed simulator can quote
 any instrument of the master consistently.
 
@@ -30,6 +31,8 @@ from typing import Final, NamedTuple
 
 from services.common import market_calendar as cal
 from services.common.instruments import MASTER_SEGMENTS
+from services.dhan import expiry_rules as rules
+from services.dhan.contract_ids import DAILY_BLOCK_START, ContractIds, load_stock_codes
 from services.dhan.master import PRICES_HEADER, InstrumentId, prices_sidecar
 from services.dhan.synthetic import (
     INDEX_SPECS,
@@ -60,9 +63,9 @@ HEADER: Final = (
     "SEM_EXPIRY_FLAG", "SEM_EXCH_INSTRUMENT_TYPE", "SEM_SERIES", "SM_SYMBOL_NAME",
 )  # fmt: skip
 
-# Above every real id in the extracts (max 977,905 in July 2026); the allocator also
-# skips any real id, so a newer extract cannot produce a collision either.
-DERIVATIVE_ID_START: Final = 1_000_000
+# Above every real id in the extracts (max 977,905 in July 2026); generation fails if a
+# newer extract reaches it (see contract_ids for the layout above it).
+DERIVATIVE_ID_START: Final = DAILY_BLOCK_START
 
 # Strike steps a stock may get, in rupees (NSE uses these intervals).
 STOCK_STEPS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 250.0, 500.0)
@@ -142,9 +145,14 @@ def strike_grid(spot: float, near_step: float, far_step: float, near_pct: float,
     return sorted(strikes)
 
 
-def _index_range_factor(days: int) -> float:
-    """Weeklies list a narrower band than far monthlies/quarterlies (~sqrt of time)."""
-    return min(1.5, max(0.5, math.sqrt(max(days, 1) / 30.0)))
+def _index_range_factor(symbol: str, expiry: date, flag: str) -> float:
+    """Weeklies and serial monthlies list a narrow band, contracts of an index's quarterly
+    and half-yearly cycle (its Mar/Jun/Sep/Dec expiries, listed months ahead) a wide one.
+    Fixed for a contract's life (spot is the fixed previous close too), so a strike once
+    listed stays listed until expiry, with its id."""
+    if flag == "M" and rules.expiry_rule(symbol).quarterly_count and expiry.month in rules.QUARTER_MONTHS:
+        return 1.5
+    return 0.5
 
 
 def stock_step(price: float) -> float:
@@ -223,20 +231,6 @@ def _strike_text(strike: float) -> str:
     return str(int(strike)) if strike.is_integer() else f"{strike:.2f}".rstrip("0").rstrip(".")
 
 
-class _IdAllocator:
-    """Sequential ids from DERIVATIVE_ID_START, skipping any real id."""
-
-    def __init__(self, reserved: frozenset[int]) -> None:
-        self._next = DERIVATIVE_ID_START
-        self._reserved = reserved
-
-    def take(self) -> str:
-        while self._next in self._reserved:
-            self._next += 1
-        self._next += 1
-        return str(self._next - 1)
-
-
 # Month abbreviations as Dhan writes them; strftime('%b') would follow the locale.
 _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -306,7 +300,8 @@ def _option_pair(
 
 def _option_chain(
     chain: _Chain,
-    ids: _IdAllocator,
+    ids: ContractIds,
+    expiry: date,
     instrument: str,
     strikes: Iterable[float],
     forward: float,
@@ -319,34 +314,34 @@ def _option_chain(
     tick = f"{tick_paise:.4f}"
     for strike in strikes:
         call, put = black76(forward, strike, t, smile_vol(base_vol, strike, forward, t), RISK_FREE_RATE)
-        ce, pe = _option_pair(chain, (ids.take(), ids.take()), instrument, strike, tick)
+        sids = (str(ids.of(expiry, "CE", strike)), str(ids.of(expiry, "PE", strike)))
+        ce, pe = _option_pair(chain, sids, instrument, strike, tick)
         yield Contract(ce, seg, _tick_price(call, tick_paise))
         yield Contract(pe, seg, _tick_price(put, tick_paise))
 
 
-def _index_contracts(
-    spec: IndexSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator
-) -> Iterator[Contract]:
-    """FUTIDX on the first 3 monthlies, OPTIDX on every listed expiry."""
+def _index_contracts(spec: IndexSpec, profile: _Profile, config: GeneratorConfig) -> Iterator[Contract]:
+    """FUTIDX on the serial monthlies, OPTIDX on every listed expiry."""
     spot = underlying_price(spec.symbol, config)
-    expiries = cal.expiries_for(spec.symbol, config.trading_date)[: profile.index_expiry_limit]
-    futures_left = cal.expiry_rule(spec.symbol).monthly_count
+    ids = ContractIds.daily(spec.symbol)
+    expiries = rules.expiries_for(spec.symbol, config.trading_date)[: profile.index_expiry_limit]
+    futures_left = rules.expiry_rule(spec.symbol).monthly_count
     for expiry, flag in expiries:
         chain = _Chain.make(spec.exchange, spec.symbol, f"{spec.lot:.1f}", expiry, flag)
         t = _years_to(expiry, config.trading_date)
         forward = spot * math.exp(RISK_FREE_RATE * t)
         if flag == "M" and futures_left > 0:
             futures_left -= 1
-            row = _future_row(chain, ids.take(), "FUTIDX", spec.fut_tick_paise)
+            row = _future_row(chain, str(ids.of(expiry, "FUT")), "FUTIDX", spec.fut_tick_paise)
             yield Contract(row, feed_segment(spec.exchange, "D"), _tick_price(forward, spec.fut_tick_paise))
-        factor = _index_range_factor((expiry - config.trading_date).days) * profile.grid_factor
+        factor = _index_range_factor(spec.symbol, expiry, flag) * profile.grid_factor
         near, far = spec.near_pct * factor, spec.far_pct * factor
         strikes = strike_grid(spot, spec.near_step, spec.far_step, near, far)
-        yield from _option_chain(chain, ids, "OPTIDX", strikes, forward, t, spec.vol, INDEX_OPTION_TICK_PAISE)
+        yield from _option_chain(chain, ids, expiry, "OPTIDX", strikes, forward, t, spec.vol, INDEX_OPTION_TICK_PAISE)
 
 
 def _stock_contracts(
-    stock: FnoStock, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator
+    stock: FnoStock, profile: _Profile, config: GeneratorConfig, codes: Mapping[int, int]
 ) -> Iterator[Contract]:
     """FUTSTK + OPTSTK on the next 3 monthly expiries."""
     spot = underlying_price(stock.symbol, config)
@@ -354,32 +349,37 @@ def _stock_contracts(
     step = stock_step(spot)
     f = profile.grid_factor
     strikes = strike_grid(spot, step, 2 * step, STOCK_NEAR_PCT * f, STOCK_FAR_PCT * f)
-    for expiry, flag in cal.expiries_for(stock.symbol, config.trading_date):
+    ids = ContractIds.stock(stock.symbol, stock.security_id, step, codes)
+    for expiry, flag in rules.expiries_for(stock.symbol, config.trading_date):
         chain = _Chain.make("NSE", stock.symbol, f"{stock.lot:.1f}", expiry, flag)
         t = _years_to(expiry, config.trading_date)
         forward = spot * math.exp(RISK_FREE_RATE * t)
-        row = _future_row(chain, ids.take(), "FUTSTK", stock.fut_tick_paise)
+        row = _future_row(chain, str(ids.of(expiry, "FUT")), "FUTSTK", stock.fut_tick_paise)
         yield Contract(row, "NSE_FNO", _tick_price(forward, stock.fut_tick_paise))
-        yield from _option_chain(chain, ids, "OPTSTK", strikes, forward, t, vol, STOCK_OPTION_TICK_PAISE)
+        yield from _option_chain(chain, ids, expiry, "OPTSTK", strikes, forward, t, vol, STOCK_OPTION_TICK_PAISE)
 
 
-def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig, ids: _IdAllocator) -> Iterator[Contract]:
+def _mcx_contracts(spec: McxSpec, profile: _Profile, config: GeneratorConfig) -> Iterator[Contract]:
     """FUTCOM for the next 3 months, each followed by its OPTFUT chain if still alive."""
     spot = underlying_price(spec.symbol, config)
-    for fut_expiry in cal.mcx_future_expiries(spec.symbol, config.trading_date, cal.MCX_FUTURES_COUNT):
+    ids = ContractIds.daily(spec.symbol)
+    for fut_expiry in rules.mcx_future_expiries(spec.symbol, config.trading_date, rules.MCX_FUTURES_COUNT):
         fut_chain = _Chain.make("MCX", spec.symbol, "1.0", fut_expiry, "M")
         carry = math.exp(MCX_CARRY * _years_to(fut_expiry, config.trading_date))
         fut_price = _tick_price(spot * carry, spec.fut_tick_paise)
-        fut_row = _future_row(fut_chain, ids.take(), "FUTCOM", spec.fut_tick_paise)
+        fut_row = _future_row(fut_chain, str(ids.of(fut_expiry, "FUT")), "FUTCOM", spec.fut_tick_paise)
         yield Contract(fut_row, "MCX_COMM", fut_price)
-        opt_expiry = cal.mcx_option_expiry(fut_expiry)
+        opt_expiry = rules.mcx_option_expiry(fut_expiry)
         if opt_expiry < config.trading_date:
             continue
         opt_chain = _Chain.make("MCX", spec.symbol, "1.0", opt_expiry, "M")
         pct = spec.range_pct * profile.grid_factor
-        strikes = strike_grid(fut_price, spec.step, spec.step, pct, pct)
+        # Around spot, not the future's price: the carry moves that daily, and the strikes must not.
+        strikes = strike_grid(spot, spec.step, spec.step, pct, pct)
         t = _years_to(opt_expiry, config.trading_date)
-        yield from _option_chain(opt_chain, ids, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise)
+        yield from _option_chain(
+            opt_chain, ids, opt_expiry, "OPTFUT", strikes, fut_price, t, spec.vol, spec.opt_tick_paise
+        )
 
 
 def _select_equities(rows: list[list[str]], profile: _Profile) -> list[list[str]]:
@@ -404,19 +404,21 @@ def _contracts(config: GeneratorConfig) -> Iterator[Contract]:
     profile = _PROFILES[config.scale]
     equity_rows = load_equity_rows()
     real_ids = frozenset(int(r[2]) for r in equity_rows) | _futures_extract_ids()
-    ids = _IdAllocator(real_ids)
+    if max(real_ids) >= DERIVATIVE_ID_START:
+        raise ValueError(f"a real id ({max(real_ids)}) reaches the generated contracts' ids ({DERIVATIVE_ID_START}+)")
+    codes = load_stock_codes()
     for row in _select_equities(equity_rows, profile):
         yield Contract(row, feed_segment(row[0], row[1]), underlying_price(row[5], config))
     for spec in INDEX_SPECS:
         if spec.symbol in profile.index_symbols:
-            yield from _index_contracts(spec, profile, config, ids)
+            yield from _index_contracts(spec, profile, config)
     wanted = profile.stock_symbols
     for stock in load_fno_stocks(equity_rows):
         if wanted is None or stock.symbol in wanted:
-            yield from _stock_contracts(stock, profile, config, ids)
+            yield from _stock_contracts(stock, profile, config, codes)
     for mcx in MCX_SPECS:
         if mcx.symbol in profile.mcx_symbols:
-            yield from _mcx_contracts(mcx, profile, config, ids)
+            yield from _mcx_contracts(mcx, profile, config)
 
 
 def _futures_extract_ids() -> frozenset[int]:

@@ -12,6 +12,7 @@ from dataserver.common.v1 import common_pb2
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 
 from services.common.auth import require_admin
+from services.common.clock import Clock, trading_date_of
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.instruments import (
     PROTO_TO_INSTRUMENT_TYPE,
@@ -20,7 +21,6 @@ from services.common.instruments import (
 )
 from services.common.keys import key_from_proto
 from services.common.last_prices import LastPriceSource
-from services.common.market_calendar import today_ist
 from services.common.pagination import (
     decode_page_token,
     fingerprint,
@@ -99,8 +99,9 @@ class MasterConfig:
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(
-        self, holder: MasterHolder, store: RegistryStore, config: MasterConfig, prices: LastPriceSource
+        self, holder: MasterHolder, store: RegistryStore, config: MasterConfig, prices: LastPriceSource, clock: Clock
     ) -> None:
+        self._clock = clock  # dates a reload that names no trading date
         self._holder = holder
         self._store = store
         self._config = config
@@ -270,7 +271,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         require_admin("ReloadMaster")
         names = {v: k for k, v in {"dhan": 1, "file": 2, "generated": 3}.items()}
         source = names.get(request.source, self._config.default_source)
-        trading_date = parse_date(request.trading_date, "trading_date") if request.trading_date else today_ist()
+        trading_date = (
+            parse_date(request.trading_date, "trading_date") if request.trading_date else trading_date_of(self._clock)
+        )
         master_file = self._config.resolve(source, request.file_path, trading_date)
         try:
             outcome = await self._holder.load(master_file, trading_date)

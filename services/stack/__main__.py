@@ -23,6 +23,7 @@ from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.clock import clock_from_settings, trading_date_of
 from services.common.config import Settings, load_settings
 from services.common.db import resolve_database_url
 from services.common.jsonlog import configure_logging
@@ -69,6 +70,9 @@ def plan(settings: Settings) -> list[Process]:
                     settings.master_scale,
                     "--master-seed",
                     str(settings.master_seed),
+                    # The registry's master date (MARKET_CLOCK), so both generate the same master.
+                    "--trading-date",
+                    trading_date_of(clock_from_settings(settings)).isoformat(),
                 ),
                 0,
                 0,

@@ -10,7 +10,7 @@ from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 
 from services.common.auth import Authenticator
 from services.common.clients import ServiceCaller, open_channel
-from services.common.clock import Clock, WallClock
+from services.common.clock import Clock, clock_from_settings
 from services.common.config import Settings
 from services.common.db import Pool
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
@@ -51,7 +51,7 @@ def create_server(
 ) -> Subscription:
     """`conninfo` is the database of the notifier's own connection (the pool's by default);
     `prices` the last-price source (the gateway's by default); `clock` the time end of day
-    checks against the close (the wall clock by default)."""
+    checks against the close (MARKET_CLOCK's by default)."""
     budget = Budget(settings.feed_connections, settings.feed_instruments_per_connection)
     registry_channel = open_channel(settings.registry_addr)
     gateway_prices = None
@@ -73,7 +73,7 @@ def create_server(
         admin,
         Reports(pool, budget),
         Streams(pool, notifier, shard_limit=budget.per_connection, retention_seconds=LOG_RETENTION_SECONDS),
-        clock or WallClock(),
+        clock or clock_from_settings(settings),
     )
     app = build_app(
         [SERVICE_NAME],

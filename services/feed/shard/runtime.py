@@ -21,7 +21,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import cast
 
 import grpc
@@ -31,6 +30,7 @@ from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from services.common.clients import ServiceCaller
+from services.common.clock import Clock, clock_from_settings
 from services.common.config import Settings
 from services.common.keys import key_from_proto, key_proto, wire_key
 from services.common.looplag import watch_loop_lag
@@ -138,8 +138,10 @@ class GatewayStream:
 
 
 class ShardRuntime:
-    def __init__(self, settings: Settings, subscription: grpc.aio.Channel) -> None:
+    def __init__(self, settings: Settings, subscription: grpc.aio.Channel, clock: Clock | None = None) -> None:
         self.settings = settings
+        # Market hours for the watchdog: MARKET_CLOCK's clock unless a test injects one.
+        self.market_clock = clock or clock_from_settings(settings)
         self.shard_id = settings.shard_id
         self.epoch = uuid.uuid4().hex[:12]
         self.started_at = time.time()
@@ -347,17 +349,17 @@ class ShardRuntime:
 
     # -- watchdog and first ticks -----------------------------------------------------------
 
-    def _in_market_hours(self) -> bool:
+    def in_market_hours(self) -> bool:
         if not self.settings.feed_market_hours_only:
             return True
-        now = datetime.now(UTC)
+        now = self.market_clock.now()
         return is_market_open("NSE", now) or is_market_open("MCX", now)
 
     async def _watch(self) -> None:
         period = min(1.0, self.settings.feed_watchdog_seconds / 4)
         while True:
             await asyncio.sleep(period)
-            if not self._in_market_hours():
+            if not self.in_market_hours():
                 AWAITING.labels(self._label).set(0)
                 continue
             now = time.monotonic()

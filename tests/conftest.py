@@ -30,7 +30,7 @@ def pg_conninfo(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _admin(conninfo: str, statement: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

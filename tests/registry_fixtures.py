@@ -10,12 +10,11 @@ from datetime import date, datetime, time
 from pathlib import Path
 
 import grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import create_api_key
 from services.common.clock import ManualClock
 from services.common.config import Settings
-from services.common.db import open_pool
+from services.common.db import Pool, open_pool
 from services.common.last_prices import NoLastPrices
 from services.common.market_calendar import IST
 from services.registry.loader import MasterHolder
@@ -30,7 +29,7 @@ NIFTY_WEEKLY = "2026-11-23"
 @dataclass
 class RegistryUnderTest:
     channel: grpc.aio.Channel
-    pool: AsyncConnectionPool
+    pool: Pool
     holder: MasterHolder
     config: MasterConfig
     admin: tuple[tuple[str, str], ...]

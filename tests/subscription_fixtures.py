@@ -11,12 +11,11 @@ from typing import Any
 
 import grpc
 from dataserver.subscription.v1 import subscription_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import create_api_key
 from services.common.clock import Clock
 from services.common.config import Settings
-from services.common.db import open_pool
+from services.common.db import Pool, open_pool
 from services.common.last_prices import LastPriceSource, NoLastPrices
 from services.subscription.server import create_server
 from tests.registry_fixtures import bearer, running_registry
@@ -26,7 +25,7 @@ from tests.registry_fixtures import bearer, running_registry
 class SubscriptionUnderTest:
     channel: grpc.aio.Channel
     stub: subscription_pb2_grpc.SubscriptionServiceStub
-    pool: AsyncConnectionPool
+    pool: Pool
     settings: Settings
     admin: tuple[tuple[str, str], ...]
     keys: dict[str, tuple[tuple[str, str], ...]]
@@ -39,9 +38,9 @@ class SubscriptionUnderTest:
 
     async def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
-            # psycopg types queries as LiteralString and rows by the pool's row factory (dict_row).
-            cursor = await conn.execute(sql, params or None)  # type: ignore[arg-type]
-            return await cursor.fetchall()  # type: ignore[return-value]
+            # A test's own SQL text: psycopg types queries as LiteralString.
+            cursor = await conn.execute(sql, params or None)
+            return await cursor.fetchall()
 
 
 @asynccontextmanager

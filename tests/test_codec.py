@@ -7,6 +7,7 @@ import calendar
 import json
 import struct
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -128,11 +129,11 @@ def test_layout_matches_reference_offsets() -> None:
     struct.pack_into("<f", full, 18, 100.5)  # ATP
     for offset, value in zip((22, 26, 30, 34, 38, 42), (1000, 2000, 3000, 4000, 5000, 3500), strict=False):
         struct.pack_into("<I", full, offset, value)  # volume, sell, buy, OI, OI high, OI low
-    for offset, value in zip((46, 50, 54, 58), (99.0, 98.0, 105.0, 95.0), strict=False):
-        struct.pack_into("<f", full, offset, value)  # open, close, high, low
+    for offset, price in zip((46, 50, 54, 58), (99.0, 98.0, 105.0, 95.0), strict=True):
+        struct.pack_into("<f", full, offset, price)  # open, close, high, low
     for k in range(5):
         struct.pack_into("<IIHHff", full, 62 + 20 * k, 10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k)
-    depth = tuple(v for k in range(5) for v in (10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k))
+    depth: tuple[Any, ...] = tuple(v for k in range(5) for v in (10 + k, 20 + k, 1 + k, 2 + k, 101.0 - k, 101.5 + k))
     expected = FullPacket(
         2, 44430, 101.25, 65, raw_ltt, 100.5, 1000, 2000, 3000, 4000, 5000, 3500, 99.0, 98.0, 105.0, 95.0, *depth,
     )  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -81,7 +82,8 @@ def test_the_layout_is_injective_over_its_digits() -> None:
     for name in ids.DAILY_UNDERLYINGS:
         chain = ContractIds.daily(name)
         unit = chain.unit
-        for expiry, k, kind in itertools.product(expiries, (1, 2, 2047), ("CE", "PE")):
+        kinds: tuple[Literal["CE", "PE"], ...] = ("CE", "PE")
+        for expiry, k, kind in itertools.product(expiries, (1, 2, 2047), kinds):
             key = (name, expiry, k, kind)
             assert seen.setdefault(chain.of(expiry, kind, k * unit), key) == key
         for expiry in expiries:

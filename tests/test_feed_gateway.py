@@ -262,7 +262,10 @@ async def test_a_terminal_that_stops_reading_holds_one_value_per_instrument(feed
         def behind_history() -> bool:
             # Once the transport buffers are full, ticks pile up at the gateway: some instrument
             # moved past the values kept for it since the stream last took it.
-            return any(instruments[k].latest.sequence - first >= HISTORY for k, first in terminal.pending.items())
+            return any(
+                (latest := instruments[k].latest) is not None and latest.sequence - first >= HISTORY
+                for k, first in terminal.pending.items()
+            )
 
         # Stop reading; the ticks keep coming (20/s per instrument).
         await eventually(behind_history, timeout=30, what="the stalled stream falling behind the history")

@@ -52,7 +52,7 @@ async def test_reload_from_file_reports_rejected_rows(registry: RegistryUnderTes
     async with registry.pool.connection() as conn:
         cursor = await conn.execute("SELECT count(*) AS n, count(DISTINCT master_version) AS v FROM instruments")
         row = await cursor.fetchone()
-    assert (row["n"], row["v"]) == (2, 1)  # the old version's rows are gone
+    assert row is not None and (row["n"], row["v"]) == (2, 1)  # the old version's rows are gone
 
 
 async def test_failed_reload_keeps_the_previous_master(registry: RegistryUnderTest, tmp_path: Path) -> None:

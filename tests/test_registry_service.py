@@ -11,8 +11,9 @@ import pytest_asyncio
 from dataserver.common.v1 import common_pb2
 from dataserver.registry.v1 import registry_pb2 as pb
 from dataserver.registry.v1 import registry_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from services.common.clients import health_stub
 from tests.conftest import clone_database
 from tests.registry_fixtures import (
     NIFTY_WEEKLY,
@@ -36,7 +37,7 @@ def stub(registry: RegistryUnderTest) -> registry_pb2_grpc.RegistryServiceStub:
     return registry_pb2_grpc.RegistryServiceStub(registry.channel)
 
 
-async def expect_status(call, code: grpc.StatusCode) -> str:  # type: ignore[no-untyped-def]
+async def expect_status(call, code: grpc.StatusCode) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
     assert raised.value.code() == code, raised.value.details()
@@ -331,7 +332,7 @@ async def test_credentials_are_required_and_checked(stub, registry) -> None:
 
 
 async def test_health_and_reflection_answer_without_credentials(registry) -> None:
-    health = health_pb2_grpc.HealthStub(registry.channel)
+    health = health_stub(registry.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service="dataserver.registry.v1.RegistryService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from services.common.clients import health_stub
 from services.common.server import build_app
 from tests.crashing_service import TASK_NAME
 from tests.feed_fixtures import eventually
@@ -19,7 +20,7 @@ from tests.feed_fixtures import eventually
 
 async def _health(address: str) -> int:
     async with grpc.aio.insecure_channel(address) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        reply = await health_stub(channel).Check(health_pb2.HealthCheckRequest())
         return reply.status
 
 
@@ -71,10 +72,11 @@ async def test_a_failed_background_task_turns_health_not_serving_and_exits_non_z
 
         await eventually(serving, what="health SERVING")
         async with grpc.aio.insecure_channel(address) as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            watch = health_stub(channel).Watch(health_pb2.HealthCheckRequest())
+            updates = aiter(watch)
+            assert (await anext(updates)).status == health_pb2.HealthCheckResponse.SERVING
             process.send_signal(signal.SIGUSR1)  # its background task fails
-            assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert (await asyncio.wait_for(anext(updates), 10)).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()
         assert await asyncio.wait_for(process.wait(), 30) == 1
         records = [json.loads(line) for line in log_path.read_text().splitlines()]

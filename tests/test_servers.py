@@ -8,12 +8,12 @@ import dataclasses
 import grpc
 import pytest
 from dataserver.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
+from grpc_health.v1 import health_pb2
 
 from services.common.auth import Authenticator
+from services.common.clients import health_stub
 from services.common.config import Settings
-from services.common.db import open_pool
+from services.common.db import Pool, open_pool
 from services.common.server import GrpcApp, build_app
 from services.feed import shard_server
 from services.scheduler import server as scheduler_server
@@ -23,7 +23,7 @@ SETTINGS = dataclasses.replace(Settings(), auth_mode="dev")
 
 async def health_of(app: GrpcApp, service: str = "") -> int:
     async with grpc.aio.insecure_channel(app.address) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+        reply = await health_stub(channel).Check(health_pb2.HealthCheckRequest(service=service))
         return reply.status
 
 
@@ -58,7 +58,7 @@ async def test_unexpected_errors_become_internal_with_the_request_id(database_ur
             raise KeyError("secret internals")
 
     # A real server with the shared stack; Health under another name stands in for a service.
-    pool: AsyncConnectionPool = await open_pool(database_url, max_size=1)
+    pool: Pool = await open_pool(database_url, max_size=1)
     handlers: list[grpc.GenericRpcHandler] = []
 
     def register(server: grpc.aio.Server) -> None:
@@ -95,12 +95,12 @@ async def test_draining_reports_not_serving_before_stopping() -> None:
     await app.start()
     await app.set_serving(True)
     async with grpc.aio.insecure_channel(app.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        stub = health_stub(channel)
+        updates = aiter(stub.Watch(health_pb2.HealthCheckRequest(service="")))
+        assert (await anext(updates)).status == health_pb2.HealthCheckResponse.SERVING
         stopping = app.stop(grace=1)
         import asyncio
 
         stop_task = asyncio.ensure_future(stopping)
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (await anext(updates)).status == health_pb2.HealthCheckResponse.NOT_SERVING
         await stop_task

@@ -523,7 +523,8 @@ async def test_silence_then_resume(start_sim: Any) -> None:
         pings_before = len(client.ws.pings)
         pong = await client.ws.ping()
         await asyncio.sleep(1.0)
-        assert len(client.ws.pings) == pings_before and not pong.done()
+        assert len(client.ws.pings) == pings_before
+        assert isinstance(pong, asyncio.Future) and not pong.done()
         with pytest.raises(TimeoutError):
             await client.frame(timeout=0.3)
         assert sim.connections()[0].state == "silenced", "silent, not closed"

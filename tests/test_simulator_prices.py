@@ -324,7 +324,7 @@ def test_pre_drawn_randomness_keeps_the_distributions(catalog: Catalog) -> None:
     buy-qty steps that cancel over a cycle (no drift), no bounce for options, OI steps
     only for derivatives."""
     market, _ = _market(catalog)
-    kinds = {"option": None, "future": None, "equity": None, "index": None}
+    kinds: dict[str, Book | None] = {"option": None, "future": None, "equity": None, "index": None}
     for c in catalog.contracts():
         if kinds.get(c.kind, 1) is None:
             kinds[c.kind] = market.book(*c.key)

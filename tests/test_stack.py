@@ -48,7 +48,10 @@ def test_stack_comes_up_serves_and_stops(tmp_path: Path) -> None:
             if process.http_health_port:
                 continue
             with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                # A blocking channel here; types-grpcio-health-checking's HealthStub declares no methods.
+                reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, process.name
         with grpc.insecure_channel(f"127.0.0.1:{registry_port}") as channel:
             found = registry_pb2_grpc.RegistryServiceStub(channel).SearchInstruments(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest_asyncio
@@ -15,7 +16,7 @@ from tests.subscription_fixtures import SubscriptionUnderTest, running_subscript
 from tests.test_subscription_watchlists import expect, invariants
 
 # 2 connections x 60: room for a little Tier B and two 51-instrument stock units.
-BUDGET = {"feed_connections": 2, "feed_instruments_per_connection": 60}
+BUDGET: dict[str, Any] = {"feed_connections": 2, "feed_instruments_per_connection": 60}
 RELIANCE = common_pb2.InstrumentKey(exchange_segment=common_pb2.EXCHANGE_SEGMENT_NSE_EQ, security_id=2885)
 
 
@@ -31,7 +32,7 @@ def idx(security_id: int) -> pb.TierBInstrument:
     )
 
 
-async def add(service: SubscriptionUnderTest, user: str, symbol: str, **fields: object) -> pb.AddWatchlistItemResponse:
+async def add(service: SubscriptionUnderTest, user: str, symbol: str, **fields: Any) -> pb.AddWatchlistItemResponse:
     return await service.stub.AddWatchlistItem(
         pb.AddWatchlistItemRequest(symbol=symbol, **fields), metadata=await service.user(user)
     )

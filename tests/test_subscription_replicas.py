@@ -16,10 +16,9 @@ import grpc
 import pytest_asyncio
 from dataserver.subscription.v1 import subscription_pb2 as pb
 from dataserver.subscription.v1 import subscription_pb2_grpc
-from psycopg_pool import AsyncConnectionPool
 
 from services.common.auth import create_api_key
-from services.common.db import open_pool
+from services.common.db import Pool, open_pool
 from tests.registry_fixtures import bearer, running_registry
 
 CONNECTIONS, PER_CONNECTION = 3, 100
@@ -46,9 +45,7 @@ async def start_replica(env: dict[str, str], log_path: Path) -> tuple[subprocess
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def replicas(
-    database_url: str, masters_dir: Path, tmp_path: Path
-) -> AsyncIterator[tuple[list[str], str, AsyncConnectionPool]]:
+async def replicas(database_url: str, masters_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[list[str], str, Pool]]:
     async with running_registry(database_url, masters_dir) as registry:
         pool = await open_pool(database_url, max_size=4)
         token = await create_api_key(pool, "service", "admin")
@@ -75,7 +72,7 @@ async def replicas(
             await pool.close()
 
 
-async def check_invariants(pool: AsyncConnectionPool) -> None:
+async def check_invariants(pool: Pool) -> None:
     async with pool.connection() as conn:
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -114,7 +111,7 @@ async def check_invariants(pool: AsyncConnectionPool) -> None:
     assert refs["n"] == 0 and evicted_holding["n"] == 0 and drift["n"] == 0  # type: ignore[index]
 
 
-async def test_invariants_hold_across_two_replicas_under_concurrent_load(replicas) -> None:  # type: ignore[no-untyped-def]
+async def test_invariants_hold_across_two_replicas_under_concurrent_load(replicas) -> None:
     addresses, admin_token, pool = replicas
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
     stubs = [subscription_pb2_grpc.SubscriptionServiceStub(c) for c in channels]

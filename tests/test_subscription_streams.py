@@ -26,11 +26,11 @@ async def service(database_url: str, masters_dir: Path) -> AsyncIterator[Subscri
         yield running
 
 
-def keys_of(assignments) -> set[tuple[int, int]]:  # type: ignore[no-untyped-def]
+def keys_of(assignments) -> set[tuple[int, int]]:
     return {(a.key.exchange_segment, a.key.security_id) for a in assignments}
 
 
-async def next_message(stream, kinds=(pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT, pb.ASSIGNMENT_MESSAGE_KIND_CHANGES)):  # type: ignore[no-untyped-def]
+async def next_message(stream, kinds=(pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT, pb.ASSIGNMENT_MESSAGE_KIND_CHANGES)):
     while True:
         message = await asyncio.wait_for(stream.read(), TIMEOUT)
         if message.kind in kinds:

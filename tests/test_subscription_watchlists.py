@@ -19,7 +19,7 @@ async def service(database_url: str, masters_dir: Path) -> AsyncIterator[Subscri
         yield running
 
 
-async def expect(call, code: grpc.StatusCode) -> str:  # type: ignore[no-untyped-def]
+async def expect(call, code: grpc.StatusCode) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
     assert raised.value.code() == code, raised.value.details()

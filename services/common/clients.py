@@ -7,9 +7,10 @@ what was wrong (a NOT_FOUND from the registry stays NOT_FOUND) rather than UNKNO
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar, cast
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.errors import (
     FailedPrecondition,
@@ -62,3 +63,20 @@ class ServiceCaller:
             if mapped is not None:
                 raise mapped(error.details() or f"{self._name} refused the request") from error
             raise Unavailable(f"{self._name} is unavailable ({error.code().name}): {error.details()}") from error
+
+
+class HealthChecks(Protocol):
+    """The standard health service's client side, as a channel's stub calls it."""
+
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, *, timeout: float | None = None
+    ) -> grpc.aio.UnaryUnaryCall[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]: ...
+
+    def Watch(
+        self, request: health_pb2.HealthCheckRequest, *, timeout: float | None = None
+    ) -> grpc.aio.UnaryStreamCall[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]: ...
+
+
+def health_stub(channel: grpc.aio.Channel) -> HealthChecks:
+    """A typed health stub (types-grpcio-health-checking's HealthStub declares no methods)."""
+    return cast(HealthChecks, health_pb2_grpc.HealthStub(channel))

@@ -21,8 +21,9 @@ from typing import Any
 import grpc
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from services.common.clients import health_stub
 from services.common.clock import clock_from_settings, trading_date_of
 from services.common.config import Settings, load_settings
 from services.common.db import resolve_database_url
@@ -126,11 +127,10 @@ async def wait_serving(process: Process, deadline: float) -> None:
             await asyncio.sleep(0.5)
         return
     async with grpc.aio.insecure_channel(f"127.0.0.1:{process.grpc_port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub = health_stub(channel)
         while True:
             try:
-                # types-grpcio-health-checking's HealthStub declares no methods.
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)  # type: ignore[attr-defined]
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:

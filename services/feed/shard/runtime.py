@@ -21,7 +21,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from enum import Enum
+from typing import Final, cast
 
 import grpc
 from dataserver.common.v1 import common_pb2
@@ -78,7 +79,11 @@ AWAITING = Gauge(
 )
 STATE = Gauge("feed_shard_connected", "1 while the broker connection is up.", ["shard"])
 
-Overflow = object()  # queued to a gateway stream that fell too far behind
+class _Overflow(Enum):
+    OVERFLOW = "overflow"
+
+
+Overflow: Final = _Overflow.OVERFLOW  # queued to a gateway stream that fell too far behind
 
 
 @dataclass(frozen=True)
@@ -90,18 +95,22 @@ class Records:
     shard_sequence: int
 
 
+# What waits in a gateway stream's queue: a read burst, another message, or the overflow mark.
+Queued = Records | shard_pb2.StreamShardTicksResponse | _Overflow
+
+
 @dataclass(eq=False)  # identity: streams live in a set
 class GatewayStream:
     """What waits to be sent to one gateway. Records queued back to back while the gateway
     is busy leave as one message: a gateway that falls behind catches up in a few big
     reads instead of many small ones, each of which costs it a gRPC round trip."""
 
-    queue: deque[tuple[float, object]] = field(default_factory=deque)  # (queued at, message)
+    queue: deque[tuple[float, Queued]] = field(default_factory=deque)  # (queued at, message)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
     clock: Callable[[], float] = time.monotonic
 
-    def offer(self, message: object) -> None:
+    def offer(self, message: Queued) -> None:
         if self.overflowed:
             return
         now = self.clock()
@@ -112,19 +121,19 @@ class GatewayStream:
         queue.append((now, message))
         self.ready.set()
 
-    def take(self) -> object | None:
+    def take(self) -> shard_pb2.StreamShardTicksResponse | _Overflow | None:
         """The next message (consecutive Records merged), Overflow, or None when empty."""
         queue = self.queue
         if not queue:
             self.ready.clear()
             return None
         first = queue.popleft()[1]
-        if type(first) is not Records:
+        if not isinstance(first, Records):
             return first
         blobs, count, last, size = [first.blob], first.count, first, len(first.blob)
         while queue:
             following = queue[0][1]
-            if type(following) is not Records or size + len(following.blob) > MERGE_BYTES:
+            if not isinstance(following, Records) or size + len(following.blob) > MERGE_BYTES:
                 break
             queue.popleft()
             blobs.append(following.blob)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import cast
 
 import grpc
 from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
@@ -48,7 +47,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                     raise ResourceExhausted(
                         "the gateway fell too far behind this shard; reconnect for a fresh snapshot"
                     )
-                yield cast(shard_pb2.StreamShardTicksResponse, message)
+                yield message
         finally:
             self._runtime.detach(stream)
 

@@ -54,6 +54,7 @@ class ScheduleLoop:
         self._retry_at: dict[str, datetime] = {}  # a dated job that failed waits until then
         self._next_undated: dict[str, datetime | None] = {}
         self._pruned: date | None = None
+        self.passes = 0  # passes made while leading: what a test waits for before asserting nothing ran
 
     async def run(self, poll_seconds: float) -> None:
         """Runs due jobs while this replica leads, until cancelled."""
@@ -63,6 +64,7 @@ class ScheduleLoop:
                     await self.run_due()
                 except (psycopg.Error, ServiceError) as error:  # Postgres away: try again next poll
                     log.warning("schedule pass failed", extra={"error": str(error)})
+                self.passes += 1
             else:
                 self._leading_since = None
             await asyncio.sleep(poll_seconds)

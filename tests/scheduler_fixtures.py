@@ -86,11 +86,14 @@ async def running_scheduler(
     """`lead`: wait until this scheduler leads (the only one on its database does)."""
     settings = dataclasses.replace(
         subscription.settings,
-        subscription_addr=subscription.address,
-        scheduler_poll_seconds=0.02,
-        scheduler_leader_poll_seconds=0.1,
-        scheduler_retry_seconds=60.0,
-        **{"scheduler_replica_id": "replica-a", **overrides},
+        **{
+            "subscription_addr": subscription.address,
+            "scheduler_poll_seconds": 0.02,
+            "scheduler_leader_poll_seconds": 0.1,
+            "scheduler_retry_seconds": 60.0,
+            "scheduler_replica_id": "replica-a",
+            **overrides,
+        },
     )
     pool = await open_pool(conninfo, max_size=6)
     scheduler = create_server(settings, pool, clock=clock, plan=small_plan)

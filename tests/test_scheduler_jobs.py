@@ -9,13 +9,13 @@ from dataserver.scheduler.v1 import scheduler_pb2 as pb
 from dataserver.subscription.v1 import subscription_pb2 as sub_pb
 
 from services.common.clock import ManualClock
-from tests.scheduler_fixtures import FRIDAY, MONDAY, at, only, running_scheduler
-from tests.subscription_fixtures import running_subscription
+from tests.scheduler_fixtures import FRIDAY, MONDAY, at, running_scheduler
+from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
 
 SUCCEEDED = pb.JOB_RUN_OUTCOME_SUCCEEDED
 
 
-async def tier_b_symbols(subscription) -> set[str]:  # type: ignore[no-untyped-def]
+async def tier_b_symbols(subscription: SubscriptionUnderTest) -> set[str]:
     plan = await subscription.stub.GetTierBPlan(sub_pb.GetTierBPlanRequest(), metadata=subscription.admin)
     return {c.underlying_symbol for c in plan.resolved_chains}
 

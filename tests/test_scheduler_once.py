@@ -58,7 +58,9 @@ async def test_a_scheduler_down_at_1530_ends_the_day_once_when_it_starts_at_1545
         assert await alice_items(subscription) == 1
 
 
-async def test_a_scheduled_run_is_not_repeated_by_a_restart(subscription: SubscriptionUnderTest, database_url: str) -> None:
+async def test_a_scheduled_run_is_not_repeated_by_a_restart(
+    subscription: SubscriptionUnderTest, database_url: str
+) -> None:
     clock = ManualClock(at(FRIDAY, 15, 29))
     async with running_scheduler(subscription, database_url, clock, scheduler_disabled_jobs=EOD_ONLY) as scheduler:
         await scheduler.passes()

@@ -33,6 +33,7 @@ async def test_a_trading_day_runs_itself(database_url: str, masters_dir: Path) -
         [reload] = await scheduler.ended("reload_master")
         assert reload.outcome == SUCCEEDED and reload.trigger == pb.JOB_TRIGGER_SCHEDULE, reload
         assert reload.trading_date == "2026-11-20" and reload.counts["master_rows"] > 0
+        assert reload.counts["master_reloaded"] == 0  # the registry has loaded that day's master since 08:30
         assert "instruments_added" not in reload.counts  # no plan in force yet: nothing re-applied
 
         clock.set(at(FRIDAY, 9, 0))
@@ -89,6 +90,7 @@ async def test_a_trading_day_runs_itself(database_url: str, masters_dir: Path) -
         clock.set(at(MONDAY, 8, 30))
         reloads = await scheduler.ended("reload_master", 2)
         assert reloads[-1].trading_date == "2026-11-23" and reloads[-1].outcome == SUCCEEDED, reloads[-1]
+        assert reloads[-1].counts["master_reloaded"] == 1
         assert reloads[-1].counts["chain:NIFTY"] > 0 and "chain:CRUDEOIL" not in reloads[-1].counts
         clock.set(at(MONDAY, 9, 0))
         await scheduler.ended("preload_tier_b", 2)

@@ -4,7 +4,7 @@ season, re-centring only in market hours, the misfire window; and the settings' 
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 import grpc
 import pytest
@@ -22,7 +22,7 @@ def ist(*parts: int) -> datetime:
 
 def jobs() -> Jobs:
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called here
-    return Jobs(channel, channel, None, plan=tier_b_plan, timeout=1.0, hysteresis_strikes=None)
+    return Jobs(channel, channel, None, plan=tier_b_plan, timeout=1.0, hysteresis_strikes=None, reload_at=time(8, 30))
 
 
 @pytest.fixture

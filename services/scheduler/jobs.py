@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, time
 
 import grpc
 from dataserver.common.v1 import common_pb2
@@ -16,6 +16,7 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 from google.protobuf.json_format import ParseDict
 
 from services.common.clients import ServiceCaller
+from services.common.market_calendar import IST
 from services.scheduler.plan import default_plan
 
 PlanSource = Callable[[], pb.SetTierBPlanRequest]
@@ -73,6 +74,7 @@ class Jobs:
         plan: PlanSource,
         timeout: float,
         hysteresis_strikes: float | None,
+        reload_at: time,
     ) -> None:
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self._subscription = subscription_pb2_grpc.SubscriptionServiceStub(subscription)
@@ -80,6 +82,7 @@ class Jobs:
         self._to_subscription = ServiceCaller("subscription", token, timeout)
         self._plan = plan
         self._hysteresis = hysteresis_strikes
+        self._reload_at = reload_at
 
     async def _set_plan(self, request: pb.SetTierBPlanRequest) -> dict[str, int]:
         reply = await self._to_subscription.call(self._subscription.SetTierBPlan, request)
@@ -90,14 +93,24 @@ class Jobs:
 
     async def reload_master(self, trading_date: date) -> JobResult:
         """The configured source's master for the date, then the plan in force sent again so
-        that chains re-resolve their nearest expiries (an expired one rolls to the next)."""
-        reply = await self._to_registry.call(
-            self._registry.ReloadMaster, registry_pb2.ReloadMasterRequest(trading_date=trading_date.isoformat())
-        )
+        that chains re-resolve their nearest expiries (an expired one rolls to the next). A
+        master of that date loaded since the job's time (a registry started late) is kept."""
+        status = (
+            await self._to_registry.call(self._registry.GetMasterStatus, registry_pb2.GetMasterStatusRequest())
+        ).status
+        due = datetime.combine(trading_date, self._reload_at, IST)
+        fresh = status.trading_date == trading_date.isoformat() and status.loaded_at.ToDatetime(UTC) >= due
+        if not fresh:
+            status = (
+                await self._to_registry.call(
+                    self._registry.ReloadMaster, registry_pb2.ReloadMasterRequest(trading_date=trading_date.isoformat())
+                )
+            ).status
         counts = {
-            "master_rows": reply.status.row_count,
-            "master_rejected": reply.status.rejected_count,
-            "master_version": reply.status.version,
+            "master_reloaded": int(not fresh),
+            "master_rows": status.row_count,
+            "master_rejected": status.rejected_count,
+            "master_version": status.version,
         }
         plan = await self._plan_in_force()
         if plan.chains or plan.instruments:

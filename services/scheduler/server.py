@@ -54,6 +54,7 @@ def create_server(
         plan=plan,
         timeout=settings.scheduler_call_timeout_seconds,
         hysteresis_strikes=settings.scheduler_recenter_hysteresis_strikes,
+        reload_at=settings.scheduler_reload_master_at,
     )
     catalog = build_catalog(settings, jobs)
     runs = JobRuns(pool)

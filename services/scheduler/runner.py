@@ -50,7 +50,11 @@ class JobRunner:
 
     async def _act(self, spec: JobSpec, record: Row, trading_date: date, skip: str) -> Row:
         started = time.monotonic()
-        log.info("job started", extra={"job": spec.name, "run_id": record["run_id"], "trigger": record["trigger"]})
+        # Re-centring runs every few seconds: its runs are logged when they fail or move something.
+        routine = logging.INFO if spec.dated else logging.DEBUG
+        log.log(
+            routine, "job started", extra={"job": spec.name, "run_id": record["run_id"], "trigger": record["trigger"]}
+        )
         try:
             result = JobResult(skipped=skip) if skip else await spec.action(trading_date)
             outcome, error = (SKIPPED, result.skipped) if result.skipped else (SUCCEEDED, "")
@@ -62,8 +66,12 @@ class JobRunner:
         finished = await self._runs.finish(record["run_id"], outcome, self._clock.now(), result.counts, error)
         seconds = time.monotonic() - started
         record_run(spec.name, outcome, seconds, result.counts)
+        if outcome == FAILED:
+            routine = logging.WARNING
+        elif result.counts.get("chains_moved"):
+            routine = logging.INFO
         log.log(
-            logging.WARNING if outcome == FAILED else logging.INFO,
+            routine,
             "job ended",
             extra={
                 "job": spec.name,

@@ -80,6 +80,25 @@ def _any_session_day(day: date) -> bool:
     return is_trading_day(day) or is_mcx_trading_day(day)
 
 
+def _at_mcx_close(settings: Settings) -> Schedule:
+    """The MCX close of each MCX trading day: one time while the US is on daylight saving
+    time, a later one while it is on standard time."""
+    return AnyOf(
+        (
+            DailyAt(
+                settings.scheduler_mcx_close_at,
+                lambda at: is_mcx_trading_day(at.date()) and us_on_daylight_time(at),
+                "on MCX trading days while the US is on daylight saving time",
+            ),
+            DailyAt(
+                settings.scheduler_mcx_close_us_winter_at,
+                lambda at: is_mcx_trading_day(at.date()) and not us_on_daylight_time(at),
+                "on MCX trading days while the US is on standard time",
+            ),
+        )
+    )
+
+
 def build_catalog(settings: Settings, jobs: Jobs) -> dict[str, JobSpec]:
     """The jobs by name; SCHEDULER_DISABLED_JOBS must name known jobs."""
     unknown = sorted(set(settings.scheduler_disabled_jobs) - set(JOB_NAMES))
@@ -87,7 +106,6 @@ def build_catalog(settings: Settings, jobs: Jobs) -> dict[str, JobSpec]:
         raise ConfigError(f"SCHEDULER_DISABLED_JOBS names unknown jobs {unknown}; the jobs are {list(JOB_NAMES)}")
     # From the MCX open (NSE's pre-open starts then too) to the MCX close: a session is open.
     sessions = Window(MCX_OPEN, mcx_close(settings), _any_session_day)
-    summer, winter = settings.scheduler_mcx_close_at, settings.scheduler_mcx_close_us_winter_at
     specs = [
         JobSpec(
             RELOAD_MASTER,
@@ -121,20 +139,7 @@ def build_catalog(settings: Settings, jobs: Jobs) -> dict[str, JobSpec]:
         JobSpec(
             RELEASE_MCX,
             "At the MCX close, sends the Tier B plan in force again without its MCX chains, until the next preload.",
-            AnyOf(
-                (
-                    DailyAt(
-                        summer,
-                        lambda at: is_mcx_trading_day(at.date()) and us_on_daylight_time(at),
-                        "on MCX trading days while the US is on daylight saving time",
-                    ),
-                    DailyAt(
-                        winter,
-                        lambda at: is_mcx_trading_day(at.date()) and not us_on_daylight_time(at),
-                        "on MCX trading days while the US is on standard time",
-                    ),
-                )
-            ),
+            _at_mcx_close(settings),
             jobs.release_mcx,
             is_day=is_mcx_trading_day,
         ),

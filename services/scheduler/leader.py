@@ -34,7 +34,6 @@ class LeaderLock:
         self.replica = replica
         self._conn: psycopg.AsyncConnection[DictRow] | None = None
         self.is_leader = False
-        self.changed = asyncio.Event()  # set whenever leadership is gained or lost
 
     async def refresh(self) -> bool:
         """Takes the lock if free, or checks that the connection holding it is alive."""
@@ -58,7 +57,6 @@ class LeaderLock:
         if leading != self.is_leader:
             log.info("leading" if leading else "no longer leading", extra={"replica": self.replica})
             self.is_leader = leading
-            self.changed.set()
         LEADER.set(int(leading))
 
     async def _connection(self) -> psycopg.AsyncConnection[DictRow]:

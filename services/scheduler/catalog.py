@@ -49,11 +49,9 @@ class JobSpec:
         return ""
 
     def check_manual(self, now: datetime) -> None:
-        if (
-            self.not_before is not None
-            and self.is_day(now.date())
-            and now.timetz() < self.not_before.replace(tzinfo=IST)
-        ):
+        """FAILED_PRECONDITION for a manual run without force that would act too early."""
+        local = now.astimezone(IST)
+        if self.not_before is not None and self.is_day(local.date()) and local.time() < self.not_before:
             raise FailedPrecondition(
                 f"{self.name} before the {self.not_before:%H:%M} IST close would end a session still trading; "
                 "set force to run it now"

@@ -91,12 +91,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         # A caller that goes away does not cut the run short: it ends and is recorded.
         task = asyncio.ensure_future(run)
         self._manual.add(task)
-        task.add_done_callback(self._manual.discard)
+        task.add_done_callback(self._manual_ended)
         record = await asyncio.shield(task)
         if record is None:  # manual runs claim no date, so this is not expected
             raise FailedPrecondition(f"{spec.name} could not start")
         proto = run_proto(record)
         return pb.RunJobResponse(run_id=proto.run_id, outcome=proto.outcome, run=proto)
+
+    def _manual_ended(self, task: asyncio.Task[Row | None]) -> None:
+        self._manual.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left is not told, and nothing else is to be
 
     async def ListJobRuns(
         self, request: pb.ListJobRunsRequest, context: grpc.aio.ServicerContext

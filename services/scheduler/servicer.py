@@ -101,7 +101,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def _manual_ended(self, task: asyncio.Task[Row | None]) -> None:
         self._manual.discard(task)
         if not task.cancelled():
-            task.exception()  # retrieved: a caller that left is not told, and nothing else is to be
+            task.exception()  # marked retrieved: the run is recorded whether or not its caller waited
 
     async def ListJobRuns(
         self, request: pb.ListJobRunsRequest, context: grpc.aio.ServicerContext

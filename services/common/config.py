@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,6 +77,23 @@ class Settings:
     # Calendar and clock: "simulated" keeps an NSE session open whatever the
     # hour (`make run`); "exchange" follows the wall clock and the exchange calendar (k8s).
     market_clock: str = "simulated"
+    # Scheduler: job times (IST, on trading days), the leader lock, catch-up and retries.
+    scheduler_replica_id: str = ""  # empty: host name and process id
+    scheduler_reload_master_at: time = time(8, 30)
+    scheduler_preload_tier_b_at: time = time(9, 0)
+    scheduler_end_of_day_at: time = time(15, 30)
+    scheduler_mcx_close_at: time = time(23, 30)  # while the US is on daylight saving time
+    scheduler_mcx_close_us_winter_at: time = time(23, 55)  # while the US is on standard time
+    scheduler_recenter_seconds: float = 5.0
+    # Sent in RecenterAllChains; None leaves the subscription service's default.
+    scheduler_recenter_hysteresis_strikes: float | None = None
+    # A dated job found overdue by at most this much when a leader starts runs once then.
+    scheduler_misfire_grace_seconds: float = 6 * 3600.0
+    scheduler_retry_seconds: float = 30.0
+    scheduler_poll_seconds: float = 1.0
+    scheduler_leader_poll_seconds: float = 2.0
+    scheduler_call_timeout_seconds: float = 120.0
+    scheduler_disabled_jobs: tuple[str, ...] = ()
 
     @property
     def dhan_credentials(self) -> bool:
@@ -121,6 +139,17 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not accepted; expected one of {[a for a in allowed if a]}")
     return value
+
+
+def _time_of_day(env: Mapping[str, str], name: str, default: time) -> time:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        hours, minutes = raw.split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a time of day; expected HH:MM in IST, e.g. 15:30") from None
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -> Settings:
@@ -176,6 +205,28 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         tier_b_plan_file=Path(env.get("TIER_B_PLAN_FILE") or Settings.tier_b_plan_file),
         # Calendar and clock.
         market_clock=_choice(env, "MARKET_CLOCK", "simulated", ("simulated", "exchange")),
+        # Scheduler
+        scheduler_replica_id=env.get("SCHEDULER_REPLICA_ID", ""),
+        scheduler_reload_master_at=_time_of_day(env, "SCHEDULER_RELOAD_MASTER_AT", time(8, 30)),
+        scheduler_preload_tier_b_at=_time_of_day(env, "SCHEDULER_PRELOAD_TIER_B_AT", time(9, 0)),
+        scheduler_end_of_day_at=_time_of_day(env, "SCHEDULER_END_OF_DAY_AT", time(15, 30)),
+        scheduler_mcx_close_at=_time_of_day(env, "SCHEDULER_MCX_CLOSE_AT", time(23, 30)),
+        scheduler_mcx_close_us_winter_at=_time_of_day(env, "SCHEDULER_MCX_CLOSE_US_WINTER_AT", time(23, 55)),
+        scheduler_recenter_seconds=_float(env, "SCHEDULER_RECENTER_SECONDS", 5.0, 0.5, 3600.0),
+        scheduler_recenter_hysteresis_strikes=(
+            _float(env, "SCHEDULER_RECENTER_HYSTERESIS_STRIKES", 0.0, 0.0, 50.0)
+            if env.get("SCHEDULER_RECENTER_HYSTERESIS_STRIKES")
+            else None
+        ),
+        scheduler_misfire_grace_seconds=_float(env, "SCHEDULER_MISFIRE_GRACE_SECONDS", 6 * 3600.0, 0.0, 86400.0),
+        scheduler_retry_seconds=_float(env, "SCHEDULER_RETRY_SECONDS", 30.0, 0.1, 3600.0),
+        scheduler_poll_seconds=_float(env, "SCHEDULER_POLL_SECONDS", 1.0, 0.01, 60.0),
+        # A follower tries the lock this often, so a dead leader is replaced well within 15 s.
+        scheduler_leader_poll_seconds=_float(env, "SCHEDULER_LEADER_POLL_SECONDS", 2.0, 0.05, 10.0),
+        scheduler_call_timeout_seconds=_float(env, "SCHEDULER_CALL_TIMEOUT_SECONDS", 120.0, 1.0, 3600.0),
+        scheduler_disabled_jobs=tuple(
+            n.strip() for n in env.get("SCHEDULER_DISABLED_JOBS", "").split(",") if n.strip()
+        ),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

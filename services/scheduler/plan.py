@@ -101,15 +101,15 @@ def default_plan(listed: set[str] | None = None) -> pb.SetTierBPlanRequest:
     return plan
 
 
-def is_mcx_chain(chain: pb.TierBChain) -> bool:
-    return chain.underlying_symbol in MCX_COMMODITIES
-
-
-def without_mcx(plan: pb.SetTierBPlanRequest) -> pb.SetTierBPlanRequest:
-    """The plan less its MCX chains and MCX instruments: what stays after the MCX close."""
+def without_mcx(
+    plan: pb.SetTierBPlanRequest, mcx_underlyings: Collection[str] = MCX_COMMODITIES
+) -> pb.SetTierBPlanRequest:
+    """The plan less its MCX chains and MCX instruments: what stays after the MCX close.
+    `mcx_underlyings` names the chains that trade on MCX (a plan in force says so in its
+    resolved chains; the file's vocabulary by default)."""
     mcx = SEGMENT_TO_PROTO[MCX_SEGMENT]
     return pb.SetTierBPlanRequest(
-        chains=[c for c in plan.chains if not is_mcx_chain(c)],
+        chains=[c for c in plan.chains if c.underlying_symbol.strip().upper() not in mcx_underlyings],
         instruments=[i for i in plan.instruments if i.key.exchange_segment != mcx],
         dry_run=plan.dry_run,
     )

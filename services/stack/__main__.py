@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
+from dataserver.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from grpc_health.v1 import health_pb2
 
@@ -29,7 +29,6 @@ from services.common.config import Settings, load_settings
 from services.common.db import resolve_database_url
 from services.common.jsonlog import configure_logging
 from services.common.migrate import migrate
-from services.scheduler.plan import default_plan
 
 log = logging.getLogger("stack")
 
@@ -91,7 +90,14 @@ def plan(settings: Settings) -> list[Process]:
             9466 + offset,
             (("GATEWAY_SHARD_ADDRS", ",".join(f"127.0.0.1:{port}" for port in shard_ports)),),
         ),
-        Process("scheduler", (py, "-m", "services.scheduler"), 50055 + offset, 9467 + offset),
+        # The start-up preload retries soon: the registry may still be loading the master.
+        Process(
+            "scheduler",
+            (py, "-m", "services.scheduler"),
+            50055 + offset,
+            9467 + offset,
+            (("SCHEDULER_RETRY_SECONDS", "2"),),
+        ),
     ]
     processes += [
         Process(
@@ -140,28 +146,38 @@ async def wait_serving(process: Process, deadline: float) -> None:
             await asyncio.sleep(0.5)
 
 
-async def seed(registry_port: int, subscription_port: int) -> None:
-    """Preloads the default Tier B plan and puts NIFTY's chain on the dev user's watchlist,
-    so ticks flow as soon as the stack is up."""
-    listed = set()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{registry_port}") as channel:
-        registry = registry_pb2_grpc.RegistryServiceStub(channel)
-        for symbol in [c.underlying_symbol for c in default_plan().chains]:
-            try:
-                await registry.ListExpiries(registry_pb2.ListExpiriesRequest(underlying_symbol=symbol), timeout=10)
-                listed.add(symbol)
-            except grpc.aio.AioRpcError:
-                log.info("not in this master; left out of the Tier B plan", extra={"symbol": symbol})
+async def seed(subscription_port: int, scheduler_port: int) -> None:
+    """Puts NIFTY's chain on the dev user's watchlist, then waits (bounded) for the
+    scheduler's start-up preload of Tier B, so ticks flow as soon as the banner shows."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{subscription_port}") as channel:
         stub = subscription_pb2_grpc.SubscriptionServiceStub(channel)
-        plan = await stub.SetTierBPlan(default_plan(listed), timeout=120)
         item = await stub.AddWatchlistItem(
             subscription_pb2.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=5), timeout=60
         )
+    preload = await _preload_run(scheduler_port)
     log.info(
         "seeded",
-        extra={"tier_b_added": plan.instruments_added, "watchlist_instruments": item.watchlist_item.instrument_count},
+        extra={
+            "watchlist_instruments": item.watchlist_item.instrument_count,
+            "tier_b_preload": dict(preload.counts) if preload else "not yet (see the scheduler's log)",
+        },
     )
+
+
+async def _preload_run(scheduler_port: int) -> scheduler_pb2.JobRun | None:
+    """The scheduler's first successful preload_tier_b run, waited for up to a minute."""
+    request = scheduler_pb2.ListJobRunsRequest(
+        job_name="preload_tier_b", outcome=scheduler_pb2.JOB_RUN_OUTCOME_SUCCEEDED, page_size=1
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler_port}") as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:
+            runs = (await stub.ListJobRuns(request, timeout=10)).job_runs
+            if runs:
+                return runs[0]
+            await asyncio.sleep(0.5)
+    return None
 
 
 def banner(processes: list[Process]) -> str:
@@ -232,7 +248,7 @@ async def run() -> int:
             log.error("the stack did not come up", extra={"error": str(ready.exception())})
             return 1
         ports = {p.name: p.grpc_port for p in processes}
-        await seed(ports["registry"], ports["subscription"])
+        await seed(ports["subscription"], ports["scheduler"])
         print(banner(processes), flush=True)
         while not stop.is_set():
             dead = [name for name, child in children.items() if child.poll() is not None]

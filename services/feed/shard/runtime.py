@@ -79,6 +79,7 @@ AWAITING = Gauge(
 )
 STATE = Gauge("feed_shard_connected", "1 while the broker connection is up.", ["shard"])
 
+
 class _Overflow(Enum):
     OVERFLOW = "overflow"
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'dataserver/scheduler/v1/scheduler.proto\x12\x17\x64\x61taserver.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08schedule\x18\x03 \x01(\t\x12/\n\x0bnext_run_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0blast_run_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x0clast_outcome\x18\x06 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12\x0e\n\x06leader\x18\x08 \x01(\x08\x12\x13\n\x0blast_run_id\x18\t \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"k\n\x10ListJobsResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x1c.dataserver.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\"\xa0\x03\n\x06JobRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x07outcome\x18\x05 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12\x34\n\x07trigger\x18\x06 \x01(\x0e\x32#.dataserver.scheduler.v1.JobTrigger\x12;\n\x06\x63ounts\x18\x07 \x03(\x0b\x32+.dataserver.scheduler.v1.JobRun.CountsEntry\x12\x15\n\rerror_message\x18\x08 \x01(\t\x12\x12\n\nreplica_id\x18\t \x01(\t\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\",\n\rRunJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x87\x01\n\x0eRunJobResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12,\n\x03run\x18\x03 \x01(\x0b\x32\x1f.dataserver.scheduler.v1.JobRun\"\x86\x01\n\x12ListJobRunsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"a\n\x13ListJobRunsResponse\x12\x31\n\x08job_runs\x18\x01 \x03(\x0b\x32\x1f.dataserver.scheduler.v1.JobRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa5\x01\n\rJobRunOutcome\x12\x1f\n\x1bJOB_RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19JOB_RUN_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16JOB_RUN_OUTCOME_FAILED\x10\x02\x12\x1b\n\x17JOB_RUN_OUTCOME_SKIPPED\x10\x03\x12\x1b\n\x17JOB_RUN_OUTCOME_RUNNING\x10\x04*t\n\nJobTrigger\x12\x1b\n\x17JOB_TRIGGER_UNSPECIFIED\x10\x00\x12\x18\n\x14JOB_TRIGGER_SCHEDULE\x10\x01\x12\x16\n\x12JOB_TRIGGER_MANUAL\x10\x02\x12\x17\n\x13JOB_TRIGGER_STARTUP\x10\x03\x32\xb8\x02\n\x10SchedulerService\x12_\n\x08ListJobs\x12(.dataserver.scheduler.v1.ListJobsRequest\x1a).dataserver.scheduler.v1.ListJobsResponse\x12Y\n\x06RunJob\x12&.dataserver.scheduler.v1.RunJobRequest\x1a\'.dataserver.scheduler.v1.RunJobResponse\x12h\n\x0bListJobRuns\x12+.dataserver.scheduler.v1.ListJobRunsRequest\x1a,.dataserver.scheduler.v1.ListJobRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'dataserver/scheduler/v1/scheduler.proto\x12\x17\x64\x61taserver.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08schedule\x18\x03 \x01(\t\x12/\n\x0bnext_run_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0blast_run_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x0clast_outcome\x18\x06 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12\x0e\n\x06leader\x18\x08 \x01(\x08\x12\x13\n\x0blast_run_id\x18\t \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x86\x01\n\x10ListJobsResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x1c.dataserver.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x19\n\x11leader_replica_id\x18\x04 \x01(\t\"\xb6\x03\n\x06JobRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x07outcome\x18\x05 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12\x34\n\x07trigger\x18\x06 \x01(\x0e\x32#.dataserver.scheduler.v1.JobTrigger\x12;\n\x06\x63ounts\x18\x07 \x03(\x0b\x32+.dataserver.scheduler.v1.JobRun.CountsEntry\x12\x15\n\rerror_message\x18\x08 \x01(\t\x12\x12\n\nreplica_id\x18\t \x01(\t\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x14\n\x0ctrading_date\x18\x0b \x01(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\",\n\rRunJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x87\x01\n\x0eRunJobResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12,\n\x03run\x18\x03 \x01(\x0b\x32\x1f.dataserver.scheduler.v1.JobRun\"\xd2\x01\n\x12ListJobRunsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.dataserver.scheduler.v1.JobRunOutcome\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x34\n\x07trigger\x18\x05 \x01(\x0e\x32#.dataserver.scheduler.v1.JobTrigger\x12\x14\n\x0ctrading_date\x18\x06 \x01(\t\"a\n\x13ListJobRunsResponse\x12\x31\n\x08job_runs\x18\x01 \x03(\x0b\x32\x1f.dataserver.scheduler.v1.JobRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa5\x01\n\rJobRunOutcome\x12\x1f\n\x1bJOB_RUN_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19JOB_RUN_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n\x16JOB_RUN_OUTCOME_FAILED\x10\x02\x12\x1b\n\x17JOB_RUN_OUTCOME_SKIPPED\x10\x03\x12\x1b\n\x17JOB_RUN_OUTCOME_RUNNING\x10\x04*t\n\nJobTrigger\x12\x1b\n\x17JOB_TRIGGER_UNSPECIFIED\x10\x00\x12\x18\n\x14JOB_TRIGGER_SCHEDULE\x10\x01\x12\x16\n\x12JOB_TRIGGER_MANUAL\x10\x02\x12\x17\n\x13JOB_TRIGGER_STARTUP\x10\x03\x32\xb8\x02\n\x10SchedulerService\x12_\n\x08ListJobs\x12(.dataserver.scheduler.v1.ListJobsRequest\x1a).dataserver.scheduler.v1.ListJobsResponse\x12Y\n\x06RunJob\x12&.dataserver.scheduler.v1.RunJobRequest\x1a\'.dataserver.scheduler.v1.RunJobResponse\x12h\n\x0bListJobRuns\x12+.dataserver.scheduler.v1.ListJobRunsRequest\x1a,.dataserver.scheduler.v1.ListJobRunsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBRUN_COUNTSENTRY']._loaded_options = None
   _globals['_JOBRUN_COUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBRUNOUTCOME']._serialized_start=1383
-  _globals['_JOBRUNOUTCOME']._serialized_end=1548
-  _globals['_JOBTRIGGER']._serialized_start=1550
-  _globals['_JOBTRIGGER']._serialized_end=1666
+  _globals['_JOBRUNOUTCOME']._serialized_start=1509
+  _globals['_JOBRUNOUTCOME']._serialized_end=1674
+  _globals['_JOBTRIGGER']._serialized_start=1676
+  _globals['_JOBTRIGGER']._serialized_end=1792
   _globals['_JOB']._serialized_start=102
   _globals['_JOB']._serialized_end=374
   _globals['_LISTJOBSREQUEST']._serialized_start=376
   _globals['_LISTJOBSREQUEST']._serialized_end=432
-  _globals['_LISTJOBSRESPONSE']._serialized_start=434
-  _globals['_LISTJOBSRESPONSE']._serialized_end=541
-  _globals['_JOBRUN']._serialized_start=544
-  _globals['_JOBRUN']._serialized_end=960
-  _globals['_JOBRUN_COUNTSENTRY']._serialized_start=915
-  _globals['_JOBRUN_COUNTSENTRY']._serialized_end=960
-  _globals['_RUNJOBREQUEST']._serialized_start=962
-  _globals['_RUNJOBREQUEST']._serialized_end=1006
-  _globals['_RUNJOBRESPONSE']._serialized_start=1009
-  _globals['_RUNJOBRESPONSE']._serialized_end=1144
-  _globals['_LISTJOBRUNSREQUEST']._serialized_start=1147
-  _globals['_LISTJOBRUNSREQUEST']._serialized_end=1281
-  _globals['_LISTJOBRUNSRESPONSE']._serialized_start=1283
-  _globals['_LISTJOBRUNSRESPONSE']._serialized_end=1380
-  _globals['_SCHEDULERSERVICE']._serialized_start=1669
-  _globals['_SCHEDULERSERVICE']._serialized_end=1981
+  _globals['_LISTJOBSRESPONSE']._serialized_start=435
+  _globals['_LISTJOBSRESPONSE']._serialized_end=569
+  _globals['_JOBRUN']._serialized_start=572
+  _globals['_JOBRUN']._serialized_end=1010
+  _globals['_JOBRUN_COUNTSENTRY']._serialized_start=965
+  _globals['_JOBRUN_COUNTSENTRY']._serialized_end=1010
+  _globals['_RUNJOBREQUEST']._serialized_start=1012
+  _globals['_RUNJOBREQUEST']._serialized_end=1056
+  _globals['_RUNJOBRESPONSE']._serialized_start=1059
+  _globals['_RUNJOBRESPONSE']._serialized_end=1194
+  _globals['_LISTJOBRUNSREQUEST']._serialized_start=1197
+  _globals['_LISTJOBRUNSREQUEST']._serialized_end=1407
+  _globals['_LISTJOBRUNSRESPONSE']._serialized_start=1409
+  _globals['_LISTJOBRUNSRESPONSE']._serialized_end=1506
+  _globals['_SCHEDULERSERVICE']._serialized_start=1795
+  _globals['_SCHEDULERSERVICE']._serialized_end=2107
 # @@protoc_insertion_point(module_scope)

@@ -65,17 +65,19 @@ class ListJobsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs", "next_page_token", "replica_id")
+    __slots__ = ("jobs", "next_page_token", "replica_id", "leader_replica_id")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     next_page_token: str
     replica_id: str
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., replica_id: _Optional[str] = ...) -> None: ...
+    leader_replica_id: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., replica_id: _Optional[str] = ..., leader_replica_id: _Optional[str] = ...) -> None: ...
 
 class JobRun(_message.Message):
-    __slots__ = ("run_id", "job_name", "started_at", "finished_at", "outcome", "trigger", "counts", "error_message", "replica_id", "actor")
+    __slots__ = ("run_id", "job_name", "started_at", "finished_at", "outcome", "trigger", "counts", "error_message", "replica_id", "actor", "trading_date")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +95,7 @@ class JobRun(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    TRADING_DATE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_name: str
     started_at: _timestamp_pb2.Timestamp
@@ -103,7 +106,8 @@ class JobRun(_message.Message):
     error_message: str
     replica_id: str
     actor: str
-    def __init__(self, run_id: _Optional[str] = ..., job_name: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[JobRunOutcome, str]] = ..., trigger: _Optional[_Union[JobTrigger, str]] = ..., counts: _Optional[_Mapping[str, int]] = ..., error_message: _Optional[str] = ..., replica_id: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
+    trading_date: str
+    def __init__(self, run_id: _Optional[str] = ..., job_name: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[_Union[JobRunOutcome, str]] = ..., trigger: _Optional[_Union[JobTrigger, str]] = ..., counts: _Optional[_Mapping[str, int]] = ..., error_message: _Optional[str] = ..., replica_id: _Optional[str] = ..., actor: _Optional[str] = ..., trading_date: _Optional[str] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
     __slots__ = ("name", "force")
@@ -124,16 +128,20 @@ class RunJobResponse(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., outcome: _Optional[_Union[JobRunOutcome, str]] = ..., run: _Optional[_Union[JobRun, _Mapping]] = ...) -> None: ...
 
 class ListJobRunsRequest(_message.Message):
-    __slots__ = ("job_name", "outcome", "page_size", "page_token")
+    __slots__ = ("job_name", "outcome", "page_size", "page_token", "trigger", "trading_date")
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    TRADING_DATE_FIELD_NUMBER: _ClassVar[int]
     job_name: str
     outcome: JobRunOutcome
     page_size: int
     page_token: str
-    def __init__(self, job_name: _Optional[str] = ..., outcome: _Optional[_Union[JobRunOutcome, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    trigger: JobTrigger
+    trading_date: str
+    def __init__(self, job_name: _Optional[str] = ..., outcome: _Optional[_Union[JobRunOutcome, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., trigger: _Optional[_Union[JobTrigger, str]] = ..., trading_date: _Optional[str] = ...) -> None: ...
 
 class ListJobRunsResponse(_message.Message):
     __slots__ = ("job_runs", "next_page_token")

@@ -27,10 +27,13 @@ if _version_not_supported:
 
 class SchedulerServiceStub:
     """Lists and runs the scheduler's jobs. Every replica answers; only the leader runs jobs
-    on schedule. Job names: "preload_tier_b" (sets the Tier B plan at start-up and before
-    the open), "recenter_chains" (re-centres chains on the last price during market hours),
-    "end_of_day" (15:30 IST: clears Tier A), "reload_master" (daily instrument master
-    reload before the open).
+    on schedule. Job names: "reload_master" (08:30 IST: reloads the instrument master, then
+    re-applies the Tier B plan so expired chains roll), "preload_tier_b" (09:00, and at
+    start-up while a session is open: sets the Tier B plan), "recenter_chains" (every few
+    seconds in market hours: re-centres chains on the last price), "end_of_day" (15:30:
+    clears Tier A), "release_mcx" (the MCX close: drops the MCX chains until the next
+    preload). Times are configuration. A dated job runs on schedule at most once per trading
+    date, across restarts and replicas.
     """
 
     def __init__(self, channel):
@@ -58,10 +61,13 @@ class SchedulerServiceStub:
 
 class SchedulerServiceServicer:
     """Lists and runs the scheduler's jobs. Every replica answers; only the leader runs jobs
-    on schedule. Job names: "preload_tier_b" (sets the Tier B plan at start-up and before
-    the open), "recenter_chains" (re-centres chains on the last price during market hours),
-    "end_of_day" (15:30 IST: clears Tier A), "reload_master" (daily instrument master
-    reload before the open).
+    on schedule. Job names: "reload_master" (08:30 IST: reloads the instrument master, then
+    re-applies the Tier B plan so expired chains roll), "preload_tier_b" (09:00, and at
+    start-up while a session is open: sets the Tier B plan), "recenter_chains" (every few
+    seconds in market hours: re-centres chains on the last price), "end_of_day" (15:30:
+    clears Tier A), "release_mcx" (the MCX close: drops the MCX chains until the next
+    preload). Times are configuration. A dated job runs on schedule at most once per trading
+    date, across restarts and replicas.
     """
 
     def ListJobs(self, request, context):
@@ -73,7 +79,9 @@ class SchedulerServiceServicer:
 
     def RunJob(self, request, context):
         """Runs a job now (admin) and waits for it to finish. NOT_FOUND for an unknown job;
-        FAILED_PRECONDITION when a run of the same job is already in progress on any replica.
+        FAILED_PRECONDITION when a run of the same job is already in progress on any replica,
+        or for end_of_day before the close unless forced. A manual run never stands in for the
+        day's scheduled run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,10 +122,13 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SchedulerService:
     """Lists and runs the scheduler's jobs. Every replica answers; only the leader runs jobs
-    on schedule. Job names: "preload_tier_b" (sets the Tier B plan at start-up and before
-    the open), "recenter_chains" (re-centres chains on the last price during market hours),
-    "end_of_day" (15:30 IST: clears Tier A), "reload_master" (daily instrument master
-    reload before the open).
+    on schedule. Job names: "reload_master" (08:30 IST: reloads the instrument master, then
+    re-applies the Tier B plan so expired chains roll), "preload_tier_b" (09:00, and at
+    start-up while a session is open: sets the Tier B plan), "recenter_chains" (every few
+    seconds in market hours: re-centres chains on the last price), "end_of_day" (15:30:
+    clears Tier A), "release_mcx" (the MCX close: drops the MCX chains until the next
+    preload). Times are configuration. A dated job runs on schedule at most once per trading
+    date, across restarts and replicas.
     """
 
     @staticmethod

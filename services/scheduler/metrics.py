@@ -1,0 +1,26 @@
+"""The scheduler's Prometheus metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS = Counter("scheduler_job_runs_total", "Job runs ended, by job and outcome.", ["job", "outcome"])
+RUN_SECONDS = Histogram(
+    "scheduler_job_run_seconds",
+    "How long job runs took, by job.",
+    ["job"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+RUN_COUNTS = Gauge(
+    "scheduler_job_run_count", "The counts of each job's last run (e.g. instruments_total).", ["job", "count"]
+)
+LEADER = Gauge("scheduler_leader", "1 while this replica holds the leader lock and fires schedules.")
+
+
+def record_run(job: str, outcome: str, seconds: float, counts: Mapping[str, int]) -> None:
+    RUNS.labels(job, outcome).inc()
+    RUN_SECONDS.labels(job).observe(seconds)
+    for name, value in counts.items():
+        RUN_COUNTS.labels(job, name).set(value)

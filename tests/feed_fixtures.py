@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.clock import Clock
 from services.common.config import Settings
 from services.feed import gateway_server, shard_server
 from simulator.settings import SimulatorSettings
@@ -59,8 +60,15 @@ def gateway_settings(service: SubscriptionUnderTest, shards: list[shard_server.S
 
 @asynccontextmanager
 async def running_feed(
-    conninfo: str, masters_dir: Path, *, shards: int = 1, simulator: dict[str, Any] | None = None, **settings: Any
+    conninfo: str,
+    masters_dir: Path,
+    *,
+    shards: int = 1,
+    simulator: dict[str, Any] | None = None,
+    clock: Clock | None = None,
+    **settings: Any,
 ) -> AsyncIterator[FeedUnderTest]:
+    """`clock`, when given, is the gateway's market clock (the shards keep streaming at any hour)."""
     async with running_subscription(
         conninfo, masters_dir, feed_connections=shards, feed_instruments_per_connection=5000
     ) as service:
@@ -98,7 +106,7 @@ async def running_feed(
                     )
                     await servers.enter_async_context(shard.app)
                     started.append(shard)
-                gateway = gateway_server.create_server(gateway_settings(service, started), service.pool)
+                gateway = gateway_server.create_server(gateway_settings(service, started), service.pool, clock)
                 await servers.enter_async_context(gateway.app)
                 yield FeedUnderTest(service, sim, started, gateway, servers)
         finally:

@@ -10,11 +10,13 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.auth import Authenticator
 from services.common.clients import ServiceCaller, open_channel
+from services.common.clock import Clock, clock_from_settings
 from services.common.config import Settings
 from services.common.db import Pool
 from services.common.looplag import watch_loop_lag
 from services.common.server import GrpcApp, build_app, run_service
 from services.feed.gateway.hub import Hub
+from services.feed.gateway.market import INJECTED_CLOCK_POLL_SECONDS, REAL_CLOCK_POLL_SECONDS, MarketWatch
 from services.feed.gateway.servicer import SERVICE_NAME, GatewayServicer, register
 from services.feed.gateway.terminals import Terminals
 
@@ -26,11 +28,19 @@ class Gateway:
     app: GrpcApp
     hub: Hub
     terminals: Terminals
+    market: MarketWatch
 
 
-def create_server(settings: Settings, pool: Pool) -> Gateway:
+def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) -> Gateway:
+    """`clock` (tests) replaces MARKET_CLOCK's clock for the market state; an injected clock may
+    jump, so the market watch looks at it often instead of sleeping until the next change."""
     hub = Hub(settings.gateway_shard_addrs, gateway_id=f"gateway-{uuid.uuid4().hex[:8]}")
     terminals = Terminals(hub, settings.gateway_batch_seconds)
+    market = MarketWatch(
+        clock or clock_from_settings(settings),
+        lambda: terminals.streams,
+        INJECTED_CLOCK_POLL_SECONDS if clock is not None else REAL_CLOCK_POLL_SECONDS,
+    )
     subscription_channel = open_channel(settings.subscription_addr)
     registry_channel = open_channel(settings.registry_addr)
     servicer = GatewayServicer(
@@ -39,6 +49,7 @@ def create_server(settings: Settings, pool: Pool) -> Gateway:
         subscription_pb2_grpc.SubscriptionServiceStub(subscription_channel),
         registry_pb2_grpc.RegistryServiceStub(registry_channel),
         ServiceCaller("subscription", settings.service_token),
+        market,
     )
     app = build_app(
         [SERVICE_NAME],
@@ -52,11 +63,12 @@ def create_server(settings: Settings, pool: Pool) -> Gateway:
     async def start_background() -> None:
         hub.start(app.spawn)
         terminals.start(app.spawn)
+        app.spawn(market.run(), "gateway-market-watch")
         app.spawn(watch_loop_lag(), "gateway-loop-lag")
 
     app.before_serving.append(start_background)
     app.on_stop.extend((hub.close, subscription_channel.close, registry_channel.close))
-    return Gateway(app, hub, terminals)
+    return Gateway(app, hub, terminals, market)
 
 
 def serve() -> None:

@@ -1,5 +1,5 @@
 """GatewayService: terminal tick streams (server-streaming and interactive), the unary
-snapshot, and shard status."""
+snapshot, shard status and market state."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from services.common.auth import current_principal, principal_var
 from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.keys import checked_wire_key
+from services.common.timestamps import timestamp
 from services.feed.gateway.hub import Hub
+from services.feed.gateway.market import MarketWatch, requested_segments
 from services.feed.gateway.streams import INTERACTIVE, MAX_BATCH_TICKS, MAX_DELAY_SECONDS, STREAM_TICKS, TerminalStream
 from services.feed.gateway.terminals import Terminals
 from services.feed.gateway.watchlist import WatchlistFollower
@@ -59,8 +61,10 @@ class GatewayServicer:
         subscription: subscription_pb2_grpc.SubscriptionServiceStub,
         registry: registry_pb2_grpc.RegistryServiceStub,
         caller: ServiceCaller,
+        market: MarketWatch,
     ) -> None:
         self._hub = hub
+        self._market = market
         self._terminals = terminals
         self._subscription = subscription
         self._registry = registry
@@ -148,7 +152,7 @@ class GatewayServicer:
                 follower.follow(stream)
             else:
                 raise InvalidArgument("set a selection: instruments (a list of keys) or my_watchlist: true")
-            yield stream.snapshot(keys, states)
+            yield stream.snapshot(keys, states, market_states=self._market.messages())
             async for message in stream.run():
                 yield message
 
@@ -207,7 +211,7 @@ class GatewayServicer:
         states = await self._states(stream, keys, protos)
         stream.post(stream.shape.response(result=_result(command, instruments=states)))
         subscribed = [k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED]
-        stream.post(stream.snapshot(subscribed, [], command.correlation_id))
+        stream.post(stream.snapshot(subscribed, [], command.correlation_id, self._market.messages()))
         await self._touch_keys(protos)
 
     async def GetSnapshot(
@@ -236,6 +240,13 @@ class GatewayServicer:
                 raise InvalidArgument(f"shard_id {request.shard_id} is out of range: accepted 0..{len(statuses) - 1}")
             statuses = [statuses[request.shard_id]]
         return feed_pb2.GetShardStatusResponse(shards=statuses)
+
+    async def GetMarketState(
+        self, request: feed_pb2.GetMarketStateRequest, context: grpc.aio.ServicerContext
+    ) -> feed_pb2.GetMarketStateResponse:
+        segments = requested_segments(request.exchange_segments)
+        as_of, states = self._market.states_now(segments)
+        return feed_pb2.GetMarketStateResponse(segments=[s.message() for s in states], as_of=timestamp(as_of))
 
 
 def _serialize(message: Any) -> bytes:
@@ -266,6 +277,11 @@ def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
             servicer.GetShardStatus,
             request_deserializer=feed_pb2.GetShardStatusRequest.FromString,
             response_serializer=feed_pb2.GetShardStatusResponse.SerializeToString,
+        ),
+        "GetMarketState": grpc.unary_unary_rpc_method_handler(
+            servicer.GetMarketState,
+            request_deserializer=feed_pb2.GetMarketStateRequest.FromString,
+            response_serializer=feed_pb2.GetMarketStateResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,10 +225,18 @@ class TerminalStream:
         self._wake()
 
     def send_event(self, event: feed_pb2.StreamEvent) -> None:
-        event.occurred_at.GetCurrentTime()
+        """Queues `event`, stamped now unless it says when it happened (a market phase change)."""
+        if not event.HasField("occurred_at"):
+            event.occurred_at.GetCurrentTime()
         self.post(self.shape.response(event=event))
 
-    def snapshot(self, keys: list[int], states: list[feed_pb2.InstrumentState], correlation_id: str = "") -> Any:
+    def snapshot(
+        self,
+        keys: list[int],
+        states: list[feed_pb2.InstrumentState],
+        correlation_id: str = "",
+        market_states: Iterable[feed_pb2.SegmentMarketState] = (),
+    ) -> Any:
         ticks = []
         for key in keys:
             instrument = self.hub.instruments.get(key)
@@ -236,7 +244,9 @@ class TerminalStream:
                 ticks.append(instrument.latest.message(self.mode))
                 self.pending.pop(key, None)
         return self.shape.response(
-            snapshot=feed_pb2.TickSnapshot(ticks=ticks, instruments=states, correlation_id=correlation_id)
+            snapshot=feed_pb2.TickSnapshot(
+                ticks=ticks, instruments=states, correlation_id=correlation_id, market_states=market_states
+            )
         )
 
     def take_batch(self) -> bytes | None:

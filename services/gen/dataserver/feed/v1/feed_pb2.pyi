@@ -37,6 +37,14 @@ class UpstreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPSTREAM_STATE_INTERRUPTED: _ClassVar[UpstreamState]
     UPSTREAM_STATE_RESTORED: _ClassVar[UpstreamState]
 
+class MarketPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MARKET_PHASE_UNSPECIFIED: _ClassVar[MarketPhase]
+    MARKET_PHASE_PRE_OPEN: _ClassVar[MarketPhase]
+    MARKET_PHASE_OPEN: _ClassVar[MarketPhase]
+    MARKET_PHASE_CLOSED: _ClassVar[MarketPhase]
+    MARKET_PHASE_HOLIDAY: _ClassVar[MarketPhase]
+
 class ConnectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CONNECTION_STATE_UNSPECIFIED: _ClassVar[ConnectionState]
@@ -59,6 +67,11 @@ INSTRUMENT_STATUS_REMOVED: InstrumentStatus
 UPSTREAM_STATE_UNSPECIFIED: UpstreamState
 UPSTREAM_STATE_INTERRUPTED: UpstreamState
 UPSTREAM_STATE_RESTORED: UpstreamState
+MARKET_PHASE_UNSPECIFIED: MarketPhase
+MARKET_PHASE_PRE_OPEN: MarketPhase
+MARKET_PHASE_OPEN: MarketPhase
+MARKET_PHASE_CLOSED: MarketPhase
+MARKET_PHASE_HOLIDAY: MarketPhase
 CONNECTION_STATE_UNSPECIFIED: ConnectionState
 CONNECTION_STATE_CONNECTING: ConnectionState
 CONNECTION_STATE_CONNECTED: ConnectionState
@@ -170,14 +183,16 @@ class InstrumentState(_message.Message):
     def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., status: _Optional[_Union[InstrumentStatus, str]] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ..., awaiting_first_tick: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TickSnapshot(_message.Message):
-    __slots__ = ("ticks", "instruments", "correlation_id")
+    __slots__ = ("ticks", "instruments", "correlation_id", "market_states")
     TICKS_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MARKET_STATES_FIELD_NUMBER: _ClassVar[int]
     ticks: _containers.RepeatedCompositeFieldContainer[Tick]
     instruments: _containers.RepeatedCompositeFieldContainer[InstrumentState]
     correlation_id: str
-    def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., instruments: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+    market_states: _containers.RepeatedCompositeFieldContainer[SegmentMarketState]
+    def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., instruments: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ..., correlation_id: _Optional[str] = ..., market_states: _Optional[_Iterable[_Union[SegmentMarketState, _Mapping]]] = ...) -> None: ...
 
 class UpstreamStatusChange(_message.Message):
     __slots__ = ("shard_id", "state", "affected_instruments", "shard_restarted", "interrupted_at", "reason")
@@ -206,18 +221,20 @@ class SlowConsumerWarning(_message.Message):
     def __init__(self, lag: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., conflated_updates: _Optional[int] = ..., pending_instruments: _Optional[int] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
-    __slots__ = ("occurred_at", "watchlist", "upstream", "slow_consumer", "instrument_status")
+    __slots__ = ("occurred_at", "watchlist", "upstream", "slow_consumer", "instrument_status", "market_phase")
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     WATCHLIST_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     SLOW_CONSUMER_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    MARKET_PHASE_FIELD_NUMBER: _ClassVar[int]
     occurred_at: _timestamp_pb2.Timestamp
     watchlist: _subscription_pb2.WatchlistEvent
     upstream: UpstreamStatusChange
     slow_consumer: SlowConsumerWarning
     instrument_status: InstrumentState
-    def __init__(self, occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watchlist: _Optional[_Union[_subscription_pb2.WatchlistEvent, _Mapping]] = ..., upstream: _Optional[_Union[UpstreamStatusChange, _Mapping]] = ..., slow_consumer: _Optional[_Union[SlowConsumerWarning, _Mapping]] = ..., instrument_status: _Optional[_Union[InstrumentState, _Mapping]] = ...) -> None: ...
+    market_phase: MarketPhaseChange
+    def __init__(self, occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watchlist: _Optional[_Union[_subscription_pb2.WatchlistEvent, _Mapping]] = ..., upstream: _Optional[_Union[UpstreamStatusChange, _Mapping]] = ..., slow_consumer: _Optional[_Union[SlowConsumerWarning, _Mapping]] = ..., instrument_status: _Optional[_Union[InstrumentState, _Mapping]] = ..., market_phase: _Optional[_Union[MarketPhaseChange, _Mapping]] = ...) -> None: ...
 
 class StreamTicksRequest(_message.Message):
     __slots__ = ("instruments", "my_watchlist", "mode", "batch_options")
@@ -308,6 +325,42 @@ class GetSnapshotResponse(_message.Message):
     ticks: _containers.RepeatedCompositeFieldContainer[Tick]
     missing_keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
     def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., missing_keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ...) -> None: ...
+
+class SegmentMarketState(_message.Message):
+    __slots__ = ("exchange_segment", "phase", "next_change_at", "next_phase")
+    EXCHANGE_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CHANGE_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PHASE_FIELD_NUMBER: _ClassVar[int]
+    exchange_segment: _common_pb2.ExchangeSegment
+    phase: MarketPhase
+    next_change_at: _timestamp_pb2.Timestamp
+    next_phase: MarketPhase
+    def __init__(self, exchange_segment: _Optional[_Union[_common_pb2.ExchangeSegment, str]] = ..., phase: _Optional[_Union[MarketPhase, str]] = ..., next_change_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_phase: _Optional[_Union[MarketPhase, str]] = ...) -> None: ...
+
+class MarketPhaseChange(_message.Message):
+    __slots__ = ("state", "previous_phase", "changed_at")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_PHASE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    state: SegmentMarketState
+    previous_phase: MarketPhase
+    changed_at: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[SegmentMarketState, _Mapping]] = ..., previous_phase: _Optional[_Union[MarketPhase, str]] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetMarketStateRequest(_message.Message):
+    __slots__ = ("exchange_segments",)
+    EXCHANGE_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    exchange_segments: _containers.RepeatedScalarFieldContainer[_common_pb2.ExchangeSegment]
+    def __init__(self, exchange_segments: _Optional[_Iterable[_Union[_common_pb2.ExchangeSegment, str]]] = ...) -> None: ...
+
+class GetMarketStateResponse(_message.Message):
+    __slots__ = ("segments", "as_of")
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentMarketState]
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, segments: _Optional[_Iterable[_Union[SegmentMarketState, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
     __slots__ = ("shard_id", "shard_epoch", "connection_state", "reachable", "reported_at", "last_disconnect_code", "last_disconnect_reason", "last_disconnect_at", "connected_at", "instruments_assigned", "instruments_subscribed", "instruments_awaiting_first_tick", "frames_received", "packets_received", "protocol_errors", "last_frame_at", "reconnect_count", "next_retry_at", "assignment_version")

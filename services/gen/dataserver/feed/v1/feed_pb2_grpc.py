@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class GatewayServiceStub:
-    """The terminal-facing tick service. Streams send the last known value of each instrument
+    """The terminal-facing tick service, and the market state (each exchange segment's trading
+    phase) terminals show beside it. Streams send the last known value of each instrument
     first, then updates. Updates are batched and conflated: a slow consumer gets the latest
     value per instrument, never an unbounded queue, and never slows anyone else down. The
     gateway streams only instruments that are subscribed upstream; to watch something new,
@@ -59,10 +60,16 @@ class GatewayServiceStub:
                 request_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetShardStatusRequest.SerializeToString,
                 response_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetShardStatusResponse.FromString,
                 _registered_method=True)
+        self.GetMarketState = channel.unary_unary(
+                '/dataserver.feed.v1.GatewayService/GetMarketState',
+                request_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateRequest.SerializeToString,
+                response_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
-    """The terminal-facing tick service. Streams send the last known value of each instrument
+    """The terminal-facing tick service, and the market state (each exchange segment's trading
+    phase) terminals show beside it. Streams send the last known value of each instrument
     first, then updates. Updates are batched and conflated: a slow consumer gets the latest
     value per instrument, never an unbounded queue, and never slows anyone else down. The
     gateway streams only instruments that are subscribed upstream; to watch something new,
@@ -100,6 +107,15 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMarketState(self, request, context):
+        """Gets the market phase of every exchange segment (or of the ones asked for) on the
+        gateway's market clock, with when each phase next changes. Tick streams carry the same
+        state in their snapshots and announce each change with a MarketPhaseChange event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +139,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetShardStatusRequest.FromString,
                     response_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetShardStatusResponse.SerializeToString,
             ),
+            'GetMarketState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMarketState,
+                    request_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateRequest.FromString,
+                    response_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dataserver.feed.v1.GatewayService', rpc_method_handlers)
@@ -132,7 +153,8 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GatewayService:
-    """The terminal-facing tick service. Streams send the last known value of each instrument
+    """The terminal-facing tick service, and the market state (each exchange segment's trading
+    phase) terminals show beside it. Streams send the last known value of each instrument
     first, then updates. Updates are batched and conflated: a slow consumer gets the latest
     value per instrument, never an unbounded queue, and never slows anyone else down. The
     gateway streams only instruments that are subscribed upstream; to watch something new,
@@ -237,6 +259,33 @@ class GatewayService:
             '/dataserver.feed.v1.GatewayService/GetShardStatus',
             dataserver_dot_feed_dot_v1_dot_feed__pb2.GetShardStatusRequest.SerializeToString,
             dataserver_dot_feed_dot_v1_dot_feed__pb2.GetShardStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMarketState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataserver.feed.v1.GatewayService/GetMarketState',
+            dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateRequest.SerializeToString,
+            dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -99,6 +99,9 @@ def phase_change(before: SegmentState, now: datetime) -> tuple[SegmentState, dat
 
 
 class MarketWatch:
+    """Every segment's state as last told to the streams, refreshed from the clock; `run` is
+    its background task."""
+
     def __init__(
         self,
         clock: Clock,

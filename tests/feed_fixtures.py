@@ -59,10 +59,19 @@ def gateway_settings(service: SubscriptionUnderTest, shards: list[shard_server.S
 
 @asynccontextmanager
 async def running_feed(
-    conninfo: str, masters_dir: Path, *, shards: int = 1, simulator: dict[str, Any] | None = None, **settings: Any
+    conninfo: str,
+    masters_dir: Path,
+    *,
+    shards: int = 1,
+    simulator: dict[str, Any] | None = None,
+    subscription: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[FeedUnderTest]:
+    """`subscription`: running_subscription's arguments (its budget, its prices) over the defaults."""
     async with running_subscription(
-        conninfo, masters_dir, feed_connections=shards, feed_instruments_per_connection=5000
+        conninfo,
+        masters_dir,
+        **{"feed_connections": shards, "feed_instruments_per_connection": 5000, **(subscription or {})},
     ) as service:
         sim = Simulator(
             SimulatorSettings(

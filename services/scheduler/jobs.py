@@ -104,11 +104,12 @@ class Jobs:
         return await self._to_subscription.call(self._subscription.GetTierBPlan, pb.GetTierBPlanRequest())
 
     async def reload_master(self, trading_date: date) -> JobResult:
-        """The configured source's master for the date, then the plan in force sent again so
-        that chains re-resolve their nearest expiries (an expired one rolls to the next, make
-        before break), then what is still on an expired expiry released with the reason (Tier A
-        units evicted as EXPIRED). A master of that date loaded since the job's time (a
-        registry started late) is kept."""
+        """The configured source's master for the date; what is on an expired expiry released
+        with that reason (Tier A units evicted as EXPIRED, Tier B chains removed: expired
+        contracts no longer trade, so nothing is lost by releasing them first); then the plan
+        in force sent again so that chains re-resolve their nearest expiries (the expired one
+        rolls to the next). A master of that date loaded since the job's time (a registry
+        started late) is kept."""
         status = (
             await self._to_registry.call(self._registry.GetMasterStatus, registry_pb2.GetMasterStatusRequest())
         ).status
@@ -126,9 +127,6 @@ class Jobs:
             "master_rejected": status.rejected_count,
             "master_version": status.version,
         }
-        plan = await self._plan_in_force()
-        if plan.chains or plan.instruments:
-            counts |= await self._set_plan(_unexpired(plan, trading_date))
         expired = await self._to_subscription.call(
             self._subscription.ReleaseExpired, pb.ReleaseExpiredRequest(trading_date=trading_date.isoformat())
         )
@@ -137,6 +135,9 @@ class Jobs:
             "expired_chains_removed": expired.chains_removed,
             "expired_instruments_unsubscribed": expired.instruments_unsubscribed,
         }
+        plan = await self._plan_in_force()
+        if plan.chains or plan.instruments:
+            counts |= await self._set_plan(_unexpired(plan, trading_date))
         return JobResult(counts)
 
     async def preload_tier_b(self, trading_date: date) -> JobResult:

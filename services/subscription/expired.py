@@ -5,9 +5,10 @@ A Tier A unit on an expired expiry is evicted, visibly (the item stays, EVICTED 
 EXPIRED and a message naming the expiry), rather than rolled to the next expiry: the user
 chose that expiry (or took the nearest on the day), and silently giving them another
 contract month would change what their watchlist shows without asking; they re-add the
-symbol to get the nearest expiry again. Tier B chains roll through the plan (nearest N
-expiries, re-resolved when the scheduler re-sends it); what this removes is any chain the
-re-sent plan did not replace.
+symbol to get the nearest expiry again. Tier B chains on an expired expiry are removed here,
+with that reason; the scheduler then re-sends the plan, whose nearest-N chains re-resolve to
+the next expiries (the roll). Expired contracts no longer trade, so releasing them before
+the replacement is subscribed loses nothing.
 """
 
 from __future__ import annotations

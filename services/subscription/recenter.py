@@ -284,9 +284,10 @@ class Recentering:
                 quotes[target.underlying] = await last_quote(self._prices, *target.underlying)
             quote = quotes[target.underlying]
             problem = self.policy.price_problem(quote)
-            if problem is not None or quote is None:
-                sweep.skipped[problem or ""] += 1
+            if problem is not None:
+                sweep.skipped[problem] += 1
                 continue
+            assert quote is not None  # price_problem names a missing one
             try:
                 result = await self._recenter(target, actor, price=quote.price, hysteresis=hysteresis, live=True)
             except (NotFound, InvalidArgument):

@@ -51,7 +51,8 @@ def centred_on_previous_close(stored_price_source: str | None) -> bool:
 @dataclass
 class RecenterPolicy:
     """`monotonic` times the cooldown (the market clock may be simulated and wrap), `wall`
-    ages the feed's receive times (epoch seconds); both injectable for tests."""
+    ages the feed's receive times (epoch seconds); both injectable for tests. The cooldown is
+    this replica's memory: a restart forgets it, which costs at most one early re-centre."""
 
     hysteresis: float
     cooldown_seconds: float

@@ -263,7 +263,8 @@ class SubscriptionServiceServicer:
 
     def ReleaseExpired(self, request, context):
         """Releases what expired before the trading date (admin; the scheduler's reload_master job,
-        after the new master and the Tier B plan re-sent): Tier A units on an expired expiry are
+        after loading the new master, before re-sending the Tier B plan, whose nearest-expiry
+        chains then roll to the next expiries): Tier A units on an expired expiry are
         evicted with EVICTION_REASON_EXPIRED (the item stays, visibly), Tier B chains on one are
         removed; every release is audited with the reason.
         """

@@ -57,7 +57,7 @@ def _without_mcx(plan: pb.GetTierBPlanResponse) -> pb.SetTierBPlanRequest:
     return without_mcx(pb.SetTierBPlanRequest(chains=plan.chains, instruments=plan.instruments), symbols)
 
 
-def _unexpired(plan: pb.GetTierBPlanResponse, trading_date: date) -> pb.SetTierBPlanRequest:
+def unexpired(plan: pb.GetTierBPlanResponse, trading_date: date) -> pb.SetTierBPlanRequest:
     """The plan in force, less explicit expiry dates before the trading date (the new master
     no longer lists them, so the plan would be refused); a chain left with none goes."""
     today = trading_date.isoformat()
@@ -137,7 +137,7 @@ class Jobs:
         }
         plan = await self._plan_in_force()
         if plan.chains or plan.instruments:
-            counts |= await self._set_plan(_unexpired(plan, trading_date))
+            counts |= await self._set_plan(unexpired(plan, trading_date))
         return JobResult(counts)
 
     async def preload_tier_b(self, trading_date: date) -> JobResult:

@@ -9,6 +9,8 @@ asyncio streams: aiohttp is not installed and the API is a handful of routes).
     POST /connections/{id|all}/resume
     POST /connections/{id|all}/disconnect  {"reason": 805}: disconnect packet, then close
     POST /connections/{id|all}/garbage     {"bytes": 64, "count": 1}: frames that are no packet
+    POST /underlyings/{asset}/{symbol}/move {"percent": 2.0}: the underlying's price moves by that
+                                           much at once (spot, futures and options follow)
 
 Every answer is JSON with ``Connection: close``; actions answer {"affected": [ids]}.
 """
@@ -19,7 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, get_args
+
+from .catalog import Asset
 
 if TYPE_CHECKING:
     from .simulator import Simulator, Target
@@ -38,6 +42,7 @@ _REASONS = {
     500: "Internal Server Error",
 }
 _ACTIONS = ("drop", "silence", "resume", "disconnect", "garbage")
+_ASSETS: tuple[str, ...] = get_args(Asset)
 
 
 class HttpError(Exception):
@@ -118,7 +123,22 @@ class ControlServer:
             except KeyError:
                 raise HttpError(404, f"no open connection {parts[1]}") from None
             return {"affected": affected}
+        if len(parts) == 4 and parts[0] == "underlyings" and parts[3] == "move":
+            _expect(method, "POST")
+            return self._move(parts[1], parts[2], body)
         raise HttpError(404, f"no route {method} {path}")
+
+    def _move(self, asset: str, symbol: str, body: dict[str, Any]) -> dict[str, Any]:
+        percent = body.get("percent")
+        if not isinstance(percent, int | float) or isinstance(percent, bool) or not -50 <= percent <= 50:
+            raise HttpError(400, f"percent must be a number in -50..50, got {percent!r}")
+        if asset not in _ASSETS:
+            raise HttpError(404, f"no asset {asset!r}: one of {', '.join(_ASSETS)}")
+        try:
+            price = self._sim.move(cast("Asset", asset), symbol, float(percent))
+        except KeyError:
+            raise HttpError(404, f"the master lists no {asset} {symbol}") from None
+        return {"asset": asset, "symbol": symbol, "price": price}
 
 
 def _expect(method: str, allowed: str) -> None:

@@ -103,6 +103,14 @@ class Walk:
             self._t = now
         return self.value
 
+    def shift(self, factor: float, now: float) -> float:
+        """Moves the walk by `factor` at `now` (a market move a test asks for), its band with it."""
+        self.at(now)
+        self.value *= factor
+        self._lo *= factor
+        self._hi *= factor
+        return self.value
+
 
 def option_price(forward: float, strike: float, years: float, vol: float, rate: float, is_call: bool) -> float:
     """Black-76 (Black-Scholes when forward = spot * e^(rT)) with the generator's smile."""
@@ -415,6 +423,13 @@ class Market:
             contract = self.catalog.get(key) or _unknown_contract(segment, security_id)
             book = self._books[key] = Book(contract, self._fair(contract), self.now(), self.rng, self._tables)
         return book
+
+    def move(self, asset: Asset, symbol: str, percent: float) -> float:
+        """Moves an underlying (its spot, futures and options follow) by `percent`; returns the
+        new level. KeyError when the catalog lists no such underlying."""
+        if self.catalog.spot(asset, symbol) is None and not self.catalog.futures(asset, symbol):
+            raise KeyError((asset, symbol))
+        return self.walk(asset, symbol).shift(1.0 + percent / 100.0, self.now())
 
     # --- models -------------------------------------------------------------------
 

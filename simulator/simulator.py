@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from services.dhan.protocol import DisconnectReason
 
-from .catalog import Catalog
+from .catalog import Asset, Catalog
 from .control import ControlServer
 from .market import Market
 from .server import ConnectionInfo, FeedConnection, FeedServer
@@ -128,6 +128,14 @@ class Simulator:
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "burst": self.settings.burst,
         }
+
+    # --- market moves -------------------------------------------------------------
+
+    def move(self, asset: Asset, symbol: str, percent: float) -> float:
+        """Moves an underlying's price by `percent` (KeyError when it is not listed)."""
+        if self.market is None:
+            raise RuntimeError("the simulator is not started")
+        return self.market.move(asset, symbol, percent)
 
     # --- faults -------------------------------------------------------------------
 

@@ -66,11 +66,15 @@ async def running_feed(
     shards: int = 1,
     simulator: dict[str, Any] | None = None,
     clock: Clock | None = None,
+    subscription: dict[str, Any] | None = None,
     **settings: Any,
 ) -> AsyncIterator[FeedUnderTest]:
-    """`clock`, when given, is the gateway's market clock (the shards keep streaming at any hour)."""
+    """`clock`, when given, is the gateway's market clock (the shards keep streaming at any hour);
+    `subscription`: running_subscription's arguments (its budget, its prices) over the defaults."""
     async with running_subscription(
-        conninfo, masters_dir, feed_connections=shards, feed_instruments_per_connection=5000
+        conninfo,
+        masters_dir,
+        **{"feed_connections": shards, "feed_instruments_per_connection": 5000, **(subscription or {})},
     ) as service:
         sim = Simulator(
             SimulatorSettings(

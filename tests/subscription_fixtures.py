@@ -17,6 +17,7 @@ from services.common.clock import Clock
 from services.common.config import Settings
 from services.common.db import Pool, open_pool
 from services.common.last_prices import LastPriceSource, NoLastPrices
+from services.subscription.recenter_policy import RecenterPolicy
 from services.subscription.server import create_server
 from tests.registry_fixtures import bearer, running_registry
 
@@ -50,9 +51,10 @@ async def running_subscription(
     *,
     clock: Clock | None = None,
     prices: LastPriceSource | None = None,
+    recenter_policy: RecenterPolicy | None = None,
     **overrides: Any,
 ) -> AsyncIterator[SubscriptionUnderTest]:
-    """`clock` and `prices` as in create_server (no live prices by default)."""
+    """`clock`, `prices` and `recenter_policy` as in create_server (no live prices by default)."""
     async with running_registry(conninfo, masters_dir) as registry:
         settings = dataclasses.replace(
             Settings(),
@@ -65,7 +67,9 @@ async def running_subscription(
         pool = await open_pool(conninfo, max_size=8)
         admin_token = await create_api_key(pool, "ops", "admin")
         settings = dataclasses.replace(settings, service_token=admin_token)
-        subscription = create_server(settings, pool, conninfo, prices=prices or NoLastPrices(), clock=clock)
+        subscription = create_server(
+            settings, pool, conninfo, prices=prices or NoLastPrices(), clock=clock, recenter_policy=recenter_policy
+        )
         try:
             async with subscription.app, grpc.aio.insecure_channel(subscription.app.address) as channel:
                 yield SubscriptionUnderTest(

@@ -11,6 +11,7 @@ from dataserver.subscription.v1 import subscription_pb2 as sub_pb
 from services.common.clock import ManualClock
 from tests.scheduler_fixtures import FRIDAY, MONDAY, at, running_scheduler
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
+from tests.test_subscription_day import FixedPrices
 
 SUCCEEDED = pb.JOB_RUN_OUTCOME_SUCCEEDED
 
@@ -22,8 +23,9 @@ async def tier_b_symbols(subscription: SubscriptionUnderTest) -> set[str]:
 
 async def test_a_trading_day_runs_itself(database_url: str, masters_dir: Path) -> None:
     clock = ManualClock(at(FRIDAY, 8, 0))
+    prices = FixedPrices()
     async with (
-        running_subscription(database_url, masters_dir) as subscription,
+        running_subscription(database_url, masters_dir, prices=prices) as subscription,
         running_scheduler(subscription, database_url, clock) as scheduler,
     ):
         await scheduler.passes()
@@ -47,7 +49,8 @@ async def test_a_trading_day_runs_itself(database_url: str, masters_dir: Path) -
 
         recentered = len(await scheduler.ended("recenter_chains"))  # it runs from 09:00 too
 
-        # A unit centred away from the price (on a caller's price) re-centres on the next run.
+        # A unit centred away from the price (on a caller's price) re-centres on the next run,
+        # which needs a live price (none so far: the runs skip every chain).
         alice = await subscription.user("alice")
         near = await subscription.stub.AddWatchlistItem(
             sub_pb.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=2), metadata=alice
@@ -61,6 +64,7 @@ async def test_a_trading_day_runs_itself(database_url: str, masters_dir: Path) -
             metadata=alice,
         )
         assert away.watchlist_item.atm_strike > atm
+        prices.prices[("IDX_I", 13)] = near.watchlist_item.underlying_price  # the previous close, now live
         clock.set(at(FRIDAY, 9, 0, 5))
         recenter = (await scheduler.ended("recenter_chains", recentered + 1))[-1]
         assert recenter.outcome == SUCCEEDED and recenter.counts["chains_moved"] == 1, recenter

@@ -57,7 +57,8 @@ class Settings:
     max_strikes_each_side: int = 100
     user_max_items: int = 50
     user_max_instruments: int = 5000
-    recenter_hysteresis_strikes: float = 1.0
+    # Strike steps past the midpoint between strikes (see services/subscription/recenter_policy.py).
+    recenter_hysteresis_strikes: float = 0.6
     move_settle_seconds: float = 2.0
     # Feed shard behaviour.
     feed_watchdog_seconds: float = 30.0
@@ -94,6 +95,10 @@ class Settings:
     scheduler_leader_poll_seconds: float = 2.0
     scheduler_call_timeout_seconds: float = 120.0
     scheduler_disabled_jobs: tuple[str, ...] = ()
+    # Re-centring sweep: a chain re-centred less than the cooldown ago waits (monotonic time);
+    # a live price older than the age bound is stale and moves nothing.
+    recenter_cooldown_seconds: float = 5.0
+    recenter_max_price_age_seconds: float = 60.0
 
     @property
     def dhan_credentials(self) -> bool:
@@ -190,7 +195,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         max_strikes_each_side=_int(env, "MAX_STRIKES_EACH_SIDE", 100, 1, 200),
         user_max_items=_int(env, "USER_MAX_ITEMS", 50, 1, 100_000),
         user_max_instruments=_int(env, "USER_MAX_INSTRUMENTS", 5000, 1, 25_000),
-        recenter_hysteresis_strikes=_float(env, "RECENTER_HYSTERESIS_STRIKES", 1.0, 0.0, 50.0),
+        recenter_hysteresis_strikes=_float(env, "RECENTER_HYSTERESIS_STRIKES", 0.6, 0.0, 50.0),
         move_settle_seconds=_float(env, "MOVE_SETTLE_SECONDS", 2.0, 0.0, 600.0),
         feed_watchdog_seconds=_float(env, "FEED_WATCHDOG_SECONDS", 30.0, 0.1, 3600.0),
         feed_first_tick_seconds=_float(env, "FEED_FIRST_TICK_SECONDS", 30.0, 0.1, 3600.0),
@@ -227,6 +232,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         scheduler_disabled_jobs=tuple(
             n.strip() for n in env.get("SCHEDULER_DISABLED_JOBS", "").split(",") if n.strip()
         ),
+        # Re-centring sweep
+        recenter_cooldown_seconds=_float(env, "RECENTER_COOLDOWN_SECONDS", 5.0, 0.0, 3600.0),
+        recenter_max_price_age_seconds=_float(env, "RECENTER_MAX_PRICE_AGE_SECONDS", 60.0, 0.1, 86400.0),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

@@ -57,6 +57,23 @@ def _without_mcx(plan: pb.GetTierBPlanResponse) -> pb.SetTierBPlanRequest:
     return without_mcx(pb.SetTierBPlanRequest(chains=plan.chains, instruments=plan.instruments), symbols)
 
 
+def unexpired(plan: pb.GetTierBPlanResponse, trading_date: date) -> pb.SetTierBPlanRequest:
+    """The plan in force, less explicit expiry dates before the trading date (the new master
+    no longer lists them, so the plan would be refused); a chain left with none goes."""
+    today = trading_date.isoformat()
+    chains = []
+    for chain in plan.chains:
+        kept = pb.TierBChain()
+        kept.CopyFrom(chain)
+        if chain.HasField("expiry_dates"):
+            del kept.expiry_dates.expiry_dates[:]
+            kept.expiry_dates.expiry_dates.extend(d for d in chain.expiry_dates.expiry_dates if d >= today)
+            if not kept.expiry_dates.expiry_dates:
+                continue
+        chains.append(kept)
+    return pb.SetTierBPlanRequest(chains=chains, instruments=plan.instruments)
+
+
 class Jobs:
     """The jobs' actions, each returning the counts its run records."""
 
@@ -87,9 +104,12 @@ class Jobs:
         return await self._to_subscription.call(self._subscription.GetTierBPlan, pb.GetTierBPlanRequest())
 
     async def reload_master(self, trading_date: date) -> JobResult:
-        """The configured source's master for the date, then the plan in force sent again so
-        that chains re-resolve their nearest expiries (an expired one rolls to the next). A
-        master of that date loaded since the job's time (a registry started late) is kept."""
+        """The configured source's master for the date; what is on an expired expiry released
+        with that reason (Tier A units evicted as EXPIRED, Tier B chains removed: expired
+        contracts no longer trade, so nothing is lost by releasing them first); then the plan
+        in force sent again so that chains re-resolve their nearest expiries (the expired one
+        rolls to the next). A master of that date loaded since the job's time (a registry
+        started late) is kept."""
         status = (
             await self._to_registry.call(self._registry.GetMasterStatus, registry_pb2.GetMasterStatusRequest())
         ).status
@@ -107,9 +127,17 @@ class Jobs:
             "master_rejected": status.rejected_count,
             "master_version": status.version,
         }
+        expired = await self._to_subscription.call(
+            self._subscription.ReleaseExpired, pb.ReleaseExpiredRequest(trading_date=trading_date.isoformat())
+        )
+        counts |= {
+            "expired_units_evicted": expired.units_evicted,
+            "expired_chains_removed": expired.chains_removed,
+            "expired_instruments_unsubscribed": expired.instruments_unsubscribed,
+        }
         plan = await self._plan_in_force()
         if plan.chains or plan.instruments:
-            counts |= await self._set_plan(pb.SetTierBPlanRequest(chains=plan.chains, instruments=plan.instruments))
+            counts |= await self._set_plan(unexpired(plan, trading_date))
         return JobResult(counts)
 
     async def preload_tier_b(self, trading_date: date) -> JobResult:
@@ -150,6 +178,7 @@ class Jobs:
                 "instruments_removed": sum(m.instruments_removed for m in reply.moved),
                 "evictions": len(reply.evictions),
             }
+            | {f"skipped:{reason}": n for reason, n in reply.chains_skipped.items()}
         )
 
     async def end_of_day(self, trading_date: date) -> JobResult:

@@ -10,6 +10,7 @@ from services.common.db import Pool
 from services.common.errors import FailedPrecondition
 from services.common.keys import Key
 from services.common.market_calendar import IST, NSE_CLOSE
+from services.subscription.expired import ExpiredOutcome, release_expired
 from services.subscription.ledger import Ledger
 from services.subscription.model import OWNER_UNIT, Budget
 from services.subscription.placement import plan_moves, spread
@@ -99,6 +100,9 @@ class Admin:
             )
             await ledger.record_end_of_day(trading_date, asdict(counts))
         return EndOfDayOutcome(trading_date, ran_before, counts)
+
+    async def release_expired(self, trading_date: date, actor: str) -> ExpiredOutcome:
+        return await release_expired(self._pool, self._budget, trading_date, actor)
 
     async def unsubscribe_tier_a(self, user_id: str | None, actor: str, reason: str) -> ReleaseCounts:
         async with Ledger.transaction(self._pool, self._budget, actor) as ledger:

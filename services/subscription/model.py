@@ -59,7 +59,7 @@ class Eviction:
     user_id: str
     symbol: str
     expiry: date | None
-    reason: str  # CAPACITY, TIER_B_PLAN, RECENTER, END_OF_DAY, ADMIN
+    reason: str  # CAPACITY, TIER_B_PLAN, RECENTER, END_OF_DAY, ADMIN, EXPIRED
     message: str
     released: int
     last_used_at: datetime

@@ -192,15 +192,18 @@ SELECT * FROM tier_b_entries ORDER BY entry_id;
 
 -- name: upsert_tier_b_entry
 INSERT INTO tier_b_entries (entry_id, kind, underlying_symbol, expiry_date, strikes_each_side, include_underlying,
-                            feed_mode, underlying_segment, underlying_security_id, atm_strike, strike_step, instrument_count)
+                            feed_mode, underlying_segment, underlying_security_id, atm_strike, strike_step, instrument_count,
+                            price_source)
 VALUES (%(entry_id)s, %(kind)s, %(underlying_symbol)s, %(expiry_date)s, %(strikes_each_side)s, %(include_underlying)s,
-        %(feed_mode)s, %(underlying_segment)s, %(underlying_security_id)s, %(atm_strike)s, %(strike_step)s, %(instrument_count)s)
+        %(feed_mode)s, %(underlying_segment)s, %(underlying_security_id)s, %(atm_strike)s, %(strike_step)s, %(instrument_count)s,
+        %(price_source)s)
 ON CONFLICT (entry_id) DO UPDATE SET
     kind = EXCLUDED.kind, underlying_symbol = EXCLUDED.underlying_symbol, expiry_date = EXCLUDED.expiry_date,
     strikes_each_side = EXCLUDED.strikes_each_side, include_underlying = EXCLUDED.include_underlying,
     feed_mode = EXCLUDED.feed_mode, underlying_segment = EXCLUDED.underlying_segment,
     underlying_security_id = EXCLUDED.underlying_security_id, atm_strike = EXCLUDED.atm_strike,
-    strike_step = EXCLUDED.strike_step, instrument_count = EXCLUDED.instrument_count, updated_at = now();
+    strike_step = EXCLUDED.strike_step, instrument_count = EXCLUDED.instrument_count,
+    price_source = EXCLUDED.price_source, updated_at = now();
 
 -- name: delete_tier_b_entry
 DELETE FROM tier_b_entries WHERE entry_id = %(entry_id)s;

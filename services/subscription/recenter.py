@@ -1,8 +1,11 @@
 """Re-centring: when an underlying has moved far enough from a chain's ATM, add the new
-strikes first, then drop the ones that left the window, within the budget throughout."""
+strikes first, then drop the ones that left the window, within the budget throughout.
+When the sweep moves a chain is `recenter_policy.py`'s rule."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 
 from dataserver.registry.v1 import registry_pb2
@@ -10,8 +13,15 @@ from dataserver.registry.v1 import registry_pb2
 from services.common.db import Pool
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.keys import Key
+from services.common.last_prices import LastPriceSource, LastQuote, last_quote
 from services.subscription.ledger import Ledger
 from services.subscription.model import OWNER_TIER_B, OWNER_UNIT, Budget, Eviction, ResolvedUnit
+from services.subscription.recenter_policy import (
+    SKIP_COOLDOWN,
+    RecenterPolicy,
+    beyond_hysteresis,
+    centred_on_previous_close,
+)
 from services.subscription.resolver import UnitResolver
 from services.subscription.sql import Row
 from services.subscription.tier_b import chain_entry_id
@@ -64,6 +74,14 @@ class _Target:
         return self.owner_id if self.owner_kind == OWNER_TIER_B else None
 
     @property
+    def owner(self) -> str:
+        return f"{self.owner_kind}:{self.owner_id}"
+
+    @property
+    def underlying(self) -> Key:
+        return (str(self.row["underlying_segment"]), int(self.row["underlying_security_id"]))
+
+    @property
     def symbol(self) -> str:
         return str(self.row["symbol"] if self.owner_kind == OWNER_UNIT else self.row["underlying_symbol"])
 
@@ -94,20 +112,22 @@ class _Target:
         )
 
 
-def has_moved(price: float, old_atm: float | None, step: float | None, hysteresis_strikes: float) -> bool:
-    """True once the price is more than `hysteresis_strikes` steps from the current ATM, so a
-    price wobbling between two strikes does not flip the window back and forth."""
-    if old_atm is None or not step:
-        return True
-    return abs(price - old_atm) > hysteresis_strikes * step
+@dataclass
+class SweepOutcome:
+    checked: int
+    moved: list[RecenterOutcome]
+    skipped: Counter[str]
 
 
 class Recentering:
-    def __init__(self, pool: Pool, budget: Budget, resolver: UnitResolver, hysteresis_strikes: float) -> None:
+    def __init__(
+        self, pool: Pool, budget: Budget, resolver: UnitResolver, policy: RecenterPolicy, prices: LastPriceSource
+    ) -> None:
         self._pool = pool
         self._budget = budget
         self._resolver = resolver
-        self.hysteresis_strikes = hysteresis_strikes
+        self.policy = policy
+        self._prices = prices
 
     async def unit(
         self,
@@ -146,17 +166,24 @@ class Recentering:
         return await self._recenter(target, actor, price=price, hysteresis=hysteresis)
 
     async def _recenter(
-        self, target: _Target, actor: str, *, price: float, hysteresis: float | None
+        self, target: _Target, actor: str, *, price: float, hysteresis: float | None, live: bool = False
     ) -> RecenterOutcome:
+        """`live`: `price` is the feed's (the sweep's), so the window records it as a last price."""
         row = target.row
         expiry = row["expiry_date"].isoformat()
         window = await self._resolver.window(target.symbol, expiry, row["strikes_each_side"], price=price)
-        assert window.underlying_price is not None
-        threshold = self.hysteresis_strikes if hysteresis is None else hysteresis
-        moved = window.atm_strike != row["atm_strike"] and has_moved(
-            window.underlying_price, row["atm_strike"], row["strike_step"], threshold
+        now_at = window.underlying_price
+        assert now_at is not None
+        if live or window.price_source == registry_pb2.PRICE_SOURCE_LAST_PRICE:
+            window = dataclasses.replace(window, price_source=registry_pb2.PRICE_SOURCE_LAST_PRICE)
+            first_live = centred_on_previous_close(row.get("price_source"))
+        else:
+            first_live = False
+        threshold = self.policy.hysteresis if hysteresis is None else hysteresis
+        moved = window.atm_strike != row["atm_strike"] and (
+            first_live or beyond_hysteresis(now_at, row["atm_strike"], row["strike_step"], threshold)
         )
-        if not moved:
+        if not moved and not first_live:
             return target.outcome(window)
         async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
             # Under the lock: the unit may have been evicted or removed since it was read.
@@ -166,7 +193,18 @@ class Recentering:
                 current = await ledger.tier_b_entry(target.owner_id)
             if current is None or (target.owner_kind == OWNER_UNIT and current["state"] != "ACTIVE"):
                 return target.outcome(window)
-            return await self._move(ledger, target, window)
+            if not moved:  # on the first live price's ATM already: hysteresis applies from now on
+                await self._mark_live(ledger, target, current, window)
+                return target.outcome(window)
+            outcome = await self._move(ledger, target, window)
+        self.policy.moved(target.owner)
+        return outcome
+
+    async def _mark_live(self, ledger: Ledger, target: _Target, current: Row, window: ResolvedUnit) -> None:
+        if target.item_id is not None:
+            await ledger.update_item_window(target.item_id, window, current["instrument_count"])
+        else:
+            await ledger.save_tier_b_entry({**current, "price_source": str(window.price_source)})
 
     async def _move(self, ledger: Ledger, target: _Target, window: ResolvedUnit) -> RecenterOutcome:
         """Adds the window's new strikes, then drops the ones that left it."""
@@ -198,6 +236,7 @@ class Recentering:
                     "atm_strike": window.atm_strike,
                     "strike_step": window.strike_step,
                     "instrument_count": len(wanted),
+                    "price_source": str(window.price_source),
                 }
             )
         ledger.audit(
@@ -218,26 +257,41 @@ class Recentering:
             window, moved=True, added=len(outcome.subscribed), removed=removed, evictions=outcome.evictions
         )
 
-    async def all_chains(
-        self, actor: str, *, tiers: tuple[str, ...], hysteresis: float | None
-    ) -> tuple[int, list[RecenterOutcome]]:
-        targets: list[tuple[str, Row]] = []
+    async def all_chains(self, actor: str, *, tiers: tuple[str, ...], hysteresis: float | None) -> SweepOutcome:
+        """The automatic sweep: each chain on its underlying's live price, unless the price is
+        missing, zero or stale or the chain is cooling down (each counted by reason)."""
+        targets: list[_Target] = []
         async with Ledger.unlocked(self._pool, self._budget) as ledger:
             if "B" in tiers:
-                targets += [("B", r) for r in await ledger.tier_b_entries() if r["kind"] == "chain"]
+                targets += [
+                    _Target(OWNER_TIER_B, r["entry_id"], r, None)
+                    for r in await ledger.tier_b_entries()
+                    if r["kind"] == "chain"
+                ]
             if "A" in tiers:
-                targets += [("A", r) for r in await ledger.items(None, "ACTIVE") if r["expiry_date"] is not None]
-        moved: list[RecenterOutcome] = []
-        for tier, row in targets:
+                targets += [
+                    _Target(OWNER_UNIT, str(r["item_id"]), r, r["user_id"])
+                    for r in await ledger.items(None, "ACTIVE")
+                    if r["expiry_date"] is not None
+                ]
+        sweep = SweepOutcome(len(targets), [], Counter())
+        quotes: dict[Key, LastQuote | None] = {}
+        for target in targets:
+            if self.policy.cooling(target.owner):
+                sweep.skipped[SKIP_COOLDOWN] += 1
+                continue
+            if target.underlying not in quotes:
+                quotes[target.underlying] = await last_quote(self._prices, *target.underlying)
+            quote = quotes[target.underlying]
+            problem = self.policy.price_problem(quote)
+            if problem is not None:
+                sweep.skipped[problem] += 1
+                continue
+            assert quote is not None  # price_problem names a missing one
             try:
-                if tier == "B":
-                    result = await self.tier_b_chain(
-                        row["underlying_symbol"], row["expiry_date"].isoformat(), actor, hysteresis=hysteresis
-                    )
-                else:
-                    result = await self.unit(row["item_id"], actor, hysteresis=hysteresis)
+                result = await self._recenter(target, actor, price=quote.price, hysteresis=hysteresis, live=True)
             except (NotFound, InvalidArgument):
-                continue  # removed or evicted meanwhile
+                continue  # removed or evicted meanwhile, or its expiry no longer listed
             if result.moved:
-                moved.append(result)
-        return len(targets), moved
+                sweep.moved.append(result)
+        return sweep

@@ -19,6 +19,7 @@ from services.subscription.admin import Admin
 from services.subscription.model import Budget
 from services.subscription.notifier import ChangeNotifier
 from services.subscription.recenter import Recentering
+from services.subscription.recenter_policy import RecenterPolicy
 from services.subscription.reports import Reports
 from services.subscription.resolver import ChainWidths, UnitResolver
 from services.subscription.servicer import SubscriptionServicer
@@ -48,10 +49,12 @@ def create_server(
     *,
     prices: LastPriceSource | None = None,
     clock: Clock | None = None,
+    recenter_policy: RecenterPolicy | None = None,
 ) -> Subscription:
     """`conninfo` is the database of the notifier's own connection (the pool's by default);
     `prices` the last-price source (the gateway's by default); `clock` the time end of day
-    checks against the close (MARKET_CLOCK's by default)."""
+    checks against the close (MARKET_CLOCK's by default); `recenter_policy` the sweep's rule
+    (the settings', on the real monotonic and wall clocks, by default)."""
     budget = Budget(settings.feed_connections, settings.feed_instruments_per_connection)
     registry_channel = open_channel(settings.registry_addr)
     gateway_prices = None
@@ -69,7 +72,7 @@ def create_server(
         budget,
         Watchlists(pool, budget, resolver, Quota(settings.user_max_items, settings.user_max_instruments)),
         TierB(pool, budget, resolver),
-        Recentering(pool, budget, resolver, settings.recenter_hysteresis_strikes),
+        Recentering(pool, budget, resolver, recenter_policy or _policy(settings), prices),
         admin,
         Reports(pool, budget),
         Streams(pool, notifier, shard_limit=budget.per_connection, retention_seconds=LOG_RETENTION_SECONDS),
@@ -93,6 +96,14 @@ def create_server(
     if gateway_prices is not None:
         app.on_stop.append(gateway_prices.close)
     return Subscription(app, admin, notifier)
+
+
+def _policy(settings: Settings) -> RecenterPolicy:
+    return RecenterPolicy(
+        settings.recenter_hysteresis_strikes,
+        settings.recenter_cooldown_seconds,
+        settings.recenter_max_price_age_seconds,
+    )
 
 
 def _conninfo(pool: Pool) -> str:

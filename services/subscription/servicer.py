@@ -41,6 +41,15 @@ def _user_scope(requested: str) -> str | None:
     return acting_user(requested)
 
 
+def _date_or_today(requested: str, clock: Clock) -> date:
+    if not requested:
+        return trading_date_of(clock)
+    try:
+        return date.fromisoformat(requested)
+    except ValueError:
+        raise InvalidArgument(f"trading_date {requested!r} is malformed: expected YYYY-MM-DD") from None
+
+
 def _recenter_result(outcome: RecenterOutcome) -> pb.RecenterResult:
     return pb.RecenterResult(
         item_id=str(outcome.item_id or ""),
@@ -362,27 +371,23 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         principal = require_admin("RecenterAllChains")
         tiers = {pb.TIER_A: ("A",), pb.TIER_B: ("B",)}.get(request.tier, ("A", "B"))
         hysteresis = request.hysteresis_strikes if request.HasField("hysteresis_strikes") else None
-        checked, moved = await self._recentering.all_chains(principal.user_id, tiers=tiers, hysteresis=hysteresis)
-        evictions = [e for m in moved for e in m.evictions]
+        if hysteresis is not None and hysteresis < 0:
+            raise InvalidArgument("hysteresis_strikes must not be negative")
+        sweep = await self._recentering.all_chains(principal.user_id, tiers=tiers, hysteresis=hysteresis)
+        evictions = [e for m in sweep.moved for e in m.evictions]
         return pb.RecenterAllChainsResponse(
-            chains_checked=checked,
-            chains_moved=len(moved),
-            moved=[_recenter_result(m) for m in moved],
+            chains_checked=sweep.checked,
+            chains_moved=len(sweep.moved),
+            moved=[_recenter_result(m) for m in sweep.moved],
             evictions=self._evictions(evictions, principal.user_id),
+            chains_skipped=dict(sweep.skipped),
         )
 
     # -- admin ----------------------------------------------------------------------------
 
     async def EndOfDay(self, request: pb.EndOfDayRequest, context: grpc.aio.ServicerContext) -> pb.EndOfDayResponse:
         principal = require_admin("EndOfDay")
-        trading_date = trading_date_of(self._clock)
-        if request.trading_date:
-            try:
-                trading_date = date.fromisoformat(request.trading_date)
-            except ValueError:
-                raise InvalidArgument(
-                    f"trading_date {request.trading_date!r} is malformed: expected YYYY-MM-DD"
-                ) from None
+        trading_date = _date_or_today(request.trading_date, self._clock)
         if not request.force:
             check_after_close(trading_date, self._clock.now())
         outcome = await self._admin.end_of_day(trading_date, principal.user_id, keep_items=request.keep_watchlist_items)
@@ -393,6 +398,19 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             instruments_unsubscribed=outcome.counts.instruments,
             items_deleted=outcome.counts.items_deleted,
             users_affected=outcome.counts.users,
+        )
+
+    async def ReleaseExpired(
+        self, request: pb.ReleaseExpiredRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseExpiredResponse:
+        principal = require_admin("ReleaseExpired")
+        trading_date = _date_or_today(request.trading_date, self._clock)
+        outcome = await self._admin.release_expired(trading_date, principal.user_id)
+        return pb.ReleaseExpiredResponse(
+            trading_date=trading_date.isoformat(),
+            units_evicted=outcome.units_evicted,
+            chains_removed=outcome.chains_removed,
+            instruments_unsubscribed=outcome.instruments_unsubscribed,
         )
 
     async def UnsubscribeAllTierA(

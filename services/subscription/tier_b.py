@@ -59,6 +59,7 @@ class PlanEntry:
             "atm_strike": unit.atm_strike if unit else None,
             "strike_step": unit.strike_step if unit else None,
             "instrument_count": len(self.instruments),
+            "price_source": str(unit.price_source) if unit and unit.price_source else None,
         }
 
 

@@ -32,6 +32,7 @@ class EvictionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVICTION_REASON_RECENTER: _ClassVar[EvictionReason]
     EVICTION_REASON_END_OF_DAY: _ClassVar[EvictionReason]
     EVICTION_REASON_ADMIN: _ClassVar[EvictionReason]
+    EVICTION_REASON_EXPIRED: _ClassVar[EvictionReason]
 
 class AuditAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +70,7 @@ EVICTION_REASON_TIER_B_PLAN: EvictionReason
 EVICTION_REASON_RECENTER: EvictionReason
 EVICTION_REASON_END_OF_DAY: EvictionReason
 EVICTION_REASON_ADMIN: EvictionReason
+EVICTION_REASON_EXPIRED: EvictionReason
 AUDIT_ACTION_UNSPECIFIED: AuditAction
 AUDIT_ACTION_SUBSCRIBE: AuditAction
 AUDIT_ACTION_UNSUBSCRIBE: AuditAction
@@ -601,16 +603,25 @@ class RecenterAllChainsRequest(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., hysteresis_strikes: _Optional[float] = ...) -> None: ...
 
 class RecenterAllChainsResponse(_message.Message):
-    __slots__ = ("chains_checked", "chains_moved", "moved", "evictions")
+    __slots__ = ("chains_checked", "chains_moved", "moved", "evictions", "chains_skipped")
+    class ChainsSkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CHAINS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     CHAINS_MOVED_FIELD_NUMBER: _ClassVar[int]
     MOVED_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     chains_checked: int
     chains_moved: int
     moved: _containers.RepeatedCompositeFieldContainer[RecenterResult]
     evictions: _containers.RepeatedCompositeFieldContainer[EvictedUnit]
-    def __init__(self, chains_checked: _Optional[int] = ..., chains_moved: _Optional[int] = ..., moved: _Optional[_Iterable[_Union[RecenterResult, _Mapping]]] = ..., evictions: _Optional[_Iterable[_Union[EvictedUnit, _Mapping]]] = ...) -> None: ...
+    chains_skipped: _containers.ScalarMap[str, int]
+    def __init__(self, chains_checked: _Optional[int] = ..., chains_moved: _Optional[int] = ..., moved: _Optional[_Iterable[_Union[RecenterResult, _Mapping]]] = ..., evictions: _Optional[_Iterable[_Union[EvictedUnit, _Mapping]]] = ..., chains_skipped: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class EndOfDayRequest(_message.Message):
     __slots__ = ("trading_date", "keep_watchlist_items", "force")
@@ -621,6 +632,24 @@ class EndOfDayRequest(_message.Message):
     keep_watchlist_items: bool
     force: bool
     def __init__(self, trading_date: _Optional[str] = ..., keep_watchlist_items: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class ReleaseExpiredRequest(_message.Message):
+    __slots__ = ("trading_date",)
+    TRADING_DATE_FIELD_NUMBER: _ClassVar[int]
+    trading_date: str
+    def __init__(self, trading_date: _Optional[str] = ...) -> None: ...
+
+class ReleaseExpiredResponse(_message.Message):
+    __slots__ = ("trading_date", "units_evicted", "chains_removed", "instruments_unsubscribed")
+    TRADING_DATE_FIELD_NUMBER: _ClassVar[int]
+    UNITS_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_UNSUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    trading_date: str
+    units_evicted: int
+    chains_removed: int
+    instruments_unsubscribed: int
+    def __init__(self, trading_date: _Optional[str] = ..., units_evicted: _Optional[int] = ..., chains_removed: _Optional[int] = ..., instruments_unsubscribed: _Optional[int] = ...) -> None: ...
 
 class EndOfDayResponse(_message.Message):
     __slots__ = ("trading_date", "already_done", "units_unsubscribed", "instruments_unsubscribed", "items_deleted", "users_affected")

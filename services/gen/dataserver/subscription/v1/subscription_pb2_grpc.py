@@ -110,6 +110,11 @@ class SubscriptionServiceStub:
                 request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.EndOfDayRequest.SerializeToString,
                 response_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.EndOfDayResponse.FromString,
                 _registered_method=True)
+        self.ReleaseExpired = channel.unary_unary(
+                '/dataserver.subscription.v1.SubscriptionService/ReleaseExpired',
+                request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReleaseExpiredRequest.SerializeToString,
+                response_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReleaseExpiredResponse.FromString,
+                _registered_method=True)
         self.UnsubscribeAllTierA = channel.unary_unary(
                 '/dataserver.subscription.v1.SubscriptionService/UnsubscribeAllTierA',
                 request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.UnsubscribeAllTierARequest.SerializeToString,
@@ -256,6 +261,17 @@ class SubscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseExpired(self, request, context):
+        """Releases what expired before the trading date (admin; the scheduler's reload_master job,
+        after loading the new master, before re-sending the Tier B plan, whose nearest-expiry
+        chains then roll to the next expiries): Tier A units on an expired expiry are
+        evicted with EVICTION_REASON_EXPIRED (the item stays, visibly), Tier B chains on one are
+        removed; every release is audited with the reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UnsubscribeAllTierA(self, request, context):
         """Unsubscribes every Tier A unit, or one user's (admin). Watchlist items stay, marked
         evicted with reason EVICTION_REASON_ADMIN.
@@ -363,6 +379,11 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
                     servicer.EndOfDay,
                     request_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.EndOfDayRequest.FromString,
                     response_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.EndOfDayResponse.SerializeToString,
+            ),
+            'ReleaseExpired': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseExpired,
+                    request_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReleaseExpiredRequest.FromString,
+                    response_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReleaseExpiredResponse.SerializeToString,
             ),
             'UnsubscribeAllTierA': grpc.unary_unary_rpc_method_handler(
                     servicer.UnsubscribeAllTierA,
@@ -752,6 +773,33 @@ class SubscriptionService:
             '/dataserver.subscription.v1.SubscriptionService/EndOfDay',
             dataserver_dot_subscription_dot_v1_dot_subscription__pb2.EndOfDayRequest.SerializeToString,
             dataserver_dot_subscription_dot_v1_dot_subscription__pb2.EndOfDayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseExpired(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataserver.subscription.v1.SubscriptionService/ReleaseExpired',
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReleaseExpiredRequest.SerializeToString,
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReleaseExpiredResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,8 +107,9 @@ def build_catalog(settings: Settings, jobs: Jobs) -> dict[str, JobSpec]:
     specs = [
         JobSpec(
             RELOAD_MASTER,
-            "Reloads the instrument master from its configured source, then sends the Tier B plan in force "
-            "again so that expired chains roll to the next expiry.",
+            "Reloads the instrument master from its configured source, releases what expired (Tier A units "
+            "evicted as EXPIRED, expired Tier B chains removed, both audited), then sends the Tier B plan in "
+            "force again so that its chains roll to the next expiry.",
             DailyAt(settings.scheduler_reload_master_at, _on(is_trading_day)),
             jobs.reload_master,
         ),

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 N = TypeVar("N", int, float)
 
@@ -197,41 +197,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         user_max_instruments=_int(env, "USER_MAX_INSTRUMENTS", 5000, 1, 25_000),
         recenter_hysteresis_strikes=_float(env, "RECENTER_HYSTERESIS_STRIKES", 0.6, 0.0, 50.0),
         move_settle_seconds=_float(env, "MOVE_SETTLE_SECONDS", 2.0, 0.0, 600.0),
-        feed_watchdog_seconds=_float(env, "FEED_WATCHDOG_SECONDS", 30.0, 0.1, 3600.0),
-        feed_first_tick_seconds=_float(env, "FEED_FIRST_TICK_SECONDS", 30.0, 0.1, 3600.0),
-        feed_market_hours_only=_choice(env, "FEED_MARKET_HOURS_ONLY", "true", ("true", "false")) == "true",
-        feed_coalesce_seconds=_float(env, "FEED_COALESCE_SECONDS", 0.05, 0.0, 5.0),
-        feed_max_backoff_seconds=_float(env, "FEED_MAX_BACKOFF_SECONDS", 60.0, 0.01, 3600.0),
-        feed_kicked_backoff_seconds=_float(env, "FEED_KICKED_BACKOFF_SECONDS", 300.0, 0.01, 7200.0),
-        gateway_shard_addrs=tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
-        gateway_batch_seconds=_float(env, "GATEWAY_BATCH_SECONDS", 0.010, 0.001, 1.0),
+        **_feed_settings(env),
         stack_port_offset=_int(env, "STACK_PORT_OFFSET", 0, 0, 10000),
         # Tier B plan
         tier_b_plan_file=Path(env.get("TIER_B_PLAN_FILE") or Settings.tier_b_plan_file),
         # Calendar and clock.
         market_clock=_choice(env, "MARKET_CLOCK", "simulated", ("simulated", "exchange")),
-        # Scheduler
-        scheduler_replica_id=env.get("SCHEDULER_REPLICA_ID", ""),
-        scheduler_reload_master_at=_time_of_day(env, "SCHEDULER_RELOAD_MASTER_AT", time(8, 30)),
-        scheduler_preload_tier_b_at=_time_of_day(env, "SCHEDULER_PRELOAD_TIER_B_AT", time(9, 0)),
-        scheduler_end_of_day_at=_time_of_day(env, "SCHEDULER_END_OF_DAY_AT", time(15, 30)),
-        scheduler_mcx_close_at=_time_of_day(env, "SCHEDULER_MCX_CLOSE_AT", time(23, 30)),
-        scheduler_mcx_close_us_winter_at=_time_of_day(env, "SCHEDULER_MCX_CLOSE_US_WINTER_AT", time(23, 55)),
-        scheduler_recenter_seconds=_float(env, "SCHEDULER_RECENTER_SECONDS", 5.0, 0.5, 3600.0),
-        scheduler_recenter_hysteresis_strikes=(
-            _float(env, "SCHEDULER_RECENTER_HYSTERESIS_STRIKES", 0.0, 0.0, 50.0)
-            if env.get("SCHEDULER_RECENTER_HYSTERESIS_STRIKES")
-            else None
-        ),
-        scheduler_misfire_grace_seconds=_float(env, "SCHEDULER_MISFIRE_GRACE_SECONDS", 6 * 3600.0, 0.0, 86400.0),
-        scheduler_retry_seconds=_float(env, "SCHEDULER_RETRY_SECONDS", 30.0, 0.1, 3600.0),
-        scheduler_poll_seconds=_float(env, "SCHEDULER_POLL_SECONDS", 1.0, 0.01, 60.0),
-        # A follower tries the lock this often, so a dead leader is replaced well within 15 s.
-        scheduler_leader_poll_seconds=_float(env, "SCHEDULER_LEADER_POLL_SECONDS", 2.0, 0.05, 10.0),
-        scheduler_call_timeout_seconds=_float(env, "SCHEDULER_CALL_TIMEOUT_SECONDS", 120.0, 1.0, 3600.0),
-        scheduler_disabled_jobs=tuple(
-            n.strip() for n in env.get("SCHEDULER_DISABLED_JOBS", "").split(",") if n.strip()
-        ),
+        **_scheduler_settings(env),
         # Re-centring sweep
         recenter_cooldown_seconds=_float(env, "RECENTER_COOLDOWN_SECONDS", 5.0, 0.0, 3600.0),
         recenter_max_price_age_seconds=_float(env, "RECENTER_MAX_PRICE_AGE_SECONDS", 60.0, 0.1, 86400.0),
@@ -248,3 +220,44 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
     if settings.effective_master_source == "dhan" and not settings.dhan_credentials:
         raise ConfigError("MASTER_SOURCE=dhan needs DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN")
     return settings
+
+
+def _feed_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The broker connections' and the gateway's settings."""
+    return {
+        "feed_watchdog_seconds": _float(env, "FEED_WATCHDOG_SECONDS", 30.0, 0.1, 3600.0),
+        "feed_first_tick_seconds": _float(env, "FEED_FIRST_TICK_SECONDS", 30.0, 0.1, 3600.0),
+        "feed_market_hours_only": _choice(env, "FEED_MARKET_HOURS_ONLY", "true", ("true", "false")) == "true",
+        "feed_coalesce_seconds": _float(env, "FEED_COALESCE_SECONDS", 0.05, 0.0, 5.0),
+        "feed_max_backoff_seconds": _float(env, "FEED_MAX_BACKOFF_SECONDS", 60.0, 0.01, 3600.0),
+        "feed_kicked_backoff_seconds": _float(env, "FEED_KICKED_BACKOFF_SECONDS", 300.0, 0.01, 7200.0),
+        "gateway_shard_addrs": tuple(a.strip() for a in env.get("GATEWAY_SHARD_ADDRS", "").split(",") if a.strip()),
+        "gateway_batch_seconds": _float(env, "GATEWAY_BATCH_SECONDS", 0.010, 0.001, 1.0),
+    }
+
+
+def _scheduler_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The trading day's job times (IST, on trading days), the leader lock, catch-up and retries."""
+    return {
+        "scheduler_replica_id": env.get("SCHEDULER_REPLICA_ID", ""),
+        "scheduler_reload_master_at": _time_of_day(env, "SCHEDULER_RELOAD_MASTER_AT", time(8, 30)),
+        "scheduler_preload_tier_b_at": _time_of_day(env, "SCHEDULER_PRELOAD_TIER_B_AT", time(9, 0)),
+        "scheduler_end_of_day_at": _time_of_day(env, "SCHEDULER_END_OF_DAY_AT", time(15, 30)),
+        "scheduler_mcx_close_at": _time_of_day(env, "SCHEDULER_MCX_CLOSE_AT", time(23, 30)),
+        "scheduler_mcx_close_us_winter_at": _time_of_day(env, "SCHEDULER_MCX_CLOSE_US_WINTER_AT", time(23, 55)),
+        "scheduler_recenter_seconds": _float(env, "SCHEDULER_RECENTER_SECONDS", 5.0, 0.5, 3600.0),
+        "scheduler_recenter_hysteresis_strikes": (
+            _float(env, "SCHEDULER_RECENTER_HYSTERESIS_STRIKES", 0.0, 0.0, 50.0)
+            if env.get("SCHEDULER_RECENTER_HYSTERESIS_STRIKES")
+            else None
+        ),
+        "scheduler_misfire_grace_seconds": _float(env, "SCHEDULER_MISFIRE_GRACE_SECONDS", 6 * 3600.0, 0.0, 86400.0),
+        "scheduler_retry_seconds": _float(env, "SCHEDULER_RETRY_SECONDS", 30.0, 0.1, 3600.0),
+        "scheduler_poll_seconds": _float(env, "SCHEDULER_POLL_SECONDS", 1.0, 0.01, 60.0),
+        # A follower tries the lock this often, so a dead leader is replaced well within 15 s.
+        "scheduler_leader_poll_seconds": _float(env, "SCHEDULER_LEADER_POLL_SECONDS", 2.0, 0.05, 10.0),
+        "scheduler_call_timeout_seconds": _float(env, "SCHEDULER_CALL_TIMEOUT_SECONDS", 120.0, 1.0, 3600.0),
+        "scheduler_disabled_jobs": tuple(
+            n.strip() for n in env.get("SCHEDULER_DISABLED_JOBS", "").split(",") if n.strip()
+        ),
+    }

@@ -22,7 +22,7 @@ calendar (MCX's own calendar for MCX).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from types import MappingProxyType
@@ -56,16 +56,21 @@ def _months_after(day: date) -> Iterator[tuple[int, int]]:
     return months
 
 
-def monthly_expiries(weekday: int, start: date, count: int) -> list[date]:
-    """The next `count` monthly expiries (last `weekday`) on or after start."""
+def _next_per_month(expiry_in: Callable[[int, int], date], start: date, count: int) -> list[date]:
+    """The next `count` expiries on or after start, one a month, each month's from `expiry_in`."""
     out: list[date] = []
     for year, month in months_from(start.year, start.month):
         if len(out) == count:
             return out
-        expiry = monthly_expiry(year, month, weekday)
+        expiry = expiry_in(year, month)
         if expiry >= start:
             out.append(expiry)
     raise AssertionError("unreachable")
+
+
+def monthly_expiries(weekday: int, start: date, count: int) -> list[date]:
+    """The next `count` monthly expiries (last `weekday`) on or after start."""
+    return _next_per_month(lambda year, month: monthly_expiry(year, month, weekday), start, count)
 
 
 def cycle_expiries(weekday: int, after: date, months: tuple[int, ...], count: int) -> list[date]:
@@ -175,14 +180,7 @@ def mcx_option_expiry(future_expiry: date) -> date:
 
 def mcx_future_expiries(symbol: str, start: date, count: int) -> list[date]:
     """The next `count` futures expiries on or after start (futures months)."""
-    out: list[date] = []
-    for year, month in months_from(start.year, start.month):
-        if len(out) == count:
-            return out
-        expiry = mcx_future_expiry(symbol, year, month)
-        if expiry >= start:
-            out.append(expiry)
-    raise AssertionError("unreachable")
+    return _next_per_month(lambda year, month: mcx_future_expiry(symbol, year, month), start, count)
 
 
 def mcx_expiries(symbol: str, trading_date: date) -> list[date]:

@@ -1,11 +1,12 @@
 """HTTP/JSON control API of the simulator, on its own port (a small HTTP/1.1 handler on
 asyncio streams: aiohttp is not installed and the API is a handful of routes).
 
-    GET  /health
+    GET  /health                           counts, disconnect packets sent by reason among them
     GET  /connections                      every open connection with its subscriptions
     GET  /connections/{id}
     POST /connections/{id|all}/drop        close the TCP connection, no close frame
-    POST /connections/{id|all}/silence     no data, no pings, no pongs; stays open
+    POST /connections/{id|all}/silence     no data, no pings, no pongs; stays open (and counted)
+                                           until the client closes it
     POST /connections/{id|all}/resume
     POST /connections/{id|all}/disconnect  {"reason": 805}: disconnect packet, then close
     POST /connections/{id|all}/garbage     {"bytes": 64, "count": 1}: frames that are no packet

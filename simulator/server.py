@@ -17,7 +17,8 @@ Choices where Dhan's behaviour is not documented (protocol reference):
   mode and does not count twice; any unsubscribe code removes an instrument whatever its
   mode.
 - The 6th connection of a client id makes the server send 805 to the oldest open one
-  and close it; the new one is served.
+  and close it; the new one is served. A silenced connection counts until its client
+  closes its socket, as Dhan counts a silent socket until its own timeout.
 - Binary frames from clients (the official client's 83-byte v1 leftover) are counted and
   ignored. RequestCode 12 closes the connection normally (1000), without a packet.
 
@@ -36,6 +37,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
@@ -55,6 +57,7 @@ from .framing import MS_PER_DAY, Framer, garbage_frame, send_time_stamp
 from .market import Book, Market
 from .ratelimit import TokenBucket
 from .settings import SimulatorSettings
+from .silence import Held, hold
 from .tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -67,11 +70,13 @@ _SUBSCRIBE = {
 _UNSUBSCRIBE = frozenset({RequestCode.UNSUBSCRIBE_TICKER, RequestCode.UNSUBSCRIBE_QUOTE, RequestCode.UNSUBSCRIBE_FULL})
 _TICKER, _QUOTE, _FULL = int(FeedMode.TICKER), int(FeedMode.QUOTE), int(FeedMode.FULL)
 _BATCH = 1024  # packets per write; bounds the time between yields to the event loop
+_MAX_SIZE = 1 << 20  # the largest message a client may send
+_MAX_HELD = _MAX_SIZE  # what a silenced connection holds unread before it stops reading
 
 
 class ConnState(StrEnum):
     OPEN = "open"
-    SILENCED = "silenced"  # no data, no pings, not reading (so no pongs either)
+    SILENCED = "silenced"  # no data, no pings, what it reads held (so no pongs either); a close is heard
     CLOSING = "closing"
     CLOSED = "closed"
 
@@ -142,6 +147,7 @@ class FeedConnection:
         self.requests = 0
         self.binary_frames_ignored = 0
         self._pump_task: asyncio.Task[None] | None = None
+        self._held: Held | None = None  # while silenced
 
     # --- info ---------------------------------------------------------------------
 
@@ -413,7 +419,8 @@ class FeedConnection:
         if was_silenced:
             self._resume_io()  # the closing handshake needs to read the client's close frame
         log.info("disconnecting", extra={"conn": self.id, "client_id": self.client_id, "reason": reason})
-        self._write([encode_disconnect(reason)], force=True)
+        if self._write([encode_disconnect(reason)], force=True):
+            self.server.disconnects_sent[int(reason)] += 1
         with contextlib.suppress(Exception):
             await self.ws.close(1000, _reason_text(reason))
 
@@ -427,19 +434,27 @@ class FeedConnection:
         self.ws.transport.abort()
 
     def silence(self) -> None:
-        """Stops data and keepalive pings and stops reading (so pings from the client go
-        unanswered) without closing; ``resume`` undoes it."""
+        """Stops data and keepalive pings and holds what the client sends unread (so its
+        pings go unanswered) without closing; ``resume`` undoes it. The client closing its
+        socket still ends the connection and frees its slot."""
         if self.state is not ConnState.OPEN:
             return
         log.info("silencing", extra={"conn": self.id, "client_id": self.client_id})
         self.state = ConnState.SILENCED
-        self.ws.transport.pause_reading()
+        self._held = hold(self.ws, self._client_gone, _MAX_HELD)
         # websockets' keepalive task would ping, and then close the socket after
         # ping_timeout since no pong can be read; stop it and restart it on resume.
         task = self.ws.keepalive_task
         if task is not None:
             task.cancel()
             self.ws.keepalive_task = None
+
+    def _client_gone(self) -> None:
+        """The client closed (or lost) a silenced connection's socket."""
+        if self.state is ConnState.SILENCED:
+            log.info("client closed a silenced connection", extra={"conn": self.id, "client_id": self.client_id})
+            self.state = ConnState.CLOSING
+        self.server._unregister(self)
 
     def resume(self) -> None:
         if self.state is not ConnState.SILENCED:
@@ -449,8 +464,9 @@ class FeedConnection:
         self._resume_io()
 
     def _resume_io(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ws.transport.resume_reading()
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
         if self.ws.keepalive_task is None and self.state is ConnState.OPEN:
             self.ws.start_keepalive()
 
@@ -469,6 +485,7 @@ class FeedServer:
         self.packets_sent = 0
         self.pumps = 0
         self.handshakes = 0  # WebSocket connections opened, refused ones included
+        self.disconnects_sent: Counter[int] = Counter()  # disconnect packets sent, by reason
         self._ids = itertools.count(1)
         self._connections: dict[int, FeedConnection] = {}
         self._by_client: dict[str, list[FeedConnection]] = {}
@@ -488,7 +505,7 @@ class FeedServer:
             ping_interval=s.ping_interval,
             ping_timeout=s.ping_timeout,
             close_timeout=s.close_timeout,
-            max_size=1 << 20,
+            max_size=_MAX_SIZE,
             write_limit=1 << 20,  # room for whole batches before drain() waits
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -535,6 +552,7 @@ class FeedServer:
             log.info("connection refused", extra={"reason": int(reason), "remote": str(ws.remote_address)})
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(encode_disconnect(reason))
+                self.disconnects_sent[int(reason)] += 1
                 await ws.close(1000, _reason_text(reason))
             return
         conn = FeedConnection(self, ws, next(self._ids), client_id(ws.request.path))

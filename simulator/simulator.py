@@ -125,6 +125,7 @@ class Simulator:
             "instruments": len(self._catalog or ()),
             "books": len(self.market or ()),
             "packets_sent": feed.packets_sent,
+            "disconnects_sent": {str(reason): n for reason, n in sorted(feed.disconnects_sent.items())},
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "burst": self.settings.burst,
         }

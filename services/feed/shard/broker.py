@@ -43,18 +43,31 @@ class _Listener(WSListener):
         elif frame.msg_type == WSMsgType.CLOSE:
             connection.close_code = frame.get_close_code()
             transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            connection.close()
         elif frame.msg_type == WSMsgType.TEXT:
             log.info("text frame from the feed", extra={"text": frame.get_payload_as_utf8_text()[:200]})
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._connection.disconnected.set()
+        self._connection.on_disconnected()  # picows calls this from connection_lost: the socket is closed
+
+
+# How long a graceful close may take (sending what is queued) before the socket is
+# aborted: a peer that stopped reading would otherwise hold it open, and counted against
+# the account's connections, while the shard waits to open its next one.
+CLOSE_GRACE_SECONDS = 2.0
 
 
 class BrokerConnection:
-    def __init__(self, ingest: Ingest, on_records: Callable[[bytes, int], None]) -> None:
+    """One socket at a time: `disconnected` is set only once its transport is closed, so a
+    shard that waits for it before opening the next never holds two."""
+
+    def __init__(
+        self, ingest: Ingest, on_records: Callable[[bytes, int], None], close_grace: float = CLOSE_GRACE_SECONDS
+    ) -> None:
         self.ingest = ingest
         self._on_records = on_records
+        self._close_grace = close_grace
+        self._abort: asyncio.TimerHandle | None = None
         self.transport: WSTransport | None = None
         self.disconnected = asyncio.Event()
         self.close_code: object = None
@@ -72,5 +85,24 @@ class BrokerConnection:
             self.transport.send(WSMsgType.TEXT, message.encode())
 
     def close(self) -> None:
+        """Closes the socket: gracefully, then by abort if that has not finished within the
+        grace. `disconnected` tells when it is gone."""
+        if self.transport is None or self.disconnected.is_set():
+            return
+        self.transport.disconnect()
+        if self._abort is None:
+            self._abort = asyncio.get_running_loop().call_later(self._close_grace, self._abort_now)
+
+    @property
+    def closing(self) -> bool:
+        return self._abort is not None
+
+    def on_disconnected(self) -> None:
+        if self._abort is not None:
+            self._abort.cancel()
+        self.disconnected.set()
+
+    def _abort_now(self) -> None:
         if self.transport is not None and not self.disconnected.is_set():
-            self.transport.disconnect()
+            log.warning("graceful close did not finish; aborting the socket", extra={"grace": self._close_grace})
+            self.transport.disconnect(graceful=False)

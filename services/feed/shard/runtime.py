@@ -258,33 +258,7 @@ class ShardRuntime:
     async def _run_connection(self) -> None:
         failures = 0
         while True:
-            self.state = feed_pb2.CONNECTION_STATE_CONNECTING
-            connection = BrokerConnection(self.ingest, self._on_records)
-            self._disconnect_code = None
-            uptime = 0.0
-            try:
-                await connection.open(self._url)
-            except Exception as error:  # picows raises several types for refused/failed handshakes
-                self._note_disconnect(0, f"connect failed: {error}")
-            else:
-                self._connection = connection
-                self.state = feed_pb2.CONNECTION_STATE_CONNECTED
-                self.connected_at = time.time()
-                self._connected_monotonic = time.monotonic()
-                self.actual = {}  # a new connection has no subscriptions: resubscribe everything
-                self._changed.set()
-                STATE.labels(self._label).set(1)
-                log.info("connected to the feed", extra={"shard": self.shard_id, "instruments": len(self.desired)})
-                await connection.disconnected.wait()
-                connection.flush()
-                STATE.labels(self._label).set(0)
-                uptime = time.monotonic() - self._connected_monotonic
-                self._connection = None
-                self.actual = {}
-                code = self._disconnect_code or 0
-                self._note_disconnect(
-                    code, REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})")
-                )
+            uptime = await self._connect_once()
             code = self._disconnect_code or 0
             if code in FATAL_REASONS:
                 self.state = feed_pb2.CONNECTION_STATE_STOPPED
@@ -296,22 +270,53 @@ class ShardRuntime:
                 RECONNECTS.labels(self._label, str(code)).inc()
                 return
             failures = 0 if uptime > _STABLE_SECONDS else failures + 1
-            if code == KICKED:
-                delay = self.settings.feed_kicked_backoff_seconds * random.uniform(1.0, 1.5)
-                log.error(
-                    "feed disconnected us with 805 (too many connections); backing off",
-                    extra={"shard": self.shard_id, "seconds": round(delay, 1)},
-                )
-            else:
-                delay = min(self.settings.feed_max_backoff_seconds, 0.5 * 2 ** min(failures, 20)) * random.uniform(
-                    0.5, 1.0
-                )
-            RECONNECTS.labels(self._label, str(code or "closed")).inc()
-            self.reconnect_count += 1
-            self.state = feed_pb2.CONNECTION_STATE_BACKING_OFF
-            self.next_retry_at = time.time() + delay
-            await asyncio.sleep(delay)
-            self.next_retry_at = None
+            await self._back_off(code, failures)
+
+    async def _connect_once(self) -> float:
+        """Opens a connection and serves it until it is gone; its uptime (0 when it never
+        opened). It returns only once the socket is closed (the watchdog's close is bounded:
+        graceful, then aborted), so the next connection never opens beside it: the broker
+        counts every open socket against the account's five, a silent one included."""
+        self.state = feed_pb2.CONNECTION_STATE_CONNECTING
+        connection = BrokerConnection(self.ingest, self._on_records)
+        self._disconnect_code = None
+        try:
+            await connection.open(self._url)
+        except Exception as error:  # picows raises several types for refused/failed handshakes
+            self._note_disconnect(0, f"connect failed: {error}")
+            return 0.0
+        self._connection = connection
+        self.state = feed_pb2.CONNECTION_STATE_CONNECTED
+        self.connected_at = time.time()
+        self._connected_monotonic = time.monotonic()
+        self.actual = {}  # a new connection has no subscriptions: resubscribe everything
+        self._changed.set()
+        STATE.labels(self._label).set(1)
+        log.info("connected to the feed", extra={"shard": self.shard_id, "instruments": len(self.desired)})
+        await connection.disconnected.wait()  # set from connection_lost: the socket is closed
+        connection.flush()
+        STATE.labels(self._label).set(0)
+        self._connection = None
+        self.actual = {}
+        code = self._disconnect_code or 0
+        self._note_disconnect(code, REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})"))
+        return time.monotonic() - self._connected_monotonic
+
+    async def _back_off(self, code: int, failures: int) -> None:
+        if code == KICKED:
+            delay = self.settings.feed_kicked_backoff_seconds * random.uniform(1.0, 1.5)
+            log.error(
+                "feed disconnected us with 805 (too many connections); backing off",
+                extra={"shard": self.shard_id, "seconds": round(delay, 1)},
+            )
+        else:
+            delay = min(self.settings.feed_max_backoff_seconds, 0.5 * 2 ** min(failures, 20)) * random.uniform(0.5, 1.0)
+        RECONNECTS.labels(self._label, str(code or "closed")).inc()
+        self.reconnect_count += 1
+        self.state = feed_pb2.CONNECTION_STATE_BACKING_OFF
+        self.next_retry_at = time.time() + delay
+        await asyncio.sleep(delay)
+        self.next_retry_at = None
 
     def _note_disconnect(self, code: int, reason: str) -> None:
         self.last_disconnect_code = code
@@ -375,7 +380,8 @@ class ShardRuntime:
             now = time.monotonic()
             connection = self._connection
             last = max(self.ingest.counters.last_frame_monotonic, self._connected_monotonic)
-            if connection is not None and self.actual and now - last > self.settings.feed_watchdog_seconds:
+            silent = now - last > self.settings.feed_watchdog_seconds
+            if connection is not None and not connection.closing and self.actual and silent:
                 log.warning(
                     "feed silent; forcing a reconnect",
                     extra={"shard": self.shard_id, "silent_seconds": round(now - last, 1)},

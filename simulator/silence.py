@@ -32,12 +32,13 @@ class Held(asyncio.Protocol):
             # Like a full receive buffer: the client's sends wait (its close is then unheard).
             self._ws.transport.pause_reading()
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> None:
         # The client closed: what it sent is moot. WebSocket's own handling of a close
-        # without a close frame (1006) ends the connection and its handler.
+        # without a close frame (1006) ends the connection and its handler; returning None
+        # lets the transport close.
         self._give_back()
         self._on_client_gone()
-        return self._ws.eof_received()
+        self._ws.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._give_back()

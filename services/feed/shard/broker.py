@@ -58,8 +58,8 @@ CLOSE_GRACE_SECONDS = 2.0
 
 
 class BrokerConnection:
-    """One socket at a time: `disconnected` is set only once its transport is closed, so a
-    shard that waits for it before opening the next never holds two."""
+    """One socket. `disconnected` is set only once it is closed (picows reports it from
+    connection_lost), so a shard that waits for it before opening the next never holds two."""
 
     def __init__(
         self, ingest: Ingest, on_records: Callable[[bytes, int], None], close_grace: float = CLOSE_GRACE_SECONDS

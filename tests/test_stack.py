@@ -22,6 +22,7 @@ import pytest
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.registry.v1 import registry_pb2 as pb
 from dataserver.registry.v1 import registry_pb2_grpc
+from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.stack.__main__ import plan
@@ -159,10 +160,47 @@ def test_a_killed_shard_is_restarted_and_serves_again(stack: Stack) -> None:
     assert _serving(50053 + OFFSET), "the gateway still serves"
 
 
+def _postmaster_pid(stack: Stack) -> int:
+    """The running postmaster's pid; 0 while there is none (its pid file is absent or being written)."""
+    try:
+        first = (stack.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[:1]
+    except FileNotFoundError:
+        return 0
+    return int(first[0]) if first and first[0].isdigit() else 0
+
+
+def _watchlist_answers() -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{50052 + OFFSET}") as channel:
+        try:
+            reply = subscription_pb2_grpc.SubscriptionServiceStub(channel).ListWatchlistItems(
+                subscription_pb2.ListWatchlistItemsRequest(), timeout=5
+            )
+        except grpc.RpcError:
+            return False
+    return len(reply.watchlist_items) > 0
+
+
+def test_a_killed_postgres_is_restarted_and_the_services_read_from_it_again(stack: Stack) -> None:
+    postmaster = _postmaster_pid(stack)
+    os.kill(postmaster, signal.SIGKILL)
+    restart = _until(
+        lambda: next((r for r in stack.records("restarting") if r.get("child") == "postgres"), None),
+        30,
+        "the stack to log Postgres's restart",
+    )
+    assert f"pid {postmaster}" in restart["reason"], restart
+    _until(
+        lambda: _postmaster_pid(stack) not in (0, postmaster) and _alive(_postmaster_pid(stack)), 30, "a new postmaster"
+    )
+    # The subscription service reads the dev user's watchlist from Postgres again.
+    _until(_watchlist_answers, 60, "the subscription service to read from Postgres again")
+    assert stack.process.poll() is None
+
+
 def test_sigterm_stops_every_process_and_postgres(stack: Stack) -> None:
     children = [p.pid for p in psutil.Process(stack.process.pid).children(recursive=True)]
     assert len(children) >= 10
-    postmaster = int((stack.data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
+    postmaster = _postmaster_pid(stack)
     assert _alive(postmaster)
     restarts = len(stack.records("restarting"))
     stack.process.send_signal(signal.SIGTERM)

@@ -218,24 +218,25 @@ def _grpcurl(port: int, method: str, body: str) -> str:
 async def run() -> int:
     settings = load_settings()
     configure_logging("stack", settings.log_level)
-    postgres: Supervised | None = None
-    conninfo = settings.database_url
-    if not conninfo:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        postgres = Supervised(embedded)
-        await postgres.start()
-        conninfo = embedded.conninfo
-    await migrate(conninfo)
-    processes = plan(settings)
-    children = [Supervised(ServiceProcess(p.name, p.argv, _environment(p, conninfo))) for p in processes]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    postgres: Supervised | None = None
+    children: list[Supervised] = []
     try:
+        conninfo = settings.database_url
+        if not conninfo:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            postgres = Supervised(embedded)
+            await postgres.start()
+            conninfo = embedded.conninfo
+        await migrate(conninfo)
+        processes = plan(settings)
+        children = [Supervised(ServiceProcess(p.name, p.argv, _environment(p, conninfo))) for p in processes]
         for child in children:
             await child.start()
-        if not await _first_start(processes, stop):
+        if stop.is_set() or not await _first_start(processes, stop):
             return 0 if stop.is_set() else 1
         await stop.wait()
         return 0

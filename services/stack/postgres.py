@@ -63,7 +63,8 @@ class EmbeddedPostgres:
 
     async def stop(self) -> None:
         # Stops the server unless another process still holds a handle on it (the wrapper's rule).
-        await asyncio.to_thread(self._server.cleanup)
+        if self._server is not None:
+            await asyncio.to_thread(self._server.cleanup)
 
     async def _probe(self) -> str | None:
         try:

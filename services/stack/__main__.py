@@ -2,18 +2,18 @@
 
 Starts (or reuses) the embedded Postgres, migrates, then runs every service as its own
 process on fixed local ports, waits until each reports SERVING, and prints what to try.
-Ctrl-C (or SIGTERM) drains every service and stops Postgres.
+A process that exits, or a Postgres that stops answering, is restarted with back-off
+(services/stack/supervisor.py). Ctrl-C (or SIGTERM) stops the services, then the
+simulator, then Postgres.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +26,10 @@ from grpc_health.v1 import health_pb2
 from services.common.clients import health_stub
 from services.common.clock import clock_from_settings, trading_date_of
 from services.common.config import Settings, load_settings
-from services.common.db import resolve_database_url
 from services.common.jsonlog import configure_logging
 from services.common.migrate import migrate
+from services.stack.postgres import EmbeddedPostgres
+from services.stack.supervisor import ServiceProcess, Supervised
 
 log = logging.getLogger("stack")
 
@@ -205,7 +206,7 @@ def banner(processes: list[Process]) -> str:
         "Live NIFTY option ticks (the dev user's watchlist holds NIFTY's chain; Tier B is preloaded):",
         _grpcurl(gateway, "feed.v1.GatewayService/StreamTicks", '{"my_watchlist": true}'),
         "",
-        "Ctrl-C stops everything.",
+        "A crashed process is restarted (with back-off); Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
 
@@ -217,56 +218,72 @@ def _grpcurl(port: int, method: str, body: str) -> str:
 async def run() -> int:
     settings = load_settings()
     configure_logging("stack", settings.log_level)
-    conninfo = resolve_database_url(settings)
-    await migrate(conninfo)
-    processes = plan(settings)
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    for process in processes:
-        env = {
-            **os.environ,
-            "DATABASE_URL": conninfo,
-            "GRPC_PORT": str(process.grpc_port),
-            "METRICS_PORT": str(process.metrics_port),
-            **dict(process.env),
-        }
-        children[process.name] = subprocess.Popen(process.argv, env=env)  # noqa: ASYNC220 (a fork, before serving)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    postgres: Supervised | None = None
+    children: list[Supervised] = []
     try:
-        deadline = loop.time() + READY_TIMEOUT_SECONDS
-        ready: asyncio.Future[Any] = asyncio.ensure_future(
-            asyncio.gather(*(wait_serving(p, deadline) for p in processes))
-        )
-        waiter: asyncio.Future[Any] = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({ready, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if waiter in done:
-            ready.cancel()
-            return 0
-        if ready.exception() is not None:
-            log.error("the stack did not come up", extra={"error": str(ready.exception())})
-            return 1
-        ports = {p.name: p.grpc_port for p in processes}
-        await seed(ports["subscription"], ports["scheduler"])
-        print(banner(processes), flush=True)
-        while not stop.is_set():
-            dead = [name for name, child in children.items() if child.poll() is not None]
-            if dead:
-                log.error("a service exited; stopping the stack", extra={"services": dead})
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+        conninfo = settings.database_url
+        if not conninfo:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            postgres = Supervised(embedded)
+            await postgres.start()
+            conninfo = embedded.conninfo
+        await migrate(conninfo)
+        processes = plan(settings)
+        children = [Supervised(ServiceProcess(p.name, p.argv, _environment(p, conninfo))) for p in processes]
+        for child in children:
+            await child.start()
+        if stop.is_set() or not await _first_start(processes, stop):
+            return 0 if stop.is_set() else 1
+        await stop.wait()
         return 0
     finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children.values():
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        await _stop_in_order(children, postgres)
+
+
+def _environment(process: Process, conninfo: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": conninfo,
+        "GRPC_PORT": str(process.grpc_port),
+        "METRICS_PORT": str(process.metrics_port),
+        **dict(process.env),
+    }
+
+
+async def _first_start(processes: list[Process], stop: asyncio.Event) -> bool:
+    """Waits for every process to serve, seeds, prints the banner; false when stopped or it failed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_SECONDS
+    ready: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(wait_serving(p, deadline) for p in processes)))
+    waiter: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({ready, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if waiter in done:
+        ready.cancel()
+        return False
+    waiter.cancel()
+    if ready.exception() is not None:
+        log.error("the stack did not come up", extra={"error": str(ready.exception())})
+        return False
+    ports = {p.name: p.grpc_port for p in processes}
+    await seed(ports["subscription"], ports["scheduler"])
+    print(banner(processes), flush=True)
+    return True
+
+
+async def _stop_in_order(children: list[Supervised], postgres: Supervised | None) -> None:
+    """The services first (together), then the simulator they read from, then Postgres."""
+    simulator = [c for c in children if c.child.name == "simulator"]
+    services = [c for c in children if c not in simulator]
+    for group in (services, simulator, [postgres] if postgres else []):
+        outcomes = await asyncio.gather(*(c.stop() for c in group), return_exceptions=True)
+        for child, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("could not stop", extra={"child": child.child.name, "error": repr(outcome)})
+    log.info("stopped")
 
 
 def main() -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import health_pb2
+from grpc_health.v1.health_pb2 import HealthCheckRequest as Request
+from grpc_health.v1.health_pb2 import HealthCheckResponse as Response
 
 from services.common.errors import NotFound, Unavailable
 from services.common.interceptors import ACCESS_LEVELS, AccessLog
@@ -19,7 +21,13 @@ from services.common.server import GrpcApp, build_app
 from tests.feed_fixtures import eventually
 
 SLOW_SECONDS = 0.5
-Request, Response = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+UNARY = ("Fast", "Slow", "Missing", "Broken")
+STREAMS = ("Stream", "StreamFails", "Endless")
+
+
+def field(record: logging.LogRecord, name: str) -> Any:
+    """A field the line carries (passed through `extra=`)."""
+    return vars(record)[name]
 
 
 class Probe:
@@ -55,14 +63,12 @@ class Probe:
 
 def register(server: grpc.aio.Server) -> None:
     probe = Probe()
-    options = {"request_deserializer": Request.FromString, "response_serializer": Response.SerializeToString}
-    unary = {n: grpc.unary_unary_rpc_method_handler(getattr(probe, n), **options) for n in ("Fast", "Slow", "Missing")}
-    unary["Broken"] = grpc.unary_unary_rpc_method_handler(probe.Broken, **options)
-    streams = {
-        n: grpc.unary_stream_rpc_method_handler(getattr(probe, n), **options)
-        for n in ("Stream", "StreamFails", "Endless")
+    load, dump = Request.FromString, Response.SerializeToString
+    handlers = {
+        **{n: grpc.unary_unary_rpc_method_handler(getattr(probe, n), load, dump) for n in UNARY},
+        **{n: grpc.unary_stream_rpc_method_handler(getattr(probe, n), load, dump) for n in STREAMS},
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Probe", {**unary, **streams}),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Probe", handlers),))
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -128,10 +134,10 @@ async def test_unary_calls_are_logged_by_outcome_and_duration(app: GrpcApp, capl
         "Broken": (logging.ERROR, "rpc", "INTERNAL"),
     }
     for method, (level, message, code) in expected.items():
-        [line] = await eventually(lambda m=method: access_lines(caplog, f"/test.Probe/{m}"), what=f"{method}'s line")
-        assert (line.levelno, line.getMessage(), line.code) == (level, message, code), method
+        [line] = await eventually(partial(access_lines, caplog, f"/test.Probe/{method}"), what=f"{method}'s line")
+        assert (line.levelno, line.getMessage(), field(line, "code")) == (level, message, code), method
     slow = access_lines(caplog, "/test.Probe/Slow")[0]
-    assert slow.duration_ms >= SLOW_SECONDS * 1000
+    assert field(slow, "duration_ms") >= SLOW_SECONDS * 1000
 
 
 async def test_a_long_stream_is_not_slow_and_a_failed_one_is_logged(
@@ -154,9 +160,9 @@ async def test_a_long_stream_is_not_slow_and_a_failed_one_is_logged(
         "Endless": (logging.INFO, "CANCELLED"),
     }
     for method, (level, code) in expected.items():
-        [line] = await eventually(lambda m=method: access_lines(caplog, f"/test.Probe/{m}"), what=f"{method}'s line")
-        assert (line.levelno, line.code) == (level, code), method
-    assert access_lines(caplog, "/test.Probe/Stream")[0].duration_ms >= SLOW_SECONDS * 1000
+        [line] = await eventually(partial(access_lines, caplog, f"/test.Probe/{method}"), what=f"{method}'s line")
+        assert (line.levelno, field(line, "code")) == (level, code), method
+    assert field(access_lines(caplog, "/test.Probe/Stream")[0], "duration_ms") >= SLOW_SECONDS * 1000
 
 
 async def test_only_failed_and_slow_calls_reach_an_info_log(app: GrpcApp, caplog: pytest.LogCaptureFixture) -> None:

@@ -99,6 +99,8 @@ class Settings:
     # a live price older than the age bound is stale and moves nothing.
     recenter_cooldown_seconds: float = 5.0
     recenter_max_price_age_seconds: float = 60.0
+    # Logs: a unary RPC that succeeds in this long or more is logged at INFO, faster ones at DEBUG.
+    access_log_slow_seconds: float = 0.25
 
     @property
     def dhan_credentials(self) -> bool:
@@ -207,6 +209,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         # Re-centring sweep
         recenter_cooldown_seconds=_float(env, "RECENTER_COOLDOWN_SECONDS", 5.0, 0.0, 3600.0),
         recenter_max_price_age_seconds=_float(env, "RECENTER_MAX_PRICE_AGE_SECONDS", 60.0, 0.1, 86400.0),
+        # Logs
+        access_log_slow_seconds=_float(env, "ACCESS_LOG_SLOW_SECONDS", 0.25, 0.0, 3600.0),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

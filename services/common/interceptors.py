@@ -1,6 +1,11 @@
 """The one interceptor stack of every server: request id, authentication, access log,
 latency metrics, and mapping of errors to canonical status codes.
 
+The access log writes one line per RPC at the level its outcome deserves (`ACCESS_LEVELS`):
+a successful call faster than the slow threshold is routine (DEBUG, off by default), a slow
+one or a failed one is worth reading (INFO and above). A stream's duration is its life, so a
+long stream is not slow: its end is logged above DEBUG only when it fails.
+
 Domain code raises `ServiceError`s; anything unexpected is logged with its traceback and
 returned as INTERNAL with the request id, never as a raw exception text.
 
@@ -32,6 +37,57 @@ from services.common.metrics import RPC_HANDLED, RPC_SECONDS
 
 log = logging.getLogger("dataserver.access")
 
+_Code = grpc.StatusCode
+# The level of an RPC's access line by its status: the one table of what an outcome is worth.
+ACCESS_LEVELS: dict[grpc.StatusCode, int] = {
+    _Code.OK: logging.DEBUG,  # INFO when a unary call is slow (AccessLog.level)
+    # The caller hung up or gave up: routine for streams, worth a line without alarm.
+    _Code.CANCELLED: logging.INFO,
+    # The caller's request or state: someone should look, nothing here is broken.
+    _Code.INVALID_ARGUMENT: logging.WARNING,
+    _Code.NOT_FOUND: logging.WARNING,
+    _Code.ALREADY_EXISTS: logging.WARNING,
+    _Code.PERMISSION_DENIED: logging.WARNING,
+    _Code.UNAUTHENTICATED: logging.WARNING,
+    _Code.FAILED_PRECONDITION: logging.WARNING,
+    _Code.OUT_OF_RANGE: logging.WARNING,
+    _Code.RESOURCE_EXHAUSTED: logging.WARNING,
+    _Code.ABORTED: logging.WARNING,  # a concurrent change won; the caller retries
+    _Code.UNIMPLEMENTED: logging.WARNING,  # a client newer than this server
+    # Transient: a dependency is down or the time ran out; the caller retries.
+    _Code.UNAVAILABLE: logging.WARNING,
+    _Code.DEADLINE_EXCEEDED: logging.WARNING,
+    # Our bug or lost data: someone must act.
+    _Code.INTERNAL: logging.ERROR,
+    _Code.UNKNOWN: logging.ERROR,
+    _Code.DATA_LOSS: logging.ERROR,
+}
+
+
+class AccessLog:
+    """One line per finished RPC, at the level of `ACCESS_LEVELS`; a unary call that succeeded
+    in `slow_seconds` or more is logged at INFO."""
+
+    def __init__(self, slow_seconds: float) -> None:
+        self.slow_seconds = slow_seconds
+
+    def level(self, code: grpc.StatusCode, seconds: float, streaming: bool) -> int:
+        if code is _Code.OK and not streaming and seconds >= self.slow_seconds:
+            return logging.INFO
+        return ACCESS_LEVELS.get(code, logging.WARNING)
+
+    def write(self, method: str, code: grpc.StatusCode, seconds: float, streaming: bool, peer: str) -> None:
+        level = self.level(code, seconds, streaming)
+        if not log.isEnabledFor(level):
+            return
+        slow = level == logging.INFO and code is _Code.OK
+        log.log(
+            level,
+            "slow rpc" if slow else "rpc",
+            extra={"method": method, "code": code.name, "duration_ms": round(seconds * 1000, 3), "peer": peer},
+        )
+
+
 # Health checks and reflection must answer without credentials.
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
@@ -44,8 +100,9 @@ class _Outcome:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator | None) -> None:
+    def __init__(self, authenticator: Authenticator | None, access_log: AccessLog) -> None:
         self._authenticator = authenticator
+        self._access_log = access_log
 
     async def intercept_service(
         self,
@@ -58,7 +115,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = {key: value for key, value in (handler_call_details.invocation_metadata or ())}
         service, _, name = method.lstrip("/").rpartition("/")
-        scope = _RpcScope(self._authenticator, method, service, name, metadata)
+        streaming = handler.unary_unary is None  # a stream's duration is its life, never "slow"
+        scope = _RpcScope(self._authenticator, self._access_log, method, service, name, metadata, streaming)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 scope.wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
@@ -82,12 +140,16 @@ class _RpcScope:
     def __init__(
         self,
         authenticator: Authenticator | None,
+        access_log: AccessLog,
         method: str,
         service: str,
         name: str,
         metadata: dict[str, Any],
+        streaming: bool,
     ) -> None:
         self._authenticator = authenticator
+        self._access_log = access_log
+        self._streaming = streaming
         self._method = method
         self._service = service
         self._name = name
@@ -150,13 +212,5 @@ class _RpcScope:
             elapsed = time.perf_counter() - started
             RPC_SECONDS.labels(self._service, self._name).observe(elapsed)
             RPC_HANDLED.labels(self._service, self._name, outcome.code.name).inc()
-            log.info(
-                "rpc",
-                extra={
-                    "method": self._method,
-                    "code": outcome.code.name,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "peer": peer,
-                },
-            )
+            self._access_log.write(self._method, outcome.code, elapsed, self._streaming, peer)
             request_id_var.reset(request_token)

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.auth import Authenticator
 from services.common.config import Settings, load_settings
 from services.common.db import Pool, open_pool, resolve_database_url
-from services.common.interceptors import ServerInterceptor
+from services.common.interceptors import AccessLog, ServerInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.migrate import migrate
@@ -52,6 +52,7 @@ class GrpcApp:
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
     port: int
+    access_log: AccessLog  # its slow threshold is the process's setting once `serve_app` runs it
     grace: float = 0.0  # how long a drain lets in-flight RPCs finish
     # Start-up work (load the master, start following the shards): health says SERVING only
     # once all of it has returned.
@@ -143,10 +144,13 @@ def build_app(
     port: int,
     authenticator: Authenticator | None,
     grace: float = 0.0,
+    slow_rpc_seconds: float = Settings.access_log_slow_seconds,
 ) -> GrpcApp:
-    """Creates the server with the shared interceptors, health (NOT_SERVING) and reflection."""
+    """Creates the server with the shared interceptors, health (NOT_SERVING) and reflection.
+    A unary call that succeeds in `slow_rpc_seconds` or more is logged at INFO, faster ones at DEBUG."""
+    access_log = AccessLog(slow_rpc_seconds)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(authenticator)],
+        interceptors=[ServerInterceptor(authenticator, access_log)],
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -163,7 +167,14 @@ def build_app(
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind gRPC port {host}:{port}")
-    return GrpcApp(server=server, health=health_servicer, service_names=tuple(service_names), port=bound, grace=grace)
+    return GrpcApp(
+        server=server,
+        health=health_servicer,
+        service_names=tuple(service_names),
+        port=bound,
+        grace=grace,
+        access_log=access_log,
+    )
 
 
 class Service(Protocol):
@@ -187,6 +198,7 @@ async def serve_app(settings: Settings, app: GrpcApp) -> int:
     """Runs a built app as a process does: metrics, start, start-up work, serve, drain.
     Returns the exit code: non-zero when a background task failed."""
     metrics_port = start_metrics_server(settings.metrics_port, settings.grpc_host)
+    app.access_log.slow_seconds = settings.access_log_slow_seconds
     await app.start()
     log.info("started", extra={"port": app.port, "metrics_port": metrics_port})
     async with app:

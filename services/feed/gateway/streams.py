@@ -11,6 +11,8 @@ sequence not yet sent), and a batch sends every value still in the instrument's 
 history from there, or only the latest when the stream fell further behind. A stream that
 keeps up therefore loses nothing, and one that stops reading costs one dict entry per
 instrument. Batches are pre-serialised bytes, so a tick sent to many terminals is encoded once.
+Conflation is counted as it happens: the once-a-second check counts the values a stalled
+stream can no longer get (its instrument moved past the history), not only its next batch.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ MAX_DELAY_SECONDS = 1.0
 MAX_BATCH_TICKS = 5000
 HEARTBEAT_SECONDS = 5.0
 SLOW_WARNING_SECONDS = 2.0
+# Pending for longer than any batching delay: the stream is stalled, and its conflation is counted by the check.
+STALLED_SECONDS = MAX_DELAY_SECONDS
 SLOW_CLOSE_SECONDS = 30.0
 
 
@@ -143,6 +147,8 @@ class TerminalStream:
         self.delay = delay  # the terminal's max_batch_delay, beyond the clock's period
         self.keys: set[int] = set()
         self.pending: dict[int, int] = {}
+        # Values already counted as conflated by `check`, per pending instrument (stalled streams only).
+        self.counted: dict[int, int] = {}
         self.pending_since = 0.0
         self.outbox: deque[Any] = deque()  # events and command results, sent before ticks
         self.conflated = 0
@@ -197,6 +203,7 @@ class TerminalStream:
         self.keys.difference_update(gone)
         for key in gone:
             self.pending.pop(key, None)
+            self.counted.pop(key, None)
         self.hub.detach(self, gone)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -243,6 +250,7 @@ class TerminalStream:
             if instrument is not None and instrument.latest is not None:
                 ticks.append(instrument.latest.message(self.mode))
                 self.pending.pop(key, None)
+                self.counted.pop(key, None)
         return self.shape.response(
             snapshot=feed_pb2.TickSnapshot(
                 ticks=ticks, instruments=states, correlation_id=correlation_id, market_states=market_states
@@ -255,6 +263,7 @@ class TerminalStream:
         if not pending:
             return None
         self.pending = {}
+        counted = self.counted
         instruments = self.hub.instruments
         mode = self.mode
         room = self.max_batch
@@ -279,15 +288,19 @@ class TerminalStream:
             if history[0].sequence <= first:
                 values = [v for v in history if v.sequence >= first]
             else:
-                skipped = latest.sequence - first  # values replaced before we got to them
-                self.conflated += skipped
-                CONFLATED.inc(skipped)
+                # Values replaced before we got to them, less those `check` counted already.
+                skipped = latest.sequence - first - counted.get(key, 0)
+                if skipped > 0:
+                    self.conflated += skipped
+                    CONFLATED.inc(skipped)
                 values = [latest]
             if len(values) > room:
                 rest[key] = values[room].sequence
                 values = values[:room]
             entries.extend(v.entry(mode) for v in values)
             room -= len(values)
+        if counted:
+            self.counted = {k: counted[k] for k in rest if k in counted}
         if rest:
             self.pending = rest
             self.pending_since = time.monotonic()
@@ -308,6 +321,8 @@ class TerminalStream:
         if not self.pending:
             return
         lag = now - self.pending_since
+        if lag > STALLED_SECONDS:
+            self.count_conflated()
         if lag > SLOW_CLOSE_SECONDS + HEARTBEAT_SECONDS and self.task is not None:
             self.task.cancel()
         elif lag > SLOW_CLOSE_SECONDS:
@@ -323,6 +338,22 @@ class TerminalStream:
                     )
                 )
             )
+
+    def count_conflated(self) -> None:
+        """Counts the values this stream can no longer get: an instrument whose history moved
+        past its first pending value will send only its latest one (see take_batch)."""
+        instruments = self.hub.instruments
+        counted = self.counted
+        for key, first in self.pending.items():
+            instrument = instruments.get(key)
+            if instrument is None or instrument.latest is None or instrument.history[0].sequence <= first:
+                continue
+            replaced = instrument.latest.sequence - first
+            new = replaced - counted.get(key, 0)
+            if new > 0:
+                counted[key] = replaced
+                self.conflated += new
+                CONFLATED.inc(new)
 
     @property
     def waiting(self) -> bool:

@@ -1,5 +1,6 @@
 """The gateway's terminal streams: the set of them, the batching clock that releases them,
-and the periodic check that sends heartbeats and ends streams that stopped reading."""
+and the periodic check that sends heartbeats, counts the conflation of streams that stopped
+reading while they are stalled (not only when they read again), and ends them."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Terminals:
             stream.close()
 
     async def _check(self) -> None:
-        """Heartbeats and slow-consumer checks, once a second."""
+        """Heartbeats, slow-consumer checks and stalled streams' conflation, once a second."""
         while True:
             await asyncio.sleep(CHECK_SECONDS)
             now = time.monotonic()

@@ -3,13 +3,21 @@ as the raw packets themselves, number them, and batch them for the gateway.
 
 Packets are never re-encoded: the cache and the gateway stream carry Dhan's bytes, and only
 the 8-byte header is read here (the gateway decodes fields once, for all terminals).
+
+Bytes that are no packet (garbage) are dropped, counted, exported as a metric and logged,
+at most one warning per interval per shard: a feed sending garbage must not flood the log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from prometheus_client import Counter
 
 from services.dhan.decode import disconnect_reason
 from services.dhan.protocol import (
@@ -23,6 +31,14 @@ from services.dhan.protocol import (
     TICK_CODES,
 )
 from services.feed.records import RECORD_HEADER
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_ERRORS = Counter(
+    "feed_shard_protocol_errors_total", "Feed bytes dropped as no valid packet, by kind.", ["shard", "kind"]
+)
+ERROR_LOG_SECONDS = 10.0  # at most one garbage warning per shard this often
+TRUNCATED_HEADER, BAD_LENGTH, UNKNOWN_CODE = "truncated_header", "bad_length", "unknown_code"
 
 
 @dataclass
@@ -63,12 +79,53 @@ class LastValues:
         return b"".join(parts), count
 
 
+class ProtocolErrorLog:
+    """Exports each protocol error as it is counted (errors are off the packet path) and logs
+    them: the first at once, those that follow within the interval in one line at its end,
+    saying how many were dropped and the last one."""
+
+    def __init__(self, shard: int, interval: float = ERROR_LOG_SECONDS) -> None:
+        self.shard = shard
+        self.interval = interval
+        self._label = str(shard)
+        self._unlogged = 0
+        self._last_error = ""
+        self._logged_at = -interval
+        self._flush_later: asyncio.TimerHandle | None = None
+
+    def count(self, kind: str, message: str) -> None:
+        PROTOCOL_ERRORS.labels(self._label, kind).inc()
+        self._unlogged += 1
+        self._last_error = message
+        wait = self._logged_at + self.interval - time.monotonic()
+        if wait <= 0:
+            self.flush()
+        elif self._flush_later is None:
+            # Without an event loop (frames fed by hand), the next error after the interval logs.
+            with contextlib.suppress(RuntimeError):
+                self._flush_later = asyncio.get_running_loop().call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_later is not None:  # called by an error at the interval's end, before the timer
+            self._flush_later.cancel()
+            self._flush_later = None
+        if not self._unlogged:
+            return
+        log.warning(
+            "bytes from the feed that are no packet; dropped",
+            extra={"shard": self.shard, "dropped": self._unlogged, "last_error": self._last_error},
+        )
+        self._unlogged = 0
+        self._logged_at = time.monotonic()
+
+
 class Ingest:
     """Applies frames to the cache and collects the records of the current read burst."""
 
-    def __init__(self, cache: LastValues, on_disconnect: Callable[[int], None]) -> None:
+    def __init__(self, cache: LastValues, on_disconnect: Callable[[int], None], shard: int = 0) -> None:
         self.cache = cache
         self.counters = Counters()
+        self.errors = ProtocolErrorLog(shard)
         self._on_disconnect = on_disconnect
         self._pending: list[bytes] = []
         self._pending_count = 0
@@ -87,14 +144,14 @@ class Ingest:
         offset = 0
         while offset < size:
             if size - offset < HEADER_SIZE:
-                self._error(f"truncated header: {size - offset} bytes")
+                self._error(TRUNCATED_HEADER, f"truncated header: {size - offset} bytes")
                 return
             head = unpack_head(data, offset)[0]
             code = head & 0xFF  # protocol.HEAD: code | length << 8 | key << 24
             length = (head >> 8) & 0xFFFF
             expected = PACKET_SIZES.get(code)
             if length < HEADER_SIZE or offset + length > size or (expected is not None and expected != length):
-                self._error(f"bad length {length} for code {code} at offset {offset} of {size}")
+                self._error(BAD_LENGTH, f"bad length {length} for code {code} at offset {offset} of {size}")
                 return
             packet = data if length == size else data[offset : offset + length]
             offset += length
@@ -111,7 +168,7 @@ class Ingest:
                 counters.skipped += 1
                 continue
             else:
-                self._error(f"unknown response code {code}")
+                self._error(UNKNOWN_CODE, f"unknown response code {code}")
                 continue
             key = head >> 24
             table[key] = packet
@@ -134,6 +191,7 @@ class Ingest:
         self.counters.packets += count
         return blob, count
 
-    def _error(self, message: str) -> None:
+    def _error(self, kind: str, message: str) -> None:
         self.counters.protocol_errors += 1
         self.counters.last_error = message
+        self.errors.count(kind, message)

@@ -156,7 +156,7 @@ class ShardRuntime:
         self.epoch = uuid.uuid4().hex[:12]
         self.started_at = time.time()
         self.cache = LastValues()
-        self.ingest = Ingest(self.cache, self._on_disconnect_packet)
+        self.ingest = Ingest(self.cache, self._on_disconnect_packet, self.shard_id)
         self.desired: dict[Instrument, FeedMode] = {}
         self.actual: dict[Instrument, FeedMode] = {}
         self.assignment_version = 0

@@ -1,0 +1,117 @@
+"""What an operator sees of feed faults, on real shards, the gateway and the simulator: garbage
+on the feed as a metric and a rate-limited warning, and a stalled terminal's conflation
+counted while it is stalled."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
+from prometheus_client import REGISTRY
+
+from services.feed.gateway.hub import HISTORY
+from services.feed.shard.cache import BAD_LENGTH, TRUNCATED_HEADER, UNKNOWN_CODE
+from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
+from tests.test_feed_gateway import subscribed_keys
+from tests.test_subscription_capacity import add
+
+# A terminal's channel with a small fixed HTTP/2 window, so a stream it stops reading stalls soon.
+SMALL_WINDOW = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16 * 1024))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def feed(database_url: str, masters_dir: Path) -> AsyncIterator[FeedUnderTest]:
+    async with running_feed(database_url, masters_dir) as running:
+        yield running
+
+
+def field(record: logging.LogRecord, name: str) -> Any:
+    """A field the line carries (passed through `extra=`)."""
+    return vars(record)[name]
+
+
+def protocol_errors_metric(shard: str) -> float:
+    kinds = (TRUNCATED_HEADER, BAD_LENGTH, UNKNOWN_CODE)
+    samples = (
+        REGISTRY.get_sample_value("feed_shard_protocol_errors_total", {"shard": shard, "kind": k}) for k in kinds
+    )
+    return sum(s or 0.0 for s in samples)
+
+
+def conflated_metric() -> float:
+    return REGISTRY.get_sample_value("feed_gateway_conflated_total") or 0.0
+
+
+async def test_garbage_is_exported_and_logged_at_most_once_per_interval(
+    feed: FeedUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="services.feed.shard.cache")
+    shard = feed.shards[0].runtime
+    shard.ingest.errors.interval = 2.0  # the shipped interval, shorter so the summary line comes soon
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    counted, exported = shard.ingest.counters.protocol_errors, protocol_errors_metric("0")
+
+    def warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "services.feed.shard.cache" and r.levelno == logging.WARNING]
+
+    feed.simulator.garbage("all", size=37, count=5)  # each frame is at least one error
+    await eventually(lambda: shard.ingest.counters.protocol_errors >= counted + 5, what="the errors counted")
+    errors = shard.ingest.counters.protocol_errors - counted
+    await eventually(lambda: protocol_errors_metric("0") - exported == errors, what="the metric rising with the count")
+    [first] = await eventually(warnings, what="a warning line")
+    assert field(first, "dropped") == 1 and field(first, "shard") == 0 and field(first, "last_error")
+    # The rest of the burst: one line at the interval's end, with how many and the last error.
+    await eventually(lambda: sum(field(r, "dropped") for r in warnings()) == errors, what="the burst's summary line")
+    lines = warnings()
+    assert len(lines) == 2 and lines[1].created - lines[0].created >= 2.0 - 0.05  # loop timers may fire a hair early
+    assert field(lines[1], "last_error") == shard.ingest.counters.last_error
+
+
+async def test_a_stalled_stream_shows_conflation_while_it_is_stalled(feed: FeedUnderTest) -> None:
+    await add(feed.subscription, "alice", "SBIN", strikes_each_side=10)  # 43 instruments
+    keys = await subscribed_keys(feed, "alice")
+    async with grpc.aio.insecure_channel(feed.gateway.app.address, options=SMALL_WINDOW) as channel:
+        stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(
+            feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys)),
+            metadata=feed.subscription.admin,
+        )
+        seen = {t.key.security_id: t.sequence for t in (await stream.read()).snapshot.ticks}
+        terminal = await eventually(
+            lambda: next(iter(feed.gateway.terminals.streams), None), what="the stream registered"
+        )
+        instruments = feed.gateway.hub.instruments
+        before = conflated_metric()
+
+        # Not reading from here on: once the transport's buffers are full, ticks pile up at the gateway.
+        def behind_history() -> bool:
+            return any(
+                (latest := instruments[k].latest) is not None and latest.sequence - first >= HISTORY
+                for k, first in terminal.pending.items()
+            )
+
+        await eventually(behind_history, timeout=30, what="the stalled stream falling behind the history")
+        stalled = await eventually(lambda: terminal.conflated, timeout=5, what="conflation counted while stalled")
+        await eventually(lambda: terminal.conflated > stalled, timeout=5, what="the count rising while stalled")
+        assert conflated_metric() - before >= terminal.conflated
+
+        # Reading again: the gaps the terminal sees add up to what was counted, nothing twice.
+        gaps = 0
+
+        async def caught_up() -> bool:
+            nonlocal gaps
+            message = await stream.read()
+            for tick in message.batch.ticks if message.WhichOneof("body") == "batch" else ():
+                previous = seen.get(tick.key.security_id)
+                gaps += tick.sequence - previous - 1 if previous is not None else 0
+                seen[tick.key.security_id] = tick.sequence
+            return gaps > 0 and gaps == terminal.conflated
+
+        await eventually(caught_up, timeout=20, what="the terminal's gaps matching the conflation counted")
+        stream.cancel()

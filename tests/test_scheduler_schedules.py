@@ -8,6 +8,7 @@ from datetime import datetime, time, timedelta
 
 import grpc
 import pytest
+import pytest_asyncio
 
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.market_calendar import IST
@@ -21,14 +22,15 @@ def ist(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second:
     return datetime(year, month, day, hour, minute, second, tzinfo=IST)
 
 
-def jobs() -> Jobs:
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called here
+async def jobs() -> Jobs:
+    """Jobs on a channel nothing calls (an aio channel is made inside the running loop)."""
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")
     return Jobs(channel, channel, None, plan=default_plan, timeout=1.0, hysteresis_strikes=None, reload_at=time(8, 30))
 
 
-@pytest.fixture
-def catalog() -> dict[str, JobSpec]:
-    return build_catalog(Settings(), jobs())
+@pytest_asyncio.fixture(loop_scope="session")
+async def catalog() -> dict[str, JobSpec]:
+    return build_catalog(Settings(), await jobs())
 
 
 def test_daily_jobs_skip_weekends_and_exchange_holidays(catalog: dict[str, JobSpec]) -> None:
@@ -82,6 +84,6 @@ def test_settings_give_every_time_and_reject_bad_ones() -> None:
         load_settings({"SCHEDULER_LEADER_POLL_SECONDS": "30"})
 
 
-def test_disabled_jobs_must_be_known() -> None:
+async def test_disabled_jobs_must_be_known() -> None:
     with pytest.raises(ConfigError, match="end_of_week"):
-        build_catalog(dataclasses.replace(Settings(), scheduler_disabled_jobs=("end_of_week",)), jobs())
+        build_catalog(dataclasses.replace(Settings(), scheduler_disabled_jobs=("end_of_week",)), await jobs())

@@ -10,7 +10,6 @@ make a job run twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 
 import psycopg
@@ -19,11 +18,12 @@ from psycopg.rows import DictRow, dict_row
 from services.common.db import Pool
 from services.common.sqlfiles import load_queries
 from services.scheduler.metrics import LEADER
+from services.scheduler.runs import advisory_key
 
 log = logging.getLogger(__name__)
 
 QUERIES = load_queries("services.scheduler", "leader.sql")
-LOCK_KEY = int.from_bytes(hashlib.sha256(b"dataserver.scheduler.leader").digest()[:8], "big", signed=True)
+LOCK_KEY = advisory_key("dataserver.scheduler.leader")
 _APPLICATION_PREFIX = "scheduler "
 _PING_TIMEOUT_SECONDS = 5.0
 

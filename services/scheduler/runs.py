@@ -23,9 +23,14 @@ QUERIES = load_queries("services.scheduler", "runs.sql")
 Row = dict[str, Any]
 
 
+def advisory_key(name: str) -> int:
+    """A Postgres advisory lock key: the first 8 bytes of the name's SHA-256, signed."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 def job_lock_key(job: str) -> int:
     """A per-job advisory lock key, readable in pg_locks through its hash of the name."""
-    return int.from_bytes(hashlib.sha256(f"dataserver.scheduler.job.{job}".encode()).digest()[:8], "big", signed=True)
+    return advisory_key(f"dataserver.scheduler.job.{job}")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ PROTO_TO_MODE = {value: name for name, value in MODE_TO_PROTO.items()}
 TIER_TO_PROTO = {"A": pb.TIER_A, "B": pb.TIER_B}
 PROTO_TO_TIER = {value: name for name, value in TIER_TO_PROTO.items()}
 STATE_TO_PROTO = {"ACTIVE": pb.WATCHLIST_ITEM_STATE_ACTIVE, "EVICTED": pb.WATCHLIST_ITEM_STATE_EVICTED}
+PROTO_TO_STATE = {value: name for name, value in STATE_TO_PROTO.items()}
 REASON_TO_PROTO = {
     "CAPACITY": pb.EVICTION_REASON_CAPACITY,
     "TIER_B_PLAN": pb.EVICTION_REASON_TIER_B_PLAN,

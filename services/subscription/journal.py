@@ -33,7 +33,7 @@ class Journal:
     actor: str
     _audit: list[tuple[Any, ...]] = field(default_factory=list)
     _changes: list[tuple[int, str, int, str, str]] = field(default_factory=list)
-    _events: list[dict[str, Any]] = field(default_factory=list)
+    _events: list[tuple[str, str, int, str, str]] = field(default_factory=list)
 
     def audit(
         self,
@@ -75,13 +75,13 @@ class Journal:
         self, user_id: str, kind: str, item_id: int, *, added: Sequence[Key] = (), removed: Sequence[Key] = ()
     ) -> None:
         self._events.append(
-            {
-                "user_id": user_id,
-                "kind": kind,
-                "item_id": item_id,
-                "added": json.dumps([list(k) for k in added]),
-                "removed": json.dumps([list(k) for k in removed]),
-            }
+            (
+                user_id,
+                kind,
+                item_id,
+                json.dumps([list(k) for k in added]),
+                json.dumps([list(k) for k in removed]),
+            )
         )
 
     def audit_columns(self) -> dict[str, list[Any]] | None:
@@ -98,11 +98,13 @@ class Journal:
         columns = {"shards": shards, "segments": segments, "ids": ids, "modes": modes, "changes": kinds}
         return columns, ",".join(map(str, sorted(set(shards))))
 
-    def events(self) -> tuple[list[dict[str, Any]], str] | None:
-        """The events, and the notification payload: the users they concern."""
+    def events(self) -> tuple[dict[str, list[Any]], str] | None:
+        """The events as columns, and the notification payload: the users they concern."""
         if not self._events:
             return None
-        return list(self._events), ",".join(sorted({e["user_id"] for e in self._events}))
+        users, kinds, items, added, removed = map(list, zip(*self._events, strict=True))
+        columns = {"users": users, "kinds": kinds, "items": items, "added": added, "removed": removed}
+        return columns, ",".join(sorted(set(users)))
 
     def clear(self) -> None:
         self._audit.clear()

@@ -484,7 +484,6 @@ class Ledger:
             await self._run("notify_assignments", {"payload": changes[1]})
         events = self._journal.events()
         if events:
-            for event in events[0]:
-                await self._run("insert_watchlist_event", event)
+            await self._run("insert_watchlist_events", events[0])
             await self._run("notify_watchlists", {"payload": events[1]})
         self._journal.clear()

@@ -100,9 +100,10 @@ UPDATE watchlist_items
 SET state = 'EVICTED', evicted_at = now(), eviction_reason = %(reason)s, eviction_message = %(message)s
 WHERE item_id = %(item_id)s;
 
--- name: insert_watchlist_event
+-- name: insert_watchlist_events
 INSERT INTO watchlist_events (user_id, kind, item_id, added, removed)
-VALUES (%(user_id)s, %(kind)s, %(item_id)s, %(added)s, %(removed)s);
+SELECT * FROM unnest(%(users)s::text[], %(kinds)s::text[], %(items)s::bigint[], %(added)s::jsonb[],
+                     %(removed)s::jsonb[]);
 
 -- name: notify_watchlists
 SELECT pg_notify('watchlist_events', %(payload)s);

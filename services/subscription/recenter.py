@@ -165,6 +165,13 @@ class Recentering:
         target = _Target(OWNER_TIER_B, entry_id, entry, None)
         return await self._recenter(target, actor, price=price, hysteresis=hysteresis)
 
+    def _may_move(self, row: Row, live_price: float, hysteresis: float | None) -> bool:
+        """Whether a live price could move the chain `row` (the rule `_recenter` applies)."""
+        threshold = self.policy.hysteresis if hysteresis is None else hysteresis
+        return centred_on_previous_close(row.get("price_source")) or beyond_hysteresis(
+            live_price, row["atm_strike"], row["strike_step"], threshold
+        )
+
     async def _recenter(
         self, target: _Target, actor: str, *, price: float, hysteresis: float | None, live: bool = False
     ) -> RecenterOutcome:
@@ -288,6 +295,8 @@ class Recentering:
                 sweep.skipped[problem] += 1
                 continue
             assert quote is not None  # price_problem names a missing one
+            if not self._may_move(target.row, quote.price, hysteresis):
+                continue  # within the hysteresis: no need to ask the registry for a window
             try:
                 result = await self._recenter(target, actor, price=quote.price, hysteresis=hysteresis, live=True)
             except (NotFound, InvalidArgument):

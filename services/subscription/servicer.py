@@ -125,9 +125,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     ) -> pb.ListWatchlistItemsResponse:
         user = _user_scope(request.user_id)
         size = page_size(request.page_size, default=50, maximum=500)
-        state = {pb.WATCHLIST_ITEM_STATE_ACTIVE: "ACTIVE", pb.WATCHLIST_ITEM_STATE_EVICTED: "EVICTED"}.get(
-            request.state
-        )
+        state = convert.PROTO_TO_STATE.get(request.state)
         key = fingerprint(user, state, request.include_instruments)
         offset = decode_page_token(request.page_token, key)
         items, total = await self._watchlists.list(user, state, offset, size)

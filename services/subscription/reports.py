@@ -8,9 +8,10 @@ from typing import Any
 
 from dataserver.subscription.v1 import subscription_pb2 as pb
 
+from services.common.clock import Clock, trading_date_of
 from services.common.db import Pool
 from services.common.keys import Key, key_proto
-from services.common.market_calendar import IST, today_ist
+from services.common.market_calendar import IST
 from services.common.timestamps import timestamp
 from services.subscription.convert import MODE_TO_PROTO, TIER_TO_PROTO
 from services.subscription.model import Budget
@@ -21,12 +22,13 @@ _USERS_SHOWN = 1000
 
 
 class Reports:
-    def __init__(self, pool: Pool, budget: Budget) -> None:
+    def __init__(self, pool: Pool, budget: Budget, clock: Clock) -> None:
         self._reads = ReadModel(pool)
         self._budget = budget
+        self._clock = clock
 
     async def status(self) -> pb.GetSubscriptionStatusResponse:
-        midnight_ist = datetime.combine(today_ist(), clock_time(0), tzinfo=IST)
+        midnight_ist = datetime.combine(trading_date_of(self._clock), clock_time(0), tzinfo=IST)
         rows = await self._reads.status(users_shown=_USERS_SHOWN, evictions_since=midnight_ist)
         shards = rows.shards
         by_shard = {row["shard_id"]: row for row in shards}

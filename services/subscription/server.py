@@ -68,15 +68,16 @@ def create_server(
     )
     notifier = ChangeNotifier(conninfo or _conninfo(pool))
     admin = Admin(pool, budget, settings.move_settle_seconds)
+    clock = clock or clock_from_settings(settings)
     servicer = SubscriptionServicer(
         budget,
         Watchlists(pool, budget, resolver, Quota(settings.user_max_items, settings.user_max_instruments)),
         TierB(pool, budget, resolver),
         Recentering(pool, budget, resolver, recenter_policy or _policy(settings), prices),
         admin,
-        Reports(pool, budget),
+        Reports(pool, budget, clock),
         Streams(pool, notifier, shard_limit=budget.per_connection, retention_seconds=LOG_RETENTION_SECONDS),
-        clock or clock_from_settings(settings),
+        clock,
     )
     app = build_app(
         [SERVICE_NAME],

@@ -77,9 +77,6 @@ class SimulatedSessionClock:
         return datetime.combine(day, NSE_OPEN, IST) + into_session
 
 
-MARKET_CLOCKS: Final = ("simulated", "exchange")
-
-
 def clock_from_settings(settings: Settings) -> Clock:
     """MARKET_CLOCK: 'simulated' (default, `make run`) or 'exchange' (the wall clock, k8s)."""
     return WallClock() if settings.market_clock == "exchange" else SimulatedSessionClock()

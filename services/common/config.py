@@ -13,6 +13,8 @@ from datetime import time
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.common.market_calendar import MCX_CLOSE, MCX_CLOSE_US_WINTER
+
 N = TypeVar("N", int, float)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,8 +85,9 @@ class Settings:
     scheduler_reload_master_at: time = time(8, 30)
     scheduler_preload_tier_b_at: time = time(9, 0)
     scheduler_end_of_day_at: time = time(15, 30)
-    scheduler_mcx_close_at: time = time(23, 30)  # while the US is on daylight saving time
-    scheduler_mcx_close_us_winter_at: time = time(23, 55)  # while the US is on standard time
+    # MCX closes: while the US is on daylight saving time, and while it is on standard time.
+    scheduler_mcx_close_at: time = MCX_CLOSE
+    scheduler_mcx_close_us_winter_at: time = MCX_CLOSE_US_WINTER
     scheduler_recenter_seconds: float = 5.0
     # Sent in RecenterAllChains; None leaves the subscription service's default.
     scheduler_recenter_hysteresis_strikes: float | None = None
@@ -115,6 +118,7 @@ class Settings:
 
 _AUTH_MODES = ("dev", "api_key")
 _MASTER_SOURCES = ("", "generated", "file", "dhan")
+_MARKET_CLOCKS = ("simulated", "exchange")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -204,7 +208,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         # Tier B plan
         tier_b_plan_file=Path(env.get("TIER_B_PLAN_FILE") or Settings.tier_b_plan_file),
         # Calendar and clock.
-        market_clock=_choice(env, "MARKET_CLOCK", "simulated", ("simulated", "exchange")),
+        market_clock=_choice(env, "MARKET_CLOCK", "simulated", _MARKET_CLOCKS),
         **_scheduler_settings(env),
         # Re-centring sweep
         recenter_cooldown_seconds=_float(env, "RECENTER_COOLDOWN_SECONDS", 5.0, 0.0, 3600.0),
@@ -247,8 +251,8 @@ def _scheduler_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "scheduler_reload_master_at": _time_of_day(env, "SCHEDULER_RELOAD_MASTER_AT", time(8, 30)),
         "scheduler_preload_tier_b_at": _time_of_day(env, "SCHEDULER_PRELOAD_TIER_B_AT", time(9, 0)),
         "scheduler_end_of_day_at": _time_of_day(env, "SCHEDULER_END_OF_DAY_AT", time(15, 30)),
-        "scheduler_mcx_close_at": _time_of_day(env, "SCHEDULER_MCX_CLOSE_AT", time(23, 30)),
-        "scheduler_mcx_close_us_winter_at": _time_of_day(env, "SCHEDULER_MCX_CLOSE_US_WINTER_AT", time(23, 55)),
+        "scheduler_mcx_close_at": _time_of_day(env, "SCHEDULER_MCX_CLOSE_AT", MCX_CLOSE),
+        "scheduler_mcx_close_us_winter_at": _time_of_day(env, "SCHEDULER_MCX_CLOSE_US_WINTER_AT", MCX_CLOSE_US_WINTER),
         "scheduler_recenter_seconds": _float(env, "SCHEDULER_RECENTER_SECONDS", 5.0, 0.5, 3600.0),
         "scheduler_recenter_hysteresis_strikes": (
             _float(env, "SCHEDULER_RECENTER_HYSTERESIS_STRIKES", 0.0, 0.0, 50.0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
+from itertools import islice
 from types import MappingProxyType
 from typing import Final, Literal
 
@@ -58,14 +59,8 @@ def _months_after(day: date) -> Iterator[tuple[int, int]]:
 
 def _next_per_month(expiry_in: Callable[[int, int], date], start: date, count: int) -> list[date]:
     """The next `count` expiries on or after start, one a month, each month's from `expiry_in`."""
-    out: list[date] = []
-    for year, month in months_from(start.year, start.month):
-        if len(out) == count:
-            return out
-        expiry = expiry_in(year, month)
-        if expiry >= start:
-            out.append(expiry)
-    raise AssertionError("unreachable")
+    expiries = (expiry_in(year, month) for year, month in months_from(start.year, start.month))
+    return list(islice((expiry for expiry in expiries if expiry >= start), count))
 
 
 def monthly_expiries(weekday: int, start: date, count: int) -> list[date]:
@@ -75,13 +70,8 @@ def monthly_expiries(weekday: int, start: date, count: int) -> list[date]:
 
 def cycle_expiries(weekday: int, after: date, months: tuple[int, ...], count: int) -> list[date]:
     """`count` monthly expiries in the cycle `months` (e.g. 3, 6, 9, 12), in months after `after`'s."""
-    out: list[date] = []
-    for year, month in _months_after(after):
-        if len(out) == count:
-            return out
-        if month in months:
-            out.append(monthly_expiry(year, month, weekday))
-    raise AssertionError("unreachable")
+    in_cycle = (monthly_expiry(year, month, weekday) for year, month in _months_after(after) if month in months)
+    return list(islice(in_cycle, count))
 
 
 def weekly_expiries(weekday: int, start: date, count: int, exclude: frozenset[date] = frozenset()) -> list[date]:

@@ -10,9 +10,9 @@ from datetime import date, datetime, time
 
 from services.common.config import ConfigError, Settings
 from services.common.errors import FailedPrecondition
-from services.common.market_calendar import IST, MCX_OPEN, is_mcx_trading_day, is_trading_day
+from services.common.market_calendar import IST, MCX_OPEN, is_mcx_trading_day, is_trading_day, us_on_standard_time
 from services.scheduler.jobs import JobResult, Jobs
-from services.scheduler.schedules import AnyOf, DailyAt, Every, Schedule, Window, us_on_daylight_time
+from services.scheduler.schedules import AnyOf, DailyAt, Every, Schedule, Window
 
 RELOAD_MASTER = "reload_master"
 PRELOAD_TIER_B = "preload_tier_b"
@@ -62,10 +62,9 @@ def mcx_close(settings: Settings) -> Callable[[date], time]:
     """MCX closes later while the US is on standard time."""
 
     def close(day: date) -> time:
-        summer = settings.scheduler_mcx_close_at
-        if us_on_daylight_time(datetime.combine(day, summer, IST)):
-            return summer
-        return settings.scheduler_mcx_close_us_winter_at
+        if us_on_standard_time(day):
+            return settings.scheduler_mcx_close_us_winter_at
+        return settings.scheduler_mcx_close_at
 
     return close
 
@@ -85,12 +84,12 @@ def _at_mcx_close(settings: Settings) -> Schedule:
         (
             DailyAt(
                 settings.scheduler_mcx_close_at,
-                lambda at: is_mcx_trading_day(at.date()) and us_on_daylight_time(at),
+                lambda at: is_mcx_trading_day(at.date()) and not us_on_standard_time(at.date()),
                 "on MCX trading days while the US is on daylight saving time",
             ),
             DailyAt(
                 settings.scheduler_mcx_close_us_winter_at,
-                lambda at: is_mcx_trading_day(at.date()) and not us_on_daylight_time(at),
+                lambda at: is_mcx_trading_day(at.date()) and us_on_standard_time(at.date()),
                 "on MCX trading days while the US is on standard time",
             ),
         )

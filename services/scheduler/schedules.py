@@ -11,14 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from services.common.market_calendar import IST
 
-_US_EASTERN = ZoneInfo("America/New_York")
 _TICK = timedelta(microseconds=1)
 _MAX_STEPS = 400  # cron candidates skipped over holidays before giving up (more than a year)
 
@@ -39,10 +37,6 @@ def last_fire(schedule: Schedule, at: datetime, within: timedelta) -> datetime |
         latest = candidate
         candidate = schedule.next_fire(candidate + _TICK)
     return latest
-
-
-def us_on_daylight_time(at: datetime) -> bool:
-    return bool(at.astimezone(_US_EASTERN).dst())
 
 
 @dataclass(frozen=True)

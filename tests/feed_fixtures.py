@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -34,6 +37,24 @@ async def eventually(condition: Callable[[], Any], timeout: float = 10.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def start_logged_service(module: str, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Starts `python -m module` logging to a file (a pipe nobody drains would block it) and
+    reads its port from the "started" line."""
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", module], env=env, stderr=log_file)
+
+    def started_port() -> int | None:
+        if process.poll() is not None:
+            raise RuntimeError(f"{module} exited: {log_path.read_text()[-2000:]}")
+        for line in log_path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("msg") == "started":
+                return int(record["port"])
+        return None
+
+    return process, await eventually(started_port, timeout=60, what=f"{module} to start")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from services.common.auth import create_api_key
 from services.common.clock import ManualClock
@@ -35,6 +36,14 @@ class RegistryUnderTest:
     admin: tuple[tuple[str, str], ...]
     user: tuple[tuple[str, str], ...]
     address: str
+
+
+async def expect_status(call, code: grpc.StatusCode) -> str:
+    """Awaits a call that must fail with `code`; returns the error's details."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    assert raised.value.code() == code, raised.value.details()
+    return raised.value.details() or ""
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from services.common.keys import wire_key
 from services.feed import gateway_server, shard_server
 from services.feed.gateway.hub import HISTORY
+from services.feed.gateway.streams import TerminalStream
 from tests.feed_fixtures import FeedUnderTest, eventually, gateway_settings, running_feed
 from tests.test_subscription_capacity import add
 
@@ -52,6 +53,31 @@ async def subscribed_keys(feed: FeedUnderTest, user: str) -> list[common_pb2.Ins
         spb.ListWatchlistItemsRequest(include_instruments=True), metadata=await feed.subscription.user(user)
     )
     return [k for item in listed.watchlist_items for k in item.instruments]
+
+
+async def open_stream(
+    feed: FeedUnderTest, channel: grpc.aio.Channel, keys: list[common_pb2.InstrumentKey]
+) -> tuple[Any, dict[int, int], TerminalStream]:
+    """StreamTicks over `keys` as admin, its snapshot read: the call, the snapshot's sequence
+    per security id, and the gateway's side of the stream (the only one open)."""
+    stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(
+        feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys)),
+        metadata=feed.subscription.admin,
+    )
+    seen = {t.key.security_id: t.sequence for t in (await stream.read()).snapshot.ticks}
+    terminal = await eventually(lambda: next(iter(feed.gateway.terminals.streams), None), what="the stream registered")
+    return stream, seen, terminal
+
+
+def behind_history(feed: FeedUnderTest, terminal: TerminalStream) -> Callable[[], bool]:
+    """Whether some instrument of a stream that stopped reading moved past the values kept for
+    it since the stream last took it (once the transport buffers are full, ticks pile up at
+    the gateway)."""
+    instruments = feed.gateway.hub.instruments
+    return lambda: any(
+        (latest := instruments[k].latest) is not None and latest.sequence - first >= HISTORY
+        for k, first in terminal.pending.items()
+    )
 
 
 async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed: FeedUnderTest) -> None:
@@ -247,28 +273,13 @@ async def test_interactive_stream_adds_and_removes_with_statuses(feed: FeedUnder
 async def test_a_terminal_that_stops_reading_holds_one_value_per_instrument(feed: FeedUnderTest) -> None:
     await add(feed.subscription, "alice", "SBIN", strikes_each_side=10)  # 43 instruments
     keys = await subscribed_keys(feed, "alice")
-    channel, stub = gateway_stub(feed)
+    channel, _ = gateway_stub(feed)
     async with channel:
-        stream = stub.StreamTicks(
-            feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys)),
-            metadata=feed.subscription.admin,
-        )
-        seen = {t.key.security_id: t.sequence for t in (await stream.read()).snapshot.ticks}
-        terminal = await eventually(
-            lambda: next(iter(feed.gateway.terminals.streams), None), what="the stream registered"
-        )
-        instruments = feed.gateway.hub.instruments
-
-        def behind_history() -> bool:
-            # Once the transport buffers are full, ticks pile up at the gateway: some instrument
-            # moved past the values kept for it since the stream last took it.
-            return any(
-                (latest := instruments[k].latest) is not None and latest.sequence - first >= HISTORY
-                for k, first in terminal.pending.items()
-            )
-
+        stream, seen, terminal = await open_stream(feed, channel, keys)
         # Stop reading; the ticks keep coming (20/s per instrument).
-        await eventually(behind_history, timeout=30, what="the stalled stream falling behind the history")
+        await eventually(
+            behind_history(feed, terminal), timeout=30, what="the stalled stream falling behind the history"
+        )
         assert 0 < len(terminal.pending) <= len(keys)  # one entry per instrument, however long the stall
 
         # Resume: the stream catches up with the latest values, and the skipped ones show as gaps.

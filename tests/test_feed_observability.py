@@ -12,13 +12,11 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from prometheus_client import REGISTRY
 
-from services.feed.gateway.hub import HISTORY
 from services.feed.shard.cache import BAD_LENGTH, TRUNCATED_HEADER, UNKNOWN_CODE
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
-from tests.test_feed_gateway import subscribed_keys
+from tests.test_feed_gateway import behind_history, open_stream, subscribed_keys
 from tests.test_subscription_capacity import add
 
 # A terminal's channel with a small fixed HTTP/2 window, so a stream it stops reading stalls soon.
@@ -78,25 +76,12 @@ async def test_a_stalled_stream_shows_conflation_while_it_is_stalled(feed: FeedU
     await add(feed.subscription, "alice", "SBIN", strikes_each_side=10)  # 43 instruments
     keys = await subscribed_keys(feed, "alice")
     async with grpc.aio.insecure_channel(feed.gateway.app.address, options=SMALL_WINDOW) as channel:
-        stream = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(
-            feed_pb2.StreamTicksRequest(instruments=feed_pb2.InstrumentList(keys=keys)),
-            metadata=feed.subscription.admin,
-        )
-        seen = {t.key.security_id: t.sequence for t in (await stream.read()).snapshot.ticks}
-        terminal = await eventually(
-            lambda: next(iter(feed.gateway.terminals.streams), None), what="the stream registered"
-        )
-        instruments = feed.gateway.hub.instruments
+        stream, seen, terminal = await open_stream(feed, channel, keys)
         before = conflated_metric()
-
         # Not reading from here on: once the transport's buffers are full, ticks pile up at the gateway.
-        def behind_history() -> bool:
-            return any(
-                (latest := instruments[k].latest) is not None and latest.sequence - first >= HISTORY
-                for k, first in terminal.pending.items()
-            )
-
-        await eventually(behind_history, timeout=30, what="the stalled stream falling behind the history")
+        await eventually(
+            behind_history(feed, terminal), timeout=30, what="the stalled stream falling behind the history"
+        )
         stalled = await eventually(lambda: terminal.conflated, timeout=5, what="conflation counted while stalled")
         await eventually(lambda: terminal.conflated > stalled, timeout=5, what="the count rising while stalled")
         assert conflated_metric() - before >= terminal.conflated

@@ -19,6 +19,7 @@ from tests.registry_fixtures import (
     NIFTY_WEEKLY,
     TRADING_DATE,
     RegistryUnderTest,
+    expect_status,
     running_registry,
 )
 
@@ -35,13 +36,6 @@ async def registry(pg_conninfo: str, template_conninfo: str, masters_dir: Path) 
 @pytest.fixture
 def stub(registry: RegistryUnderTest) -> registry_pb2_grpc.RegistryServiceStub:
     return registry_pb2_grpc.RegistryServiceStub(registry.channel)
-
-
-async def expect_status(call, code: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call
-    assert raised.value.code() == code, raised.value.details()
-    return raised.value.details() or ""
 
 
 async def test_search_reliance_returns_the_real_nse_id_first(stub, registry) -> None:

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,25 +16,9 @@ from dataserver.scheduler.v1 import scheduler_pb2 as pb
 from dataserver.scheduler.v1 import scheduler_pb2_grpc
 
 from services.scheduler.catalog import JOB_NAMES
-from tests.feed_fixtures import eventually
+from tests.feed_fixtures import eventually, start_logged_service
 
 FAILOVER_LIMIT_SECONDS = 15.0
-
-
-async def start_scheduler(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Starts a scheduler logging to a file and reads its port from the "started" line."""
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "services.scheduler"], env=env, stderr=log_file)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"scheduler exited: {log_path.read_text()[-2000:]}")
-        for line in log_path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("msg") == "started":
-                return process, int(record["port"])
-        await asyncio.sleep(0.1)
-    raise TimeoutError("scheduler did not start")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -55,7 +36,9 @@ async def replicas(database_url: str, tmp_path: Path) -> AsyncIterator[dict[str,
         "SCHEDULER_LEADER_POLL_SECONDS": "1",
     }
     started = {
-        name: await start_scheduler({**env, "SCHEDULER_REPLICA_ID": name}, tmp_path / f"{name}.log")
+        name: await start_logged_service(
+            "services.scheduler", {**env, "SCHEDULER_REPLICA_ID": name}, tmp_path / f"{name}.log"
+        )
         for name in ("replica-a", "replica-b")
     }
     try:

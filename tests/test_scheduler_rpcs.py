@@ -6,12 +6,12 @@ from pathlib import Path
 
 import grpc
 import psycopg
-import pytest
 from dataserver.scheduler.v1 import scheduler_pb2 as pb
 from prometheus_client import REGISTRY
 
 from services.common.clock import ManualClock
 from services.scheduler.runs import job_lock_key
+from tests.registry_fixtures import expect_status
 from tests.scheduler_fixtures import FRIDAY, at, only, running_scheduler
 from tests.subscription_fixtures import running_subscription
 
@@ -20,12 +20,6 @@ JOBS = ["end_of_day", "preload_tier_b", "recenter_chains", "release_mcx", "reloa
 
 def runs_metric(job: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("scheduler_job_runs_total", {"job": job, "outcome": outcome}) or 0.0
-
-
-async def rpc_error(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def test_list_jobs_gives_next_run_times_and_the_leader(database_url: str, masters_dir: Path) -> None:
@@ -65,12 +59,13 @@ async def test_run_job_checks_its_caller_and_the_job(database_url: str, masters_
     ):
         stub, admin = scheduler.stub, scheduler.admin
         user = await subscription.user("alice")
-        denied = await rpc_error(stub.RunJob(pb.RunJobRequest(name="end_of_day"), metadata=user))
-        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
-        unknown = await rpc_error(stub.RunJob(pb.RunJobRequest(name="end_of_week"), metadata=admin))
-        assert unknown.code() == grpc.StatusCode.NOT_FOUND and all(j in str(unknown.details()) for j in JOBS)
-        early = await rpc_error(stub.RunJob(pb.RunJobRequest(name="end_of_day"), metadata=admin))
-        assert early.code() == grpc.StatusCode.FAILED_PRECONDITION and "15:30" in str(early.details())
+        denied = stub.RunJob(pb.RunJobRequest(name="end_of_day"), metadata=user)
+        await expect_status(denied, grpc.StatusCode.PERMISSION_DENIED)
+        unknown = stub.RunJob(pb.RunJobRequest(name="end_of_week"), metadata=admin)
+        named = await expect_status(unknown, grpc.StatusCode.NOT_FOUND)
+        assert all(j in named for j in JOBS)
+        early = stub.RunJob(pb.RunJobRequest(name="end_of_day"), metadata=admin)
+        assert "15:30" in await expect_status(early, grpc.StatusCode.FAILED_PRECONDITION)
 
         before = runs_metric("end_of_day", "succeeded")
         forced = await stub.RunJob(pb.RunJobRequest(name="end_of_day", force=True), metadata=admin)
@@ -82,8 +77,8 @@ async def test_run_job_checks_its_caller_and_the_job(database_url: str, masters_
         # Held by another replica's run: the job's lock is taken.
         async with await psycopg.AsyncConnection.connect(database_url) as other, other.transaction():
             await other.execute("SELECT pg_advisory_xact_lock(%s)", (job_lock_key("end_of_day"),))
-            busy = await rpc_error(stub.RunJob(pb.RunJobRequest(name="end_of_day", force=True), metadata=admin))
-        assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION and "already running" in str(busy.details())
+            busy = stub.RunJob(pb.RunJobRequest(name="end_of_day", force=True), metadata=admin)
+            assert "already running" in await expect_status(busy, grpc.StatusCode.FAILED_PRECONDITION)
 
         clock.set(at(FRIDAY.replace(day=21), 10, 0))  # a Saturday
         skipped = await stub.RunJob(pb.RunJobRequest(name="preload_tier_b"), metadata=admin)
@@ -136,13 +131,12 @@ async def test_list_job_runs_pages_newest_first_with_filters(database_url: str, 
         dated = await stub.ListJobRuns(pb.ListJobRunsRequest(trading_date="2026-11-19"), metadata=admin)
         assert list(dated.job_runs) == []
 
-        unknown = await rpc_error(stub.ListJobRuns(pb.ListJobRunsRequest(job_name="nope"), metadata=admin))
-        assert unknown.code() == grpc.StatusCode.NOT_FOUND and "end_of_day" in str(unknown.details())
+        unknown = stub.ListJobRuns(pb.ListJobRunsRequest(job_name="nope"), metadata=admin)
+        assert "end_of_day" in await expect_status(unknown, grpc.StatusCode.NOT_FOUND)
         for request in (
             pb.ListJobRunsRequest(page_token="zzz"),
             pb.ListJobRunsRequest(job_name="release_mcx", page_size=2, page_token=tokens[0]),  # another query's
             pb.ListJobRunsRequest(trading_date="20-11-2026"),
             pb.ListJobRunsRequest(page_size=-1),
         ):
-            error = await rpc_error(stub.ListJobRuns(request, metadata=admin))
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+            await expect_status(stub.ListJobRuns(request, metadata=admin), grpc.StatusCode.INVALID_ARGUMENT)

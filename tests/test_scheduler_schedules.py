@@ -4,22 +4,18 @@ season, re-centring only in market hours, the misfire window; and the settings' 
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, time, timedelta
+from datetime import time, timedelta
 
 import grpc
 import pytest
 import pytest_asyncio
 
 from services.common.config import ConfigError, Settings, load_settings
-from services.common.market_calendar import IST
 from services.scheduler.catalog import JobSpec, build_catalog
 from services.scheduler.jobs import Jobs
 from services.scheduler.plan import default_plan
 from services.scheduler.schedules import last_fire
-
-
-def ist(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, second, tzinfo=IST)
+from tests.test_market_calendar import ist
 
 
 async def jobs() -> Jobs:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
-import sys
 from pathlib import Path
 
 import grpc
@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from services.common.clients import health_stub
 from services.common.server import build_app
 from tests.crashing_service import TASK_NAME
-from tests.feed_fixtures import eventually
+from tests.feed_fixtures import eventually, start_logged_service
 
 
 async def _health(address: str) -> int:
@@ -51,20 +51,10 @@ async def test_serving_runs_the_start_up_work_then_drains_and_ends_the_tasks() -
     assert ended.is_set() and steps == ["started", "cleaned up"]
 
 
-def _port(log_path: Path) -> int | None:
-    for line in log_path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("msg") == "started":
-            return int(record["port"])
-    return None
-
-
 async def test_a_failed_background_task_turns_health_not_serving_and_exits_non_zero(tmp_path: Path) -> None:
     log_path = tmp_path / "service.log"
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.crashing_service", stderr=log_file)
+    process, port = await start_logged_service("tests.crashing_service", dict(os.environ), log_path)
     try:
-        port = await eventually(lambda: process.returncode is None and _port(log_path), what="the service's port")
         address = f"127.0.0.1:{port}"
 
         async def serving() -> bool:
@@ -78,11 +68,11 @@ async def test_a_failed_background_task_turns_health_not_serving_and_exits_non_z
             process.send_signal(signal.SIGUSR1)  # its background task fails
             assert (await asyncio.wait_for(anext(updates), 10)).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()
-        assert await asyncio.wait_for(process.wait(), 30) == 1
+        assert await asyncio.to_thread(process.wait, 30) == 1
         records = [json.loads(line) for line in log_path.read_text().splitlines()]
         failed = [r for r in records if r.get("task") == TASK_NAME]
         assert failed and failed[0]["level"] == "ERROR" and "the background task broke" in json.dumps(failed[0])
     finally:
-        if process.returncode is None:
+        if process.poll() is None:
             process.kill()
-            await process.wait()
+            process.wait()

@@ -4,11 +4,8 @@ removing: the budget, the per-shard limits, uniqueness and reference counts alwa
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,29 +16,13 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.auth import create_api_key
 from services.common.db import Pool, open_pool
+from tests.feed_fixtures import start_logged_service
 from tests.registry_fixtures import bearer, running_registry
 
 CONNECTIONS, PER_CONNECTION = 3, 100
 CLIENTS, OPERATIONS = int(os.environ.get("T_CLIENTS", 64)), 6
 SYMBOLS = ("RELIANCE", "SBIN", "INFY", "TCS", "HDFCBANK", "NIFTY", "BANKNIFTY", "CRUDEOIL")
 ALLOWED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
-
-
-async def start_replica(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Starts a replica logging to a file (a pipe nobody drains would block it) and reads its
-    port from the "started" line."""
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "services.subscription"], env=env, stderr=log_file)
-    deadline = asyncio.get_running_loop().time() + 60
-    while asyncio.get_running_loop().time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"subscription replica exited: {log_path.read_text()[-2000:]}")
-        for line in log_path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("msg") == "started":
-                return process, int(record["port"])
-        await asyncio.sleep(0.1)
-    raise TimeoutError("subscription replica did not start")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -61,7 +42,9 @@ async def replicas(database_url: str, masters_dir: Path, tmp_path: Path) -> Asyn
             "FEED_CONNECTIONS": str(CONNECTIONS),
             "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
         }
-        started = [await start_replica(env, tmp_path / f"replica-{n}.log") for n in range(2)]
+        started = [
+            await start_logged_service("services.subscription", env, tmp_path / f"replica-{n}.log") for n in range(2)
+        ]
         try:
             yield [f"127.0.0.1:{port}" for _, port in started], token, pool
         finally:

@@ -184,20 +184,9 @@ def _report_rates(report: Report, sim_runs: Runs, replay_runs: Runs) -> None:
     report.add("feed.ingest.replay.picows_bare", replay_runs["picows"]["rate"], "packets/s")
     report.add("feed.ingest.replay.ours", replay_runs["ours"]["rate"], "packets/s")
     report.add("feed.ingest.replay.dhanhq", replay_runs["dhanhq"]["rate"], "packets/s")
-    report.add(
-        "feed.ingest.ours_vs_websockets",
-        replay_runs["ours"]["rate"] / replay_runs["websockets"]["rate"],
-        "x",
-        target=OURS_VS_WEBSOCKETS_TARGET,
-        op=">=",
-    )
-    report.add(
-        "feed.ingest.ours_vs_dhanhq",
-        replay_runs["ours"]["rate"] / replay_runs["dhanhq"]["rate"],
-        "x",
-        target=OURS_VS_DHANHQ_TARGET,
-        op=">=",
-    )
+    for other, target in (("websockets", OURS_VS_WEBSOCKETS_TARGET), ("dhanhq", OURS_VS_DHANHQ_TARGET)):
+        ratio = replay_runs["ours"]["rate"] / replay_runs[other]["rate"]
+        report.add(f"feed.ingest.ours_vs_{other}", ratio, "x", target=target, op=">=")
     cost = {label: r["us_per_frame"] for label, r in replay_runs.items()}
     report.add("feed.ingest.cpu_per_frame_ours_us", cost["ours"], "us")
     report.note(

@@ -46,9 +46,9 @@ class ShardWindow:
     def take(self, records: bytes) -> None:
         """Times every record of one stream message and checks its sequence."""
         from services.dhan.protocol import split_head
-        from services.feed.records import RECORD_HEAD
+        from services.feed.records import RECORD_HEAD, RECORD_HEADER
 
-        unpack_record = RECORD_HEAD.unpack_from
+        unpack_record, header_size = RECORD_HEAD.unpack_from, RECORD_HEADER.size
         now_us = time.time_ns() // 1000
         size, offset, count = len(records), 0, 0
         last_seq, hist, sim_hist = self.last_seq, self.hist, self.sim_hist
@@ -63,7 +63,7 @@ class ShardWindow:
             if code == 8:  # a Full packet: its volume holds the simulator's send stamp
                 stamp = int.from_bytes(records[offset + 38 : offset + 42], "little", signed=True)
                 sim_hist[int(((received_us / 1000.0) % MS_PER_DAY - stamp) % MS_PER_DAY * 10)] += 1
-            offset += 16 + length
+            offset += header_size + length
             count += 1
         self.records += count
         self.messages += 1

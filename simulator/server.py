@@ -184,9 +184,7 @@ class FeedConnection:
         except InvalidState:
             return 0
         ws.transport.write(b"".join(proto.data_to_send()))
-        self.packets_sent += n
-        self.bytes_sent += nbytes
-        self.server.packets_sent += n
+        self._count(n, nbytes)
         return n
 
     async def _drain(self) -> None:
@@ -403,6 +401,9 @@ class FeedConnection:
     def _write_frames(self, framer: Framer, sent: int, nbytes: int) -> None:
         """Writes a batch's frames in one go and counts its packets."""
         self.ws.transport.write(framer.take())
+        self._count(sent, nbytes)
+
+    def _count(self, sent: int, nbytes: int) -> None:
         self.packets_sent += sent
         self.bytes_sent += nbytes
         self.server.packets_sent += sent

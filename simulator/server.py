@@ -53,7 +53,7 @@ from services.dhan.protocol import DisconnectReason, FeedMode, RequestCode
 from services.dhan.requests import RequestError, parse_request
 
 from .auth import check_credentials, client_id
-from .framing import MS_PER_DAY, Framer, garbage_frame, send_time_stamp
+from .framing import Framer, garbage_frame, send_time_stamp
 from .market import Book, Market
 from .ratelimit import TokenBucket
 from .settings import SimulatorSettings
@@ -370,7 +370,7 @@ class FeedConnection:
         until ``allowed`` are out (a Quote+OI pair may overshoot by one); returns (packets,
         bytes)."""
         settings = self.server.settings
-        stamp, clock = settings.stamp_send_time, time.time
+        stamp = settings.stamp_send_time
         now = self.server.market.now()
         n = len(entries)
         i = self._cursor % n
@@ -382,7 +382,7 @@ class FeedConnection:
                 i = 0
             book.tick(now)
             if mode == _FULL:
-                packet = book.full_packet(int(clock() * 1000.0) % MS_PER_DAY) if stamp else book.full_packet()
+                packet = book.full_packet(send_time_stamp()) if stamp else book.full_packet()
             elif mode == _TICKER:
                 packet = book.ticker_packet()
             else:

@@ -53,7 +53,7 @@ from services.dhan.protocol import DisconnectReason, FeedMode, RequestCode
 from services.dhan.requests import RequestError, parse_request
 
 from .auth import check_credentials, client_id
-from .framing import MS_PER_DAY, Framer, garbage_frame, send_time_stamp
+from .framing import Framer, garbage_frame, send_time_stamp
 from .market import Book, Market
 from .ratelimit import TokenBucket
 from .settings import SimulatorSettings
@@ -184,9 +184,7 @@ class FeedConnection:
         except InvalidState:
             return 0
         ws.transport.write(b"".join(proto.data_to_send()))
-        self.packets_sent += n
-        self.bytes_sent += nbytes
-        self.server.packets_sent += n
+        self._count(n, nbytes)
         return n
 
     async def _drain(self) -> None:
@@ -372,7 +370,7 @@ class FeedConnection:
         until ``allowed`` are out (a Quote+OI pair may overshoot by one); returns (packets,
         bytes)."""
         settings = self.server.settings
-        stamp, clock = settings.stamp_send_time, time.time
+        stamp = settings.stamp_send_time
         now = self.server.market.now()
         n = len(entries)
         i = self._cursor % n
@@ -384,7 +382,7 @@ class FeedConnection:
                 i = 0
             book.tick(now)
             if mode == _FULL:
-                packet = book.full_packet(int(clock() * 1000.0) % MS_PER_DAY) if stamp else book.full_packet()
+                packet = book.full_packet(send_time_stamp()) if stamp else book.full_packet()
             elif mode == _TICKER:
                 packet = book.ticker_packet()
             else:
@@ -403,6 +401,9 @@ class FeedConnection:
     def _write_frames(self, framer: Framer, sent: int, nbytes: int) -> None:
         """Writes a batch's frames in one go and counts its packets."""
         self.ws.transport.write(framer.take())
+        self._count(sent, nbytes)
+
+    def _count(self, sent: int, nbytes: int) -> None:
         self.packets_sent += sent
         self.bytes_sent += nbytes
         self.server.packets_sent += sent

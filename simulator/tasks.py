@@ -1,15 +1,14 @@
 """The one place the simulator's background tasks are started and stopped: each is kept
 referenced while it runs, a failure is logged with the task's name, and stopping cancels
-them all and waits for them."""
+them all and waits for them (`services.common.tasks`, as the services' servers do)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine
 from typing import Any
 
-log = logging.getLogger(__name__)
+from services.common.tasks import cancel_and_wait, log_failure
 
 
 class Tasks:
@@ -25,15 +24,12 @@ class Tasks:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._running.discard(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("background task failed", exc_info=error, extra={"task": task.get_name()})
+        log_failure(task)
 
     async def stop(self) -> None:
         """Cancels every running task and waits until they have all ended."""
         running = list(self._running)
+        self._running.clear()
         for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+            task.remove_done_callback(self._done)  # ended on purpose: cancel_and_wait logs a failure
+        await cancel_and_wait(running)

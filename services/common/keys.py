@@ -56,10 +56,6 @@ def checked_wire_key(proto: common_pb2.InstrumentKey, field: str = "key") -> int
     return wire_key(*key_from_proto(proto, field))
 
 
-def wire_key_of(key: Key) -> int:
-    return wire_key(key[0], key[1])
-
-
 def key_of_wire(wire: int) -> Key:
     return (SEGMENTS_BY_WIRE_CODE[wire & 0xFF], wire >> 8)
 

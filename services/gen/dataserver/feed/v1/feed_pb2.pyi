@@ -37,6 +37,22 @@ class UpstreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPSTREAM_STATE_INTERRUPTED: _ClassVar[UpstreamState]
     UPSTREAM_STATE_RESTORED: _ClassVar[UpstreamState]
 
+class UpstreamCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPSTREAM_CAUSE_UNSPECIFIED: _ClassVar[UpstreamCause]
+    UPSTREAM_CAUSE_RECONNECTING: _ClassVar[UpstreamCause]
+    UPSTREAM_CAUSE_KICKED: _ClassVar[UpstreamCause]
+    UPSTREAM_CAUSE_STOPPED: _ClassVar[UpstreamCause]
+    UPSTREAM_CAUSE_SILENT: _ClassVar[UpstreamCause]
+    UPSTREAM_CAUSE_SHARD_UNREACHABLE: _ClassVar[UpstreamCause]
+    UPSTREAM_CAUSE_MOVED: _ClassVar[UpstreamCause]
+
+class WatchlistFollowingState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCHLIST_FOLLOWING_STATE_UNSPECIFIED: _ClassVar[WatchlistFollowingState]
+    WATCHLIST_FOLLOWING_STATE_PAUSED: _ClassVar[WatchlistFollowingState]
+    WATCHLIST_FOLLOWING_STATE_RESUMED: _ClassVar[WatchlistFollowingState]
+
 class MarketPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MARKET_PHASE_UNSPECIFIED: _ClassVar[MarketPhase]
@@ -67,6 +83,16 @@ INSTRUMENT_STATUS_REMOVED: InstrumentStatus
 UPSTREAM_STATE_UNSPECIFIED: UpstreamState
 UPSTREAM_STATE_INTERRUPTED: UpstreamState
 UPSTREAM_STATE_RESTORED: UpstreamState
+UPSTREAM_CAUSE_UNSPECIFIED: UpstreamCause
+UPSTREAM_CAUSE_RECONNECTING: UpstreamCause
+UPSTREAM_CAUSE_KICKED: UpstreamCause
+UPSTREAM_CAUSE_STOPPED: UpstreamCause
+UPSTREAM_CAUSE_SILENT: UpstreamCause
+UPSTREAM_CAUSE_SHARD_UNREACHABLE: UpstreamCause
+UPSTREAM_CAUSE_MOVED: UpstreamCause
+WATCHLIST_FOLLOWING_STATE_UNSPECIFIED: WatchlistFollowingState
+WATCHLIST_FOLLOWING_STATE_PAUSED: WatchlistFollowingState
+WATCHLIST_FOLLOWING_STATE_RESUMED: WatchlistFollowingState
 MARKET_PHASE_UNSPECIFIED: MarketPhase
 MARKET_PHASE_PRE_OPEN: MarketPhase
 MARKET_PHASE_OPEN: MarketPhase
@@ -169,18 +195,26 @@ class BatchOptions(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class InstrumentState(_message.Message):
-    __slots__ = ("key", "status", "mode", "awaiting_first_tick", "message")
+    __slots__ = ("key", "status", "mode", "awaiting_first_tick", "message", "stale", "stale_cause", "stale_reason", "stale_since")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     AWAITING_FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    STALE_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    STALE_REASON_FIELD_NUMBER: _ClassVar[int]
+    STALE_SINCE_FIELD_NUMBER: _ClassVar[int]
     key: _common_pb2.InstrumentKey
     status: InstrumentStatus
     mode: _common_pb2.FeedMode
     awaiting_first_tick: bool
     message: str
-    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., status: _Optional[_Union[InstrumentStatus, str]] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ..., awaiting_first_tick: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    stale: bool
+    stale_cause: UpstreamCause
+    stale_reason: str
+    stale_since: _timestamp_pb2.Timestamp
+    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., status: _Optional[_Union[InstrumentStatus, str]] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ..., awaiting_first_tick: _Optional[bool] = ..., message: _Optional[str] = ..., stale: _Optional[bool] = ..., stale_cause: _Optional[_Union[UpstreamCause, str]] = ..., stale_reason: _Optional[str] = ..., stale_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TickSnapshot(_message.Message):
     __slots__ = ("ticks", "instruments", "correlation_id", "market_states")
@@ -195,20 +229,42 @@ class TickSnapshot(_message.Message):
     def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., instruments: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ..., correlation_id: _Optional[str] = ..., market_states: _Optional[_Iterable[_Union[SegmentMarketState, _Mapping]]] = ...) -> None: ...
 
 class UpstreamStatusChange(_message.Message):
-    __slots__ = ("shard_id", "state", "affected_instruments", "shard_restarted", "interrupted_at", "reason")
+    __slots__ = ("shard_id", "state", "affected_instruments", "shard_restarted", "interrupted_at", "reason", "instruments", "cause", "disconnect_code")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     AFFECTED_INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
     SHARD_RESTARTED_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECT_CODE_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     state: UpstreamState
     affected_instruments: int
     shard_restarted: bool
     interrupted_at: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, shard_id: _Optional[int] = ..., state: _Optional[_Union[UpstreamState, str]] = ..., affected_instruments: _Optional[int] = ..., shard_restarted: _Optional[bool] = ..., interrupted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    instruments: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
+    cause: UpstreamCause
+    disconnect_code: int
+    def __init__(self, shard_id: _Optional[int] = ..., state: _Optional[_Union[UpstreamState, str]] = ..., affected_instruments: _Optional[int] = ..., shard_restarted: _Optional[bool] = ..., interrupted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., instruments: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ..., cause: _Optional[_Union[UpstreamCause, str]] = ..., disconnect_code: _Optional[int] = ...) -> None: ...
+
+class WatchlistFollowing(_message.Message):
+    __slots__ = ("state", "reason")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    state: WatchlistFollowingState
+    reason: str
+    def __init__(self, state: _Optional[_Union[WatchlistFollowingState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ServerDraining(_message.Message):
+    __slots__ = ("reason", "deadline")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    deadline: _duration_pb2.Duration
+    def __init__(self, reason: _Optional[str] = ..., deadline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SlowConsumerWarning(_message.Message):
     __slots__ = ("lag", "conflated_updates", "pending_instruments")
@@ -221,20 +277,24 @@ class SlowConsumerWarning(_message.Message):
     def __init__(self, lag: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., conflated_updates: _Optional[int] = ..., pending_instruments: _Optional[int] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
-    __slots__ = ("occurred_at", "watchlist", "upstream", "slow_consumer", "instrument_status", "market_phase")
+    __slots__ = ("occurred_at", "watchlist", "upstream", "slow_consumer", "instrument_status", "market_phase", "watchlist_following", "draining")
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     WATCHLIST_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     SLOW_CONSUMER_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENT_STATUS_FIELD_NUMBER: _ClassVar[int]
     MARKET_PHASE_FIELD_NUMBER: _ClassVar[int]
+    WATCHLIST_FOLLOWING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     occurred_at: _timestamp_pb2.Timestamp
     watchlist: _subscription_pb2.WatchlistEvent
     upstream: UpstreamStatusChange
     slow_consumer: SlowConsumerWarning
     instrument_status: InstrumentState
     market_phase: MarketPhaseChange
-    def __init__(self, occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watchlist: _Optional[_Union[_subscription_pb2.WatchlistEvent, _Mapping]] = ..., upstream: _Optional[_Union[UpstreamStatusChange, _Mapping]] = ..., slow_consumer: _Optional[_Union[SlowConsumerWarning, _Mapping]] = ..., instrument_status: _Optional[_Union[InstrumentState, _Mapping]] = ..., market_phase: _Optional[_Union[MarketPhaseChange, _Mapping]] = ...) -> None: ...
+    watchlist_following: WatchlistFollowing
+    draining: ServerDraining
+    def __init__(self, occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., watchlist: _Optional[_Union[_subscription_pb2.WatchlistEvent, _Mapping]] = ..., upstream: _Optional[_Union[UpstreamStatusChange, _Mapping]] = ..., slow_consumer: _Optional[_Union[SlowConsumerWarning, _Mapping]] = ..., instrument_status: _Optional[_Union[InstrumentState, _Mapping]] = ..., market_phase: _Optional[_Union[MarketPhaseChange, _Mapping]] = ..., watchlist_following: _Optional[_Union[WatchlistFollowing, _Mapping]] = ..., draining: _Optional[_Union[ServerDraining, _Mapping]] = ...) -> None: ...
 
 class StreamTicksRequest(_message.Message):
     __slots__ = ("instruments", "my_watchlist", "mode", "batch_options")
@@ -319,12 +379,14 @@ class GetSnapshotRequest(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ..., mode: _Optional[_Union[_common_pb2.FeedMode, str]] = ...) -> None: ...
 
 class GetSnapshotResponse(_message.Message):
-    __slots__ = ("ticks", "missing_keys")
+    __slots__ = ("ticks", "missing_keys", "stale")
     TICKS_FIELD_NUMBER: _ClassVar[int]
     MISSING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     ticks: _containers.RepeatedCompositeFieldContainer[Tick]
     missing_keys: _containers.RepeatedCompositeFieldContainer[_common_pb2.InstrumentKey]
-    def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., missing_keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ...) -> None: ...
+    stale: _containers.RepeatedCompositeFieldContainer[InstrumentState]
+    def __init__(self, ticks: _Optional[_Iterable[_Union[Tick, _Mapping]]] = ..., missing_keys: _Optional[_Iterable[_Union[_common_pb2.InstrumentKey, _Mapping]]] = ..., stale: _Optional[_Iterable[_Union[InstrumentState, _Mapping]]] = ...) -> None: ...
 
 class SegmentMarketState(_message.Message):
     __slots__ = ("exchange_segment", "phase", "next_change_at", "next_phase")
@@ -363,7 +425,7 @@ class GetMarketStateResponse(_message.Message):
     def __init__(self, segments: _Optional[_Iterable[_Union[SegmentMarketState, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ShardStatus(_message.Message):
-    __slots__ = ("shard_id", "shard_epoch", "connection_state", "reachable", "reported_at", "last_disconnect_code", "last_disconnect_reason", "last_disconnect_at", "connected_at", "instruments_assigned", "instruments_subscribed", "instruments_awaiting_first_tick", "frames_received", "packets_received", "protocol_errors", "last_frame_at", "reconnect_count", "next_retry_at", "assignment_version")
+    __slots__ = ("shard_id", "shard_epoch", "connection_state", "reachable", "reported_at", "last_disconnect_code", "last_disconnect_reason", "last_disconnect_at", "connected_at", "instruments_assigned", "instruments_subscribed", "instruments_awaiting_first_tick", "frames_received", "packets_received", "protocol_errors", "last_frame_at", "reconnect_count", "next_retry_at", "assignment_version", "interruption_cause", "interrupted_at")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -383,6 +445,8 @@ class ShardStatus(_message.Message):
     RECONNECT_COUNT_FIELD_NUMBER: _ClassVar[int]
     NEXT_RETRY_AT_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTION_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_AT_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     shard_epoch: str
     connection_state: ConnectionState
@@ -402,7 +466,9 @@ class ShardStatus(_message.Message):
     reconnect_count: int
     next_retry_at: _timestamp_pb2.Timestamp
     assignment_version: int
-    def __init__(self, shard_id: _Optional[int] = ..., shard_epoch: _Optional[str] = ..., connection_state: _Optional[_Union[ConnectionState, str]] = ..., reachable: _Optional[bool] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_code: _Optional[int] = ..., last_disconnect_reason: _Optional[str] = ..., last_disconnect_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instruments_assigned: _Optional[int] = ..., instruments_subscribed: _Optional[int] = ..., instruments_awaiting_first_tick: _Optional[int] = ..., frames_received: _Optional[int] = ..., packets_received: _Optional[int] = ..., protocol_errors: _Optional[int] = ..., last_frame_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_count: _Optional[int] = ..., next_retry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_version: _Optional[int] = ...) -> None: ...
+    interruption_cause: UpstreamCause
+    interrupted_at: _timestamp_pb2.Timestamp
+    def __init__(self, shard_id: _Optional[int] = ..., shard_epoch: _Optional[str] = ..., connection_state: _Optional[_Union[ConnectionState, str]] = ..., reachable: _Optional[bool] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_disconnect_code: _Optional[int] = ..., last_disconnect_reason: _Optional[str] = ..., last_disconnect_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instruments_assigned: _Optional[int] = ..., instruments_subscribed: _Optional[int] = ..., instruments_awaiting_first_tick: _Optional[int] = ..., frames_received: _Optional[int] = ..., packets_received: _Optional[int] = ..., protocol_errors: _Optional[int] = ..., last_frame_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_count: _Optional[int] = ..., next_retry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_version: _Optional[int] = ..., interruption_cause: _Optional[_Union[UpstreamCause, str]] = ..., interrupted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetShardStatusRequest(_message.Message):
     __slots__ = ("shard_id",)

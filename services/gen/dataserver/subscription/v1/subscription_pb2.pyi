@@ -2,6 +2,7 @@ import datetime
 
 from dataserver.common.v1 import common_pb2 as _common_pb2
 from dataserver.registry.v1 import registry_pb2 as _registry_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -245,20 +246,26 @@ class TierUsage(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., instrument_count: _Optional[int] = ..., owner_count: _Optional[int] = ...) -> None: ...
 
 class ShardUsage(_message.Message):
-    __slots__ = ("shard_id", "instrument_count", "limit", "moves_in_flight", "tier_a_count", "tier_b_count")
+    __slots__ = ("shard_id", "instrument_count", "limit", "moves_in_flight", "tier_a_count", "tier_b_count", "connected", "down_since", "down_reason")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     MOVES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     TIER_A_COUNT_FIELD_NUMBER: _ClassVar[int]
     TIER_B_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    DOWN_SINCE_FIELD_NUMBER: _ClassVar[int]
+    DOWN_REASON_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     instrument_count: int
     limit: int
     moves_in_flight: int
     tier_a_count: int
     tier_b_count: int
-    def __init__(self, shard_id: _Optional[int] = ..., instrument_count: _Optional[int] = ..., limit: _Optional[int] = ..., moves_in_flight: _Optional[int] = ..., tier_a_count: _Optional[int] = ..., tier_b_count: _Optional[int] = ...) -> None: ...
+    connected: bool
+    down_since: _timestamp_pb2.Timestamp
+    down_reason: str
+    def __init__(self, shard_id: _Optional[int] = ..., instrument_count: _Optional[int] = ..., limit: _Optional[int] = ..., moves_in_flight: _Optional[int] = ..., tier_a_count: _Optional[int] = ..., tier_b_count: _Optional[int] = ..., connected: _Optional[bool] = ..., down_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., down_reason: _Optional[str] = ...) -> None: ...
 
 class UserUsage(_message.Message):
     __slots__ = ("user_id", "active_item_count", "evicted_item_count", "instrument_count")
@@ -806,3 +813,23 @@ class WatchWatchlistEventsResponse(_message.Message):
     event: WatchlistEvent
     heartbeat: _timestamp_pb2.Timestamp
     def __init__(self, snapshot: _Optional[_Union[WatchlistSnapshot, _Mapping]] = ..., event: _Optional[_Union[WatchlistEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReportShardHealthRequest(_message.Message):
+    __slots__ = ("shard_id", "shard_epoch", "connected", "down_since", "reason")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    DOWN_SINCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    shard_epoch: str
+    connected: bool
+    down_since: _timestamp_pb2.Timestamp
+    reason: str
+    def __init__(self, shard_id: _Optional[int] = ..., shard_epoch: _Optional[str] = ..., connected: _Optional[bool] = ..., down_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReportShardHealthResponse(_message.Message):
+    __slots__ = ("report_interval",)
+    REPORT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    report_interval: _duration_pb2.Duration
+    def __init__(self, report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -140,6 +140,11 @@ class SubscriptionServiceStub:
                 request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.WatchWatchlistEventsRequest.SerializeToString,
                 response_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.WatchWatchlistEventsResponse.FromString,
                 _registered_method=True)
+        self.ReportShardHealth = channel.unary_unary(
+                '/dataserver.subscription.v1.SubscriptionService/ReportShardHealth',
+                request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthRequest.SerializeToString,
+                response_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriptionServiceServicer:
@@ -312,6 +317,15 @@ class SubscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportShardHealth(self, request, context):
+        """Records a shard's broker-connection health (internal: shards call it every few
+        seconds and on every change). Placement avoids shards that are down, and the
+        instruments of a shard down longer than the failover time move to live shards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -409,6 +423,11 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
                     servicer.WatchWatchlistEvents,
                     request_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.WatchWatchlistEventsRequest.FromString,
                     response_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.WatchWatchlistEventsResponse.SerializeToString,
+            ),
+            'ReportShardHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportShardHealth,
+                    request_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthRequest.FromString,
+                    response_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -935,6 +954,33 @@ class SubscriptionService:
             '/dataserver.subscription.v1.SubscriptionService/WatchWatchlistEvents',
             dataserver_dot_subscription_dot_v1_dot_subscription__pb2.WatchWatchlistEventsRequest.SerializeToString,
             dataserver_dot_subscription_dot_v1_dot_subscription__pb2.WatchWatchlistEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportShardHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataserver.subscription.v1.SubscriptionService/ReportShardHealth',
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthRequest.SerializeToString,
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,7 +13,9 @@ into complete records, every field and all five depth levels materialised:
 
 Both run in the same process, interleaved over ROUNDS rounds; the best round of each is
 reported (packets/s) and their ratio against RATIO_TARGET. A few packets are checked to
-decode to the same values first, so the two sides do comparable work.
+decode to the same values first, so the two sides do comparable work. Decoding keeps Dhan's
+float32 values as sent; the gateway rounds prices when it encodes them for terminals, which
+``bench.encode`` measures next on the same packets.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench import encode as gateway_encode
 from bench.report import Report
 from services import dhan as codec
 from services.common.gctuning import tune_for_hot_path
@@ -143,6 +146,7 @@ def run(report: Report) -> None:
     )
     report.add("codec.full_decode_frame_ratio", (N / best_frame) / official_rate, "x")
     report.note(f"per packet: ours {best_ours / N * 1e9:.0f} ns, dhanhq process_full {best_official / N * 1e9:.0f} ns")
+    gateway_encode.run(report, frames, best_official)
 
 
 if __name__ == "__main__":

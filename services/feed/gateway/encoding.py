@@ -5,7 +5,8 @@ Full packets streamed in FULL mode, the bulk of the traffic, take the fast path:
 Tick field is fixed-width (see feed.proto), so the entry is the raw packet unpacked once
 and packed once with constant tags, a fraction of the cost of building the message.
 Everything else (Ticker and Quote packets, lower modes) builds the message. Both give the
-same Tick; the tests check it.
+same Tick; the tests check it. Both round every price (services.feed.gateway.prices): the
+decoded records keep Dhan's float32 values as sent, and terminals get the decimals.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataserver.feed.v1 import feed_pb2
 
 from services.dhan.packets import FullPacket, OIPacket, PrevClosePacket, QuotePacket, TickerPacket
 from services.dhan.protocol import FULL_FIELDS, HEADER_SIZE, IST_OFFSET_SECONDS, PREV_CLOSE_FIELDS
+from services.feed.gateway.prices import ROUNDING, SCALES, rounded
 
 TICKER, FULL = common_pb2.FEED_MODE_TICKER, common_pb2.FEED_MODE_FULL
 PART_TICKER, PART_QUOTE, PART_OI, PART_PREV, PART_FULL = (
@@ -64,26 +66,38 @@ def full_entry(
     _unpack: Any = _FULL_BODY.unpack_from,
     _pack: Any = _FULL_TICK.pack,
     _ist: int = IST_OFFSET_SECONDS,
+    _scales: tuple[float, ...] = SCALES,
+    r: float = ROUNDING,
 ) -> bytes:
-    """The fast path: a Full packet (and the previous-close packet, if any) in FULL mode."""
+    """The fast path: a Full packet (and the previous-close packet, if any) in FULL mode.
+    Every price is prices.rounded, written inline: a call per price would cost more than
+    the rounding itself."""
     t = _unpack(full)
+    s = _scales[full[3]]
     if prev is None:
         parts, prev_close, prev_oi = FULL_PARTS, 0.0, 0
     else:
         parts = FULL_PARTS | PART_PREV
         prev_close, prev_oi = _PREV_BODY.unpack_from(prev)
+        prev_close = (prev_close * s + r - r) / s
     # Depth levels are written in DepthLevel field order: bid price 1, bid qty 2, bid orders
     # 3, ask price 4, ask qty 5, ask orders 6.
     return prefix + _pack(
-        0x11, sequence, 0x1D, parts, 0x21, t[0], 0x29, t[2] - _ist, 0x31, t[1], 0x39, t[3],
-        0x41, t[4], 0x49, t[6], 0x51, t[5], 0x59, t[7],
-        0x62, 46, 0x09, t[18], 0x11, t[14], 0x1D, t[16], 0x21, t[19], 0x29, t[15], 0x35, t[17],
-        0x62, 46, 0x09, t[24], 0x11, t[20], 0x1D, t[22], 0x21, t[25], 0x29, t[21], 0x35, t[23],
-        0x62, 46, 0x09, t[30], 0x11, t[26], 0x1D, t[28], 0x21, t[31], 0x29, t[27], 0x35, t[29],
-        0x62, 46, 0x09, t[36], 0x11, t[32], 0x1D, t[34], 0x21, t[37], 0x29, t[33], 0x35, t[35],
-        0x62, 46, 0x09, t[42], 0x11, t[38], 0x1D, t[40], 0x21, t[43], 0x29, t[39], 0x35, t[41],
-        0x69, received_us, 0x71, t[10], 0x79, t[12],
-        0x0181, t[13], 0x0189, t[11], 0x0191, t[8], 0x0199, t[9], 0x01A1, prev_close, 0x01A9, prev_oi,
+        0x11, sequence, 0x1D, parts, 0x21, (t[0] * s + r - r) / s, 0x29, t[2] - _ist, 0x31, t[1],
+        0x39, (t[3] * s + r - r) / s, 0x41, t[4], 0x49, t[6], 0x51, t[5], 0x59, t[7],
+        0x62, 46, 0x09, (t[18] * s + r - r) / s, 0x11, t[14], 0x1D, t[16],
+        0x21, (t[19] * s + r - r) / s, 0x29, t[15], 0x35, t[17],
+        0x62, 46, 0x09, (t[24] * s + r - r) / s, 0x11, t[20], 0x1D, t[22],
+        0x21, (t[25] * s + r - r) / s, 0x29, t[21], 0x35, t[23],
+        0x62, 46, 0x09, (t[30] * s + r - r) / s, 0x11, t[26], 0x1D, t[28],
+        0x21, (t[31] * s + r - r) / s, 0x29, t[27], 0x35, t[29],
+        0x62, 46, 0x09, (t[36] * s + r - r) / s, 0x11, t[32], 0x1D, t[34],
+        0x21, (t[37] * s + r - r) / s, 0x29, t[33], 0x35, t[35],
+        0x62, 46, 0x09, (t[42] * s + r - r) / s, 0x11, t[38], 0x1D, t[40],
+        0x21, (t[43] * s + r - r) / s, 0x29, t[39], 0x35, t[41],
+        0x69, received_us, 0x71, (t[10] * s + r - r) / s, 0x79, (t[12] * s + r - r) / s,
+        0x0181, (t[13] * s + r - r) / s, 0x0189, (t[11] * s + r - r) / s, 0x0191, t[8], 0x0199, t[9],
+        0x01A1, prev_close, 0x01A9, prev_oi,
     )  # fmt: skip
 
 
@@ -96,24 +110,26 @@ def build_tick(
     oi: OIPacket | None,
     prev: PrevClosePacket | None,
 ) -> feed_pb2.Tick:
-    """The general path: the Tick as a terminal in `mode` sees it (higher modes carry more)."""
+    """The general path: the Tick as a terminal in `mode` sees it (higher modes carry more),
+    every price rounded (prices.rounded)."""
     message = feed_pb2.Tick(key=key, sequence=sequence, receive_time_micros=received_us)
     parts = 0
     if tick is not None:
         parts |= PART_TICKER
-        message.last_price = tick.ltp
+        scale = SCALES[tick.segment]
+        message.last_price = rounded(tick.ltp, scale)
         message.last_trade_time_seconds = tick.ltt_epoch
         if mode != TICKER and isinstance(tick, QuotePacket | FullPacket):
             parts |= PART_QUOTE
             message.last_trade_quantity = tick.ltq
-            message.average_price = tick.atp
+            message.average_price = rounded(tick.atp, scale)
             message.volume = tick.volume
             message.total_buy_quantity = tick.total_buy_qty
             message.total_sell_quantity = tick.total_sell_qty
-            message.day_open = tick.day_open
-            message.day_high = tick.day_high
-            message.day_low = tick.day_low
-            message.day_close = tick.day_close
+            message.day_open = rounded(tick.day_open, scale)
+            message.day_high = rounded(tick.day_high, scale)
+            message.day_low = rounded(tick.day_low, scale)
+            message.day_close = rounded(tick.day_close, scale)
             if type(tick) is FullPacket:
                 parts |= PART_OI
                 message.open_interest = tick.oi
@@ -125,10 +141,10 @@ def build_tick(
                     add = message.depth.add
                     for k in (0, 6, 12, 18, 24):
                         add(
-                            bid_price=depth[k + 4],
+                            bid_price=rounded(depth[k + 4], scale),
                             bid_quantity=depth[k],
                             bid_orders=depth[k + 2],
-                            ask_price=depth[k + 5],
+                            ask_price=rounded(depth[k + 5], scale),
                             ask_quantity=depth[k + 1],
                             ask_orders=depth[k + 3],
                         )
@@ -137,7 +153,7 @@ def build_tick(
         message.open_interest = oi.oi
     if prev is not None:
         parts |= PART_PREV
-        message.previous_close = prev.prev_close
+        message.previous_close = rounded(prev.prev_close, SCALES[prev.segment])
         message.previous_open_interest = prev.prev_oi
     message.present_parts = parts
     return message

@@ -67,7 +67,7 @@ def full_entry(
     _pack: Any = _FULL_TICK.pack,
     _ist: int = IST_OFFSET_SECONDS,
     _scales: tuple[float, ...] = SCALES,
-    r: float = ROUNDING,
+    _r: float = ROUNDING,
 ) -> bytes:
     """The fast path: a Full packet (and the previous-close packet, if any) in FULL mode.
     Every price is prices.rounded, written inline: a call per price would cost more than
@@ -79,24 +79,24 @@ def full_entry(
     else:
         parts = FULL_PARTS | PART_PREV
         prev_close, prev_oi = _PREV_BODY.unpack_from(prev)
-        prev_close = (prev_close * s + r - r) / s
+        prev_close = (prev_close * s + _r - _r) / s
     # Depth levels are written in DepthLevel field order: bid price 1, bid qty 2, bid orders
     # 3, ask price 4, ask qty 5, ask orders 6.
     return prefix + _pack(
-        0x11, sequence, 0x1D, parts, 0x21, (t[0] * s + r - r) / s, 0x29, t[2] - _ist, 0x31, t[1],
-        0x39, (t[3] * s + r - r) / s, 0x41, t[4], 0x49, t[6], 0x51, t[5], 0x59, t[7],
-        0x62, 46, 0x09, (t[18] * s + r - r) / s, 0x11, t[14], 0x1D, t[16],
-        0x21, (t[19] * s + r - r) / s, 0x29, t[15], 0x35, t[17],
-        0x62, 46, 0x09, (t[24] * s + r - r) / s, 0x11, t[20], 0x1D, t[22],
-        0x21, (t[25] * s + r - r) / s, 0x29, t[21], 0x35, t[23],
-        0x62, 46, 0x09, (t[30] * s + r - r) / s, 0x11, t[26], 0x1D, t[28],
-        0x21, (t[31] * s + r - r) / s, 0x29, t[27], 0x35, t[29],
-        0x62, 46, 0x09, (t[36] * s + r - r) / s, 0x11, t[32], 0x1D, t[34],
-        0x21, (t[37] * s + r - r) / s, 0x29, t[33], 0x35, t[35],
-        0x62, 46, 0x09, (t[42] * s + r - r) / s, 0x11, t[38], 0x1D, t[40],
-        0x21, (t[43] * s + r - r) / s, 0x29, t[39], 0x35, t[41],
-        0x69, received_us, 0x71, (t[10] * s + r - r) / s, 0x79, (t[12] * s + r - r) / s,
-        0x0181, (t[13] * s + r - r) / s, 0x0189, (t[11] * s + r - r) / s, 0x0191, t[8], 0x0199, t[9],
+        0x11, sequence, 0x1D, parts, 0x21, (t[0] * s + _r - _r) / s, 0x29, t[2] - _ist, 0x31, t[1],
+        0x39, (t[3] * s + _r - _r) / s, 0x41, t[4], 0x49, t[6], 0x51, t[5], 0x59, t[7],
+        0x62, 46, 0x09, (t[18] * s + _r - _r) / s, 0x11, t[14], 0x1D, t[16],
+        0x21, (t[19] * s + _r - _r) / s, 0x29, t[15], 0x35, t[17],
+        0x62, 46, 0x09, (t[24] * s + _r - _r) / s, 0x11, t[20], 0x1D, t[22],
+        0x21, (t[25] * s + _r - _r) / s, 0x29, t[21], 0x35, t[23],
+        0x62, 46, 0x09, (t[30] * s + _r - _r) / s, 0x11, t[26], 0x1D, t[28],
+        0x21, (t[31] * s + _r - _r) / s, 0x29, t[27], 0x35, t[29],
+        0x62, 46, 0x09, (t[36] * s + _r - _r) / s, 0x11, t[32], 0x1D, t[34],
+        0x21, (t[37] * s + _r - _r) / s, 0x29, t[33], 0x35, t[35],
+        0x62, 46, 0x09, (t[42] * s + _r - _r) / s, 0x11, t[38], 0x1D, t[40],
+        0x21, (t[43] * s + _r - _r) / s, 0x29, t[39], 0x35, t[41],
+        0x69, received_us, 0x71, (t[10] * s + _r - _r) / s, 0x79, (t[12] * s + _r - _r) / s,
+        0x0181, (t[13] * s + _r - _r) / s, 0x0189, (t[11] * s + _r - _r) / s, 0x0191, t[8], 0x0199, t[9],
         0x01A1, prev_close, 0x01A9, prev_oi,
     )  # fmt: skip
 

@@ -18,7 +18,6 @@ from dataserver.subscription.v1 import subscription_pb2 as pb
 from prometheus_client import REGISTRY
 
 from services.common.keys import key_from_proto
-from services.common.timestamps import timestamp
 from tests.feed_fixtures import eventually, running_feed
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
 from tests.test_simulator import http
@@ -41,7 +40,7 @@ async def report(
         shard_id=shard, shard_epoch=f"test-{shard}", connected=connected, reason="" if connected else reason
     )
     if not connected:
-        request.down_since.CopyFrom(timestamp(down_since or datetime.now(UTC)))
+        request.down_since.FromDatetime(down_since or datetime.now(UTC))
     return await service.stub.ReportShardHealth(request, metadata=service.admin)
 
 

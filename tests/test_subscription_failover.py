@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from dataserver.subscription.v1 import subscription_pb2 as pb
 from prometheus_client import REGISTRY
 
+from services.common.config import ConfigError, Settings, load_settings
 from services.common.keys import key_from_proto
+from services.feed import shard_server
 from tests.feed_fixtures import eventually, running_feed
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
 from tests.test_simulator import http
@@ -290,3 +294,23 @@ def _connection_holding(feed: Any, keys: set[Key]) -> int | None:
 
 async def _all_on_shard_0(service: SubscriptionUnderTest) -> bool:
     return await loads(service) == {0: 22} and await moving(service) == 0
+
+
+async def test_a_shard_keeps_running_while_its_reports_fail() -> None:
+    """No subscription service and no broker: reports fail and are retried; the shard stays up."""
+    settings = dataclasses.replace(
+        Settings(), subscription_addr="127.0.0.1:1", feed_url="ws://127.0.0.1:1", feed_max_backoff_seconds=0.2
+    )
+    shard = shard_server.create_server(settings)
+    async with shard.app:
+        await eventually(lambda: shard.health.reports_failed >= 2, what="two failed reports", timeout=15)
+        assert shard.app.failure is None and not shard.app.stopping.is_set()
+
+
+def test_failover_settings_are_checked_at_start_up() -> None:
+    assert load_settings({}).feed_failover_seconds == 20.0
+    assert load_settings({"FEED_FAILOVER_SECONDS": "5", "SHARD_HEALTH_REPORT_SECONDS": "1"}).feed_failover_seconds == 5
+    with pytest.raises(ConfigError, match="FEED_FAILOVER_SECONDS"):
+        load_settings({"FEED_FAILOVER_SECONDS": "-1"})
+    with pytest.raises(ConfigError, match="SHARD_HEALTH_REPORT_SECONDS"):
+        load_settings({"SHARD_HEALTH_REPORT_SECONDS": "0"})

@@ -57,6 +57,7 @@ class HealthReporter:
         self._down_since: float | None = None
         self._last_warning = 0.0
         self.reports_sent = 0
+        self.reports_failed = 0
 
     def observe(self) -> Observation | None:
         """The connection as the runtime has it; None while the first connection is still being
@@ -99,6 +100,7 @@ class HealthReporter:
                 request, metadata=self._caller.metadata(), timeout=CALL_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as error:
+            self.reports_failed += 1
             self._warn(error)
             return False
         self.reports_sent += 1

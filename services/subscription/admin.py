@@ -191,7 +191,8 @@ class Admin:
                 key = (row["exchange_segment"], row["security_id"])
                 await ledger.start_move(key, row["feed_mode"], source, target, reasons[source])
             stranded = sum(len(rows) for rows in candidates.values()) - len(pairs)
-        STRANDED.set(stranded)
+        if len(pairs) < FAILOVER_BATCH:  # a full batch leaves the rest to the next pass, not stranded
+            STRANDED.set(stranded)
         if pairs:
             log.warning(
                 "failing over down shards",

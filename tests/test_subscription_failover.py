@@ -22,6 +22,8 @@ from prometheus_client import REGISTRY
 from services.common.config import ConfigError, Settings, load_settings
 from services.common.keys import key_from_proto
 from services.feed import shard_server
+from services.subscription.admin import Admin
+from services.subscription.model import Budget
 from tests.feed_fixtures import eventually, running_feed
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
 from tests.test_simulator import http
@@ -314,3 +316,19 @@ def test_failover_settings_are_checked_at_start_up() -> None:
         load_settings({"FEED_FAILOVER_SECONDS": "-1"})
     with pytest.raises(ConfigError, match="SHARD_HEALTH_REPORT_SECONDS"):
         load_settings({"SHARD_HEALTH_REPORT_SECONDS": "0"})
+
+
+async def test_concurrent_failover_passes_move_each_instrument_once(database_url: str, masters_dir: Path) -> None:
+    """Replicas run the pass side by side; the ledger lock makes them take turns."""
+    # Its own upkeep neither fails over nor finishes moves while the test looks.
+    async with subscription(database_url, masters_dir, move_settle_seconds=60.0) as service:
+        await add(service, "alice", "RELIANCE", strikes_each_side=10)
+        leaving = await on_shard(service, 1)
+        await report(service, 1, False)
+        budget = Budget(service.settings.feed_connections, service.settings.feed_instruments_per_connection)
+        replicas = [Admin(service.pool, budget, move_settle_seconds=60.0, failover_seconds=0.0) for _ in range(4)]
+        started = await asyncio.gather(*(admin.fail_over() for admin in replicas))
+        assert sum(started) == len(leaving) and await moving(service) == len(leaving)
+        entries = await service.rows("SELECT count(*) AS n FROM subscription_log WHERE reason LIKE 'failover: %'")
+        assert entries[0]["n"] == len(leaving)
+        await invariants(service)

@@ -120,13 +120,16 @@ async def running_feed(
                             feed_connections=shards,
                             feed_url=f"ws://127.0.0.1:{ws_port}",
                             subscription_addr=service.address,
-                            feed_market_hours_only=False,
-                            feed_watchdog_seconds=1.5,
-                            feed_max_backoff_seconds=0.2,
-                            feed_kicked_backoff_seconds=1.0,
-                            feed_coalesce_seconds=0.02,
                             grpc_port=0,
-                            **settings,
+                            # `settings` may override these test defaults (a long 805 back-off).
+                            **{
+                                "feed_market_hours_only": False,
+                                "feed_watchdog_seconds": 1.5,
+                                "feed_max_backoff_seconds": 0.2,
+                                "feed_kicked_backoff_seconds": 1.0,
+                                "feed_coalesce_seconds": 0.02,
+                                **settings,
+                            },
                         )
                     )
                     await servers.enter_async_context(shard.app)

@@ -212,7 +212,13 @@ async def _serve_with_database(service: str, default_port: int, create: Callable
     configure_logging(service, settings.log_level)
     conninfo = resolve_database_url(settings)
     await migrate(conninfo)
-    pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name=service)
+    pool = await open_pool(
+        conninfo,
+        max_size=settings.db_pool_max_size,
+        name=service,
+        acquire_timeout=settings.db_acquire_timeout_seconds,
+        connect_timeout=settings.db_connect_timeout_seconds,
+    )
     app = create(settings, pool).app
     app.on_stop.insert(0, pool.close)  # closed last, after everything that uses it
     return await serve_app(settings, app)

@@ -67,6 +67,7 @@ def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) ->
         app.spawn(watch_loop_lag(), "gateway-loop-lag")
 
     app.before_serving.append(start_background)
+    app.on_drain.append(lambda: terminals.drain(settings.gateway_drain_seconds))
     app.on_stop.extend((hub.close, subscription_channel.close, registry_channel.close))
     return Gateway(app, hub, terminals, market)
 

@@ -32,6 +32,12 @@ RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
 # The event stream sends a heartbeat every 10 s; silence this long means it is gone.
 SILENT_SECONDS = 30.0
+# The subscription channel's own reconnection back-off, capped alike: gRPC's default cap (two
+# minutes) would keep a stream paused long after the service came back.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", int(RETRY_FIRST_SECONDS * 1000)),
+    ("grpc.max_reconnect_backoff_ms", int(RETRY_MAX_SECONDS * 1000)),
+)
 
 EventCall = grpc.aio.UnaryStreamCall[spb.WatchWatchlistEventsRequest, spb.WatchWatchlistEventsResponse]
 Units = dict[str, set[int]]  # active item id -> its instruments

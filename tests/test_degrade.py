@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
@@ -27,6 +28,7 @@ from grpc_health.v1 import health_pb2
 
 from services.common.auth import create_api_key
 from services.common.clients import health_stub
+from services.common.config import ConfigError, load_settings
 from services.common.db import Pool, open_pool
 from services.common.embedded_pg import start_embedded_postgres
 from services.common.last_prices import NoLastPrices
@@ -80,6 +82,20 @@ def ids(item: spb.WatchlistItem) -> set[int]:
     return {k.security_id for k in item.instruments}
 
 
+def test_degrade_settings_have_defaults_and_are_checked() -> None:
+    settings = load_settings({})
+    assert (settings.db_acquire_timeout_seconds, settings.db_connect_timeout_seconds) == (3.0, 3)
+    assert settings.gateway_drain_seconds == 5.0
+    assert load_settings({"GATEWAY_DRAIN_SECONDS": "0"}).gateway_drain_seconds == 0.0
+    for name, value in (
+        ("DB_ACQUIRE_TIMEOUT_SECONDS", "0"),
+        ("DB_CONNECT_TIMEOUT_SECONDS", "1"),
+        ("GATEWAY_DRAIN_SECONDS", "-1"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({name: value})
+
+
 # -- the subscription service goes away ------------------------------------------------------
 
 
@@ -115,7 +131,7 @@ async def test_a_watchlist_stream_keeps_ticking_while_the_subscription_service_i
             resumed, meanwhile = await read_until(stream, following(RESUMED), timeout=RECOVERY_SECONDS)
             caught_up = [m.event.watchlist for m in meanwhile if m.WhichOneof("body") == "event"]
             caught_up = [e for e in caught_up if e.ByteSize()]
-            assert "1 watchlist items changed" in resumed.event.watchlist_following.reason
+            assert "caught up on 1 changed watchlist item" in resumed.event.watchlist_following.reason
             assert [(e.kind, e.watchlist_item.item_id) for e in caught_up] == [
                 (spb.WATCHLIST_EVENT_KIND_ADDED, sbin.item_id)
             ]

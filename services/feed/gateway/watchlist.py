@@ -20,7 +20,7 @@ from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.clients import ServiceCaller
-from services.common.errors import ServiceError, Unavailable, dependency_unavailable, error_with
+from services.common.errors import ServiceError, Unavailable, error_with
 from services.common.keys import proto_wire_key, wire_key_proto
 from services.feed.gateway.streams import TerminalStream
 
@@ -97,7 +97,10 @@ class WatchlistFollower:
 
     @staticmethod
     def _unavailable(why: str) -> ServiceError:
-        return dependency_unavailable("the subscription service, which knows your watchlist,", why)
+        return Unavailable(
+            f"a my_watchlist stream starts from your watchlist, and the subscription service that keeps it "
+            f"is unavailable ({why}); retry in a few seconds"
+        )
 
     async def _open(self) -> tuple[EventCall, Units, spb.WatchlistSnapshot]:
         """Opens the event stream first, so nothing between the listing and it is missed; the
@@ -159,7 +162,7 @@ class WatchlistFollower:
             events, changed = await self._reconnect(stream)
             log.info("watchlist following resumed", extra={"user": self._user_id, "changed_items": changed})
             stream.send_event(
-                _following(_RESUMED, f"subscription service back; {changed} watchlist items changed meanwhile")
+                _following(_RESUMED, f"subscription service back; caught up on {changed} changed watchlist item(s)")
             )
 
     async def _apply_events(self, stream: TerminalStream, events: EventCall) -> None:

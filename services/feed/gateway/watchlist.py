@@ -174,6 +174,8 @@ class WatchlistFollower:
                 raise Lost("the watchlist event stream ended")
             if message.HasField("event"):
                 self._apply(stream, message.event)
+            elif message.HasField("snapshot"):  # the service may have missed events: catch up
+                self._catch_up(stream, await self._list(), message.snapshot)
 
     def _apply(self, stream: TerminalStream, event: spb.WatchlistEvent) -> None:
         item_id = event.watchlist_item.item_id
@@ -213,11 +215,16 @@ class WatchlistFollower:
                 log.debug("subscription service still unavailable", extra={"error": _why(error)})
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
-            changes = _changes(self.unit_keys, units, self._listed, snapshot, self._user_id)
-            before = self.keys()
-            self.unit_keys = units
-            self._show(stream, before, changes)
-            return events, len(changes)
+            return events, self._catch_up(stream, units, snapshot)
+
+    def _catch_up(self, stream: TerminalStream, units: Units, snapshot: spb.WatchlistSnapshot) -> int:
+        """Moves the stream to a fresh listing's `units`, with the events the terminal missed;
+        returns how many items changed."""
+        changes = _changes(self.unit_keys, units, self._listed, snapshot, self._user_id)
+        before = self.keys()
+        self.unit_keys = units
+        self._show(stream, before, changes)
+        return len(changes)
 
     async def _touch(self) -> None:
         while True:

@@ -82,7 +82,8 @@ def test_config_is_checked_at_start_up() -> None:
         load_settings({"MASTER_SOURCE": "dhan"})
     with pytest.raises(ConfigError, match=r"0\.\.4"):
         load_settings({"SHARD_ID": "5"})
-    assert "token" not in repr(load_settings({"DHAN_ACCESS_TOKEN": "secret-token"}))
+    shown = repr(load_settings({"DHAN_CLIENT_ID": "cid-4711", "DHAN_ACCESS_TOKEN": "secret-token"}))
+    assert "secret-token" not in shown and "cid-4711" not in shown
 
 
 def test_pagination() -> None:

@@ -66,7 +66,14 @@ def service_env(**extra: str) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         **extra,
     }
-    for name in ("SERVICE_TOKEN", "KUBERNETES_SERVICE_HOST", "DHAN_ACCESS_TOKEN", "DHAN_CLIENT_ID"):
+    for name in (
+        "SERVICE_TOKEN",
+        "KUBERNETES_SERVICE_HOST",
+        "DHAN_ACCESS_TOKEN",
+        "DHAN_CLIENT_ID",
+        "DHAN_ACCOUNTS",
+        "FEED_ACCOUNTS",
+    ):
         if name not in extra:
             env.pop(name, None)
     return env

@@ -92,7 +92,7 @@ def start_shard(children: Children, stack: Stack, shard_id: int, sim_port: int) 
         FEED_CONNECTIONS="1",
         FEED_MARKET_HOURS_ONLY="false",
         FEED_MAX_BACKOFF_SECONDS="0.5",
-        DHAN_CLIENT_ID=f"bench-shard-{shard_id}",
+        FEED_ACCOUNTS="5",  # one simulated account per shard: distinct client ids, so none kicks another
         MASTER_SOURCE="generated",
     )
     prefix = children.folder / f"shard-{shard_id}" if PROFILE and shard_id == 0 else None

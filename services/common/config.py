@@ -13,6 +13,7 @@ from datetime import time
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.common.accounts import SIMULATED, Account, AccountsError, ShardPlace, load_accounts, shard_place
 from services.common.market_calendar import MCX_CLOSE, MCX_CLOSE_US_WINTER
 
 N = TypeVar("N", int, float)
@@ -38,15 +39,17 @@ class Settings:
     registry_addr: str = "127.0.0.1:50051"
     subscription_addr: str = "127.0.0.1:50052"
     gateway_addr: str = "127.0.0.1:50053"
-    dhan_client_id: str | None = field(default=None, repr=False)
-    dhan_access_token: str | None = field(default=None, repr=False)
+    # The broker accounts, in shard order (services/common/accounts.py); credentials hidden from repr.
+    accounts: tuple[Account, ...] = SIMULATED
     # "generated", "file" or "dhan"; empty picks "dhan" with credentials, else "generated".
     master_source: str = ""
     master_file: Path | None = None
     master_seed: int = 7
     master_scale: str = "full"
     feed_url: str = "ws://127.0.0.1:8765"
+    # Connections (shards) over every account: accounts x feed_connections_per_account.
     feed_connections: int = 5
+    feed_connections_per_account: int = 5
     feed_instruments_per_connection: int = 5000
     shard_id: int = 0
     shutdown_grace_seconds: float = 10.0
@@ -119,7 +122,14 @@ class Settings:
 
     @property
     def dhan_credentials(self) -> bool:
-        return bool(self.dhan_client_id and self.dhan_access_token)
+        """Whether the feed is Dhan's (real accounts) rather than the local simulator."""
+        return any(not account.simulated for account in self.accounts)
+
+    def shard_place(self, shard_id: int | None = None) -> ShardPlace:
+        """The account and connection index of a shard (this process's by default)."""
+        return shard_place(
+            self.accounts, self.feed_connections_per_account, self.shard_id if shard_id is None else shard_id
+        )
 
     @property
     def effective_master_source(self) -> str:
@@ -179,6 +189,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
     """Builds Settings from `env` (default: os.environ); `grpc_port` is the service's default."""
     env = os.environ if env is None else env
     master_file = env.get("MASTER_FILE") or None
+    try:
+        accounts = load_accounts(env)
+    except AccountsError as error:
+        raise ConfigError(str(error)) from None
+    # FEED_CONNECTIONS counts one account's connections (Dhan allows 5).
+    per_account = _int(env, "FEED_CONNECTIONS", 5, 1, 5)
     settings = Settings(
         database_url=env.get("DATABASE_URL") or None,
         data_dir=Path(env.get("DATASERVER_DATA_DIR") or REPO_ROOT / "var"),
@@ -190,22 +206,18 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         registry_addr=env.get("REGISTRY_ADDR", "127.0.0.1:50051"),
         subscription_addr=env.get("SUBSCRIPTION_ADDR", "127.0.0.1:50052"),
         gateway_addr=env.get("GATEWAY_ADDR", "127.0.0.1:50053"),
-        dhan_client_id=env.get("DHAN_CLIENT_ID") or None,
-        dhan_access_token=env.get("DHAN_ACCESS_TOKEN") or None,
+        accounts=accounts,
         master_source=_choice(env, "MASTER_SOURCE", "", _MASTER_SOURCES),
         master_file=Path(master_file) if master_file else None,
         master_seed=_int(env, "MASTER_SEED", 7, 0, 2**31 - 1),
         master_scale=_choice(env, "MASTER_SCALE", "full", ("full", "small")),
         # The real feed with real credentials, the local simulator otherwise.
         feed_url=env.get("FEED_URL")
-        or (
-            "wss://api-feed.dhan.co"
-            if env.get("DHAN_CLIENT_ID") and env.get("DHAN_ACCESS_TOKEN")
-            else "ws://127.0.0.1:8765"
-        ),
-        feed_connections=_int(env, "FEED_CONNECTIONS", 5, 1, 5),
+        or ("ws://127.0.0.1:8765" if all(a.simulated for a in accounts) else "wss://api-feed.dhan.co"),
+        feed_connections=len(accounts) * per_account,
+        feed_connections_per_account=per_account,
         feed_instruments_per_connection=_int(env, "FEED_INSTRUMENTS_PER_CONNECTION", 5000, 1, 5000),
-        shard_id=_int(env, "SHARD_ID", 0, 0, 4),
+        shard_id=_int(env, "SHARD_ID", 0, 0, len(accounts) * per_account - 1),
         db_pool_max_size=_int(env, "DB_POOL_MAX_SIZE", 10, 1, 200),
         service_token=env.get("SERVICE_TOKEN") or None,
         stock_strikes_each_side=_int(env, "STOCK_STRIKES_EACH_SIDE", 12, 1, 200),
@@ -242,7 +254,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
     if settings.effective_master_source == "file" and settings.master_file is None:
         raise ConfigError("MASTER_SOURCE=file needs MASTER_FILE, the path of a Dhan scrip-master CSV")
     if settings.effective_master_source == "dhan" and not settings.dhan_credentials:
-        raise ConfigError("MASTER_SOURCE=dhan needs DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN")
+        raise ConfigError(
+            "MASTER_SOURCE=dhan needs a Dhan account (DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN, or DHAN_ACCOUNTS)"
+        )
     return settings
 
 

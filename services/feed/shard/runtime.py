@@ -170,7 +170,9 @@ class ShardRuntime:
         self.shard_sequence = 0
         self.streams: set[GatewayStream] = set()
         self._label = str(self.shard_id)
-        self._url = feed_url(settings.feed_url, settings.dhan_client_id or "sim", settings.dhan_access_token or "sim")
+        place = settings.shard_place()
+        self.account_id = place.account.account_id
+        self._url = feed_url(settings.feed_url, place.account.client_id, place.account.initial_token())
         self._subscriptions = subscription_pb2_grpc.SubscriptionServiceStub(subscription)
         self._caller = ServiceCaller("subscription", settings.service_token)
         self._connection: BrokerConnection | None = None

@@ -246,7 +246,7 @@ class TierUsage(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., instrument_count: _Optional[int] = ..., owner_count: _Optional[int] = ...) -> None: ...
 
 class ShardUsage(_message.Message):
-    __slots__ = ("shard_id", "instrument_count", "limit", "moves_in_flight", "tier_a_count", "tier_b_count", "connected", "down_since", "down_reason")
+    __slots__ = ("shard_id", "instrument_count", "limit", "moves_in_flight", "tier_a_count", "tier_b_count", "connected", "down_since", "down_reason", "account_id", "connection_index")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,8 @@ class ShardUsage(_message.Message):
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     DOWN_SINCE_FIELD_NUMBER: _ClassVar[int]
     DOWN_REASON_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_INDEX_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     instrument_count: int
     limit: int
@@ -265,7 +267,9 @@ class ShardUsage(_message.Message):
     connected: bool
     down_since: _timestamp_pb2.Timestamp
     down_reason: str
-    def __init__(self, shard_id: _Optional[int] = ..., instrument_count: _Optional[int] = ..., limit: _Optional[int] = ..., moves_in_flight: _Optional[int] = ..., tier_a_count: _Optional[int] = ..., tier_b_count: _Optional[int] = ..., connected: _Optional[bool] = ..., down_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., down_reason: _Optional[str] = ...) -> None: ...
+    account_id: str
+    connection_index: int
+    def __init__(self, shard_id: _Optional[int] = ..., instrument_count: _Optional[int] = ..., limit: _Optional[int] = ..., moves_in_flight: _Optional[int] = ..., tier_a_count: _Optional[int] = ..., tier_b_count: _Optional[int] = ..., connected: _Optional[bool] = ..., down_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., down_reason: _Optional[str] = ..., account_id: _Optional[str] = ..., connection_index: _Optional[int] = ...) -> None: ...
 
 class UserUsage(_message.Message):
     __slots__ = ("user_id", "active_item_count", "evicted_item_count", "instrument_count")
@@ -280,7 +284,7 @@ class UserUsage(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., active_item_count: _Optional[int] = ..., evicted_item_count: _Optional[int] = ..., instrument_count: _Optional[int] = ...) -> None: ...
 
 class GetSubscriptionStatusResponse(_message.Message):
-    __slots__ = ("subscribed_count", "capacity", "connection_count", "per_connection_limit", "utilization", "tiers", "shards", "users", "user_count", "evictions_today", "as_of")
+    __slots__ = ("subscribed_count", "capacity", "connection_count", "per_connection_limit", "utilization", "tiers", "shards", "users", "user_count", "evictions_today", "as_of", "accounts")
     SUBSCRIBED_COUNT_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +296,7 @@ class GetSubscriptionStatusResponse(_message.Message):
     USER_COUNT_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_TODAY_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     subscribed_count: int
     capacity: int
     connection_count: int
@@ -303,7 +308,28 @@ class GetSubscriptionStatusResponse(_message.Message):
     user_count: int
     evictions_today: int
     as_of: _timestamp_pb2.Timestamp
-    def __init__(self, subscribed_count: _Optional[int] = ..., capacity: _Optional[int] = ..., connection_count: _Optional[int] = ..., per_connection_limit: _Optional[int] = ..., utilization: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardUsage, _Mapping]]] = ..., users: _Optional[_Iterable[_Union[UserUsage, _Mapping]]] = ..., user_count: _Optional[int] = ..., evictions_today: _Optional[int] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    accounts: _containers.RepeatedCompositeFieldContainer[AccountUsage]
+    def __init__(self, subscribed_count: _Optional[int] = ..., capacity: _Optional[int] = ..., connection_count: _Optional[int] = ..., per_connection_limit: _Optional[int] = ..., utilization: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardUsage, _Mapping]]] = ..., users: _Optional[_Iterable[_Union[UserUsage, _Mapping]]] = ..., user_count: _Optional[int] = ..., evictions_today: _Optional[int] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accounts: _Optional[_Iterable[_Union[AccountUsage, _Mapping]]] = ...) -> None: ...
+
+class AccountUsage(_message.Message):
+    __slots__ = ("account_id", "connection_count", "capacity", "subscribed_count", "utilization", "connected_shards", "credentials_version", "rotated_at")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_AT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    connection_count: int
+    capacity: int
+    subscribed_count: int
+    utilization: float
+    connected_shards: int
+    credentials_version: int
+    rotated_at: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., connection_count: _Optional[int] = ..., capacity: _Optional[int] = ..., subscribed_count: _Optional[int] = ..., utilization: _Optional[float] = ..., connected_shards: _Optional[int] = ..., credentials_version: _Optional[int] = ..., rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubscriptionOwner(_message.Message):
     __slots__ = ("tier", "user_id", "item_id", "plan_entry_id", "mode", "created_at")
@@ -815,21 +841,65 @@ class WatchWatchlistEventsResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[WatchlistSnapshot, _Mapping]] = ..., event: _Optional[_Union[WatchlistEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReportShardHealthRequest(_message.Message):
-    __slots__ = ("shard_id", "shard_epoch", "connected", "down_since", "reason")
+    __slots__ = ("shard_id", "shard_epoch", "connected", "down_since", "reason", "account_id", "credentials_version", "waiting_for_credentials")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     DOWN_SINCE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     shard_epoch: str
     connected: bool
     down_since: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, shard_id: _Optional[int] = ..., shard_epoch: _Optional[str] = ..., connected: _Optional[bool] = ..., down_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    account_id: str
+    credentials_version: int
+    waiting_for_credentials: bool
+    def __init__(self, shard_id: _Optional[int] = ..., shard_epoch: _Optional[str] = ..., connected: _Optional[bool] = ..., down_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., account_id: _Optional[str] = ..., credentials_version: _Optional[int] = ..., waiting_for_credentials: _Optional[bool] = ...) -> None: ...
 
 class ReportShardHealthResponse(_message.Message):
-    __slots__ = ("report_interval",)
+    __slots__ = ("report_interval", "credentials_version")
     REPORT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_VERSION_FIELD_NUMBER: _ClassVar[int]
     report_interval: _duration_pb2.Duration
-    def __init__(self, report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    credentials_version: int
+    def __init__(self, report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., credentials_version: _Optional[int] = ...) -> None: ...
+
+class RotateAccessTokenRequest(_message.Message):
+    __slots__ = ("account_id", "access_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    access_token: str
+    def __init__(self, account_id: _Optional[str] = ..., access_token: _Optional[str] = ...) -> None: ...
+
+class RotateAccessTokenResponse(_message.Message):
+    __slots__ = ("account_id", "credentials_version", "rotated_at")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_AT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    credentials_version: int
+    rotated_at: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., credentials_version: _Optional[int] = ..., rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetAccountCredentialsRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class GetAccountCredentialsResponse(_message.Message):
+    __slots__ = ("account_id", "access_token", "credentials_version", "rotated_at")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_AT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    access_token: str
+    credentials_version: int
+    rotated_at: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., access_token: _Optional[str] = ..., credentials_version: _Optional[int] = ..., rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

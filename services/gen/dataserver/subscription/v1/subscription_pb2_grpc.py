@@ -145,6 +145,16 @@ class SubscriptionServiceStub:
                 request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthRequest.SerializeToString,
                 response_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthResponse.FromString,
                 _registered_method=True)
+        self.RotateAccessToken = channel.unary_unary(
+                '/dataserver.subscription.v1.SubscriptionService/RotateAccessToken',
+                request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.RotateAccessTokenRequest.SerializeToString,
+                response_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.RotateAccessTokenResponse.FromString,
+                _registered_method=True)
+        self.GetAccountCredentials = channel.unary_unary(
+                '/dataserver.subscription.v1.SubscriptionService/GetAccountCredentials',
+                request_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.GetAccountCredentialsRequest.SerializeToString,
+                response_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.GetAccountCredentialsResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriptionServiceServicer:
@@ -326,6 +336,25 @@ class SubscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateAccessToken(self, request, context):
+        """Replaces a broker account's access token while everything runs (admin or service):
+        the account's shards reconnect with it and resubscribe. The token is kept in the
+        database (the shards read it through GetAccountCredentials), so a shard that restarts
+        later uses it too. Never echoed, logged or reported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountCredentials(self, request, context):
+        """Gets an account's current access token (internal: shards call it when the version in
+        ReportShardHealthResponse changes). NOT_FOUND when the token was never rotated here:
+        the shard keeps the one from its configuration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -428,6 +457,16 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
                     servicer.ReportShardHealth,
                     request_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthRequest.FromString,
                     response_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthResponse.SerializeToString,
+            ),
+            'RotateAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateAccessToken,
+                    request_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.RotateAccessTokenRequest.FromString,
+                    response_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.RotateAccessTokenResponse.SerializeToString,
+            ),
+            'GetAccountCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountCredentials,
+                    request_deserializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.GetAccountCredentialsRequest.FromString,
+                    response_serializer=dataserver_dot_subscription_dot_v1_dot_subscription__pb2.GetAccountCredentialsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -981,6 +1020,60 @@ class SubscriptionService:
             '/dataserver.subscription.v1.SubscriptionService/ReportShardHealth',
             dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthRequest.SerializeToString,
             dataserver_dot_subscription_dot_v1_dot_subscription__pb2.ReportShardHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataserver.subscription.v1.SubscriptionService/RotateAccessToken',
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.RotateAccessTokenRequest.SerializeToString,
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.RotateAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataserver.subscription.v1.SubscriptionService/GetAccountCredentials',
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.GetAccountCredentialsRequest.SerializeToString,
+            dataserver_dot_subscription_dot_v1_dot_subscription__pb2.GetAccountCredentialsResponse.FromString,
             options,
             channel_credentials,
             insecure,

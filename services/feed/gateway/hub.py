@@ -190,7 +190,10 @@ class Hub:
             self._set_instruments(link, {proto_wire_key(i.key): i.mode for i in change.upserted}, replace=False)
             self._remove_instruments(link, [proto_wire_key(k) for k in change.removed])
         elif body == "status":
-            link.status = message.status
+            status = message.status
+            if link.status is not None and status.reported_at.ToNanoseconds() < link.status.reported_at.ToNanoseconds():
+                return  # queued at a state change, overtaken by a periodic status taken since
+            link.status = status
             self._update_upstream(link)
 
     def _set_instruments(self, link: ShardLink, modes: dict[int, int], *, replace: bool) -> None:

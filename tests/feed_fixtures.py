@@ -78,7 +78,18 @@ def gateway_settings(service: SubscriptionUnderTest, shards: list[shard_server.S
         grpc_port=0,
         subscription_addr=service.address,
         gateway_shard_addrs=tuple(s.app.address for s in shards),
+        gateway_drain_seconds=1.0,  # a test gateway stopping with streams open waits this out
     )
+
+
+# Shard settings of running_feed; its keyword arguments override them.
+SHARD_TEST_SETTINGS: dict[str, Any] = {
+    "feed_market_hours_only": False,
+    "feed_watchdog_seconds": 1.5,
+    "feed_max_backoff_seconds": 0.2,
+    "feed_kicked_backoff_seconds": 1.0,
+    "feed_coalesce_seconds": 0.02,
+}
 
 
 @asynccontextmanager
@@ -93,7 +104,8 @@ async def running_feed(
     **settings: Any,
 ) -> AsyncIterator[FeedUnderTest]:
     """`clock`, when given, is the gateway's market clock (the shards keep streaming at any hour);
-    `subscription`: running_subscription's arguments (its budget, its prices) over the defaults."""
+    `subscription`: running_subscription's arguments (its budget, its prices) over the defaults;
+    `settings`: the shards' settings over SHARD_TEST_SETTINGS."""
     async with running_subscription(
         conninfo,
         masters_dir,
@@ -123,15 +135,7 @@ async def running_feed(
                             feed_url=f"ws://127.0.0.1:{ws_port}",
                             subscription_addr=service.address,
                             grpc_port=0,
-                            # `settings` may override these test defaults (a long 805 back-off).
-                            **{
-                                "feed_market_hours_only": False,
-                                "feed_watchdog_seconds": 1.5,
-                                "feed_max_backoff_seconds": 0.2,
-                                "feed_kicked_backoff_seconds": 1.0,
-                                "feed_coalesce_seconds": 0.02,
-                                **settings,
-                            },
+                            **{**SHARD_TEST_SETTINGS, **settings},
                         )
                     )
                     await servers.enter_async_context(shard.app)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvloop
 
+from services.common.accounts import MAX_ACCOUNTS, simulated_account
 from services.common.config import ConfigError
 from services.common.jsonlog import configure_logging
 
@@ -32,6 +33,9 @@ def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
     parser.add_argument("--trading-date", type=date.fromisoformat, help="the generated master's date (default: today)")
     parser.add_argument("--tokens", help="comma-separated valid tokens (default: any non-empty token)")
     parser.add_argument("--client-ids", help="comma-separated valid client ids (default: any non-empty id)")
+    parser.add_argument(
+        "--accounts", type=int, help="valid client ids: those of the first N simulated accounts (as FEED_ACCOUNTS=N)"
+    )
     parser.add_argument("--ticks-per-second", type=float, help="per instrument per connection")
     parser.add_argument("--connection-rate-cap", type=float, help="packets/s per connection")
     parser.add_argument("--total-rate-cap", type=float, help="packets/s for the whole simulator")
@@ -52,9 +56,14 @@ def parse_args(argv: Sequence[str] | None = None) -> SimulatorSettings:
     parser.add_argument("--seed", type=int, help="random-walk seed")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = vars(parser.parse_args(argv))
+    accounts = args.pop("accounts")
     for name, field in (("tokens", "valid_tokens"), ("client_ids", "valid_client_ids")):
         raw = args.pop(name)
         args[field] = frozenset(v.strip() for v in raw.split(",") if v.strip()) if raw else None
+    if accounts is not None:
+        if args["valid_client_ids"] is not None or not 1 <= accounts <= MAX_ACCOUNTS:
+            parser.error(f"--accounts takes 1..{MAX_ACCOUNTS}, and not with --client-ids")
+        args["valid_client_ids"] = frozenset(simulated_account(n).client_id for n in range(1, accounts + 1))
     try:
         return SimulatorSettings.from_env().with_overrides(**args)
     except ConfigError as error:

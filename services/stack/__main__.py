@@ -48,6 +48,9 @@ class Process:
 
 
 def plan(settings: Settings) -> list[Process]:
+    """Every process of the stack, with its ports: one shard per connection of every account
+    (SHARD_ID 0..feed_connections-1), and, without real accounts, a simulator that knows exactly
+    the simulated accounts' client ids (Dhan's limits then hold per client id, as at Dhan)."""
     py = sys.executable
     offset = settings.stack_port_offset
     shard_ports = [50060 + offset + n for n in range(settings.feed_connections)]
@@ -74,6 +77,8 @@ def plan(settings: Settings) -> list[Process]:
                     # The registry's master date (MARKET_CLOCK), so both generate the same master.
                     "--trading-date",
                     trading_date_of(clock_from_settings(settings)).isoformat(),
+                    "--client-ids",
+                    ",".join(account.client_id for account in settings.accounts),
                 ),
                 0,
                 0,
@@ -111,7 +116,21 @@ def plan(settings: Settings) -> list[Process]:
         "SUBSCRIPTION_ADDR": f"127.0.0.1:{50052 + offset}",
         "GATEWAY_ADDR": f"127.0.0.1:{50053 + offset}",
     }
-    return [dataclasses.replace(p, env=(*addresses.items(), *p.env)) for p in processes]
+    processes = [dataclasses.replace(p, env=(*addresses.items(), *p.env)) for p in processes]
+    _check_ports(processes)
+    return processes
+
+
+def _check_ports(processes: list[Process]) -> None:
+    """Refuses a plan in which two processes would listen on one port (e.g. shard ports
+    running into another service's as accounts add shards)."""
+    owners: dict[int, str] = {}
+    for p in processes:
+        # The simulator's feed listens just below its control (health) port.
+        feed_port = p.http_health_port - 1 if p.http_health_port else 0
+        for port in (p.grpc_port, p.metrics_port, p.http_health_port, feed_port):
+            if port and owners.setdefault(port, p.name) != p.name:
+                raise ValueError(f"port {port} is planned for both {owners[port]} and {p.name}")
 
 
 async def _http_healthy(port: int) -> bool:
@@ -181,9 +200,21 @@ async def _preload_run(scheduler_port: int) -> scheduler_pb2.JobRun | None:
     return None
 
 
-def banner(processes: list[Process]) -> str:
+def feed_summary(settings: Settings) -> str:
+    """What the feed runs as, e.g. "2 accounts (sim-1, sim-2) x 5 connections = 10 shards, capacity 50,000"."""
+    accounts = settings.accounts
+    names = ", ".join(a.account_id for a in accounts)
+    capacity = settings.feed_connections * settings.feed_instruments_per_connection
+    return (
+        f"{len(accounts)} account{'s' if len(accounts) > 1 else ''} ({names}) x "
+        f"{settings.feed_connections_per_account} connections = {settings.feed_connections} shards, "
+        f"capacity {capacity:,} instruments"
+    )
+
+
+def banner(processes: list[Process], feed: str) -> str:
     registry = next(p for p in processes if p.name == "registry").grpc_port
-    lines = ["", "dataserver is up:"]
+    lines = ["", f"dataserver is up; feed: {feed}"]
     for p in processes:
         if p.http_health_port:
             lines.append(
@@ -236,7 +267,8 @@ async def run() -> int:
         children = [Supervised(ServiceProcess(p.name, p.argv, _environment(p, conninfo))) for p in processes]
         for child in children:
             await child.start()
-        if stop.is_set() or not await _first_start(processes, stop):
+        log.info("starting", extra={"feed": feed_summary(settings), "processes": len(processes)})
+        if stop.is_set() or not await _first_start(processes, feed_summary(settings), stop):
             return 0 if stop.is_set() else 1
         await stop.wait()
         return 0
@@ -254,7 +286,7 @@ def _environment(process: Process, conninfo: str) -> dict[str, str]:
     }
 
 
-async def _first_start(processes: list[Process], stop: asyncio.Event) -> bool:
+async def _first_start(processes: list[Process], feed: str, stop: asyncio.Event) -> bool:
     """Waits for every process to serve, seeds, prints the banner; false when stopped or it failed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_SECONDS
@@ -270,7 +302,7 @@ async def _first_start(processes: list[Process], stop: asyncio.Event) -> bool:
         return False
     ports = {p.name: p.grpc_port for p in processes}
     await seed(ports["subscription"], ports["scheduler"])
-    print(banner(processes), flush=True)
+    print(banner(processes, feed), flush=True)
     return True
 
 

@@ -52,15 +52,16 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 @asynccontextmanager
 async def running_registry(
-    conninfo: str, masters_dir: Path, trading_date: date = TRADING_DATE
+    conninfo: str, masters_dir: Path, trading_date: date = TRADING_DATE, scale: str = "small"
 ) -> AsyncIterator[RegistryUnderTest]:
+    """`scale` "full" loads the full generated master (capacity tests at Dhan's real limits)."""
     settings = dataclasses.replace(
         Settings(),
         auth_mode="api_key",
         data_dir=masters_dir.parent,
         master_source="generated",
         master_seed=7,
-        master_scale="small",
+        master_scale=scale,
         shutdown_grace_seconds=0,
     )
     pool = await open_pool(conninfo, max_size=4)

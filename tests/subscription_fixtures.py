@@ -52,10 +52,12 @@ async def running_subscription(
     clock: Clock | None = None,
     prices: LastPriceSource | None = None,
     recenter_policy: RecenterPolicy | None = None,
+    master_scale: str = "small",
     **overrides: Any,
 ) -> AsyncIterator[SubscriptionUnderTest]:
-    """`clock`, `prices` and `recenter_policy` as in create_server (no live prices by default)."""
-    async with running_registry(conninfo, masters_dir) as registry:
+    """`clock`, `prices` and `recenter_policy` as in create_server (no live prices by default);
+    `master_scale` the registry's generated master."""
+    async with running_registry(conninfo, masters_dir, scale=master_scale) as registry:
         settings = dataclasses.replace(
             Settings(),
             auth_mode="api_key",

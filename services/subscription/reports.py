@@ -13,30 +13,30 @@ from services.common.db import Pool
 from services.common.keys import Key, key_proto
 from services.common.market_calendar import IST
 from services.common.timestamps import timestamp
+from services.subscription.account_usage import AccountLayout, account_figures
 from services.subscription.convert import MODE_TO_PROTO, TIER_TO_PROTO
 from services.subscription.model import Budget
-from services.subscription.readmodel import ReadModel
+from services.subscription.readmodel import ReadModel, StatusRows
 from services.subscription.sql import Row
 
 _USERS_SHOWN = 1000
 
 
 class Reports:
-    def __init__(self, pool: Pool, budget: Budget, clock: Clock) -> None:
+    def __init__(self, pool: Pool, budget: Budget, clock: Clock, layout: AccountLayout) -> None:
         self._reads = ReadModel(pool)
         self._budget = budget
         self._clock = clock
+        self._layout = layout
 
     async def status(self) -> pb.GetSubscriptionStatusResponse:
         midnight_ist = datetime.combine(trading_date_of(self._clock), clock_time(0), tzinfo=IST)
         rows = await self._reads.status(
             connections=self._budget.connections, users_shown=_USERS_SHOWN, evictions_since=midnight_ist
         )
-        shards = rows.shards
-        by_shard = {row["shard_id"]: row for row in shards}
-        outgoing = {row["shard_id"]: row["n"] for row in rows.moving_out}
-        total = sum(row["n"] for row in shards)
+        shards = self._shards(rows)
         owner_counts = {row["owner_kind"]: row["n"] for row in rows.owners}
+        total = sum(row["n"] for row in rows.shards)
         response = pb.GetSubscriptionStatusResponse(
             subscribed_count=total,
             capacity=self._budget.capacity,
@@ -46,29 +46,17 @@ class Reports:
             tiers=[
                 pb.TierUsage(
                     tier=pb.TIER_A,
-                    instrument_count=sum(r["a"] for r in shards),
+                    instrument_count=sum(r["a"] for r in rows.shards),
                     owner_count=owner_counts.get("unit", 0),
                 ),
                 pb.TierUsage(
                     tier=pb.TIER_B,
-                    instrument_count=sum(r["b"] for r in shards),
+                    instrument_count=sum(r["b"] for r in rows.shards),
                     owner_count=owner_counts.get("tier_b", 0),
                 ),
             ],
-            shards=[
-                pb.ShardUsage(
-                    shard_id=shard,
-                    instrument_count=by_shard.get(shard, {}).get("n", 0) + by_shard.get(shard, {}).get("incoming", 0),
-                    limit=self._budget.per_connection,
-                    moves_in_flight=outgoing.get(shard, 0) + by_shard.get(shard, {}).get("incoming", 0),
-                    tier_a_count=by_shard.get(shard, {}).get("a", 0),
-                    tier_b_count=by_shard.get(shard, {}).get("b", 0),
-                    connected=condition.connected,
-                    down_since=timestamp(condition.down_since),
-                    down_reason=condition.reason,
-                )
-                for shard, condition in zip(range(self._budget.connections), rows.health.shards, strict=True)
-            ],
+            shards=shards,
+            accounts=self._accounts(shards),
             users=[
                 pb.UserUsage(
                     user_id=r["user_id"],
@@ -83,6 +71,51 @@ class Reports:
         )
         response.as_of.GetCurrentTime()
         return response
+
+    def _shards(self, rows: StatusRows) -> list[pb.ShardUsage]:
+        by_shard = {row["shard_id"]: row for row in rows.shards}
+        outgoing = {row["shard_id"]: row["n"] for row in rows.moving_out}
+        usage = []
+        for shard, condition in zip(range(self._budget.connections), rows.health.shards, strict=True):
+            counts = by_shard.get(shard, {})
+            account_id, connection_index = self._layout.place(shard)
+            usage.append(
+                pb.ShardUsage(
+                    shard_id=shard,
+                    instrument_count=counts.get("n", 0) + counts.get("incoming", 0),
+                    limit=self._budget.per_connection,
+                    moves_in_flight=outgoing.get(shard, 0) + counts.get("incoming", 0),
+                    tier_a_count=counts.get("a", 0),
+                    tier_b_count=counts.get("b", 0),
+                    connected=condition.connected,
+                    down_since=timestamp(condition.down_since),
+                    down_reason=condition.reason,
+                    account_id=account_id,
+                    connection_index=connection_index,
+                )
+            )
+        return usage
+
+    def _accounts(self, shards: list[pb.ShardUsage]) -> list[pb.AccountUsage]:
+        """Per account, from the shards' figures; credentials_version and rotated_at are left
+        for whoever holds the credentials to fill."""
+        figures = account_figures(
+            self._layout,
+            [s.instrument_count for s in shards],
+            [s.connected for s in shards],
+            self._budget.per_connection,
+        )
+        return [
+            pb.AccountUsage(
+                account_id=f.account_id,
+                connection_count=f.connection_count,
+                capacity=f.capacity,
+                subscribed_count=f.subscribed,
+                utilization=f.utilization,
+                connected_shards=f.connected_shards,
+            )
+            for f in figures
+        ]
 
     async def subscriptions(
         self, *, tier: str | None, shard_id: int | None, user_id: str | None, offset: int, limit: int

@@ -15,6 +15,7 @@ from services.common.config import Settings
 from services.common.db import Pool
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
 from services.common.server import GrpcApp, build_app, run_service
+from services.subscription.account_usage import AccountGauges, AccountLayout
 from services.subscription.admin import Admin
 from services.subscription.model import Budget
 from services.subscription.notifier import ChangeNotifier
@@ -57,6 +58,7 @@ def create_server(
     checks against the close (MARKET_CLOCK's by default); `recenter_policy` the sweep's rule
     (the settings', on the real monotonic and wall clocks, by default)."""
     budget = Budget(settings.feed_connections, settings.feed_instruments_per_connection)
+    layout = AccountLayout.of(settings, budget)
     registry_channel = open_channel(settings.registry_addr)
     gateway_prices = None
     if prices is None:
@@ -76,7 +78,7 @@ def create_server(
         TierB(pool, budget, resolver),
         Recentering(pool, budget, resolver, recenter_policy or _policy(settings), prices),
         admin,
-        Reports(pool, budget, clock),
+        Reports(pool, budget, clock, layout),
         Streams(pool, notifier, shard_limit=budget.per_connection, retention_seconds=LOG_RETENTION_SECONDS),
         clock,
         HealthReports(pool, budget.connections, settings.shard_health_report_seconds),
@@ -92,7 +94,7 @@ def create_server(
 
     async def start_background() -> None:
         notifier.start(app.spawn)
-        app.spawn(_upkeep(admin), "subscription-upkeep")
+        app.spawn(_upkeep(admin, AccountGauges(pool, budget, layout)), "subscription-upkeep")
 
     app.before_serving.append(start_background)
     app.on_stop.append(registry_channel.close)
@@ -115,16 +117,18 @@ def _conninfo(pool: Pool) -> str:
     return pool.conninfo
 
 
-async def _upkeep(admin: Admin) -> None:
-    """Fails over shards down too long, finishes settled shard moves and prunes the change logs,
-    on every replica (the ledger lock makes concurrent runs harmless). Failover reads the
-    shards' reports on this period: it depends on no notification arriving."""
+async def _upkeep(admin: Admin, accounts: AccountGauges) -> None:
+    """Fails over shards down too long, finishes settled shard moves, refreshes the per-account
+    gauges and prunes the change logs, on every replica (the ledger lock makes concurrent runs
+    harmless). Failover reads the shards' reports on this period: it depends on no
+    notification arriving."""
     ticks = 0
     while True:
         await asyncio.sleep(UPKEEP_SECONDS)
         try:
             await admin.fail_over()
             await admin.finish_settled_moves()
+            await accounts.refresh()
             ticks += 1
             if ticks % 120 == 0:
                 await admin.prune(LOG_RETENTION_SECONDS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from prometheus_client import REGISTRY
 from services.common.accounts import simulated_account
 from services.common.keys import key_from_proto
 from services.dhan.generator import load_equity_rows, load_fno_stocks
+from services.subscription.account_usage import AccountLayout, account_figures
 from tests.feed_fixtures import eventually
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
+from tests.test_subscription_capacity import add as small_add
+from tests.test_subscription_failover import loads, report, settled, status, subscription
 from tests.test_subscription_watchlists import invariants
 
 PER_CONNECTION, PER_ACCOUNT = 5000, 5
@@ -204,3 +208,75 @@ async def test_two_accounts_fill_to_50000_then_evict_the_least_recently_used(ser
     assert status.evictions_today == len(evicted) and status.subscribed_count == total
     assert sum(a.subscribed_count for a in status.accounts) == total
     assert all(a.subscribed_count <= ACCOUNT_CAPACITY for a in status.accounts)
+
+
+async def test_an_account_down_fails_over_to_the_other_and_rebalances_back(
+    database_url: str, masters_dir: Path
+) -> None:
+    """All five shards of one account down (its token expired, say): failover moves their
+    instruments to the other account's shards within the per-connection limit, new adds go
+    there too, and a rebalance spreads over both accounts once the first is back."""
+    expired = "broker disconnect 807: access token expired"
+    async with subscription(
+        database_url,
+        masters_dir,
+        accounts=(simulated_account(1), simulated_account(2)),
+        feed_connections=2 * PER_ACCOUNT,
+        feed_connections_per_account=PER_ACCOUNT,
+        feed_instruments_per_connection=30,
+        feed_failover_seconds=0.0,
+        move_settle_seconds=0.3,
+    ) as service:
+        for user, symbol, width in (("alice", "RELIANCE", 12), ("bob", "SBIN", 12), ("carol", "INFY", 5)):
+            await small_add(service, user, symbol, strikes_each_side=width)  # 51 + 51 + 23
+        assert set(await loads(service)) == set(range(10))
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        for shard in range(PER_ACCOUNT):
+            await report(service, shard, False, expired, down_since=long_ago)
+
+        async def failed_over() -> bool:
+            return await settled(service) and set(await loads(service)) == {5, 6, 7, 8, 9}
+
+        await eventually(failed_over, what="sim-1's instruments on sim-2's shards")
+        assert sum((await loads(service)).values()) == 125 and max((await loads(service)).values()) <= 30
+        await invariants(service)
+        now = await status(service)
+        assert [(a.account_id, a.connected_shards, a.subscribed_count) for a in now.accounts] == [
+            ("sim-1", 0, 0),
+            ("sim-2", PER_ACCOUNT, 125),
+        ]
+        assert all(s.down_reason == expired for s in now.shards[:PER_ACCOUNT])
+        await eventually(
+            partial(gauge_is, "subscription_account_shards_connected", "sim-1", 0), what="sim-1's connected gauge"
+        )
+        await small_add(service, "dave", "TCS", strikes_each_side=2)  # 11 more, on sim-2's shards only
+        assert set(await loads(service)) == {5, 6, 7, 8, 9} and sum((await loads(service)).values()) == 136
+        for shard in range(PER_ACCOUNT):
+            await report(service, shard, True)
+        moved = await service.stub.Rebalance(pb.RebalanceRequest(), metadata=service.admin)
+        assert moved.spread_before >= 27 and moved.spread_after <= 1
+        await eventually(partial(settled, service), what="the rebalance's moves to finish")
+        assert set(await loads(service)) == set(range(10)) and max((await loads(service)).values()) <= 14
+        after = await status(service)
+        assert [(a.account_id, a.connected_shards) for a in after.accounts] == [("sim-1", 5), ("sim-2", 5)]
+        assert sum(a.subscribed_count for a in after.accounts) == 136
+        await invariants(service)
+
+
+def test_account_figures_follow_the_budget_s_connections() -> None:
+    """A budget smaller than accounts x connections gives the last account only what it counts;
+    a shard past the configured accounts has none."""
+    layout = AccountLayout(("main", "second"), per_account=5, connections=7)
+    assert [layout.place(s) for s in (0, 4, 5, 6, 12)] == [
+        ("main", 0),
+        ("main", 4),
+        ("second", 0),
+        ("second", 1),
+        ("", 2),
+    ]
+    figures = account_figures(layout, [10, 0, 0, 0, 0, 20, 5], [True] * 5 + [False, True], per_connection=50)
+    assert [(f.account_id, f.connection_count, f.capacity, f.subscribed, f.connected_shards) for f in figures] == [
+        ("main", 5, 250, 10, 5),
+        ("second", 2, 100, 25, 1),
+    ]
+    assert figures[1].utilization == 0.25

@@ -27,6 +27,8 @@ options), each added with expiry_date set and the default stock chain (12 strike
    status runs.
 5. Eviction (information): EVICT_ADDS more sequential adds of unused units; each has to
    evict least recently used units; their latency and the evictions counted.
+6. Accounts: the fill 0 -> 50,000 with two accounts against 0 -> 25,000 with one, as a ratio,
+   each on a fresh subscription process (bench/subscription_accounts.py).
 
 Then, always, the status queries (services/subscription/reports.sql) and the hot read queries
 of an add (queries.sql) are timed directly over psycopg against the same full database, with
@@ -48,7 +50,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ from bench.children import Child, bench_database, service_started, spawn, status
 from bench.registry import _paced
 from bench.registry_child import SEED, TRADING_DATE, registry_child
 from bench.report import Report, percentile, print_profile
-from bench.subscription_calls import add, error_code, get_status, watchlist_units
+from bench.subscription_calls import add, get_status, watchlist_units
+from bench.subscription_fill import FILL_CLIENTS, FILL_TIME_LIMIT_SECONDS, Fill, FillShape, fill
 
 CONNECTIONS, PER_CONNECTION = 5, 5000  # the default budget, set explicitly
 CAPACITY = CONNECTIONS * PER_CONNECTION
@@ -65,9 +67,8 @@ UNIT_SIZE = 51  # a stock with the default chain: 12 strikes each side, calls an
 ADD_WARMUP = 5
 ADD_COUNT = 200
 ADD_P99_TARGET_MS = 50.0
-FILL_CLIENTS = 8
 FILL_TARGET_SECONDS = 15.0
-FILL_TIME_LIMIT_SECONDS = 180.0
+DEFAULT_FILL = FillShape(CAPACITY, UNIT_SIZE)
 STATUS_COUNT = 500
 STATUS_RATE = 50.0
 STATUS_PACED_COUNT = 250
@@ -136,54 +137,16 @@ async def _clear(report: Report, stub: Any, pb: Any) -> None:
         raise RuntimeError(f"the pool is not empty after ClearWatchlists: {status.subscribed_count}")
 
 
-@dataclass
-class _Fill:
-    """What the fill's clients did."""
-
-    held: set[tuple[int, int]] = field(default_factory=set)
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    progress: list[tuple[float, int]] = field(default_factory=list)  # (seconds, instruments held)
-    in_flight: int = 0
-    evictions: int = 0
-    units: int = 0
-
-
 async def _fill_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Fills the pool from 0; returns the pairs it did not use."""
-    queue = list(reversed(pairs))
-    fill = _Fill()
-    deadline = time.monotonic() + FILL_TIME_LIMIT_SECONDS
-
-    async def client(n: int) -> None:
-        user = f"bench-user-{n}"
-        while queue and time.monotonic() < deadline:
-            if len(fill.held) + (fill.in_flight + 1) * UNIT_SIZE > CAPACITY:
-                return  # one more unit would not fit once the ones in flight land
-            pair = queue.pop()
-            fill.in_flight += 1
-            try:
-                result = await add(stub, pb, pair, user)
-            except Exception as error:
-                fill.errors[error_code(error)] += 1
-                continue
-            finally:
-                fill.in_flight -= 1
-            fill.latencies.append(result.seconds)
-            fill.held.update(result.instruments)
-            fill.evictions += result.evictions
-            fill.units += 1
-            fill.progress.append((time.perf_counter() - started, len(fill.held)))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(n) for n in range(FILL_CLIENTS)))
-    status = await get_status(stub, pb)
-    _report_fill(report, fill, status, time.perf_counter() - started)
-    return list(reversed(queue))
+    result = await fill(stub, pb, pairs, DEFAULT_FILL)
+    _report_fill(report, result)
+    return result.unused
 
 
-def _report_fill(report: Report, fill: _Fill, status: Any, elapsed: float) -> None:
-    full = status.subscribed_count >= CAPACITY - UNIT_SIZE
+def _report_fill(report: Report, fill: Fill) -> None:
+    status, elapsed = fill.status, fill.elapsed
+    full = fill.full(DEFAULT_FILL)
     report.add("subscription.fill.subscribed", status.subscribed_count, target=CAPACITY - UNIT_SIZE, op=">=")
     report.add("subscription.fill_seconds", elapsed if full else math.nan, "s", target=FILL_TARGET_SECONDS)
     report.add("subscription.fill.adds_per_s", fill.units / elapsed, "adds/s")
@@ -272,7 +235,8 @@ async def _evict_phase(report: Report, stub: Any, pb: Any, pairs: list[tuple[str
     )
 
 
-async def _client(report: Report, service: Child, registry_address: str) -> None:
+async def _client(report: Report, service: Child, registry_address: str) -> list[tuple[str, str]]:
+    """Phases 1 to 5 on `service`; returns the units (pairs) it used, for phase 6."""
     import grpc
     from dataserver.subscription.v1 import subscription_pb2 as pb
     from dataserver.subscription.v1 import subscription_pb2_grpc
@@ -312,6 +276,7 @@ async def _client(report: Report, service: Child, registry_address: str) -> None
 
         await _evict_phase(report, stub, pb, unused)
         service.profile_phase("5. evicting adds")
+    return pairs
 
 
 # --- direct SQL timings -------------------------------------------------------------------
@@ -325,8 +290,9 @@ def _report_profiles(service: Child) -> None:
 # --- the benchmark ------------------------------------------------------------------------
 
 
-def _start_service(folder: Path, conninfo: str, registry_address: str) -> Child:
-    """The real subscription service as its own process, on the bench's database."""
+def _start_service(folder: Path, conninfo: str, registry_address: str, accounts: int = 1) -> Child:
+    """The real subscription service as its own process, on the bench's database, with
+    `accounts` simulated broker accounts of CONNECTIONS connections each."""
     env = {
         **os.environ,
         "DATABASE_URL": conninfo,
@@ -337,6 +303,7 @@ def _start_service(folder: Path, conninfo: str, registry_address: str) -> Child:
         "REGISTRY_ADDR": registry_address,
         "GATEWAY_ADDR": "127.0.0.1:1",  # nothing listens: no live price
         "AUTH_MODE": "dev",
+        "FEED_ACCOUNTS": str(accounts),
         "FEED_CONNECTIONS": str(CONNECTIONS),
         "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
         "USER_MAX_ITEMS": "100000",
@@ -350,6 +317,18 @@ def _start_service(folder: Path, conninfo: str, registry_address: str) -> Child:
     return spawn(
         "subscription", argv, env, folder / "subscription.log", service_started, prefix, timeout=SERVICE_START_SECONDS
     )
+
+
+def _accounts_phase(
+    report: Report, folder: Path, conninfo: str, registry_address: str, pairs: list[tuple[str, str]]
+) -> None:
+    """6. The fill with two accounts against one (bench.subscription_accounts)."""
+    from bench import subscription_accounts
+
+    def start(accounts: int, database: str) -> Child:
+        return _start_service(folder, database, registry_address, accounts)
+
+    subscription_accounts.run(report, start, conninfo, registry_address, pairs)
 
 
 def run(report: Report) -> None:
@@ -376,7 +355,7 @@ def run(report: Report) -> None:
                         f"subscription process pid {service.pid} at {service.address}, "
                         f"RSS at start {rss['VmRSS'] / 1024:.0f} MB"
                     )
-                    asyncio.run(_client(report, service, ready["address"]))
+                    pairs = asyncio.run(_client(report, service, ready["address"]))
                 finally:
                     service.stop(SERVICE_STOP_SECONDS)
                     report.note(
@@ -390,3 +369,4 @@ def run(report: Report) -> None:
                         )
                 if PROFILE:
                     _report_profiles(service)
+                _accounts_phase(report, folder, conninfo, ready["address"], pairs)

@@ -51,12 +51,14 @@ class AddResult:
     evictions: int
 
 
-async def add(stub: Any, pb: Any, pair: tuple[str, str], user_id: str = "") -> AddResult:
+async def add(stub: Any, pb: Any, pair: tuple[str, str], user_id: str = "", strikes_each_side: int = 0) -> AddResult:
+    """One new unit: `pair`'s chain, `strikes_each_side` wide (0: the service's default)."""
     symbol, expiry = pair
     sent = time.perf_counter()
-    reply = await stub.AddWatchlistItem(
-        pb.AddWatchlistItemRequest(symbol=symbol, expiry_date=expiry, user_id=user_id), timeout=ADD_DEADLINE_SECONDS
+    request = pb.AddWatchlistItemRequest(
+        symbol=symbol, expiry_date=expiry, user_id=user_id, strikes_each_side=strikes_each_side
     )
+    reply = await stub.AddWatchlistItem(request, timeout=ADD_DEADLINE_SECONDS)
     elapsed = time.perf_counter() - sent
     if not reply.created:
         raise RuntimeError(f"{symbol} {expiry} was not a new unit")

@@ -79,6 +79,16 @@ def gateway_settings(service: SubscriptionUnderTest, shards: list[shard_server.S
     )
 
 
+# Shard settings of running_feed; its keyword arguments override them.
+SHARD_TEST_SETTINGS: dict[str, Any] = {
+    "feed_market_hours_only": False,
+    "feed_watchdog_seconds": 1.5,
+    "feed_max_backoff_seconds": 0.2,
+    "feed_kicked_backoff_seconds": 1.0,
+    "feed_coalesce_seconds": 0.02,
+}
+
+
 @asynccontextmanager
 async def running_feed(
     conninfo: str,
@@ -91,7 +101,8 @@ async def running_feed(
     **settings: Any,
 ) -> AsyncIterator[FeedUnderTest]:
     """`clock`, when given, is the gateway's market clock (the shards keep streaming at any hour);
-    `subscription`: running_subscription's arguments (its budget, its prices) over the defaults."""
+    `subscription`: running_subscription's arguments (its budget, its prices) over the defaults;
+    `settings`: the shards' settings over SHARD_TEST_SETTINGS."""
     async with running_subscription(
         conninfo,
         masters_dir,
@@ -120,13 +131,8 @@ async def running_feed(
                             feed_connections=shards,
                             feed_url=f"ws://127.0.0.1:{ws_port}",
                             subscription_addr=service.address,
-                            feed_market_hours_only=False,
-                            feed_watchdog_seconds=1.5,
-                            feed_max_backoff_seconds=0.2,
-                            feed_kicked_backoff_seconds=1.0,
-                            feed_coalesce_seconds=0.02,
                             grpc_port=0,
-                            **settings,
+                            **{**SHARD_TEST_SETTINGS, **settings},
                         )
                     )
                     await servers.enter_async_context(shard.app)

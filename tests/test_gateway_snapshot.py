@@ -18,6 +18,9 @@ class Marks:
     def upstream_changed(self, event: object) -> None:
         pass
 
+    def status_changed(self, instrument: object) -> None:
+        pass
+
 
 def _hub() -> tuple[Hub, ShardLink, Marks]:
     hub, link = hub_and_link()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import grpc
@@ -24,7 +24,9 @@ from services.common.keys import proto_wire_key, wire_key_proto
 from services.common.tasks import Spawn
 from services.dhan.decode import ProtocolErrors
 from services.dhan.protocol import HEAD, OI_CODE, PACKET_SIZES, PREV_CLOSE_CODE, TICK_CODES, split_head
+from services.feed.gateway import upstream
 from services.feed.gateway.encoding import full_entry_prefix, key_field
+from services.feed.gateway.upstream import Outage
 from services.feed.gateway.values import Value
 from services.feed.records import RECORD_HEAD, RECORD_HEADER, iter_records
 
@@ -52,6 +54,9 @@ class Subscriber(Protocol):
     def mark(self, key: int, sequence: int) -> None: ...
 
     def upstream_changed(self, event: feed_pb2.UpstreamStatusChange) -> None: ...
+
+    def status_changed(self, instrument: Instrument) -> None:
+        """The instrument became subscribed upstream (mode set) or stopped being (mode 0)."""
 
 
 class Instrument:
@@ -89,7 +94,9 @@ class ShardLink:
     connected: bool = False
     status: feed_pb2.ShardStatus | None = None
     instruments: set[int] = field(default_factory=set)
-    interrupted_at: float | None = None
+    lost_since: float | None = None  # while the stream from the shard is lost
+    lost_detail: str = ""
+    outage: Outage | None = None  # as announced to terminals; None while its instruments are live
     restarted: bool = False  # the last hello carried a new epoch
 
 
@@ -100,6 +107,9 @@ class Hub:
         self.errors = ProtocolErrors()
         self._gateway_id = gateway_id
         self._channels: list[grpc.aio.Channel] = []
+        # Instruments taken off a down shard (break before make): the outage they left, until
+        # another shard takes them (announced as moved) or their shard is back.
+        self._left_stale: dict[int, tuple[int, Outage]] = {}
 
     # -- terminals ----------------------------------------------------------------------------
 
@@ -120,6 +130,7 @@ class Hub:
                 instrument.subscribers.discard(subscriber)
                 if not instrument.subscribers and instrument.mode == 0:
                     del self.instruments[key]
+                    self._left_stale.pop(key, None)
 
     def upstream(self, key: int) -> bool:
         instrument = self.instruments.get(key)
@@ -148,9 +159,9 @@ class Hub:
                     delay = 0.2
                     self._on_message(link, message)
             except grpc.aio.AioRpcError as error:
-                if link.connected or link.interrupted_at is None:
+                if link.connected or link.lost_since is None:
                     log.warning("shard stream lost", extra={"shard": link.shard_id, "code": error.code().name})
-                self._interrupted(link, f"shard stream lost: {error.code().name}")
+                self._lost(link, f"shard stream lost: {error.code().name}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -165,32 +176,50 @@ class Hub:
             link.restarted = bool(link.epoch) and link.epoch != message.hello.shard_epoch
             link.epoch = message.hello.shard_epoch
             link.connected = True
+            link.lost_since = None
             SHARDS_UP.set(sum(1 for other in self.links if other.connected))
             if link.restarted:
                 log.warning("shard restarted", extra={"shard": link.shard_id})
-            link.status = None
+            link.status = None  # live or not: its first status, right after the snapshot, says
         elif body == "snapshot":
             snapshot = message.snapshot
             self._set_instruments(link, {proto_wire_key(i.key): i.mode for i in snapshot.instruments}, replace=True)
             self.apply_snapshot(link, snapshot.packets.records)
-            self._restored(link)
         elif body == "instruments_change":
             change = message.instruments_change
             self._set_instruments(link, {proto_wire_key(i.key): i.mode for i in change.upserted}, replace=False)
             self._remove_instruments(link, [proto_wire_key(k) for k in change.removed])
         elif body == "status":
-            link.status = message.status
+            status = message.status
+            if link.status is not None and status.reported_at.ToNanoseconds() < link.status.reported_at.ToNanoseconds():
+                return  # queued at a state change, overtaken by a periodic status taken since
+            link.status = status
+            self._update_upstream(link)
 
     def _set_instruments(self, link: ShardLink, modes: dict[int, int], *, replace: bool) -> None:
         if replace:
             self._remove_instruments(link, list(link.instruments - modes.keys()))
+        subscribed: list[Instrument] = []
+        moved: dict[Outage | None, list[Instrument]] = {}  # by the outage they leave (None: a live shard)
         for key, mode in modes.items():
             instrument = self.instrument(key)
+            if not instrument.mode and instrument.subscribers:
+                subscribed.append(instrument)
+            previous = instrument.shard_id
+            if previous != link.shard_id:
+                left = self._left_stale.pop(key, None)
+                outage = self._outage_of(previous) if previous is not None else left[1] if left else None
+                if (outage is None) != (link.outage is None) and instrument.subscribers:
+                    moved.setdefault(outage, []).append(instrument)
             instrument.mode = mode
             instrument.shard_id = link.shard_id
             link.instruments.add(key)
+        for left_outage, instruments in moved.items():
+            self._moved(link, instruments, left_outage)
+        self._status_changed(subscribed)
 
     def _remove_instruments(self, link: ShardLink, keys: list[int]) -> None:
+        unsubscribed: list[Instrument] = []
         for key in keys:
             link.instruments.discard(key)
             instrument = self.instruments.get(key)
@@ -201,41 +230,106 @@ class Hub:
             if instrument.shard_id == link.shard_id:
                 instrument.mode = 0
                 instrument.shard_id = None
-                if not instrument.subscribers:
+                if link.outage is not None:
+                    self._left_stale[key] = (link.shard_id, link.outage)
+                if instrument.subscribers:
+                    unsubscribed.append(instrument)
+                else:
                     del self.instruments[key]
+                    self._left_stale.pop(key, None)
+        self._status_changed(unsubscribed)
 
-    def _interrupted(self, link: ShardLink, reason: str) -> None:
+    @staticmethod
+    def _status_changed(instruments: list[Instrument]) -> None:
+        for instrument in instruments:
+            for subscriber in instrument.subscribers:
+                subscriber.status_changed(instrument)
+
+    # -- upstream status ----------------------------------------------------------------------
+
+    def _link(self, shard_id: int) -> ShardLink | None:
+        return self.links[shard_id] if 0 <= shard_id < len(self.links) else None
+
+    def _outage_of(self, shard_id: int) -> Outage | None:
+        link = self._link(shard_id)
+        return link.outage if link is not None else None
+
+    def outage(self, key: int) -> Outage | None:
+        """Why the instrument's values are stale, or None while they are live (or it has no shard)."""
+        instrument = self.instruments.get(key)
+        if instrument is None or instrument.shard_id is None:
+            return None
+        return self._outage_of(instrument.shard_id)
+
+    def _lost(self, link: ShardLink, detail: str) -> None:
         if link.connected:
             link.connected = False
-            link.interrupted_at = time.time()
             SHARDS_UP.set(sum(1 for other in self.links if other.connected))
-            self._tell(link, feed_pb2.UPSTREAM_STATE_INTERRUPTED, reason, restarted=False)
-        elif link.interrupted_at is None:
-            link.interrupted_at = time.time()
+        if link.lost_since is None:
+            link.lost_since = time.time()
+        link.lost_detail = detail
+        self._update_upstream(link)
 
-    def _restored(self, link: ShardLink) -> None:
-        if link.interrupted_at is not None:
-            self._tell(link, feed_pb2.UPSTREAM_STATE_RESTORED, "shard stream restored", restarted=link.restarted)
-            link.interrupted_at = None
+    def _update_upstream(self, link: ShardLink) -> None:
+        """Compares the link's outage with what terminals were told, and tells them the change."""
+        now: Outage | None
+        if not link.connected:
+            now = upstream.unreachable(link.shard_id, link.lost_detail, link.lost_since or time.time())
+        elif link.status is None:
+            return  # a new shard stream, whose first status is on its way
+        else:
+            now = upstream.reported(link.status)
+        before = link.outage
+        if now is None:
+            if before is not None:
+                self._restored(link, before)
+            return
+        if before is not None:
+            now = replace(now, since=before.since)  # one outage: it began when it was first announced
+        link.outage = now
+        if before is None or now.worse_than(before):
+            log.warning(
+                "shard instruments stale",
+                extra={"shard": link.shard_id, "cause": feed_pb2.UpstreamCause.Name(now.cause), "reason": now.reason},
+            )
+            upstream.interrupted(link.shard_id, self._followed(link.instruments), now)
 
-    def _tell(self, link: ShardLink, state: feed_pb2.UpstreamState, reason: str, *, restarted: bool) -> None:
-        affected: dict[Subscriber, int] = {}
-        for key in link.instruments:
-            instrument = self.instruments.get(key)
-            if instrument is not None:
-                for subscriber in instrument.subscribers:
-                    affected[subscriber] = affected.get(subscriber, 0) + 1
-        for subscriber, count in affected.items():
-            event = feed_pb2.UpstreamStatusChange(
-                shard_id=link.shard_id,
-                state=state,
-                affected_instruments=count,
-                shard_restarted=restarted,
+    def _restored(self, link: ShardLink, outage: Outage) -> None:
+        link.outage = None
+        restarted, link.restarted = link.restarted, False
+        log.info("shard instruments live again", extra={"shard": link.shard_id})
+        reason = "shard stream restored" if outage.cause == feed_pb2.UPSTREAM_CAUSE_SHARD_UNREACHABLE else "live again"
+        upstream.announce(
+            link.shard_id,
+            self._followed(link.instruments),
+            feed_pb2.UPSTREAM_STATE_RESTORED,
+            outage,
+            cause=feed_pb2.UPSTREAM_CAUSE_UNSPECIFIED,
+            reason=reason,
+            restarted=restarted,
+        )
+        for key in [k for k, (shard_id, _) in self._left_stale.items() if shard_id == link.shard_id]:
+            del self._left_stale[key]
+
+    def _moved(self, link: ShardLink, instruments: list[Instrument], left: Outage | None) -> None:
+        """Instruments that moved to `link` from a down shard (live again) or, rarely, from a
+        live one to a down one (stale now)."""
+        if left is not None:
+            reason = f"moved to shard {link.shard_id}, whose connection is live"
+            upstream.announce(
+                link.shard_id,
+                instruments,
+                feed_pb2.UPSTREAM_STATE_RESTORED,
+                left,
+                cause=feed_pb2.UPSTREAM_CAUSE_MOVED,
                 reason=reason,
             )
-            if link.interrupted_at:
-                event.interrupted_at.FromNanoseconds(int(link.interrupted_at * 1e9))
-            subscriber.upstream_changed(event)
+        elif link.outage is not None:
+            upstream.interrupted(link.shard_id, instruments, link.outage)
+
+    def _followed(self, keys: set[int]) -> list[Instrument]:
+        instruments = self.instruments
+        return [i for k in keys if (i := instruments.get(k)) is not None and i.subscribers]
 
     # -- the hot path -------------------------------------------------------------------------
 
@@ -339,7 +433,14 @@ class Hub:
         """Whether this shard's numbering now applies to the instrument: False while the old
         shard of a move still owns it. A new source continues after the last value, skipping
         one number so that the discontinuity shows as a gap."""
-        if instrument.source is not None and instrument.source[0] != link.shard_id:
+        old = instrument.source
+        # A move's old shard keeps the numbering until it lets go, unless it is down: a down
+        # shard sends nothing, and may not be able to let go (it is unreachable).
+        if (
+            old is not None
+            and old[0] != link.shard_id
+            and (instrument.shard_id != link.shard_id or self._outage_of(old[0]) is None)
+        ):
             return False
         instrument.offset = instrument.latest.sequence + 2 - sequence if instrument.latest is not None else 0
         instrument.source = (link.shard_id, link.epoch)

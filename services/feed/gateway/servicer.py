@@ -92,12 +92,18 @@ class GatewayServicer:
                 if self._hub.upstream(key):
                     state.status = feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED
                     state.awaiting_first_tick = instrument is None or instrument.latest is None
+                    self._mark_stale(key, state)
                 else:
                     unknown.append((key, state))
             states.append(state)
         stream.add(accepted)
         await self._not_upstream(stream, unknown)
         return states
+
+    def _mark_stale(self, key: int, state: feed_pb2.InstrumentState) -> None:
+        outage = self._hub.outage(key)
+        if outage is not None:
+            outage.mark(state)
 
     async def _not_upstream(self, stream: TerminalStream, unknown: list[tuple[int, feed_pb2.InstrumentState]]) -> None:
         """Keys no shard carries: not in the master (and off the stream), or not subscribed."""
@@ -127,6 +133,7 @@ class GatewayServicer:
         self, request: feed_pb2.StreamTicksRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         with self._terminals.open(_mode(request.mode), STREAM_TICKS, **_batching(request.batch_options)) as stream:
+            stream.market_states = self._market.messages
             selection = request.WhichOneof("selection")
             if selection == "instruments":
                 protos = list(request.instruments.keys)
@@ -149,6 +156,8 @@ class GatewayServicer:
                     )
                     for k in keys
                 ]
+                for key, state in zip(keys, states, strict=True):
+                    self._mark_stale(key, state)
                 follower.follow(stream)
             else:
                 raise InvalidArgument("set a selection: instruments (a list of keys) or my_watchlist: true")
@@ -160,6 +169,7 @@ class GatewayServicer:
         self, request_iterator: AsyncIterator[feed_pb2.InteractiveStreamTicksRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         with self._terminals.open(common_pb2.FEED_MODE_FULL, INTERACTIVE) as stream:
+            stream.market_states = self._market.messages
             principal = current_principal()
 
             async def commands() -> None:
@@ -211,7 +221,8 @@ class GatewayServicer:
         states = await self._states(stream, keys, protos)
         stream.post(stream.shape.response(result=_result(command, instruments=states)))
         subscribed = [k for k, s in zip(keys, states, strict=True) if s.status == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED]
-        stream.post(stream.snapshot(subscribed, [], command.correlation_id, self._market.messages()))
+        stale = [s for s in states if s.stale]  # the rest is in the CommandResult
+        stream.post(stream.snapshot(subscribed, stale, command.correlation_id, self._market.messages()))
         await self._touch_keys(protos)
 
     async def GetSnapshot(
@@ -224,11 +235,17 @@ class GatewayServicer:
         mode = _mode(request.mode)
         response = feed_pb2.GetSnapshotResponse()
         for proto in request.keys:
-            instrument = self._hub.instruments.get(_key(proto))
+            key = _key(proto)
+            instrument = self._hub.instruments.get(key)
             if instrument is not None and instrument.latest is not None:
                 response.ticks.append(instrument.latest.message(mode))
             else:
                 response.missing_keys.append(proto)
+            outage = self._hub.outage(key)
+            if outage is not None:
+                stale = feed_pb2.InstrumentState(key=proto, status=feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED, mode=mode)
+                outage.mark(stale)
+                response.stale.append(stale)
         return response
 
     async def GetShardStatus(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Coroutine, Iterable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,11 @@ from google.protobuf.duration_pb2 import Duration
 from prometheus_client import Counter, Histogram
 
 from services.common.errors import ResourceExhausted
+from services.common.keys import proto_wire_key
 from services.common.tasks import cancel_soon
 from services.feed.gateway.encoding import varint
-from services.feed.gateway.hub import Hub
+from services.feed.gateway.hub import Hub, Instrument
+from services.feed.gateway.upstream import instrument_state
 
 CONFLATED = Counter("feed_gateway_conflated_total", "Ticks replaced by a newer value before a slow stream took them.")
 TICKS_SENT = Counter("feed_gateway_ticks_sent_total", "Ticks sent to terminals.")
@@ -162,6 +164,8 @@ class TerminalStream:
         # ignores the close for too long (its generator cannot raise while it is blocked).
         self.task: asyncio.Task[Any] | None = asyncio.current_task()
         self._tasks: list[asyncio.Task[None]] = []  # work that lives as long as the stream
+        # The market state its snapshots carry (the servicer sets the gateway's).
+        self.market_states: Callable[[], Iterable[feed_pb2.SegmentMarketState]] = tuple
 
     # -- called by the hub on the hot path -------------------------------------------------
 
@@ -173,8 +177,22 @@ class TerminalStream:
                 self._due.add(self)
             pending[key] = sequence
 
+    # -- called by the hub on upstream changes ----------------------------------------------
+
     def upstream_changed(self, event: feed_pb2.UpstreamStatusChange) -> None:
+        """Sends the event; a RESTORED one is followed by a snapshot of its instruments."""
         self.send_event(feed_pb2.StreamEvent(upstream=event))
+        if event.state == feed_pb2.UPSTREAM_STATE_RESTORED:
+            keys = [k for k in map(proto_wire_key, event.instruments) if k in self.keys]
+            self.post(self.snapshot(keys, [self.state(k) for k in keys], market_states=self.market_states()))
+
+    def status_changed(self, instrument: Instrument) -> None:
+        if instrument.key in self.keys:
+            self.send_event(feed_pb2.StreamEvent(instrument_status=self.state(instrument.key)))
+
+    def state(self, key: int) -> feed_pb2.InstrumentState:
+        """How one of its instruments stands now, stale marks included."""
+        return instrument_state(self.hub, key, self.mode)
 
     # -- called by the dispatcher ------------------------------------------------------------
 

@@ -41,24 +41,17 @@ from services.common.timestamps import timestamp_from_epoch
 from services.dhan.protocol import FeedMode
 from services.feed.shard.broker import BrokerConnection, feed_url
 from services.feed.shard.cache import Ingest, LastValues
+from services.feed.shard.connection_state import (
+    FATAL_REASONS,
+    KICKED,
+    REASON_TEXT,
+    ConnectionInterruption,
+    disconnect_cause,
+)
 from services.feed.shard.reconcile import Instrument, plan_messages
 
 log = logging.getLogger(__name__)
 
-FATAL_REASONS = {
-    806: "data APIs not subscribed",
-    807: "access token expired",
-    808: "authentication failed",
-    809: "access token invalid",
-    810: "client id invalid",
-}
-KICKED = 805
-REASON_TEXT = {
-    800: "internal server error",
-    804: "instruments exceed limit",
-    805: "too many connections",
-    **FATAL_REASONS,
-}
 _STABLE_SECONDS = 30.0
 # How long a message may wait for a slow gateway before its stream is cut (it reconnects for
 # a fresh snapshot), so overload never turns into minutes of latency. Time, not a count: a
@@ -161,6 +154,10 @@ class ShardRuntime:
         self.actual: dict[Instrument, FeedMode] = {}
         self.assignment_version = 0
         self.state = feed_pb2.CONNECTION_STATE_CONNECTING
+        self.interruption = ConnectionInterruption(self.started_at)
+        # Set with the first assignment: a gateway stream opens on it, so that a restarted
+        # shard never tells the gateway it has no instruments before it knows its own.
+        self.assigned = asyncio.Event()
         self.last_disconnect_code = 0
         self.last_disconnect_reason = ""
         self.last_disconnect_at: float | None = None
@@ -176,6 +173,7 @@ class ShardRuntime:
         self._connection: BrokerConnection | None = None
         self._connected_monotonic = 0.0
         self._disconnect_code: int | None = None
+        self._silent_for: float | None = None  # set when the watchdog closes the connection
         self._changed = asyncio.Event()
         # Told when the shard stops for good (806-810) so health can say NOT_SERVING.
         self.on_health: Callable[[bool], object] = lambda serving: None
@@ -229,6 +227,7 @@ class ShardRuntime:
             for key in message.removed:
                 self.desired.pop(key_from_proto(key), None)
         self.assignment_version = message.version
+        self.assigned.set()
         if self.desired != before:
             self._changed.set()
             removed = before.keys() - self.desired.keys()
@@ -261,7 +260,7 @@ class ShardRuntime:
             uptime = await self._connect_once()
             code = self._disconnect_code or 0
             if code in FATAL_REASONS:
-                self.state = feed_pb2.CONNECTION_STATE_STOPPED
+                self._set_state(feed_pb2.CONNECTION_STATE_STOPPED)
                 self.on_health(False)
                 log.error(
                     "feed refused us; not retrying until restarted",
@@ -277,19 +276,20 @@ class ShardRuntime:
         opened). It returns only once the socket is closed (the watchdog's close is bounded:
         graceful, then aborted), so the next connection never opens beside it: the broker
         counts every open socket against the account's five, a silent one included."""
-        self.state = feed_pb2.CONNECTION_STATE_CONNECTING
+        self._set_state(feed_pb2.CONNECTION_STATE_CONNECTING)
         connection = BrokerConnection(self.ingest, self._on_records)
         self._disconnect_code = None
+        self._silent_for = None
         try:
             await connection.open(self._url)
         except Exception as error:  # picows raises several types for refused/failed handshakes
             self._note_disconnect(0, f"connect failed: {error}")
             return 0.0
         self._connection = connection
-        self.state = feed_pb2.CONNECTION_STATE_CONNECTED
         self.connected_at = time.time()
         self._connected_monotonic = time.monotonic()
         self.actual = {}  # a new connection has no subscriptions: resubscribe everything
+        self._set_state(feed_pb2.CONNECTION_STATE_CONNECTED)  # still interrupted until resubscribed
         self._changed.set()
         STATE.labels(self._label).set(1)
         log.info("connected to the feed", extra={"shard": self.shard_id, "instruments": len(self.desired)})
@@ -299,7 +299,11 @@ class ShardRuntime:
         self._connection = None
         self.actual = {}
         code = self._disconnect_code or 0
-        self._note_disconnect(code, REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})"))
+        if self._silent_for is not None and not code:
+            reason = f"silent for {self._silent_for:.1f} s (watchdog)"
+        else:
+            reason = REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})")
+        self._note_disconnect(code, reason)
         return time.monotonic() - self._connected_monotonic
 
     async def _back_off(self, code: int, failures: int) -> None:
@@ -313,8 +317,8 @@ class ShardRuntime:
             delay = min(self.settings.feed_max_backoff_seconds, 0.5 * 2 ** min(failures, 20)) * random.uniform(0.5, 1.0)
         RECONNECTS.labels(self._label, str(code or "closed")).inc()
         self.reconnect_count += 1
-        self.state = feed_pb2.CONNECTION_STATE_BACKING_OFF
         self.next_retry_at = time.time() + delay
+        self._set_state(feed_pb2.CONNECTION_STATE_BACKING_OFF)
         await asyncio.sleep(delay)
         self.next_retry_at = None
 
@@ -322,6 +326,7 @@ class ShardRuntime:
         self.last_disconnect_code = code
         self.last_disconnect_reason = reason
         self.last_disconnect_at = time.time()
+        self.interruption.down(disconnect_cause(code, self._silent_for is not None), self.last_disconnect_at)
         if code:
             log.warning("feed disconnect", extra={"shard": self.shard_id, "reason_code": code, "reason": reason})
 
@@ -336,6 +341,16 @@ class ShardRuntime:
     def _publish(self, message: Records | shard_pb2.StreamShardTicksResponse) -> None:
         for stream in self.streams:
             stream.offer(message)
+
+    def _set_state(self, state: feed_pb2.ConnectionState) -> None:
+        """Changes the connection's state and tells every gateway at once (not at its next
+        periodic status), so terminals learn of a drop within milliseconds."""
+        self.state = state
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        if self.streams:
+            self._publish(shard_pb2.StreamShardTicksResponse(shard_sequence=self.shard_sequence, status=self.status()))
 
     # -- reconciling ------------------------------------------------------------------------
 
@@ -356,6 +371,8 @@ class ShardRuntime:
                 if instrument not in self.actual:
                     self.cache.awaiting[wire_key(*instrument)] = now
             self.actual = desired
+            if self.interruption.up():  # connected and resubscribed: the instruments are live again
+                self._publish_status()
             if messages:
                 log.info(
                     "reconciled with the feed",
@@ -387,6 +404,7 @@ class ShardRuntime:
                     extra={"shard": self.shard_id, "silent_seconds": round(now - last, 1)},
                 )
                 self._disconnect_code = None
+                self._silent_for = now - last
                 connection.close()
             deadline = self.settings.feed_first_tick_seconds
             self.late_first_ticks = sum(1 for asked in self.cache.awaiting.values() if now - asked > deadline)
@@ -424,7 +442,7 @@ class ShardRuntime:
         last_frame = None
         if counters.last_frame_monotonic:
             last_frame = time.time() - (time.monotonic() - counters.last_frame_monotonic)
-        return feed_pb2.ShardStatus(
+        status = feed_pb2.ShardStatus(
             shard_id=self.shard_id,
             shard_epoch=self.epoch,
             connection_state=self.state,
@@ -447,3 +465,5 @@ class ShardRuntime:
             next_retry_at=timestamp_from_epoch(self.next_retry_at),
             assignment_version=self.assignment_version,
         )
+        self.interruption.fill(status)
+        return status

@@ -24,6 +24,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
     ) -> AsyncIterator[shard_pb2.StreamShardTicksResponse]:
         if not request.gateway_id:
             raise InvalidArgument("gateway_id is required (any id naming the caller, for logs)")
+        await self._runtime.assigned.wait()  # its first snapshot lists the shard's own instruments
         stream, opening = self._runtime.attach()
         try:
             for first in opening:

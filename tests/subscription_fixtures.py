@@ -60,9 +60,8 @@ async def running_subscription(
             Settings(),
             auth_mode="api_key",
             registry_addr=registry.address,
-            move_settle_seconds=0.3,
             shutdown_grace_seconds=0,
-            **overrides,
+            **{"move_settle_seconds": 0.3, **overrides},
         )
         pool = await open_pool(conninfo, max_size=8)
         admin_token = await create_api_key(pool, "ops", "admin")

@@ -104,6 +104,11 @@ class Settings:
     recenter_max_price_age_seconds: float = 60.0
     # Logs: a unary RPC that succeeds in this long or more is logged at INFO, faster ones at DEBUG.
     access_log_slow_seconds: float = 0.25
+    # Shard health and failover (issue 13 §3): how often shards report their broker connection
+    # (a shard silent for three times this counts as down), and how long a shard may be down
+    # before its instruments move to live shards.
+    shard_health_report_seconds: float = 5.0
+    feed_failover_seconds: float = 20.0
 
     @property
     def dhan_credentials(self) -> bool:
@@ -215,6 +220,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         recenter_max_price_age_seconds=_float(env, "RECENTER_MAX_PRICE_AGE_SECONDS", 60.0, 0.1, 86400.0),
         # Logs
         access_log_slow_seconds=_float(env, "ACCESS_LOG_SLOW_SECONDS", 0.25, 0.0, 3600.0),
+        # Shard health and failover
+        shard_health_report_seconds=_float(env, "SHARD_HEALTH_REPORT_SECONDS", 5.0, 0.05, 60.0),
+        feed_failover_seconds=_float(env, "FEED_FAILOVER_SECONDS", 20.0, 0.0, 3600.0),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

@@ -13,6 +13,7 @@ from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
 from services.common.clients import open_channel
 from services.common.config import Settings
 from services.common.server import GrpcApp, build_app, run_service_without_database
+from services.feed.shard.health_report import HealthReporter
 from services.feed.shard.runtime import ShardRuntime
 from services.feed.shard.servicer import ShardServicer
 
@@ -24,6 +25,7 @@ DEFAULT_PORT = 50054
 class Shard:
     app: GrpcApp
     runtime: ShardRuntime
+    health: HealthReporter
 
 
 def create_server(settings: Settings) -> Shard:
@@ -39,13 +41,15 @@ def create_server(settings: Settings) -> Shard:
         grace=settings.shutdown_grace_seconds,
     )
     runtime.on_health = lambda serving: app.spawn(app.set_serving(serving), "shard-health")
+    reporter = HealthReporter(runtime, channel, settings.service_token)
 
     async def start_background() -> None:
         runtime.start(app.spawn)
+        app.spawn(reporter.run(), f"shard-{settings.shard_id}-health-report")
 
     app.before_serving.append(start_background)
     app.on_stop.extend((runtime.close, channel.close))
-    return Shard(app, runtime)
+    return Shard(app, runtime, reporter)
 
 
 def serve() -> None:

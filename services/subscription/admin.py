@@ -1,8 +1,9 @@
 """Admin operations: end of day, unsubscribing or clearing Tier A, rebalancing shards, and
-the background upkeep (finishing moves, pruning logs)."""
+the background upkeep (failing over down shards, finishing moves, pruning logs)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 
@@ -12,8 +13,16 @@ from services.common.keys import Key
 from services.common.market_calendar import IST, NSE_CLOSE
 from services.subscription.expired import ExpiredOutcome, release_expired
 from services.subscription.ledger import Ledger
+from services.subscription.metrics import SHARD_MOVES, SHARDS_DOWN, STRANDED
 from services.subscription.model import OWNER_UNIT, Budget
-from services.subscription.placement import plan_moves, spread
+from services.subscription.placement import plan_failover, plan_moves, spread
+from services.subscription.shard_health import ShardHealth, describe
+
+log = logging.getLogger(__name__)
+
+# Moves one failover pass starts at most: it holds the ledger lock, and the upkeep's next
+# pass (half a second later) starts the next batch.
+FAILOVER_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -80,10 +89,11 @@ async def _release_units(
 
 
 class Admin:
-    def __init__(self, pool: Pool, budget: Budget, move_settle_seconds: float) -> None:
+    def __init__(self, pool: Pool, budget: Budget, move_settle_seconds: float, failover_seconds: float) -> None:
         self._pool = pool
         self._budget = budget
         self._settle = move_settle_seconds
+        self._failover = failover_seconds
 
     async def end_of_day(self, trading_date: date, actor: str, *, keep_items: bool) -> EndOfDayOutcome:
         """Clears every Tier A unit that exists now, whether or not the date ran before: end of
@@ -122,14 +132,20 @@ class Admin:
             )
 
     async def rebalance(self, actor: str, *, dry_run: bool, max_moves: int) -> RebalanceOutcome:
+        """Evens out the shards whose connection is up; down shards are failover's to empty."""
         async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
+            health = await ledger.shard_health()
             loads = await ledger.shard_loads()
-            pairs = plan_moves(loads, max_moves or None)
+            pairs = plan_moves(loads, max_moves or None, health.down)
             after = list(loads)
             for source, target in pairs:
                 after[source] -= 1
                 after[target] += 1
-            reason = f"rebalance: spread {spread(loads)} -> {spread(after)}"
+            up = [s for s in range(len(loads)) if s not in health.down]
+            before_spread, after_spread = spread([loads[s] for s in up]), spread([after[s] for s in up])
+            reason = f"rebalance: spread {before_spread} -> {after_spread}"
+            if health.down:
+                reason += f" over the live shards (down: {', '.join(map(str, sorted(health.down)))})"
             moves: list[tuple[Key, int, int]] = []
             by_source: dict[int, list[int]] = {}
             for source, target in pairs:
@@ -141,7 +157,66 @@ class Admin:
                     moves.append((key, source, target))
                     if not dry_run:
                         await ledger.start_move(key, row["feed_mode"], source, target, reason)
-        return RebalanceOutcome(moves, spread(loads), spread(after))
+        if not dry_run:
+            SHARD_MOVES.labels("rebalance").inc(len(moves))
+        return RebalanceOutcome(moves, before_spread, after_spread)
+
+    async def fail_over(self, actor: str = "system") -> int:
+        """Starts moving, make-before-break, the instruments of shards down longer than the
+        failover time to live shards with room, within the per-connection limit (a move counts
+        on both shards until it ends); what finds no room stays. Runs on every replica: the
+        plan is made again under the ledger lock, so concurrent passes never double a move.
+        Returns how many moves it started."""
+        async with Ledger.unlocked(self._pool, self._budget) as reader:
+            health = await reader.shard_health()
+            SHARDS_DOWN.set(len(health.down))
+            if not await self._worth_locking(reader, health):
+                return 0
+        async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
+            health = await ledger.shard_health()
+            due = health.down_longer_than(self._failover)
+            loads = await ledger.shard_loads()
+            candidates = {c.shard_id: await ledger.failover_candidates(c.shard_id, FAILOVER_BATCH) for c in due}
+            pairs = plan_failover(
+                loads,
+                self._budget.per_connection,
+                {s: len(rows) for s, rows in candidates.items()},
+                health.down,
+                FAILOVER_BATCH,
+            )
+            reasons = {c.shard_id: f"failover: {describe(c)}" for c in due}
+            queues = {s: iter(rows) for s, rows in candidates.items()}
+            for source, target in pairs:
+                row = next(queues[source])
+                key = (row["exchange_segment"], row["security_id"])
+                await ledger.start_move(key, row["feed_mode"], source, target, reasons[source])
+            stranded = sum(len(rows) for rows in candidates.values()) - len(pairs)
+        if len(pairs) < FAILOVER_BATCH:  # a full batch leaves the rest to the next pass, not stranded
+            STRANDED.set(stranded)
+        if pairs:
+            log.warning(
+                "failing over down shards",
+                extra={
+                    "moves": len(pairs),
+                    "stranded": stranded,
+                    "shards": [reasons[s] for s in {s for s, _ in pairs}],
+                },
+            )
+        SHARD_MOVES.labels("failover").inc(len(pairs))
+        return len(pairs)
+
+    async def _worth_locking(self, reader: Ledger, health: ShardHealth) -> bool:
+        """Whether a shard is down past the failover time, holds instruments, and some live shard
+        has room: read without the lock, so a pass with nothing to do never takes it."""
+        due = health.down_longer_than(self._failover)
+        if not due:
+            STRANDED.set(0)
+            return False
+        loads = await reader.shard_loads()
+        room = any(load < self._budget.per_connection for s, load in enumerate(loads) if s not in health.down)
+        if not room:
+            STRANDED.set(sum(loads[c.shard_id] for c in due))
+        return room and any(loads[c.shard_id] for c in due)
 
     async def finish_settled_moves(self, actor: str = "system") -> int:
         """Completes moves whose target shard has had time to subscribe (make-before-break)."""

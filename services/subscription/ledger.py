@@ -41,6 +41,7 @@ from services.subscription.model import (
     ResolvedUnit,
 )
 from services.subscription.placement import NoRoom, place
+from services.subscription.shard_health import ShardHealth, read_health
 from services.subscription.sql import Params, Row, key_columns
 
 QUERIES = sql.load("queries.sql")
@@ -108,6 +109,10 @@ class Ledger:
                 loads[row["shard_id"]] += row["n"]
         return loads
 
+    async def shard_health(self) -> ShardHealth:
+        """Every shard's broker-connection condition, by the shards' reports."""
+        return await read_health(self._conn, self._budget.connections)
+
     async def total(self) -> int:
         row = await self._row("total_subscribed")
         return int(row["n"]) if row else 0
@@ -160,8 +165,9 @@ class Ledger:
         reason: str,
         user_id: str | None,
     ) -> None:
+        health = await self.shard_health()
         try:
-            shards = place(await self.shard_loads(), self._budget.per_connection, len(new))
+            shards = place(await self.shard_loads(), self._budget.per_connection, len(new), health.down)
         except NoRoom as error:
             raise Unavailable(f"{error}; moves in flight hold the room, retry in a few seconds") from error
         await self._run(
@@ -429,6 +435,11 @@ class Ledger:
 
     async def movable_on_shard(self, shard_id: int, limit: int) -> list[Row]:
         return await self._rows("movable_on_shard", {"shard_id": shard_id, "limit": limit})
+
+    async def failover_candidates(self, shard_id: int, limit: int) -> list[Row]:
+        """What a down shard holds that is not already moving: Tier B first, then the most
+        recently used, since what terminals watch matters most."""
+        return await self._rows("failover_candidates", {"shard_id": shard_id, "limit": limit})
 
     async def start_move(self, key: Key, mode: str, source: int, target: int, reason: str) -> None:
         """Subscribes `key` on the target shard too; `finish_move` drops it from the source."""

@@ -239,6 +239,12 @@ WHERE shard_id = %(shard_id)s AND moving_to_shard IS NULL
 ORDER BY tier, last_used_at, exchange_segment, security_id
 LIMIT %(limit)s;
 
+-- name: failover_candidates
+SELECT exchange_segment, security_id, feed_mode FROM subscriptions
+WHERE shard_id = %(shard_id)s AND moving_to_shard IS NULL
+ORDER BY tier DESC, last_used_at DESC, exchange_segment, security_id
+LIMIT %(limit)s;
+
 -- name: start_move
 UPDATE subscriptions SET moving_to_shard = %(target)s, move_started_at = now()
 WHERE exchange_segment = %(segment)s AND security_id = %(security_id)s AND moving_to_shard IS NULL;

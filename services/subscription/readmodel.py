@@ -15,6 +15,7 @@ from services.common.db import Pool
 from services.common.keys import Key
 from services.subscription import sql
 from services.subscription.model import LOCK_KEY
+from services.subscription.shard_health import ShardHealth, read_health
 from services.subscription.sql import Params, Row, key_columns
 
 QUERIES = sql.load("reports.sql")
@@ -25,6 +26,7 @@ class StatusRows:
     shards: list[Row]  # shard_id, n, a, b, incoming
     moving_out: list[Row]  # shard_id, n
     owners: list[Row]  # owner_kind, n
+    health: ShardHealth
     users: list[Row]  # user_id, active, evicted, instruments
     user_count: int
     evictions: int
@@ -42,12 +44,13 @@ class ReadModel:
         row = await sql.row(conn, QUERIES[name], params)
         return int(row["n"]) if row else 0
 
-    async def status(self, *, users_shown: int, evictions_since: datetime) -> StatusRows:
+    async def status(self, *, connections: int, users_shown: int, evictions_since: datetime) -> StatusRows:
         async with self._pool.connection() as conn:
             return StatusRows(
                 shards=await sql.rows(conn, QUERIES["shard_usage"]),
                 moving_out=await sql.rows(conn, QUERIES["moving_out"]),
                 owners=await sql.rows(conn, QUERIES["owner_counts"]),
+                health=await read_health(conn, connections),
                 users=await sql.rows(conn, QUERIES["user_usage"], {"limit": users_shown}),
                 user_count=await self._count(conn, "user_count"),
                 evictions=await self._count(conn, "evictions_since", {"since": evictions_since}),

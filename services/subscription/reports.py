@@ -29,7 +29,9 @@ class Reports:
 
     async def status(self) -> pb.GetSubscriptionStatusResponse:
         midnight_ist = datetime.combine(trading_date_of(self._clock), clock_time(0), tzinfo=IST)
-        rows = await self._reads.status(users_shown=_USERS_SHOWN, evictions_since=midnight_ist)
+        rows = await self._reads.status(
+            connections=self._budget.connections, users_shown=_USERS_SHOWN, evictions_since=midnight_ist
+        )
         shards = rows.shards
         by_shard = {row["shard_id"]: row for row in shards}
         outgoing = {row["shard_id"]: row["n"] for row in rows.moving_out}
@@ -61,8 +63,11 @@ class Reports:
                     moves_in_flight=outgoing.get(shard, 0) + by_shard.get(shard, {}).get("incoming", 0),
                     tier_a_count=by_shard.get(shard, {}).get("a", 0),
                     tier_b_count=by_shard.get(shard, {}).get("b", 0),
+                    connected=condition.connected,
+                    down_since=timestamp(condition.down_since),
+                    down_reason=condition.reason,
                 )
-                for shard in range(self._budget.connections)
+                for shard, condition in zip(range(self._budget.connections), rows.health.shards, strict=True)
             ],
             users=[
                 pb.UserUsage(

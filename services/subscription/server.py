@@ -23,6 +23,7 @@ from services.subscription.recenter_policy import RecenterPolicy
 from services.subscription.reports import Reports
 from services.subscription.resolver import ChainWidths, UnitResolver
 from services.subscription.servicer import SubscriptionServicer
+from services.subscription.shard_health import HealthReports
 from services.subscription.streams import Streams
 from services.subscription.tier_b import TierB
 from services.subscription.watchlists import Quota, Watchlists
@@ -67,7 +68,7 @@ def create_server(
         ChainWidths(settings.stock_strikes_each_side, settings.index_strikes_each_side, settings.max_strikes_each_side),
     )
     notifier = ChangeNotifier(conninfo or _conninfo(pool))
-    admin = Admin(pool, budget, settings.move_settle_seconds)
+    admin = Admin(pool, budget, settings.move_settle_seconds, settings.feed_failover_seconds)
     clock = clock or clock_from_settings(settings)
     servicer = SubscriptionServicer(
         budget,
@@ -78,6 +79,7 @@ def create_server(
         Reports(pool, budget, clock),
         Streams(pool, notifier, shard_limit=budget.per_connection, retention_seconds=LOG_RETENTION_SECONDS),
         clock,
+        HealthReports(pool, budget.connections, settings.shard_health_report_seconds),
     )
     app = build_app(
         [SERVICE_NAME],
@@ -114,12 +116,14 @@ def _conninfo(pool: Pool) -> str:
 
 
 async def _upkeep(admin: Admin) -> None:
-    """Finishes settled shard moves and prunes the change logs, on every replica (the ledger
-    lock makes concurrent runs harmless)."""
+    """Fails over shards down too long, finishes settled shard moves and prunes the change logs,
+    on every replica (the ledger lock makes concurrent runs harmless). Failover reads the
+    shards' reports on this period: it depends on no notification arriving."""
     ticks = 0
     while True:
         await asyncio.sleep(UPKEEP_SECONDS)
         try:
+            await admin.fail_over()
             await admin.finish_settled_moves()
             ticks += 1
             if ticks % 120 == 0:

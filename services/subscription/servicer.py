@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import UTC, date, timedelta
 
 import grpc
 from dataserver.subscription.v1 import subscription_pb2 as pb
@@ -26,6 +26,7 @@ from services.subscription.admin import Admin, check_after_close
 from services.subscription.model import Budget, Eviction
 from services.subscription.recenter import Recentering, RecenterOutcome
 from services.subscription.reports import Reports
+from services.subscription.shard_health import HealthReports
 from services.subscription.streams import Streams
 from services.subscription.tier_b import ChainSpec, TierB
 from services.subscription.watchlists import Watchlists
@@ -77,6 +78,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         reports: Reports,
         streams: Streams,
         clock: Clock,
+        health: HealthReports,
     ) -> None:
         self._budget = budget
         self._watchlists = watchlists
@@ -86,6 +88,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         self._reports = reports
         self._streams = streams
         self._clock = clock
+        self._health = health
 
     def _evictions(self, evictions: list[Eviction], caller: str) -> list[pb.EvictedUnit]:
         admin = current_principal().is_admin
@@ -459,6 +462,24 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             )
         async for message in self._streams.assignments(request.shard_id):
             yield message
+
+    async def ReportShardHealth(
+        self, request: pb.ReportShardHealthRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportShardHealthResponse:
+        require_admin("ReportShardHealth (feed shards use a service key)")
+        if not 0 <= request.shard_id < self._budget.connections:
+            raise InvalidArgument(
+                f"shard_id {request.shard_id} is out of range: accepted 0..{self._budget.connections - 1}"
+            )
+        if not request.shard_epoch:
+            raise InvalidArgument("shard_epoch is required: the reporting process's incarnation id")
+        down_since = None
+        if not request.connected and request.HasField("down_since"):
+            down_since = request.down_since.ToDatetime(tzinfo=UTC)
+        await self._health.record(request.shard_id, request.shard_epoch, request.connected, down_since, request.reason)
+        response = pb.ReportShardHealthResponse()
+        response.report_interval.FromTimedelta(timedelta(seconds=self._health.interval_seconds))
+        return response
 
     async def WatchWatchlistEvents(
         self, request: pb.WatchWatchlistEventsRequest, context: grpc.aio.ServicerContext

@@ -39,11 +39,13 @@ async def eventually(condition: Callable[[], Any], timeout: float = 10.0, what: 
         await asyncio.sleep(0.02)
 
 
-async def start_logged_service(module: str, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Starts `python -m module` logging to a file (a pipe nobody drains would block it) and
-    reads its port from the "started" line."""
+async def start_logged_service(
+    module: str, env: dict[str, str], log_path: Path, *args: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Starts `python -m module args...` logging to a file (a pipe nobody drains would block it)
+    and reads its port from the "started" line."""
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", module], env=env, stderr=log_file)
+        process = subprocess.Popen([sys.executable, "-m", module, *args], env=env, stderr=log_file)
 
     def started_port() -> int | None:
         if process.poll() is not None:

@@ -109,6 +109,13 @@ class Settings:
     # before its instruments move to live shards.
     shard_health_report_seconds: float = 5.0
     feed_failover_seconds: float = 20.0
+    # Degrading on a lost dependency: a database call waits at most the acquire timeout for a
+    # connection (then UNAVAILABLE), a connection attempt at most the connect timeout (whole
+    # seconds, libpq's unit); a gateway told to stop ends its streams within the drain time,
+    # then drains unary calls for the shutdown grace: both within terminationGracePeriodSeconds.
+    db_acquire_timeout_seconds: float = 3.0
+    db_connect_timeout_seconds: int = 3
+    gateway_drain_seconds: float = 5.0
 
     @property
     def dhan_credentials(self) -> bool:
@@ -223,6 +230,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         # Shard health and failover
         shard_health_report_seconds=_float(env, "SHARD_HEALTH_REPORT_SECONDS", 5.0, 0.05, 60.0),
         feed_failover_seconds=_float(env, "FEED_FAILOVER_SECONDS", 20.0, 0.0, 3600.0),
+        **_degrade_settings(env),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")
@@ -276,4 +284,14 @@ def _scheduler_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "scheduler_disabled_jobs": tuple(
             n.strip() for n in env.get("SCHEDULER_DISABLED_JOBS", "").split(",") if n.strip()
         ),
+    }
+
+
+def _degrade_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Degrading on a lost dependency: database timeouts and the gateway's drain."""
+    return {
+        "db_acquire_timeout_seconds": _float(env, "DB_ACQUIRE_TIMEOUT_SECONDS", 3.0, 0.1, 60.0),
+        # libpq treats 1 as 2 and 0 as forever: at least 2.
+        "db_connect_timeout_seconds": _int(env, "DB_CONNECT_TIMEOUT_SECONDS", 3, 2, 60),
+        "gateway_drain_seconds": _float(env, "GATEWAY_DRAIN_SECONDS", 5.0, 0.0, 300.0),
     }

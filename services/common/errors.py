@@ -17,6 +17,13 @@ class ServiceError(Exception):
         self.message = message
 
 
+def error_with(code: grpc.StatusCode, message: str) -> ServiceError:
+    """A ServiceError of any status, for callers that choose the code at run time."""
+    error = ServiceError(message)
+    error.code = code
+    return error
+
+
 class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -27,6 +34,10 @@ class NotFound(ServiceError):
 
 class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(ServiceError):
+    code = grpc.StatusCode.ABORTED
 
 
 class ResourceExhausted(ServiceError):
@@ -43,3 +54,10 @@ class Unauthenticated(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+def dependency_unavailable(dependency: str, detail: str = "") -> Unavailable:
+    """A dependency lost for a while: UNAVAILABLE (AIP-193; never RESOURCE_EXHAUSTED, which
+    clients read as a quota), naming it and saying to retry."""
+    suffix = f" ({detail})" if detail else ""
+    return Unavailable(f"{dependency} is unavailable{suffix}; retry in a few seconds")

@@ -6,8 +6,9 @@ a successful call faster than the slow threshold is routine (DEBUG, off by defau
 one or a failed one is worth reading (INFO and above). A stream's duration is its life, so a
 long stream is not slow: its end is logged above DEBUG only when it fails.
 
-Domain code raises `ServiceError`s; anything unexpected is logged with its traceback and
-returned as INTERNAL with the request id, never as a raw exception text.
+Domain code raises `ServiceError`s; a database that cannot be reached is UNAVAILABLE (the
+caller retries; see services/common/db.py); anything unexpected is logged with its traceback
+and returned as INTERNAL with the request id, never as a raw exception text.
 
 A streaming RPC is handed to gRPC as a coroutine that writes each response
 (`context.write`), not as an async generator: gRPC iterates a generator with `async for`
@@ -31,7 +32,8 @@ import grpc
 from grpc.aio import AbortError, ServicerContext
 
 from services.common.auth import Authenticator, principal_var
-from services.common.errors import ServiceError
+from services.common.db import database_down
+from services.common.errors import ServiceError, dependency_unavailable
 from services.common.jsonlog import request_id_var
 from services.common.metrics import RPC_HANDLED, RPC_SECONDS
 
@@ -204,10 +206,14 @@ class _RpcScope:
         except (asyncio.CancelledError, GeneratorExit):
             outcome.code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
-            outcome.code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error", extra={"method": self._method})
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}")
+        except Exception as error:
+            if not database_down(error):
+                outcome.code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error", extra={"method": self._method})
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}")
+            unavailable = dependency_unavailable("the database (Postgres)", type(error).__name__)
+            outcome.code = unavailable.code
+            await context.abort(unavailable.code, unavailable.message)
         finally:
             elapsed = time.perf_counter() - started
             RPC_SECONDS.labels(self._service, self._name).observe(elapsed)

@@ -57,6 +57,9 @@ class GrpcApp:
     # Start-up work (load the master, start following the shards): health says SERVING only
     # once all of it has returned.
     before_serving: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Work between health turning NOT_SERVING and the server's stop, in order: what long-lived
+    # streams need to end well (a gateway tells its terminals to reconnect elsewhere).
+    on_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Clean-up after the drain and the background tasks' end, run in reverse order.
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     failure: BaseException | None = None  # what the first failed background task raised
@@ -120,13 +123,19 @@ class GrpcApp:
         self.stopping.set()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drains: NOT_SERVING first so balancers stop sending, then in-flight RPCs finish
-        (for `grace` seconds, the app's own by default), then background tasks end."""
+        """Drains: NOT_SERVING first so balancers stop sending, then the `on_drain` work, then
+        in-flight RPCs finish (for `grace` seconds, the app's own by default), then background
+        tasks end."""
         if self._stopped:
             return
         self._stopped = True
         self.stopping.set()
         await self.health.enter_graceful_shutdown()
+        for work in self.on_drain:
+            try:
+                await work()
+            except Exception:  # the server must stop all the same
+                log.exception("drain work failed")
         await self.server.stop(self.grace if grace is None else grace)
         ending = list(self._tasks)
         for task in ending:
@@ -212,7 +221,13 @@ async def _serve_with_database(service: str, default_port: int, create: Callable
     configure_logging(service, settings.log_level)
     conninfo = resolve_database_url(settings)
     await migrate(conninfo)
-    pool = await open_pool(conninfo, max_size=settings.db_pool_max_size, name=service)
+    pool = await open_pool(
+        conninfo,
+        max_size=settings.db_pool_max_size,
+        name=service,
+        acquire_timeout=settings.db_acquire_timeout_seconds,
+        connect_timeout=settings.db_connect_timeout_seconds,
+    )
     app = create(settings, pool).app
     app.on_stop.insert(0, pool.close)  # closed last, after everything that uses it
     return await serve_app(settings, app)

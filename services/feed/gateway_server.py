@@ -15,6 +15,7 @@ from services.common.config import Settings
 from services.common.db import Pool
 from services.common.looplag import watch_loop_lag
 from services.common.server import GrpcApp, build_app, run_service
+from services.feed.gateway import watchlist
 from services.feed.gateway.hub import Hub
 from services.feed.gateway.market import INJECTED_CLOCK_POLL_SECONDS, REAL_CLOCK_POLL_SECONDS, MarketWatch
 from services.feed.gateway.servicer import SERVICE_NAME, GatewayServicer, register
@@ -41,7 +42,7 @@ def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) ->
         lambda: terminals.streams,
         INJECTED_CLOCK_POLL_SECONDS if clock is not None else REAL_CLOCK_POLL_SECONDS,
     )
-    subscription_channel = open_channel(settings.subscription_addr)
+    subscription_channel = open_channel(settings.subscription_addr, watchlist.CHANNEL_OPTIONS)
     registry_channel = open_channel(settings.registry_addr)
     servicer = GatewayServicer(
         hub,
@@ -67,6 +68,7 @@ def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) ->
         app.spawn(watch_loop_lag(), "gateway-loop-lag")
 
     app.before_serving.append(start_background)
+    app.on_drain.append(lambda: terminals.drain(settings.gateway_drain_seconds))
     app.on_stop.extend((hub.close, subscription_channel.close, registry_channel.close))
     return Gateway(app, hub, terminals, market)
 

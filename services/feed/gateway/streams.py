@@ -24,11 +24,12 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from dataserver.feed.v1 import feed_pb2
 from google.protobuf.duration_pb2 import Duration
 from prometheus_client import Counter, Histogram
 
-from services.common.errors import ResourceExhausted
+from services.common.errors import error_with
 from services.common.keys import proto_wire_key
 from services.common.tasks import cancel_soon
 from services.feed.gateway.encoding import varint
@@ -155,6 +156,7 @@ class TerminalStream:
         self.outbox: deque[Any] = deque()  # events and command results, sent before ticks
         self.conflated = 0
         self.close_reason = ""
+        self.close_code = grpc.StatusCode.ABORTED
         self.last_sent = time.monotonic()
         self._warned_at = 0.0
         self._waiter: asyncio.Future[None] | None = None  # set while the generator waits for work
@@ -244,9 +246,12 @@ class TerminalStream:
         self.outbox.append(message)
         self._wake()
 
-    def close_with(self, reason: str) -> None:
-        """Ends the stream with RESOURCE_EXHAUSTED and `reason`, at its next message."""
+    def close_with(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.ABORTED) -> None:
+        """Ends the stream with `code` and `reason`, at its next message. ABORTED by default: the
+        server gave up on this stream (a terminal too far behind), and the terminal reconnects for
+        a fresh snapshot; UNAVAILABLE when the server is going away."""
         self.close_reason = reason
+        self.close_code = code
         self._wake()
 
     def send_event(self, event: feed_pb2.StreamEvent) -> None:
@@ -395,7 +400,7 @@ class TerminalStream:
         loop = asyncio.get_running_loop()
         while True:
             if self.close_reason:
-                raise ResourceExhausted(self.close_reason)
+                raise error_with(self.close_code, self.close_reason)
             if not self.outbox and not self._overdue():
                 self._waiter = loop.create_future()
                 try:

@@ -1,16 +1,22 @@
 """The gateway's terminal streams: the set of them, the batching clock that releases them,
-and the periodic check that sends heartbeats, counts the conflation of streams that stopped
-reading while they are stalled (not only when they read again), and ends them."""
+the periodic check that sends heartbeats, counts the conflation of streams that stopped
+reading while they are stalled (not only when they read again), and ends them, and the drain
+that ends them all when the gateway stops."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import grpc
+from dataserver.feed.v1 import feed_pb2
+from google.protobuf.duration_pb2 import Duration
 from prometheus_client import Gauge
 
+from services.common.errors import Unavailable
 from services.common.tasks import Spawn
 from services.feed.gateway.hub import Hub
 from services.feed.gateway.streams import CLOCK_SECONDS, MAX_BATCH_TICKS, Dispatcher, Shape, TerminalStream
@@ -21,6 +27,12 @@ PENDING_MAX = Gauge(
 )
 
 CHECK_SECONDS = 1.0
+DRAINING = "gateway draining; reconnect"
+# The end of a drain: time for the streams told to end to send their status (a stream blocked
+# in a write cannot, and is cut by the server's stop).
+CLOSE_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class Terminals:
@@ -28,6 +40,8 @@ class Terminals:
         self.hub = hub
         self.streams: set[TerminalStream] = set()
         self.dispatcher = Dispatcher(batch_seconds)
+        self.draining = False
+        self._drained = asyncio.Event()  # set when the last stream of a drain has ended
 
     def start(self, spawn: Spawn) -> None:
         spawn(self.dispatcher.run(), "gateway-dispatcher")
@@ -38,6 +52,8 @@ class Terminals:
         self, mode: int, shape: Shape, *, max_batch: int = MAX_BATCH_TICKS, delay: float = 0.0
     ) -> Iterator[TerminalStream]:
         """A stream for the calling RPC, checked while the RPC lasts and closed when it ends."""
+        if self.draining:
+            raise Unavailable(DRAINING)
         stream = TerminalStream(self.hub, self.dispatcher, mode, shape, max_batch=max_batch, delay=delay)
         self.streams.add(stream)
         try:
@@ -45,6 +61,34 @@ class Terminals:
         finally:
             self.streams.discard(stream)
             stream.close()
+            if self.draining and not self.streams:
+                self._drained.set()
+
+    async def drain(self, seconds: float, reason: str = "gateway shutting down") -> None:
+        """Tells every open stream the gateway is going away and keeps it ticking for `seconds`,
+        so its terminal can reconnect to another replica first; then ends those still open with
+        UNAVAILABLE (the server's stop cuts any blocked in a write). New streams are refused."""
+        self.draining = True
+        if not self.streams:
+            return
+        log.info("draining terminal streams", extra={"streams": len(self.streams), "seconds": seconds})
+        deadline = Duration()
+        deadline.FromNanoseconds(int(seconds * 1e9))
+        for stream in list(self.streams):
+            stream.send_event(feed_pb2.StreamEvent(draining=feed_pb2.ServerDraining(reason=reason, deadline=deadline)))
+        if await self._all_ended(max(0.0, seconds - CLOSE_SECONDS)):
+            return
+        for stream in list(self.streams):
+            stream.close_with(DRAINING, grpc.StatusCode.UNAVAILABLE)
+        if not await self._all_ended(min(seconds, CLOSE_SECONDS)):
+            log.warning("streams still open after the drain", extra={"streams": len(self.streams)})
+
+    async def _all_ended(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._drained.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def _check(self) -> None:
         """Heartbeats, slow-consumer checks and stalled streams' conflation, once a second."""

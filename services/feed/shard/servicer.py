@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
 
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import Aborted, InvalidArgument
 from services.feed.shard.runtime import Overflow, ShardRuntime
 
 STATUS_SECONDS = 2.0
@@ -45,9 +45,7 @@ class ShardServicer(shard_pb2_grpc.ShardServiceServicer):
                         await asyncio.wait_for(stream.ready.wait(), max(0.0, status_due - loop.time()))
                     continue
                 if message is Overflow:
-                    raise ResourceExhausted(
-                        "the gateway fell too far behind this shard; reconnect for a fresh snapshot"
-                    )
+                    raise Aborted("the gateway fell too far behind this shard; reconnect for a fresh snapshot")
                 yield message
         finally:
             self._runtime.detach(stream)

@@ -532,6 +532,13 @@ def test_a_killed_subscription_service_terminal_keeps_ticking_and_pauses_followi
     )
     assert not terminal.done.is_set(), f"the stream ended: {terminal.ended}"
     terminal.wait_ticks(resumed, RECOVERY_SECONDS, "ticks after RESUMED")
+    # It caught up: every item added around the outage reached it as a watchlist event.
+    added = {str(i) for i in seen.notes["added"]}
+    until(
+        lambda: added <= {e.watchlist_item.item_id for _, e in terminal.events("watchlist", seen.mark)},
+        RECOVERY_SECONDS,
+        "a watchlist event for every added item",
+    )
 
 
 # -- 8. Postgres stopped (fast shutdown) and started --------------------------------------------

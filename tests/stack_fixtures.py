@@ -52,6 +52,10 @@ class Ports:
     def scheduler(self) -> int:
         return 50055 + self.offset
 
+    @property
+    def subscription_metrics(self) -> int:
+        return 9465 + self.offset
+
     def shard(self, shard_id: int) -> int:
         return 50060 + self.offset + shard_id
 

@@ -147,3 +147,20 @@ def instruments_on(conninfo: str, shard_id: int, limit: int) -> list[Key]:
             (shard_id, limit),
         ).fetchall()
     return [(segment, security_id) for segment, security_id in rows]
+
+
+def last_audit_id(conninfo: str) -> int:
+    with psycopg.connect(conninfo, connect_timeout=5) as conn:
+        row = conn.execute("SELECT coalesce(max(log_id), 0) FROM subscription_log").fetchone()
+    return int(row[0]) if row else 0
+
+
+def moves_started(conninfo: str, from_shard: int, after_id: int) -> dict[Key, str]:
+    """The audit's reason for each move off `from_shard` started after audit entry `after_id`."""
+    with psycopg.connect(conninfo, connect_timeout=5) as conn:
+        rows = conn.execute(
+            """SELECT exchange_segment, security_id, reason FROM subscription_log
+               WHERE action = 'MOVE' AND from_shard = %s AND log_id > %s AND details->>'phase' = 'started'""",
+            (from_shard, after_id),
+        ).fetchall()
+    return {(segment, security_id): reason for segment, security_id, reason in rows}

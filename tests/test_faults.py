@@ -24,6 +24,7 @@ from dataserver.feed.v1 import feed_pb2
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from services.common.keys import Key
 from tests.fault_stack import (
     SHARDS,
     Observed,
@@ -49,7 +50,14 @@ from tests.stack_fixtures import (
     until,
     watchlist_answers,
 )
-from tests.stack_invariants import Stored, instruments_on
+from tests.stack_invariants import (
+    Stored,
+    instruments_on,
+    last_audit_id,
+    moves_started,
+    shard_assignments,
+    violations,
+)
 from tests.stack_terminal import Terminal, key_set
 
 OFFSET = 3300
@@ -64,6 +72,7 @@ ENVIRONMENT = {
 TERMINAL_INSTRUMENTS = 40
 MIN_TERMINAL_INSTRUMENTS = 5
 RECOVERY_SECONDS = 30.0  # a generous functional bound, not a timing
+FAILOVER_SECONDS = 20.0  # FEED_FAILOVER_SECONDS's default: longer than any other fault here lasts
 OBSERVED: dict[str, Observed] = {}
 
 UPSTREAM = feed_pb2.UpstreamStatusChange
@@ -328,6 +337,60 @@ def test_an_807_terminal_sees_stopped_with_the_code_and_health_says_why(stack: S
     )
     assert live.shard_restarted, live
     terminal.wait_ticks(index, RECOVERY_SECONDS, "live ticks after RESTORED")
+
+
+# -- 3/4 and failover: a connection down past FEED_FAILOVER_SECONDS ------------------------------
+
+
+def test_a_shard_down_past_the_failover_time_has_its_instruments_moved(stack: Stack, db: str, before: Stored) -> None:
+    shard = pick_shard(db, 0)
+    terminal = open_terminal(stack, db, shard)
+    placed = set(instruments_on(db, shard, 5000))
+    audited = last_audit_id(db)
+    connection = feed_connection(stack, shard)
+    OBSERVED["failover"] = Observed(shard, terminal, terminal.mark())
+    assert simulator(stack, "POST", f"/connections/{connection}/disconnect", {"reason": 807})["affected"] == [
+        connection
+    ]
+
+    until(lambda: status_in(stack, shard, feed_pb2.CONNECTION_STATE_STOPPED), RECOVERY_SECONDS, "the shard to stop")
+    until(
+        lambda: metric_values(stack.ports.subscription_metrics, "subscription_shards_down").get("") == 1.0,
+        RECOVERY_SECONDS,
+        "the subscription service to count the shard down",
+    )
+    # Make-before-break: every instrument leaves for a live shard with room, none is lost.
+    until(
+        lambda: not shard_assignments(db).get(shard),
+        FAILOVER_SECONDS + RECOVERY_SECONDS,
+        f"shard {shard}'s instruments to move to live shards",
+    )
+    assert violations(db) == {}
+    reasons = moves_started(db, shard, audited)
+    assert set(reasons) == placed, "an audit entry for each move"
+    assert all(r.startswith(f"failover: shard {shard} down since") and "807" in r for r in reasons.values()), reasons
+    usage = shard_usage(stack)[shard]
+    assert usage.instrument_count == 0 and not usage.connected and "807" in usage.down_reason, usage
+    terminal.wait_ticks(terminal.mark(), RECOVERY_SECONDS, "ticks from the shards the instruments moved to")
+
+    child(stack, f"shard-{shard}").send_signal(signal.SIGTERM)
+    until(lambda: serving(stack.ports.shard(shard)), RECOVERY_SECONDS, f"the restarted shard {shard} to serve")
+    assert_nothing_lost(before, healthy(stack, db), before)
+
+
+def test_a_shard_down_past_the_failover_time_terminal_sees_its_instruments_moved(stack: Stack) -> None:
+    seen = observed("failover")
+    terminal = seen.terminal
+    _, stale = terminal.wait_event(
+        "upstream", lambda e: e.state == INTERRUPTED, RECOVERY_SECONDS, "INTERRUPTED", since=seen.mark
+    )
+    assert stale.cause == feed_pb2.UPSTREAM_CAUSE_STOPPED and stale.disconnect_code == 807, stale
+    moved: set[Key] = set()
+    for _, event in terminal.events("upstream", seen.mark):
+        if event.state == RESTORED:
+            assert event.cause == feed_pb2.UPSTREAM_CAUSE_MOVED, event
+            moved |= key_set(event.instruments)
+    assert moved == set(terminal.keys), "RESTORED, MOVED, for every instrument of the stream"
 
 
 # -- 5. the simulator sends garbage ------------------------------------------------------------

@@ -11,15 +11,20 @@ from typing import Any
 
 import grpc
 import psutil
+import psycopg
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 
 from tests.stack_fixtures import Stack, child, child_or_none, http_json, serving, until
-from tests.stack_invariants import Stored, shard_assignments, stored, violations
-from tests.stack_terminal import Terminal
+from tests.stack_invariants import Stored, instruments_on, shard_assignments, stored, violations
+from tests.stack_terminal import Terminal, key_set
 
 SHARDS = 5
 HEALTHY_TIMEOUT_SECONDS = 90.0
+RECOVERY_SECONDS = 30.0  # a generous functional bound, not a timing
+TERMINAL_INSTRUMENTS = 40
+MIN_TERMINAL_INSTRUMENTS = 5
+INTERRUPTED, RESTORED = feed_pb2.UPSTREAM_STATE_INTERRUPTED, feed_pb2.UPSTREAM_STATE_RESTORED
 
 
 def shard_statuses(stack: Stack) -> dict[int, feed_pb2.ShardStatus]:
@@ -149,3 +154,128 @@ def kill_child(stack: Stack, name: str) -> int:
     process = child(stack, name)
     process.kill()  # SIGKILL
     return int(process.pid)
+
+
+def pick_shard(db: str, preferred: int) -> int:
+    """`preferred`, or the next shard after it that holds enough instruments to watch
+    (placement depends on which shards were up when each instrument was placed)."""
+    for shard in [(preferred + n) % SHARDS for n in range(SHARDS)]:
+        if len(instruments_on(db, shard, MIN_TERMINAL_INSTRUMENTS)) == MIN_TERMINAL_INSTRUMENTS:
+            return shard
+    raise AssertionError(f"no shard holds {MIN_TERMINAL_INSTRUMENTS} instruments")
+
+
+def open_terminal(stack: Stack, db: str, shard_id: int) -> Terminal:
+    """A terminal streaming instruments of `shard_id`, ticking before the fault."""
+    terminal = Terminal(stack.ports.gateway, instruments_on(db, shard_id, TERMINAL_INSTRUMENTS))
+    snapshot = terminal.snapshot()
+    assert {s.status for s in snapshot.instruments} == {feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED}, snapshot.instruments
+    terminal.wait_ticks(0, RECOVERY_SECONDS, "ticks before the fault")
+    return terminal
+
+
+def reconnected(stack: Stack, shard_id: int, old_connection: int | None, old_reconnects: int) -> bool:
+    status = shard_status(stack, shard_id)
+    new = feed_connection(stack, shard_id)
+    return (
+        new is not None
+        and new != old_connection
+        and status.connection_state == feed_pb2.CONNECTION_STATE_CONNECTED
+        and status.reconnect_count > old_reconnects
+    )
+
+
+def status_in(stack: Stack, shard_id: int, state: int) -> feed_pb2.ShardStatus | None:
+    status = shard_status(stack, shard_id)
+    return status if status.connection_state == state else None
+
+
+def records_of_shard(stack: Stack, msg: str, shard_id: int) -> list[dict[str, Any]]:
+    return [r for r in stack.records(msg) if r.get("shard") == shard_id]
+
+
+def stale_then_live(
+    seen: Observed, cause: int, *, code: int = 0, restored_cause: int = feed_pb2.UPSTREAM_CAUSE_UNSPECIFIED
+) -> tuple[Any, Any]:
+    """The terminal's INTERRUPTED event for the shard (its instruments, with `cause`, a reason
+    and the broker's `code`), then RESTORED, then live ticks; the two events."""
+    terminal, shard = seen.terminal, seen.shard_id
+    index, stale = terminal.wait_event(
+        "upstream",
+        lambda e: e.state == INTERRUPTED and e.shard_id == shard,
+        RECOVERY_SECONDS,
+        f"an INTERRUPTED event for shard {shard}",
+        since=seen.mark,
+    )
+    assert stale.cause == cause, stale
+    assert stale.reason, stale
+    assert stale.disconnect_code == code, stale
+    assert key_set(stale.instruments) == set(terminal.keys), stale
+    assert stale.affected_instruments == len(terminal.keys), stale
+    assert stale.HasField("interrupted_at"), stale
+    after, live = terminal.wait_event(
+        "upstream",
+        lambda e: e.state == RESTORED and e.shard_id == shard,
+        RECOVERY_SECONDS,
+        f"a RESTORED event for shard {shard}",
+        since=index,
+    )
+    assert live.cause == restored_cause, live
+    assert key_set(live.instruments) == set(terminal.keys), live
+    terminal.wait_ticks(after, RECOVERY_SECONDS, "live ticks after RESTORED")
+    return stale, live
+
+
+Chain = tuple[str, str, bool]  # (underlying symbol, expiry "YYYY-MM-DD" or "", underlying only)
+
+
+def new_chains(db: str, count: int) -> list[Chain]:
+    """Watchlist items nobody holds yet: option chains (stocks' first), then underlyings alone."""
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            """SELECT symbol, expiry, underlying_only FROM (
+                   SELECT DISTINCT i.underlying_symbol AS symbol, i.expiry_date AS expiry, false AS underlying_only,
+                          i.instrument_type <> 'OPTSTK' AS later
+                   FROM instruments i JOIN master_versions m ON m.version = i.master_version AND m.active
+                   WHERE i.instrument_type IN ('OPTSTK', 'OPTIDX', 'OPTFUT')
+                   UNION
+                   SELECT DISTINCT i.underlying_symbol, NULL::date, true, true
+                   FROM instruments i JOIN master_versions m ON m.version = i.master_version AND m.active
+                   WHERE i.instrument_type = 'OPTSTK'
+               ) candidates
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM watchlist_items w
+                   WHERE w.symbol = candidates.symbol AND w.underlying_only = candidates.underlying_only
+                     AND w.expiry_date IS NOT DISTINCT FROM candidates.expiry)
+               ORDER BY underlying_only, later, expiry, symbol LIMIT %s""",
+            (count,),
+        ).fetchall()
+    return [(symbol, expiry.isoformat() if expiry else "", only) for symbol, expiry, only in rows]
+
+
+def add_item(port: int, chain: Chain) -> subscription_pb2.AddWatchlistItemResponse | grpc.RpcError:
+    symbol, expiry, underlying_only = chain
+    request = subscription_pb2.AddWatchlistItemRequest(
+        symbol=symbol, expiry_date=expiry, underlying_only=underlying_only, strikes_each_side=2
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            return subscription_pb2_grpc.SubscriptionServiceStub(channel).AddWatchlistItem(request, timeout=30)
+        except grpc.RpcError as error:
+            return error
+
+
+def stored_chains(db: str, chains: list[Chain]) -> dict[Chain, list[tuple[int, str, int]]]:
+    """The watchlist items stored for each chain: (item id, state, instrument count)."""
+    found: dict[Chain, list[tuple[int, str, int]]] = {c: [] for c in chains}
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            """SELECT symbol, expiry_date, underlying_only, item_id, state, instrument_count FROM watchlist_items
+               WHERE symbol = ANY(%s)""",
+            ([c[0] for c in chains],),
+        ).fetchall()
+    for symbol, expiry, underlying_only, item_id, state, count in rows:
+        chain = (symbol, expiry.isoformat() if expiry else "", underlying_only)
+        if chain in found:
+            found[chain].append((item_id, state, count))
+    return found

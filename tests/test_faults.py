@@ -21,20 +21,32 @@ from typing import Any
 import grpc
 import pytest
 from dataserver.feed.v1 import feed_pb2
-from dataserver.subscription.v1 import subscription_pb2, subscription_pb2_grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.keys import Key
 from tests.fault_stack import (
+    INTERRUPTED,
+    RECOVERY_SECONDS,
+    RESTORED,
     SHARDS,
+    Chain,
     Observed,
+    add_item,
     assert_nothing_lost,
     feed_connection,
     healthy,
     kill_child,
+    new_chains,
+    open_terminal,
+    pick_shard,
+    reconnected,
+    records_of_shard,
     shard_status,
     shard_usage,
     simulator,
+    stale_then_live,
+    status_in,
+    stored_chains,
 )
 from tests.stack_fixtures import (
     Stack,
@@ -69,14 +81,8 @@ ENVIRONMENT = {
     # Re-centring would change chains (Tier B's included) while the faults run.
     "SCHEDULER_DISABLED_JOBS": "recenter_chains",
 }
-TERMINAL_INSTRUMENTS = 40
-MIN_TERMINAL_INSTRUMENTS = 5
-RECOVERY_SECONDS = 30.0  # a generous functional bound, not a timing
 FAILOVER_SECONDS = 20.0  # FEED_FAILOVER_SECONDS's default: longer than any other fault here lasts
 OBSERVED: dict[str, Observed] = {}
-
-UPSTREAM = feed_pb2.UpstreamStatusChange
-INTERRUPTED, RESTORED = feed_pb2.UPSTREAM_STATE_INTERRUPTED, feed_pb2.UPSTREAM_STATE_RESTORED
 
 
 @pytest.fixture(scope="module")
@@ -106,81 +112,11 @@ def before(stack: Stack, db: str, baseline: Stored) -> Stored:
     return healthy(stack, db)
 
 
-def pick_shard(db: str, preferred: int) -> int:
-    """`preferred`, or the next shard after it that holds enough instruments to watch
-    (placement depends on which shards were up when each instrument was placed)."""
-    for shard in [(preferred + n) % SHARDS for n in range(SHARDS)]:
-        if len(instruments_on(db, shard, MIN_TERMINAL_INSTRUMENTS)) == MIN_TERMINAL_INSTRUMENTS:
-            return shard
-    raise AssertionError(f"no shard holds {MIN_TERMINAL_INSTRUMENTS} instruments")
-
-
-def open_terminal(stack: Stack, db: str, shard_id: int) -> Terminal:
-    """A terminal streaming instruments of `shard_id`, ticking before the fault."""
-    terminal = Terminal(stack.ports.gateway, instruments_on(db, shard_id, TERMINAL_INSTRUMENTS))
-    snapshot = terminal.snapshot()
-    assert {s.status for s in snapshot.instruments} == {feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED}, snapshot.instruments
-    terminal.wait_ticks(0, RECOVERY_SECONDS, "ticks before the fault")
-    return terminal
-
-
 def observed(name: str) -> Observed:
     seen = OBSERVED.get(name)
     if seen is None:
         pytest.skip(f"the {name} fault's test did not get as far as its terminal")
     return seen
-
-
-def reconnected(stack: Stack, shard_id: int, old_connection: int | None, old_reconnects: int) -> bool:
-    status = shard_status(stack, shard_id)
-    new = feed_connection(stack, shard_id)
-    return (
-        new is not None
-        and new != old_connection
-        and status.connection_state == feed_pb2.CONNECTION_STATE_CONNECTED
-        and status.reconnect_count > old_reconnects
-    )
-
-
-def status_in(stack: Stack, shard_id: int, state: int) -> feed_pb2.ShardStatus | None:
-    status = shard_status(stack, shard_id)
-    return status if status.connection_state == state else None
-
-
-def records_of_shard(stack: Stack, msg: str, shard_id: int) -> list[dict[str, Any]]:
-    return [r for r in stack.records(msg) if r.get("shard") == shard_id]
-
-
-def stale_then_live(
-    seen: Observed, cause: int, *, code: int = 0, restored_cause: int = feed_pb2.UPSTREAM_CAUSE_UNSPECIFIED
-) -> tuple[Any, Any]:
-    """The terminal's INTERRUPTED event for the shard (its instruments, with `cause`, a reason
-    and the broker's `code`), then RESTORED, then live ticks; the two events."""
-    terminal, shard = seen.terminal, seen.shard_id
-    index, stale = terminal.wait_event(
-        "upstream",
-        lambda e: e.state == INTERRUPTED and e.shard_id == shard,
-        RECOVERY_SECONDS,
-        f"an INTERRUPTED event for shard {shard}",
-        since=seen.mark,
-    )
-    assert stale.cause == cause, stale
-    assert stale.reason, stale
-    assert stale.disconnect_code == code, stale
-    assert key_set(stale.instruments) == set(terminal.keys), stale
-    assert stale.affected_instruments == len(terminal.keys), stale
-    assert stale.HasField("interrupted_at"), stale
-    after, live = terminal.wait_event(
-        "upstream",
-        lambda e: e.state == RESTORED and e.shard_id == shard,
-        RECOVERY_SECONDS,
-        f"a RESTORED event for shard {shard}",
-        since=index,
-    )
-    assert live.cause == restored_cause, live
-    assert key_set(live.instruments) == set(terminal.keys), live
-    terminal.wait_ticks(after, RECOVERY_SECONDS, "live ticks after RESTORED")
-    return stale, live
 
 
 # -- 1. the simulator drops a connection -------------------------------------------------------
@@ -473,69 +409,10 @@ def test_a_killed_shard_terminal_sees_unreachable_then_live(stack: Stack) -> Non
 # -- 7. kill -9 of the subscription service during 20 concurrent adds ---------------------------
 
 
-Chain = tuple[str, str, bool]  # (underlying symbol, expiry "YYYY-MM-DD" or "", underlying only)
-
-
-def _new_chains(db: str, count: int) -> list[Chain]:
-    """Watchlist items nobody holds yet: option chains (stocks' first), then underlyings alone."""
-    import psycopg
-
-    with psycopg.connect(db) as conn:
-        rows = conn.execute(
-            """SELECT symbol, expiry, underlying_only FROM (
-                   SELECT DISTINCT i.underlying_symbol AS symbol, i.expiry_date AS expiry, false AS underlying_only,
-                          i.instrument_type <> 'OPTSTK' AS later
-                   FROM instruments i JOIN master_versions m ON m.version = i.master_version AND m.active
-                   WHERE i.instrument_type IN ('OPTSTK', 'OPTIDX', 'OPTFUT')
-                   UNION
-                   SELECT DISTINCT i.underlying_symbol, NULL::date, true, true
-                   FROM instruments i JOIN master_versions m ON m.version = i.master_version AND m.active
-                   WHERE i.instrument_type = 'OPTSTK'
-               ) candidates
-               WHERE NOT EXISTS (
-                   SELECT 1 FROM watchlist_items w
-                   WHERE w.symbol = candidates.symbol AND w.underlying_only = candidates.underlying_only
-                     AND w.expiry_date IS NOT DISTINCT FROM candidates.expiry)
-               ORDER BY underlying_only, later, expiry, symbol LIMIT %s""",
-            (count,),
-        ).fetchall()
-    return [(symbol, expiry.isoformat() if expiry else "", only) for symbol, expiry, only in rows]
-
-
-def _add(port: int, chain: Chain) -> subscription_pb2.AddWatchlistItemResponse | grpc.RpcError:
-    symbol, expiry, underlying_only = chain
-    request = subscription_pb2.AddWatchlistItemRequest(
-        symbol=symbol, expiry_date=expiry, underlying_only=underlying_only, strikes_each_side=2
-    )
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            return subscription_pb2_grpc.SubscriptionServiceStub(channel).AddWatchlistItem(request, timeout=30)
-        except grpc.RpcError as error:
-            return error
-
-
-def _items(db: str, chains: list[Chain]) -> dict[Chain, list[tuple[int, str, int]]]:
-    """The watchlist items stored for each chain: (item id, state, instrument count)."""
-    import psycopg
-
-    found: dict[Chain, list[tuple[int, str, int]]] = {c: [] for c in chains}
-    with psycopg.connect(db) as conn:
-        rows = conn.execute(
-            """SELECT symbol, expiry_date, underlying_only, item_id, state, instrument_count FROM watchlist_items
-               WHERE symbol = ANY(%s)""",
-            ([c[0] for c in chains],),
-        ).fetchall()
-    for symbol, expiry, underlying_only, item_id, state, count in rows:
-        chain = (symbol, expiry.isoformat() if expiry else "", underlying_only)
-        if chain in found:
-            found[chain].append((item_id, state, count))
-    return found
-
-
 def test_a_killed_subscription_service_leaves_each_concurrent_add_committed_or_failed(
     stack: Stack, db: str, before: Stored
 ) -> None:
-    chains = _new_chains(db, 20)
+    chains = new_chains(db, 20)
     assert len(chains) == 20, chains
     terminal = Terminal(stack.ports.gateway, None)  # "my watchlist"
     terminal.snapshot()
@@ -543,12 +420,13 @@ def test_a_killed_subscription_service_leaves_each_concurrent_add_committed_or_f
     seen = OBSERVED["kill subscription"] = Observed(-1, terminal, terminal.mark())
     replies: dict[Chain, Any] = {}
     threads = [
-        threading.Thread(target=lambda c=c: replies.__setitem__(c, _add(stack.ports.subscription, c))) for c in chains
+        threading.Thread(target=lambda c=c: replies.__setitem__(c, add_item(stack.ports.subscription, c)))
+        for c in chains
     ]
     for thread in threads:
         thread.start()
     # Killed once the first add has committed, while the others are in flight.
-    until(lambda: any(_items(db, chains).values()), RECOVERY_SECONDS, "the first add to commit")
+    until(lambda: any(stored_chains(db, chains).values()), RECOVERY_SECONDS, "the first add to commit")
     pid = kill_child(stack, "subscription")
     for thread in threads:
         thread.join(timeout=60)
@@ -562,7 +440,7 @@ def test_a_killed_subscription_service_leaves_each_concurrent_add_committed_or_f
         "the subscription service to be restarted",
     )
     # Each add committed whole or not at all; a committed one is what its reply said.
-    stored_items = _items(db, chains)
+    stored_items = stored_chains(db, chains)
     for chain, reply in replies.items():
         if chain not in failed:
             assert stored_items[chain] == [
@@ -573,12 +451,12 @@ def test_a_killed_subscription_service_leaves_each_concurrent_add_committed_or_f
     healthy(stack, db)  # the invariants: no half-committed unit, refcounts equal owners
     # Retries are safe: the failed adds succeed, and adding everything again changes nothing.
     for chain in failed:
-        reply = _add(stack.ports.subscription, chain)
+        reply = add_item(stack.ports.subscription, chain)
         assert not isinstance(reply, grpc.RpcError), reply
         assert reply.created == (not stored_items[chain]), (chain, reply)
-    items = _items(db, chains)
+    items = stored_chains(db, chains)
     for chain in chains:
-        again = _add(stack.ports.subscription, chain)
+        again = add_item(stack.ports.subscription, chain)
         assert not isinstance(again, grpc.RpcError) and not again.created, again
         assert [int(again.watchlist_item.item_id)] == [i for i, _, _ in items[chain]], (chain, items[chain])
     added = [i for found in items.values() for i, _, _ in found]
@@ -623,12 +501,12 @@ def test_postgres_fast_shutdown_and_start_services_recover_by_themselves(stack: 
     terminal.snapshot()
     terminal.wait_ticks(0, RECOVERY_SECONDS, "ticks before the fault")
     seen = OBSERVED["postgres"] = Observed(-1, terminal, terminal.mark())
-    chain = _new_chains(db, 1)[0]
+    chain = new_chains(db, 1)[0]
     postmaster = postmaster_pid(stack)
     os.kill(postmaster, signal.SIGINT)  # Postgres's fast shutdown
     until(lambda: not alive(postmaster), RECOVERY_SECONDS, "Postgres to stop")
     started = time.monotonic()
-    seen.notes["add while down"] = (_add(stack.ports.subscription, chain), time.monotonic() - started)
+    seen.notes["add while down"] = (add_item(stack.ports.subscription, chain), time.monotonic() - started)
 
     restart = until(
         lambda: next((r for r in stack.records("restarting") if r.get("child") == "postgres"), None),
@@ -638,12 +516,12 @@ def test_postgres_fast_shutdown_and_start_services_recover_by_themselves(stack: 
     assert "is gone" in restart["reason"], restart
     until(lambda: watchlist_answers(stack.ports.subscription), 60, "the subscription service to read Postgres again")
     until(
-        lambda: not isinstance(_add(stack.ports.subscription, chain), grpc.RpcError),
+        lambda: not isinstance(add_item(stack.ports.subscription, chain), grpc.RpcError),
         60,
         "an add to commit again",
     )
     after = healthy(stack, db)
-    added = [i for i, _, _ in _items(db, [chain])[chain]]
+    added = [i for i, _, _ in stored_chains(db, [chain])[chain]]
     assert_nothing_lost(before, after, before, added_items=added)
     # Ticks never needed Postgres: the stream stayed open and ticking.
     assert not terminal.done.is_set(), f"the stream ended: {terminal.ended}"

@@ -92,7 +92,11 @@ async def test_a_stalled_stream_shows_conflation_while_it_is_stalled(feed: FeedU
         async def caught_up() -> bool:
             nonlocal gaps
             message = await stream.read()
-            for tick in message.batch.ticks if message.WhichOneof("body") == "batch" else ():
+            # A snapshot (after an upstream RESTORED, say, when the shard was still starting) counts too.
+            body = message.WhichOneof("body")
+            for tick in (
+                message.batch.ticks if body == "batch" else message.snapshot.ticks if body == "snapshot" else ()
+            ):
                 previous = seen.get(tick.key.security_id)
                 gaps += tick.sequence - previous - 1 if previous is not None else 0
                 seen[tick.key.security_id] = tick.sequence

@@ -59,6 +59,15 @@ async def assignment_rows(feed: FeedUnderTest) -> list[dict[str, Any]]:
     )
 
 
+async def shards_live(feed: FeedUnderTest) -> None:
+    """Waits for every shard to be reachable and connected (a starting shard's instruments
+    are stale until its first connection is up and subscribed)."""
+    links = feed.gateway.hub.links
+    await eventually(
+        lambda: all(link.connected and link.status and not link.outage for link in links), what="shards live"
+    )
+
+
 async def live_values(feed: FeedUnderTest, *keys: common_pb2.InstrumentKey) -> None:
     instruments = feed.gateway.hub.instruments
     wanted = [proto_wire_key(k) for k in keys]
@@ -86,6 +95,7 @@ async def expect_outage(
 ) -> feed_pb2.UpstreamStatusChange:
     """Streams RELIANCE, injects `fault`, and checks what the terminal sees: one INTERRUPTED
     with `cause`, then (after `restore`) RESTORED and a snapshot of it. Postgres is untouched."""
+    await shards_live(feed)
     await add(feed.subscription, "alice", "RELIANCE", underlying_only=True)
     await live_values(feed, RELIANCE)
     rows = await assignment_rows(feed)
@@ -227,6 +237,7 @@ async def _connection_of(feed: FeedUnderTest, key: common_pb2.InstrumentKey) -> 
 
 async def test_a_refused_account_stops_its_shard_without_retrying(database_url: str, masters_dir: Any) -> None:
     async with running_feed(database_url, masters_dir, shards=2) as feed:
+        await shards_live(feed)
         per_shard = await _place_on_both_shards(feed)
         rows = await assignment_rows(feed)
         stopped, other = per_shard[0], per_shard[1]
@@ -284,6 +295,7 @@ async def test_the_interactive_stream_tells_status_changes(database_url: str, ma
         def status_event(message: Any) -> bool:
             return message.WhichOneof("body") == "event" and message.event.HasField("instrument_status")
 
+        await shards_live(feed)
         alice = await feed.subscription.user("alice")
         channel, stub = gateway_stub(feed)
         async with channel:

@@ -4,6 +4,10 @@ index from instruments to the terminal streams that want them.
 Sequence numbers seen by terminals stay increasing per instrument across shard restarts and
 moves: when an instrument's source changes (a new shard epoch, or a move to another shard),
 its numbering continues from the last value plus a visible gap of one.
+
+Upstream status (see upstream.py) is kept per shard link: terminals following a down
+shard's instruments are told once per outage, snapshots mark those instruments stale, and
+instruments moved to a live shard are announced live again. Nothing of it is per packet.
 """
 
 from __future__ import annotations
@@ -158,6 +162,7 @@ class Hub:
                 async for message in call:
                     delay = 0.2
                     self._on_message(link, message)
+                self._lost(link, "shard stream ended")
             except grpc.aio.AioRpcError as error:
                 if link.connected or link.lost_since is None:
                     log.warning("shard stream lost", extra={"shard": link.shard_id, "code": error.code().name})
@@ -298,7 +303,10 @@ class Hub:
         link.outage = None
         restarted, link.restarted = link.restarted, False
         log.info("shard instruments live again", extra={"shard": link.shard_id})
-        reason = "shard stream restored" if outage.cause == feed_pb2.UPSTREAM_CAUSE_SHARD_UNREACHABLE else "live again"
+        if outage.cause == feed_pb2.UPSTREAM_CAUSE_SHARD_UNREACHABLE:
+            reason = "shard stream restored"
+        else:
+            reason = "broker connection restored and resubscribed"
         upstream.announce(
             link.shard_id,
             self._followed(link.instruments),

@@ -272,8 +272,13 @@ class TerminalStream:
             instrument = self.hub.instruments.get(key)
             if instrument is not None and instrument.latest is not None:
                 ticks.append(instrument.latest.message(self.mode))
-                self.pending.pop(key, None)
-                self.counted.pop(key, None)
+                first = self.pending.pop(key, None)
+                counted = self.counted.pop(key, 0)
+                if first is not None:  # pending values the snapshot's latest replaces are conflated
+                    skipped = instrument.latest.sequence - first - counted
+                    if skipped > 0:
+                        self.conflated += skipped
+                        CONFLATED.inc(skipped)
         return self.shape.response(
             snapshot=feed_pb2.TickSnapshot(
                 ticks=ticks, instruments=states, correlation_id=correlation_id, market_states=market_states

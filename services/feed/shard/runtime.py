@@ -9,6 +9,9 @@ Failure handling, per the broker's rules:
 - 805 (too many connections) backs off for minutes and logs an error, since retrying
   quickly gets the user blocked; 806-810 (entitlement or credentials) stop retrying until an
   operator acts, and health turns NOT_SERVING.
+
+Every connection state change is sent to the gateways at once, with why and since when the
+shard's instruments are not live (connection_state.py), so terminals learn of it at once.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ seconds; every test first waits until the stack is healthy again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -110,6 +111,20 @@ def baseline(stack: Stack, db: str) -> Stored:
 def before(stack: Stack, db: str, baseline: Stored) -> Stored:
     """The stack healthy again after the previous fault; what Postgres holds now."""
     return healthy(stack, db)
+
+
+@contextlib.contextmanager
+def refused_by_the_broker(stack: Stack, shard_id: int, code: int) -> Iterator[None]:
+    """The broker refuses the shard's account with `code` (806-810): the shard stops for good.
+    On the way out the shard is restarted, as an operator does once the account is fixed (the
+    accounts issue will), also when the test failed, so that later faults find a whole stack."""
+    connection = feed_connection(stack, shard_id)
+    reply = simulator(stack, "POST", f"/connections/{connection}/disconnect", {"reason": code})
+    assert reply["affected"] == [connection], reply
+    try:
+        yield
+    finally:
+        child(stack, f"shard-{shard_id}").send_signal(signal.SIGTERM)
 
 
 def observed(name: str) -> Observed:
@@ -212,42 +227,35 @@ def test_an_805_terminal_sees_kicked_then_live_and_status_says_why(stack: Stack)
 def test_an_807_stops_the_shard_without_retrying_and_says_why(stack: Stack, db: str, before: Stored) -> None:
     shard = pick_shard(db, 3)
     terminal = open_terminal(stack, db, shard)
-    connection = feed_connection(stack, shard)
     seen = OBSERVED["807"] = Observed(shard, terminal, terminal.mark())
-    assert simulator(stack, "POST", f"/connections/{connection}/disconnect", {"reason": 807})["affected"] == [
-        connection
-    ]
-
-    stopped = until(
-        lambda: status_in(stack, shard, feed_pb2.CONNECTION_STATE_STOPPED),
-        RECOVERY_SECONDS,
-        f"shard {shard} to stop",
-    )
-    seen.notes["stopped"] = stopped
-    assert stopped.last_disconnect_code == 807 and "access token expired" in stopped.last_disconnect_reason, stopped
-    until(
-        lambda: health_status(stack.ports.shard(shard)) == health_pb2.HealthCheckResponse.NOT_SERVING,
-        RECOVERY_SECONDS,
-        f"shard {shard}'s health to turn NOT_SERVING",
-    )
-    refused = records_of_shard(stack, "feed refused us; not retrying until restarted", shard)
-    assert [r["reason_code"] for r in refused] == [807], refused
-    # No retry storm: the shard opens no connection for many times its longest back-off.
-    handshakes = simulator(stack)["handshakes"]
-    time.sleep(3 * float(ENVIRONMENT["FEED_MAX_BACKOFF_SECONDS"]))
-    assert simulator(stack)["handshakes"] == handshakes, "the stopped shard reconnected"
-    assert feed_connection(stack, shard) is None
-    assert (
-        metric_values(stack.ports.shard_metrics(shard), "feed_shard_reconnects_total").get(
-            f'{{cause="807",shard="{shard}"}}'
+    with refused_by_the_broker(stack, shard, 807):
+        stopped = until(
+            lambda: status_in(stack, shard, feed_pb2.CONNECTION_STATE_STOPPED),
+            RECOVERY_SECONDS,
+            f"shard {shard} to stop",
         )
-        == 1.0
-    )
-    assert serving(stack.ports.gateway), "the other shards' ticks flow: the gateway serves"
-    seen.notes["usage"] = shard_usage(stack)[shard]
-
-    # An operator restarts the shard once the token is renewed (the accounts issue will).
-    child(stack, f"shard-{shard}").send_signal(signal.SIGTERM)
+        seen.notes["stopped"] = stopped
+        assert stopped.last_disconnect_code == 807 and "access token expired" in stopped.last_disconnect_reason, stopped
+        until(
+            lambda: health_status(stack.ports.shard(shard)) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            RECOVERY_SECONDS,
+            f"shard {shard}'s health to turn NOT_SERVING",
+        )
+        refused = records_of_shard(stack, "feed refused us; not retrying until restarted", shard)
+        assert [r["reason_code"] for r in refused] == [807], refused
+        # No retry storm: the shard opens no connection for many times its longest back-off.
+        handshakes = simulator(stack)["handshakes"]
+        time.sleep(3 * float(ENVIRONMENT["FEED_MAX_BACKOFF_SECONDS"]))
+        assert simulator(stack)["handshakes"] == handshakes, "the stopped shard reconnected"
+        assert feed_connection(stack, shard) is None
+        assert (
+            metric_values(stack.ports.shard_metrics(shard), "feed_shard_reconnects_total").get(
+                f'{{cause="807",shard="{shard}"}}'
+            )
+            == 1.0
+        )
+        assert serving(stack.ports.gateway), "the other shards' ticks flow: the gateway serves"
+        seen.notes["usage"] = shard_usage(stack)[shard]
     until(lambda: serving(stack.ports.shard(shard)), RECOVERY_SECONDS, f"the restarted shard {shard} to serve")
     assert_nothing_lost(before, healthy(stack, db), before)
 
@@ -283,33 +291,29 @@ def test_a_shard_down_past_the_failover_time_has_its_instruments_moved(stack: St
     terminal = open_terminal(stack, db, shard)
     placed = set(instruments_on(db, shard, 5000))
     audited = last_audit_id(db)
-    connection = feed_connection(stack, shard)
     OBSERVED["failover"] = Observed(shard, terminal, terminal.mark())
-    assert simulator(stack, "POST", f"/connections/{connection}/disconnect", {"reason": 807})["affected"] == [
-        connection
-    ]
-
-    until(lambda: status_in(stack, shard, feed_pb2.CONNECTION_STATE_STOPPED), RECOVERY_SECONDS, "the shard to stop")
-    until(
-        lambda: metric_values(stack.ports.subscription_metrics, "subscription_shards_down").get("") == 1.0,
-        RECOVERY_SECONDS,
-        "the subscription service to count the shard down",
-    )
-    # Make-before-break: every instrument leaves for a live shard with room, none is lost.
-    until(
-        lambda: not shard_assignments(db).get(shard),
-        FAILOVER_SECONDS + RECOVERY_SECONDS,
-        f"shard {shard}'s instruments to move to live shards",
-    )
-    assert violations(db) == {}
-    reasons = moves_started(db, shard, audited)
-    assert set(reasons) == placed, "an audit entry for each move"
-    assert all(r.startswith(f"failover: shard {shard} down since") and "807" in r for r in reasons.values()), reasons
-    usage = shard_usage(stack)[shard]
-    assert usage.instrument_count == 0 and not usage.connected and "807" in usage.down_reason, usage
-    terminal.wait_ticks(terminal.mark(), RECOVERY_SECONDS, "ticks from the shards the instruments moved to")
-
-    child(stack, f"shard-{shard}").send_signal(signal.SIGTERM)
+    with refused_by_the_broker(stack, shard, 807):
+        until(lambda: status_in(stack, shard, feed_pb2.CONNECTION_STATE_STOPPED), RECOVERY_SECONDS, "the shard to stop")
+        until(
+            lambda: metric_values(stack.ports.subscription_metrics, "subscription_shards_down").get("") == 1.0,
+            RECOVERY_SECONDS,
+            "the subscription service to count the shard down",
+        )
+        # Make-before-break: every instrument leaves for a live shard with room, none is lost.
+        until(
+            lambda: not shard_assignments(db).get(shard),
+            FAILOVER_SECONDS + RECOVERY_SECONDS,
+            f"shard {shard}'s instruments to move to live shards",
+        )
+        assert violations(db) == {}
+        reasons = moves_started(db, shard, audited)
+        assert set(reasons) == placed, "an audit entry for each move"
+        assert all(r.startswith(f"failover: shard {shard} down since") and "807" in r for r in reasons.values()), (
+            reasons
+        )
+        usage = shard_usage(stack)[shard]
+        assert usage.instrument_count == 0 and not usage.connected and "807" in usage.down_reason, usage
+        terminal.wait_ticks(terminal.mark(), RECOVERY_SECONDS, "ticks from the shards the instruments moved to")
     until(lambda: serving(stack.ports.shard(shard)), RECOVERY_SECONDS, f"the restarted shard {shard} to serve")
     assert_nothing_lost(before, healthy(stack, db), before)
 

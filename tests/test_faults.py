@@ -6,8 +6,9 @@ What a terminal saw during each fault is asserted by its own `..._terminal_...` 
 the stream the fault's test kept open (the contract: UpstreamStatusChange, WatchlistFollowing,
 ServerDraining in protos/dataserver/feed/v1/feed.proto), so a fault is injected once.
 
+Beside the nine, a connection down past FEED_FAILOVER_SECONDS has its instruments moved.
 One stack for the module, with short timings (watchdog, back-offs) so the faults resolve in
-seconds; every test first waits until the stack is healthy again."""
+seconds; the tests run in file order, and each first waits until the stack is healthy again."""
 
 from __future__ import annotations
 

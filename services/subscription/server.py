@@ -68,7 +68,13 @@ def create_server(
         ChainWidths(settings.stock_strikes_each_side, settings.index_strikes_each_side, settings.max_strikes_each_side),
     )
     notifier = ChangeNotifier(conninfo or _conninfo(pool))
-    admin = Admin(pool, budget, settings.move_settle_seconds, settings.feed_failover_seconds)
+    admin = Admin(
+        pool,
+        budget,
+        settings.move_settle_seconds,
+        settings.feed_failover_seconds,
+        settings.feed_rebalance_spread,
+    )
     clock = clock or clock_from_settings(settings)
     servicer = SubscriptionServicer(
         budget,
@@ -125,6 +131,7 @@ async def _upkeep(admin: Admin) -> None:
         try:
             await admin.fail_over()
             await admin.finish_settled_moves()
+            await admin.rebalance_if_uneven()
             ticks += 1
             if ticks % 120 == 0:
                 await admin.prune(LOG_RETENTION_SECONDS)

@@ -97,7 +97,7 @@ class ConnectionInfo:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "client": mask(self.client_id),
+            "client_id": self.client_id,
             "remote": self.remote,
             "connected_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.connected_at))
             + f".{int(self.connected_at % 1 * 1000):03d}Z",

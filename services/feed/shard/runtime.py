@@ -275,7 +275,10 @@ class ShardRuntime:
             code = self._disconnect_code or 0
             if code in FATAL_REASONS:
                 await self._wait_for_credentials(code, token_generation)
-            elif self.credentials.generation == token_generation:  # else a new token: use it at once
+            elif self.credentials.generation != token_generation:  # a new token: use it at once
+                RECONNECTS.labels(self._label, "rotated").inc()
+                self.reconnect_count += 1
+            else:
                 failures = 0 if uptime > _STABLE_SECONDS else failures + 1
                 await self._back_off(code, failures)
 

@@ -87,7 +87,7 @@ async def test_after_807_the_shard_waits_without_retrying_then_resumes_with_a_ro
 ) -> None:
     # Two accounts of one connection each: shard 0 is sim-1's, shard 1 sim-2's.
     accounts = (simulated_account(1), simulated_account(2))
-    per_account = {"accounts": accounts, "feed_connections_per_account": 1}
+    per_account: dict[str, Any] = {"accounts": accounts, "feed_connections_per_account": 1}
     async with running_feed(
         database_url, masters_dir, shards=2, subscription={**FAST_REPORTS, **per_account}, **per_account
     ) as feed:
@@ -146,10 +146,11 @@ async def _expect_no_attempts_while_another_shard_reconnects(feed: FeedUnderTest
         reconnects = other.reconnect_count
         target = next(c.id for c in feed.simulator.connections() if c.client_id == other.credentials.account.client_id)
         await control(feed, "POST", f"/connections/{target}/drop")
-        await eventually(
-            lambda r=reconnects: other.reconnect_count > r and other.state == feed_pb2.CONNECTION_STATE_CONNECTED,
-            what="the other shard reconnected",
-        )
+
+        def reconnected(before: int = reconnects) -> bool:
+            return other.reconnect_count > before and other.state == feed_pb2.CONNECTION_STATE_CONNECTED
+
+        await eventually(reconnected, what="the other shard reconnected")
     assert (await control(feed, "GET", "/health"))["handshakes"] == handshakes + 2
     assert feed.shards[0].runtime.state == feed_pb2.CONNECTION_STATE_STOPPED
 
@@ -161,7 +162,7 @@ async def test_a_changed_token_file_rotates_the_account_without_an_rpc(
     token_file.parent.mkdir()
     token_file.write_text("file-token-one\n")
     account = Account("main", "7700000001", access_token_file=token_file)
-    per_account = {"accounts": (account,), "feed_connections_per_account": 1}
+    per_account: dict[str, Any] = {"accounts": (account,), "feed_connections_per_account": 1}
     async with running_feed(
         database_url,
         masters_dir,

@@ -17,10 +17,14 @@ from grpc_health.v1 import health_pb2
 
 from services.common.accounts import Account, simulated_account
 from services.common.clients import health_stub
+from services.dhan import DisconnectPacket
 from services.feed.shard.runtime import ShardRuntime
+from simulator.settings import SimulatorSettings
+from simulator.simulator import Simulator
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
 from tests.test_feed_gateway import gateway_stub, read_until
+from tests.test_simulator import Client
 from tests.test_subscription_capacity import add
 from tests.test_upstream_status import RELIANCE, control, is_upstream, live_values, open_stream, shards_live
 
@@ -221,3 +225,27 @@ async def test_rotation_refuses_bad_input_and_users(service: SubscriptionUnderTe
         metadata=service.admin,
     )
     assert health.credentials_version == 2
+
+
+async def test_the_simulator_expires_a_client_s_token(masters_dir: Path) -> None:
+    sim = Simulator(SimulatorSettings(port=0, control_port=0, master_cache_dir=masters_dir, master_scale="small"))
+    await sim.start()
+    try:
+        async with (
+            Client.open(sim.url(token="today", client_id="C1")) as expiring,
+            Client.open(sim.url(token="today", client_id="C2")) as other_client,
+        ):
+            await eventually(lambda: len(sim.connections()) == 2, what="both connections registered")
+            [expired_id] = [c.id for c in sim.connections() if c.client_id == "C1"]
+            assert sim.expire_token("C1") == [expired_id]
+            packets, _ = await expiring.closed()
+            assert packets[-1] == DisconnectPacket(0, 0, 807)
+            assert [c.client_id for c in sim.connections()] == ["C2"], "another client id is untouched"
+            del other_client
+        async with Client.open(sim.url(token="today", client_id="C1")) as refused:
+            packets, _ = await refused.closed()
+            assert packets == [DisconnectPacket(0, 0, 807)], "the expired token is refused from then on"
+        async with Client.open(sim.url(token="tomorrow", client_id="C1")):
+            await eventually(lambda: [c.client_id for c in sim.connections()].count("C1") == 1, what="a new token")
+    finally:
+        await sim.stop()

@@ -483,8 +483,9 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         await self._health.record(request.shard_id, request.shard_epoch, request.connected, down_since, request.reason)
         response = pb.ReportShardHealthResponse()
         response.report_interval.FromTimedelta(timedelta(seconds=self._health.interval_seconds))
-        if request.account_id:  # a shard from before accounts sends none
-            self._credentials.check_account(request.account_id)
+        # Version 0 for an account not configured here (or none sent): the report itself still
+        # counts, since failover depends on it.
+        if request.account_id in self._credentials.account_ids:
             response.credentials_version = await self._credentials.version(request.account_id)
         return response
 

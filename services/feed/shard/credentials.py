@@ -102,8 +102,8 @@ class ShardCredentials:
                 timeout=CALL_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                log.warning(
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # the service may start after the shard
+                log.info(
                     "cannot read the account's current token; using the configured one",
                     extra={"account": self.account_id, "code": error.code().name},
                 )

@@ -122,6 +122,9 @@ class Settings:
     db_acquire_timeout_seconds: float = 3.0
     db_connect_timeout_seconds: int = 3
     gateway_drain_seconds: float = 5.0
+    # Token rotation (issue 14 §2): how often a shard re-reads its account's mounted token file
+    # (a Kubernetes Secret updates it in place) to rotate the account when it changes.
+    feed_token_file_poll_seconds: float = 5.0
 
     @property
     def dhan_credentials(self) -> bool:
@@ -247,6 +250,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         feed_failover_seconds=_float(env, "FEED_FAILOVER_SECONDS", 20.0, 0.0, 3600.0),
         feed_rebalance_spread=_int(env, "FEED_REBALANCE_SPREAD", 500, 0, 5000),
         **_degrade_settings(env),
+        # Token rotation
+        feed_token_file_poll_seconds=_float(env, "FEED_TOKEN_FILE_POLL_SECONDS", 5.0, 0.05, 3600.0),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

@@ -16,6 +16,7 @@ from services.common.db import Pool
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
 from services.common.server import GrpcApp, build_app, run_service
 from services.subscription.admin import Admin
+from services.subscription.credentials import Credentials
 from services.subscription.model import Budget
 from services.subscription.notifier import ChangeNotifier
 from services.subscription.recenter import Recentering
@@ -86,6 +87,7 @@ def create_server(
         Streams(pool, notifier, shard_limit=budget.per_connection, retention_seconds=LOG_RETENTION_SECONDS),
         clock,
         HealthReports(pool, budget.connections, settings.shard_health_report_seconds),
+        Credentials(pool, [account.account_id for account in settings.accounts]),
     )
     app = build_app(
         [SERVICE_NAME],

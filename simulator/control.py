@@ -10,6 +10,10 @@ asyncio streams: aiohttp is not installed and the API is a handful of routes).
     POST /connections/{id|all}/resume
     POST /connections/{id|all}/disconnect  {"reason": 805}: disconnect packet, then close
     POST /connections/{id|all}/garbage     {"bytes": 64, "count": 1}: frames that are no packet
+    POST /clients/{client_id}/expire-token {"token": "..."} (optional): the token (by default
+                                           every token the client id's open connections use)
+                                           expires: those connections get 807 and close, and
+                                           it is refused with 807 from then on
     POST /underlyings/{asset}/{symbol}/move {"percent": 2.0}: the underlying's price moves by that
                                            much at once (spot, futures and options follow)
 
@@ -124,6 +128,12 @@ class ControlServer:
             except KeyError:
                 raise HttpError(404, f"no open connection {parts[1]}") from None
             return {"affected": affected}
+        if len(parts) == 3 and parts[0] == "clients" and parts[2] == "expire-token":
+            _expect(method, "POST")
+            token = body.get("token")
+            if token is not None and (not isinstance(token, str) or not token):
+                raise HttpError(400, "token must be a non-empty string when given")
+            return {"affected": sim.expire_token(parts[1], token)}
         if len(parts) == 4 and parts[0] == "underlyings" and parts[3] == "move":
             _expect(method, "POST")
             return self._move(parts[1], parts[2], body)

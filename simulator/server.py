@@ -52,7 +52,7 @@ from services.dhan.encode import encode_disconnect
 from services.dhan.protocol import DisconnectReason, FeedMode, RequestCode
 from services.dhan.requests import RequestError, parse_request
 
-from .auth import check_credentials, client_id
+from .auth import check_credentials, client_id, mask, token
 from .framing import Framer, garbage_frame, send_time_stamp
 from .market import Book, Market
 from .ratelimit import TokenBucket
@@ -129,11 +129,12 @@ class _Outcome(Enum):
 class FeedConnection:
     """One accepted socket: its subscriptions, counters and send loop."""
 
-    def __init__(self, server: FeedServer, ws: ServerConnection, conn_id: int, client_id: str) -> None:
+    def __init__(self, server: FeedServer, ws: ServerConnection, conn_id: int, client_id: str, token: str = "") -> None:
         self.server = server
         self.ws = ws
         self.id = conn_id
         self.client_id = client_id
+        self.token = token  # kept to expire it (control API); never logged
         remote = ws.remote_address
         self.remote = f"{remote[0]}:{remote[1]}" if remote else "?"
         self.connected_at = time.time()
@@ -419,7 +420,7 @@ class FeedConnection:
         self.server._unregister(self)
         if was_silenced:
             self._resume_io()  # the closing handshake needs to read the client's close frame
-        log.info("disconnecting", extra={"conn": self.id, "client_id": self.client_id, "reason": reason})
+        log.info("disconnecting", extra={"conn": self.id, "client": mask(self.client_id), "reason": reason})
         if self._write([encode_disconnect(reason)], force=True):
             self.server.disconnects_sent[int(reason)] += 1
         with contextlib.suppress(Exception):
@@ -429,7 +430,7 @@ class FeedConnection:
         """Closes the TCP connection at once, without a close frame."""
         if self.state is ConnState.CLOSED:
             return
-        log.info("dropping", extra={"conn": self.id, "client_id": self.client_id})
+        log.info("dropping", extra={"conn": self.id, "client": mask(self.client_id)})
         self.state = ConnState.CLOSED
         self.server._unregister(self)
         self.ws.transport.abort()
@@ -440,7 +441,7 @@ class FeedConnection:
         socket still ends the connection and frees its slot."""
         if self.state is not ConnState.OPEN:
             return
-        log.info("silencing", extra={"conn": self.id, "client_id": self.client_id})
+        log.info("silencing", extra={"conn": self.id, "client": mask(self.client_id)})
         self.state = ConnState.SILENCED
         self._held = hold(self.ws, self._client_gone, _MAX_HELD)
         # websockets' keepalive task would ping, and then close the socket after
@@ -453,14 +454,14 @@ class FeedConnection:
     def _client_gone(self) -> None:
         """The client closed (or lost) a silenced connection's socket."""
         if self.state is ConnState.SILENCED:
-            log.info("client closed a silenced connection", extra={"conn": self.id, "client_id": self.client_id})
+            log.info("client closed a silenced connection", extra={"conn": self.id, "client": mask(self.client_id)})
             self.state = ConnState.CLOSING
         self.server._unregister(self)
 
     def resume(self) -> None:
         if self.state is not ConnState.SILENCED:
             return
-        log.info("resuming", extra={"conn": self.id, "client_id": self.client_id})
+        log.info("resuming", extra={"conn": self.id, "client": mask(self.client_id)})
         self.state = ConnState.OPEN
         self._resume_io()
 
@@ -490,6 +491,8 @@ class FeedServer:
         self._ids = itertools.count(1)
         self._connections: dict[int, FeedConnection] = {}
         self._by_client: dict[str, list[FeedConnection]] = {}
+        # Tokens expired while running (Simulator.expire_token): refused with 807 from then on.
+        self.expired_tokens: set[str] = set(settings.expired_tokens)
         self._server: Server | None = None
         self._tasks = Tasks()  # send loops and background disconnects
         self.port = 0
@@ -538,7 +541,7 @@ class FeedServer:
                 self._by_client.pop(conn.client_id, None)
             log.info(
                 "connection closed",
-                extra={"conn": conn.id, "client_id": conn.client_id, "packets_sent": conn.packets_sent},
+                extra={"conn": conn.id, "client": mask(conn.client_id), "packets_sent": conn.packets_sent},
             )
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -548,7 +551,7 @@ class FeedServer:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         self.handshakes += 1
-        reason = check_credentials(ws.request.path, self.settings)
+        reason = check_credentials(ws.request.path, self.settings, self.expired_tokens)
         if reason is not None:
             log.info("connection refused", extra={"reason": int(reason), "remote": str(ws.remote_address)})
             with contextlib.suppress(ConnectionClosed):
@@ -556,7 +559,7 @@ class FeedServer:
                 self.disconnects_sent[int(reason)] += 1
                 await ws.close(1000, _reason_text(reason))
             return
-        conn = FeedConnection(self, ws, next(self._ids), client_id(ws.request.path))
+        conn = FeedConnection(self, ws, next(self._ids), client_id(ws.request.path), token(ws.request.path))
         peers = self._by_client.setdefault(conn.client_id, [])
         while len(peers) >= self.settings.max_connections_per_client:
             oldest = peers[0]
@@ -564,5 +567,5 @@ class FeedServer:
             self.spawn(oldest.disconnect(DisconnectReason.TOO_MANY_CONNECTIONS), f"feed-sim-disconnect-{oldest.id}")
         self._connections[conn.id] = conn
         self._by_client.setdefault(conn.client_id, []).append(conn)
-        log.info("connection open", extra={"conn": conn.id, "client_id": conn.client_id, "remote": conn.remote})
+        log.info("connection open", extra={"conn": conn.id, "client": mask(conn.client_id), "remote": conn.remote})
         await conn.serve()

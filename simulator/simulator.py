@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from services.dhan.protocol import DisconnectReason
 
+from .auth import mask
 from .catalog import Asset, Catalog
 from .control import ControlServer
 from .market import Market
@@ -153,6 +154,19 @@ class Simulator:
         """Sends the disconnect packet and closes, in the background (returns at once)."""
         feed = self._feed()
         return self._each(target, lambda conn: feed.spawn(conn.disconnect(reason), f"feed-sim-disconnect-{conn.id}"))
+
+    def expire_token(self, client_id: str, token: str | None = None) -> list[int]:
+        """Expires `token` (by default every token the client id's open connections use), as
+        Dhan does daily: those connections get 807 and close, and the token is refused with 807
+        from then on; another token for the client id is accepted. Returns the closed ids."""
+        feed = self._feed()
+        conns = [c for c in feed.connections() if c.client_id == client_id and token in (None, c.token)]
+        expired = {token} if token is not None else {c.token for c in conns}
+        feed.expired_tokens.update(t for t in expired if t)
+        log.info("access token expired", extra={"client": mask(client_id), "connections": len(conns)})
+        for conn in conns:
+            feed.spawn(conn.disconnect(DisconnectReason.ACCESS_TOKEN_EXPIRED), f"feed-sim-expire-{conn.id}")
+        return [conn.id for conn in conns]
 
     def garbage(self, target: Target, size: int = 64, count: int = 1) -> list[int]:
         return self._each(target, lambda conn: conn.garbage(size, count))

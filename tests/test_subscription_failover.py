@@ -208,6 +208,31 @@ async def test_without_room_they_stay_and_rebalance_evens_out_after(database_url
         await invariants(service)
 
 
+async def test_a_shard_back_up_is_refilled_by_the_automatic_rebalance(database_url: str, masters_dir: Path) -> None:
+    async with subscription(database_url, masters_dir, feed_connections=2, feed_rebalance_spread=4) as service:
+        await report(service, 1, False)  # e.g. still connecting when the preload placed Tier B
+        await add(service, "alice", "RELIANCE", strikes_each_side=10)  # 43, all on shard 0
+        assert await loads(service) == {0: 43}
+        await report(service, 1, True)
+        await eventually(lambda: settled(service), what="the moves finishing")
+
+        async def even() -> bool:
+            counts = await loads(service)
+            return await settled(service) and abs(counts.get(0, 0) - counts.get(1, 0)) <= 4
+
+        await eventually(even, timeout=15, what="the shards evened out")
+        entries = (
+            await service.stub.ListAuditEntries(
+                pb.ListAuditEntriesRequest(action=pb.AUDIT_ACTION_MOVE, page_size=1000), metadata=service.admin
+            )
+        ).audit_entries
+        assert {e.reason for e in entries} == {
+            "automatic rebalance (spread over 4, every shard up): spread 43 -> 1",
+            "target shard subscribed; source released",  # each move's end
+        }
+        await invariants(service)
+
+
 async def test_a_shard_that_stops_reporting_counts_as_down(database_url: str, masters_dir: Path) -> None:
     async with subscription(database_url, masters_dir, shard_health_report_seconds=0.2) as service:
         reply = await report(service, 2, True)

@@ -112,6 +112,9 @@ class Settings:
     # before its instruments move to live shards.
     shard_health_report_seconds: float = 5.0
     feed_failover_seconds: float = 20.0
+    # Once every shard is up, a spread of shard loads above this is evened out by itself
+    # (moves make-before-break); 0 leaves it to the admin Rebalance.
+    feed_rebalance_spread: int = 500
     # Degrading on a lost dependency: a database call waits at most the acquire timeout for a
     # connection (then UNAVAILABLE), a connection attempt at most the connect timeout (whole
     # seconds, libpq's unit); a gateway told to stop ends its streams within the drain time,
@@ -119,6 +122,9 @@ class Settings:
     db_acquire_timeout_seconds: float = 3.0
     db_connect_timeout_seconds: int = 3
     gateway_drain_seconds: float = 5.0
+    # Token rotation (issue 14 §2): how often a shard re-reads its account's mounted token file
+    # (a Kubernetes Secret updates it in place) to rotate the account when it changes.
+    feed_token_file_poll_seconds: float = 5.0
 
     @property
     def dhan_credentials(self) -> bool:
@@ -242,7 +248,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         # Shard health and failover
         shard_health_report_seconds=_float(env, "SHARD_HEALTH_REPORT_SECONDS", 5.0, 0.05, 60.0),
         feed_failover_seconds=_float(env, "FEED_FAILOVER_SECONDS", 20.0, 0.0, 3600.0),
+        feed_rebalance_spread=_int(env, "FEED_REBALANCE_SPREAD", 500, 0, 5000),
         **_degrade_settings(env),
+        # Token rotation
+        feed_token_file_poll_seconds=_float(env, "FEED_TOKEN_FILE_POLL_SECONDS", 5.0, 0.05, 3600.0),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

@@ -89,11 +89,19 @@ async def _release_units(
 
 
 class Admin:
-    def __init__(self, pool: Pool, budget: Budget, move_settle_seconds: float, failover_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        budget: Budget,
+        move_settle_seconds: float,
+        failover_seconds: float,
+        rebalance_spread: int = 0,
+    ) -> None:
         self._pool = pool
         self._budget = budget
         self._settle = move_settle_seconds
         self._failover = failover_seconds
+        self._rebalance_spread = rebalance_spread
 
     async def end_of_day(self, trading_date: date, actor: str, *, keep_items: bool) -> EndOfDayOutcome:
         """Clears every Tier A unit that exists now, whether or not the date ran before: end of
@@ -131,7 +139,7 @@ class Admin:
                 ledger, user_id, reason_kind="ADMIN", reason="watchlists cleared", delete=True, active_only=False
             )
 
-    async def rebalance(self, actor: str, *, dry_run: bool, max_moves: int) -> RebalanceOutcome:
+    async def rebalance(self, actor: str, *, dry_run: bool, max_moves: int, why: str = "rebalance") -> RebalanceOutcome:
         """Evens out the shards whose connection is up; down shards are failover's to empty."""
         async with Ledger.transaction(self._pool, self._budget, actor) as ledger:
             health = await ledger.shard_health()
@@ -143,7 +151,7 @@ class Admin:
                 after[target] += 1
             up = [s for s in range(len(loads)) if s not in health.down]
             before_spread, after_spread = spread([loads[s] for s in up]), spread([after[s] for s in up])
-            reason = f"rebalance: spread {before_spread} -> {after_spread}"
+            reason = f"{why}: spread {before_spread} -> {after_spread}"
             if health.down:
                 reason += f" over the live shards (down: {', '.join(map(str, sorted(health.down)))})"
             moves: list[tuple[Key, int, int]] = []
@@ -204,6 +212,32 @@ class Admin:
             )
         SHARD_MOVES.labels("failover").inc(len(pairs))
         return len(pairs)
+
+    async def rebalance_if_uneven(self) -> int:
+        """Evens the shards out by itself once every shard is up, no move is in flight and the
+        spread of their loads passes the threshold: shards that were down (or still connecting
+        when the day's preload placed Tier B) come back empty, and nothing else refills them.
+        Returns how many moves it started; a threshold of 0 turns it off."""
+        if not self._rebalance_spread:
+            return 0
+        async with Ledger.unlocked(self._pool, self._budget) as reader:
+            health = await reader.shard_health()
+            if health.down or await reader.moves_due(0.0):
+                return 0
+            if spread(await reader.shard_loads()) <= self._rebalance_spread:
+                return 0
+        outcome = await self.rebalance(
+            "system",
+            dry_run=False,
+            max_moves=FAILOVER_BATCH,
+            why=f"automatic rebalance (spread over {self._rebalance_spread}, every shard up)",
+        )
+        if outcome.moves:
+            log.info(
+                "rebalancing uneven shards",
+                extra={"moves": len(outcome.moves), "spread": outcome.spread_before, "after": outcome.spread_after},
+            )
+        return len(outcome.moves)
 
     async def _worth_locking(self, reader: Ledger, health: ShardHealth) -> bool:
         """Whether a shard is down past the failover time, holds instruments, and some live shard

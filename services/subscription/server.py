@@ -17,6 +17,7 @@ from services.common.last_prices import GatewayLastPrices, LastPriceSource
 from services.common.server import GrpcApp, build_app, run_service
 from services.subscription.account_usage import AccountGauges, AccountLayout
 from services.subscription.admin import Admin
+from services.subscription.credentials import Credentials
 from services.subscription.model import Budget
 from services.subscription.notifier import ChangeNotifier
 from services.subscription.recenter import Recentering
@@ -70,7 +71,13 @@ def create_server(
         ChainWidths(settings.stock_strikes_each_side, settings.index_strikes_each_side, settings.max_strikes_each_side),
     )
     notifier = ChangeNotifier(conninfo or _conninfo(pool))
-    admin = Admin(pool, budget, settings.move_settle_seconds, settings.feed_failover_seconds)
+    admin = Admin(
+        pool,
+        budget,
+        settings.move_settle_seconds,
+        settings.feed_failover_seconds,
+        settings.feed_rebalance_spread,
+    )
     clock = clock or clock_from_settings(settings)
     servicer = SubscriptionServicer(
         budget,
@@ -82,6 +89,7 @@ def create_server(
         Streams(pool, notifier, shard_limit=budget.per_connection, retention_seconds=LOG_RETENTION_SECONDS),
         clock,
         HealthReports(pool, budget.connections, settings.shard_health_report_seconds),
+        Credentials(pool, [account.account_id for account in settings.accounts]),
     )
     app = build_app(
         [SERVICE_NAME],
@@ -118,16 +126,17 @@ def _conninfo(pool: Pool) -> str:
 
 
 async def _upkeep(admin: Admin, accounts: AccountGauges) -> None:
-    """Fails over shards down too long, finishes settled shard moves, refreshes the per-account
-    gauges and prunes the change logs, on every replica (the ledger lock makes concurrent runs
-    harmless). Failover reads the shards' reports on this period: it depends on no
-    notification arriving."""
+    """Fails over shards down too long, finishes settled shard moves, evens out an uneven pool,
+    refreshes the per-account gauges and prunes the change logs, on every replica (the ledger
+    lock makes concurrent runs harmless). Failover reads the shards' reports on this period:
+    it depends on no notification arriving."""
     ticks = 0
     while True:
         await asyncio.sleep(UPKEEP_SECONDS)
         try:
             await admin.fail_over()
             await admin.finish_settled_moves()
+            await admin.rebalance_if_uneven()
             await accounts.refresh()
             ticks += 1
             if ticks % 120 == 0:

@@ -23,6 +23,7 @@ from services.common.pagination import (
 )
 from services.subscription import convert
 from services.subscription.admin import Admin, check_after_close
+from services.subscription.credentials import Credentials, fill_account_versions
 from services.subscription.model import Budget, Eviction
 from services.subscription.recenter import Recentering, RecenterOutcome
 from services.subscription.reports import Reports
@@ -79,6 +80,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         streams: Streams,
         clock: Clock,
         health: HealthReports,
+        credentials: Credentials,
     ) -> None:
         self._budget = budget
         self._watchlists = watchlists
@@ -89,6 +91,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         self._streams = streams
         self._clock = clock
         self._health = health
+        self._credentials = credentials
 
     def _evictions(self, evictions: list[Eviction], caller: str) -> list[pb.EvictedUnit]:
         admin = current_principal().is_admin
@@ -164,6 +167,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         self, request: pb.GetSubscriptionStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSubscriptionStatusResponse:
         status = await self._reports.status()
+        fill_account_versions(status, await self._credentials.versions())
         principal = current_principal()
         if not principal.is_admin:  # users see their own row only
             mine = [u for u in status.users if u.user_id == principal.user_id]
@@ -479,6 +483,33 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         await self._health.record(request.shard_id, request.shard_epoch, request.connected, down_since, request.reason)
         response = pb.ReportShardHealthResponse()
         response.report_interval.FromTimedelta(timedelta(seconds=self._health.interval_seconds))
+        # Version 0 for an account not configured here (or none sent): the report itself still
+        # counts, since failover depends on it.
+        if request.account_id in self._credentials.account_ids:
+            response.credentials_version = await self._credentials.version(request.account_id)
+        return response
+
+    # -- broker account credentials -------------------------------------------------------
+
+    async def RotateAccessToken(
+        self, request: pb.RotateAccessTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateAccessTokenResponse:
+        principal = require_admin("RotateAccessToken (admins, or the feed shards' service key)")
+        rotated = await self._credentials.rotate(request.account_id, request.access_token, principal.user_id)
+        response = pb.RotateAccessTokenResponse(account_id=rotated.account_id, credentials_version=rotated.version)
+        if rotated.rotated_at is not None:
+            response.rotated_at.FromDatetime(rotated.rotated_at)
+        return response
+
+    async def GetAccountCredentials(
+        self, request: pb.GetAccountCredentialsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAccountCredentialsResponse:
+        require_admin("GetAccountCredentials (the feed shards' service key)")
+        current = await self._credentials.current(request.account_id)
+        response = pb.GetAccountCredentialsResponse(
+            account_id=current.account_id, access_token=current.token, credentials_version=current.version
+        )
+        response.rotated_at.FromDatetime(current.rotated_at)
         return response
 
     async def WatchWatchlistEvents(

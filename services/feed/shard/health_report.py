@@ -4,7 +4,8 @@ service fails its instruments over when it stays down.
 
 It watches the runtime from outside (polling its state at a short period) rather than
 hooking into it. A report that fails (the subscription service is down) is retried; it never
-ends the shard, whose ticks do not depend on it.
+ends the shard, whose ticks do not depend on it. Each answer carries the account's current
+token version: a newer one is fetched and the shard reconnects with it (credentials.py).
 """
 
 from __future__ import annotations
@@ -37,14 +38,15 @@ class Observation:
     connected: bool
     down_since: float | None = None  # epoch seconds
     reason: str = ""
+    waiting_for_credentials: bool = False
 
 
 def cause(runtime: ShardRuntime) -> str:
     """Why the connection is down, in the words of the audit log."""
     code, reason = runtime.last_disconnect_code, runtime.last_disconnect_reason
     text = f"broker disconnect {code}: {reason}" if code else reason or "connecting"
-    if runtime.state == feed_pb2.CONNECTION_STATE_STOPPED:
-        text += "; stopped until restarted"
+    if runtime.credentials.waiting:
+        text += "; stopped until the account's access token is replaced"
     return text
 
 
@@ -71,7 +73,7 @@ class HealthReporter:
             if not disconnected_at.seconds and runtime.state == feed_pb2.CONNECTION_STATE_CONNECTING:
                 return None
             self._down_since = disconnected_at.ToNanoseconds() / 1e9 if disconnected_at.seconds else time.time()
-        return Observation(False, self._down_since, cause(runtime))
+        return Observation(False, self._down_since, cause(runtime), runtime.credentials.waiting)
 
     async def run(self) -> None:
         sent: Observation | None = None
@@ -94,6 +96,9 @@ class HealthReporter:
             connected=observation.connected,
             down_since=timestamp_from_epoch(observation.down_since),
             reason=observation.reason,
+            account_id=runtime.account_id,
+            credentials_version=runtime.credentials.version,
+            waiting_for_credentials=observation.waiting_for_credentials,
         )
         try:
             response = await self._stub.ReportShardHealth(
@@ -106,6 +111,7 @@ class HealthReporter:
         self.reports_sent += 1
         if response.report_interval.ToTimedelta().total_seconds() > 0:
             self.interval = response.report_interval.ToTimedelta().total_seconds()
+        await runtime.credentials.follow(response.credentials_version)
         return True
 
     def _warn(self, error: grpc.aio.AioRpcError) -> None:

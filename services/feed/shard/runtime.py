@@ -7,8 +7,9 @@ Failure handling, per the broker's rules:
 - a watchdog forces a reconnect when a connection with subscriptions goes silent during
   market hours (Dhan feeds are known to stall without closing);
 - 805 (too many connections) backs off for minutes and logs an error, since retrying
-  quickly gets the user blocked; 806-810 (entitlement or credentials) stop retrying until an
-  operator acts, and health turns NOT_SERVING.
+  quickly gets the user blocked; 806-810 (entitlement or credentials) stop retrying, and
+  health turns NOT_SERVING, until the account's token is replaced (credentials.py): then the
+  shard resumes by itself. A token rotated while connected reconnects with it at once.
 
 Every connection state change is sent to the gateways at once, with why and since when the
 shard's instruments are not live (connection_state.py), so terminals learn of it at once.
@@ -42,7 +43,7 @@ from services.common.market_calendar import is_market_open
 from services.common.tasks import Spawn
 from services.common.timestamps import timestamp_from_epoch
 from services.dhan.protocol import FeedMode
-from services.feed.shard.broker import BrokerConnection, feed_url
+from services.feed.shard.broker import BrokerConnection
 from services.feed.shard.cache import Ingest, LastValues
 from services.feed.shard.connection_state import (
     FATAL_REASONS,
@@ -51,6 +52,7 @@ from services.feed.shard.connection_state import (
     ConnectionInterruption,
     disconnect_cause,
 )
+from services.feed.shard.credentials import ShardCredentials
 from services.feed.shard.reconcile import Instrument, plan_messages
 
 log = logging.getLogger(__name__)
@@ -172,13 +174,17 @@ class ShardRuntime:
         self._label = str(self.shard_id)
         place = settings.shard_place()
         self.account_id = place.account.account_id
-        self._url = feed_url(settings.feed_url, place.account.client_id, place.account.initial_token())
+        self.credentials = ShardCredentials(
+            place.account, settings.feed_url, self.shard_id, subscription, settings.service_token
+        )
+        self.credentials.on_new_token = self._reconnect_for_new_token
         self._subscriptions = subscription_pb2_grpc.SubscriptionServiceStub(subscription)
         self._caller = ServiceCaller("subscription", settings.service_token)
         self._connection: BrokerConnection | None = None
         self._connected_monotonic = 0.0
         self._disconnect_code: int | None = None
         self._silent_for: float | None = None  # set when the watchdog closes the connection
+        self._rotating = False  # set when a new token closes the connection
         self._changed = asyncio.Event()
         # Told when the shard stops for good (806-810) so health can say NOT_SERVING.
         self.on_health: Callable[[bool], object] = lambda serving: None
@@ -192,6 +198,7 @@ class ShardRuntime:
             (self._run_connection(), "broker"),
             (self._reconcile(), "reconcile"),
             (self._watch(), "watchdog"),
+            (self.credentials.watch_file(self.settings.feed_token_file_poll_seconds), "token-file"),
             (watch_loop_lag(), "loop-lag"),
         ):
             spawn(coroutine, f"shard-{self.shard_id}-{name}")
@@ -261,20 +268,43 @@ class ShardRuntime:
 
     async def _run_connection(self) -> None:
         failures = 0
+        await self.credentials.load()
         while True:
+            token_generation = self.credentials.generation
             uptime = await self._connect_once()
             code = self._disconnect_code or 0
             if code in FATAL_REASONS:
-                self._set_state(feed_pb2.CONNECTION_STATE_STOPPED)
-                self.on_health(False)
-                log.error(
-                    "feed refused us; not retrying until restarted",
-                    extra={"shard": self.shard_id, "reason_code": code, "reason": FATAL_REASONS[code]},
-                )
-                RECONNECTS.labels(self._label, str(code)).inc()
-                return
-            failures = 0 if uptime > _STABLE_SECONDS else failures + 1
-            await self._back_off(code, failures)
+                await self._wait_for_credentials(code, token_generation)
+            elif self.credentials.generation != token_generation:  # a new token: use it at once
+                RECONNECTS.labels(self._label, "rotated").inc()
+                self.reconnect_count += 1
+            else:
+                failures = 0 if uptime > _STABLE_SECONDS else failures + 1
+                await self._back_off(code, failures)
+
+    async def _wait_for_credentials(self, code: int, token_generation: int) -> None:
+        """Stopped (NOT_SERVING, no connection attempt) until the account's token is replaced."""
+        self._set_state(feed_pb2.CONNECTION_STATE_STOPPED)
+        self.on_health(False)
+        log.error(
+            "feed refused us; waiting for the account's access token to be replaced",
+            extra={
+                "shard": self.shard_id,
+                "account": self.account_id,
+                "reason_code": code,
+                "reason": FATAL_REASONS[code],
+            },
+        )
+        RECONNECTS.labels(self._label, str(code)).inc()
+        await self.credentials.wait_for_new(token_generation)
+        self.on_health(True)
+
+    def _reconnect_for_new_token(self) -> None:
+        connection = self._connection
+        if connection is not None and not connection.closing:
+            self._disconnect_code = None
+            self._rotating = True
+            connection.close()
 
     async def _connect_once(self) -> float:
         """Opens a connection and serves it until it is gone; its uptime (0 when it never
@@ -285,12 +315,16 @@ class ShardRuntime:
         connection = BrokerConnection(self.ingest, self._on_records)
         self._disconnect_code = None
         self._silent_for = None
+        self._rotating = False
+        token_generation = self.credentials.generation
         try:
-            await connection.open(self._url)
+            await connection.open(self.credentials.url())
         except Exception as error:  # picows raises several types for refused/failed handshakes
-            self._note_disconnect(0, f"connect failed: {error}")
+            self._note_disconnect(0, f"connect failed: {self.credentials.redact(str(error))}")
             return 0.0
         self._connection = connection
+        if self.credentials.generation != token_generation:  # rotated while connecting
+            self._reconnect_for_new_token()
         self.connected_at = time.time()
         self._connected_monotonic = time.monotonic()
         self.actual = {}  # a new connection has no subscriptions: resubscribe everything
@@ -306,6 +340,8 @@ class ShardRuntime:
         code = self._disconnect_code or 0
         if self._silent_for is not None and not code:
             reason = f"silent for {self._silent_for:.1f} s (watchdog)"
+        elif self._rotating and not code:
+            reason = "reconnecting with the account's new access token"
         else:
             reason = REASON_TEXT.get(code, f"connection closed (close code {connection.close_code})")
         self._note_disconnect(code, reason)

@@ -243,7 +243,9 @@ def test_an_807_stops_the_shard_without_retrying_and_says_why(stack: Stack, db: 
             RECOVERY_SECONDS,
             f"shard {shard}'s health to turn NOT_SERVING",
         )
-        refused = records_of_shard(stack, "feed refused us; waiting for the account's access token to be replaced", shard)
+        refused = records_of_shard(
+            stack, "feed refused us; waiting for the account's access token to be replaced", shard
+        )
         assert [r["reason_code"] for r in refused] == [807], refused
         # No retry storm: the shard opens no connection for many times its longest back-off.
         handshakes = simulator(stack)["handshakes"]

@@ -116,9 +116,10 @@ def before(stack: Stack, db: str, baseline: Stored) -> Stored:
 
 @contextlib.contextmanager
 def refused_by_the_broker(stack: Stack, shard_id: int, code: int) -> Iterator[None]:
-    """The broker refuses the shard's account with `code` (806-810): the shard stops for good.
-    On the way out the shard is restarted, as an operator does once the account is fixed (the
-    accounts issue will), also when the test failed, so that later faults find a whole stack."""
+    """The broker refuses the shard's account with `code` (806-810): the shard stops and waits
+    for a new token. On the way out the shard is restarted (it starts with its configured
+    token; tests/test_token_rotation.py resumes one by rotating instead), also when the test
+    failed, so that later faults find a whole stack."""
     connection = feed_connection(stack, shard_id)
     reply = simulator(stack, "POST", f"/connections/{connection}/disconnect", {"reason": code})
     assert reply["affected"] == [connection], reply
@@ -242,7 +243,9 @@ def test_an_807_stops_the_shard_without_retrying_and_says_why(stack: Stack, db: 
             RECOVERY_SECONDS,
             f"shard {shard}'s health to turn NOT_SERVING",
         )
-        refused = records_of_shard(stack, "feed refused us; not retrying until restarted", shard)
+        refused = records_of_shard(
+            stack, "feed refused us; waiting for the account's access token to be replaced", shard
+        )
         assert [r["reason_code"] for r in refused] == [807], refused
         # No retry storm: the shard opens no connection for many times its longest back-off.
         handshakes = simulator(stack)["handshakes"]

@@ -1,5 +1,5 @@
 """Part 6 of bench.subscription: the pool's fill with two broker accounts against one, in the
-same run, on the same database and registry. Target: two accounts' 0 -> 50,000 in at most
+same run, against the same registry. Target: two accounts' 0 -> 50,000 in at most
 RATIO_TARGET times the time of one account's 0 -> 25,000.
 
 Both fills add the same kind of unit, wider than the default so that 50,000 instruments fit in
@@ -27,7 +27,7 @@ from bench.subscription_fill import FILL_CLIENTS, Fill, FillShape, fill
 
 WIDTH = 24
 UNIT_SIZE = 2 * (2 * WIDTH + 1) + 1
-ACCOUNT_CAPACITY = 5 * 5000
+ACCOUNT_CAPACITY = 5 * 5000  # Dhan's: 5 connections of 5,000 instruments
 RATIO_TARGET = 2.2
 STOP_SECONDS = 30.0
 

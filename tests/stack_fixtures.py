@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +29,32 @@ from services.stack.__main__ import Process, plan
 
 T = TypeVar("T")
 START_TIMEOUT_SECONDS = 150.0
+# Postgres's port is chosen by the embedded server; this is every port the plan fixes.
+_EXTRA_PORTS = 10  # beside the plan's own, for a test's extra processes (a second simulator)
+
+
+def free_offset(preferred: int, step: int = 97, tries: int = 20) -> int:
+    """`preferred`, or the next offset whose ports are all free: another test session on the
+    same machine (a second checkout's suite) may hold a stack on the same offset."""
+    for attempt in range(tries):
+        offset = preferred + attempt * step
+        ports: set[int] = set()
+        for process in plan(load_settings({"STACK_PORT_OFFSET": str(offset)})):
+            feed = process.http_health_port - 1 if process.http_health_port else 0
+            ports.update(p for p in (process.grpc_port, process.metrics_port, process.http_health_port, feed) if p)
+        ports.update(8765 + offset + n for n in range(_EXTRA_PORTS, _EXTRA_PORTS + 2))
+        if all(_port_free(port) for port in ports):
+            return offset
+    raise RuntimeError(f"no free stack port offset from {preferred} in {tries} tries")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from google.protobuf import text_format
 from services.common.clock import clock_from_settings, trading_date_of
 from services.common.config import load_settings
 from services.stack.__main__ import plan
+from tests.stack_fixtures import free_offset
 
-OFFSET = 3600
+OFFSET = free_offset(3600)
 SIMULATOR_PORT = 8765 + OFFSET + 10  # beside the stack's own ports
 CLIENT_IDS = {"alpha": "CLIDALPHA91372", "beta": "CLIDBETA44218"}
 TOKENS = {"alpha": "TOKALPHAold7f3e9", "beta": "TOKBETAold9c1d2"}

@@ -56,6 +56,7 @@ from tests.stack_fixtures import (
     child,
     child_or_none,
     database_url,
+    free_offset,
     health_status,
     metric_values,
     postmaster_pid,
@@ -74,7 +75,7 @@ from tests.stack_invariants import (
 )
 from tests.stack_terminal import Terminal, key_set
 
-OFFSET = 3300
+OFFSET = free_offset(3300)
 # Short timings so that each fault resolves in seconds (the stack passes its environment on).
 ENVIRONMENT = {
     "FEED_WATCHDOG_SECONDS": "3",

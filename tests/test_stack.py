@@ -20,6 +20,7 @@ from tests.stack_fixtures import (
     Stack,
     alive,
     child,
+    free_offset,
     postmaster_pid,
     running_stack,
     serving,
@@ -27,7 +28,7 @@ from tests.stack_fixtures import (
     watchlist_answers,
 )
 
-OFFSET = 3000
+OFFSET = free_offset(3000)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError, ServicerContext
 
+from services.common.access import check_access
 from services.common.auth import Authenticator, principal_var
 from services.common.db import database_down
 from services.common.errors import ServiceError, dependency_unavailable
@@ -191,7 +192,9 @@ class _RpcScope:
         context.set_trailing_metadata((("x-request-id", request_id),))
         try:
             if self._authenticator is not None:
-                principal_var.set(await self._authenticator.authenticate(self._metadata))
+                principal = await self._authenticator.authenticate(self._metadata)
+                check_access(self._method, principal)
+                principal_var.set(principal)
             yield outcome
         except ServiceError as error:
             outcome.code = error.code

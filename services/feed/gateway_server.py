@@ -35,7 +35,7 @@ class Gateway:
 def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) -> Gateway:
     """`clock` (tests) replaces MARKET_CLOCK's clock for the market state; an injected clock may
     jump, so the market watch looks at it often instead of sleeping until the next change."""
-    hub = Hub(settings.gateway_shard_addrs, gateway_id=f"gateway-{uuid.uuid4().hex[:8]}")
+    hub = Hub(settings.gateway_shard_addrs, f"gateway-{uuid.uuid4().hex[:8]}", settings.service_token)
     terminals = Terminals(hub, settings.gateway_batch_seconds)
     market = MarketWatch(
         clock or clock_from_settings(settings),

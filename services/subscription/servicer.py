@@ -30,6 +30,7 @@ from services.subscription.reports import Reports
 from services.subscription.shard_health import HealthReports
 from services.subscription.streams import Streams
 from services.subscription.tier_b import ChainSpec, TierB
+from services.subscription.visibility import redact_owners, visible_history
 from services.subscription.watchlists import Watchlists
 
 ALL_USERS = "-"
@@ -191,6 +192,10 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         subscriptions, total = await self._reports.subscriptions(
             tier=tier, shard_id=shard, user_id=user, offset=offset, limit=size
         )
+        principal = current_principal()
+        if not principal.privileged:
+            for subscription in subscriptions:
+                redact_owners(subscription, principal.user_id)
         return pb.ListSubscriptionsResponse(
             subscriptions=subscriptions,
             next_page_token=next_token(offset, len(subscriptions), total, key),
@@ -218,7 +223,12 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             before=None,
             limit=min(request.history_limit or 50, 1000),
         )
-        return pb.GetSubscriptionResponse(subscription=subscription, history=[convert.audit_entry(r) for r in rows])
+        history = [convert.audit_entry(r) for r in rows]
+        principal = current_principal()
+        if not principal.privileged:
+            redact_owners(subscription, principal.user_id)
+            history = visible_history(history, principal.user_id)
+        return pb.GetSubscriptionResponse(subscription=subscription, history=history)
 
     async def ListAuditEntries(
         self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext

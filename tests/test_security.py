@@ -3,10 +3,14 @@ own data, key expiry and revocation, TLS, per-user rate limits."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import ipaddress
+import os
 import pkgutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -337,3 +341,38 @@ def test_defaults_keep_plaintext_and_limits() -> None:
     settings = Settings()
     assert settings.tls_cert_file is None and settings.tls_ca_file is None
     assert settings.rate_limit_per_second > 0 and settings.rate_limit_burst >= 1
+
+
+def apikeys(database_url: str, *args: str) -> str:
+    """Runs the admin CLI as an operator does; returns its output."""
+    environment = {**os.environ, "DATABASE_URL": database_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.common.apikeys", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+async def test_admin_cli_creates_lists_and_revokes_keys(service: SubscriptionUnderTest, database_url: str) -> None:
+    token = (await asyncio.to_thread(apikeys, database_url, "create", "--user", "gina", "--expires", "30d")).strip()
+    assert token.startswith("dsk_")
+    gina = bearer(token)
+    await service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(), metadata=gina)
+    created = await asyncio.to_thread(apikeys, database_url, "create", "--user", "svc", "--role", "service")
+    listing = await asyncio.to_thread(apikeys, database_url, "list")
+    assert token not in listing and created.strip() not in listing
+    line = next(row for row in listing.splitlines() if " gina " in row)
+    key_id = line.split()[0]
+    assert len(key_id) == 12 and "active" in line and "expires never" not in line
+    assert any(" svc " in row and " service " in row for row in listing.splitlines())
+    revoked = await asyncio.to_thread(apikeys, database_url, "revoke", "--id", key_id)
+    assert "revoked 1 key" in revoked
+    assert " gina " not in await asyncio.to_thread(apikeys, database_url, "list")
+    every = await asyncio.to_thread(apikeys, database_url, "list", "--all")
+    assert any(" gina " in row and "revoked" in row for row in every.splitlines())
+    with pytest.raises(subprocess.CalledProcessError):
+        await asyncio.to_thread(apikeys, database_url, "create", "--user", "x", "--expires", "someday")

@@ -192,6 +192,7 @@ async def test_a_user_does_not_see_other_users_as_owners(service: SubscriptionUn
     # An admin sees both owners.
     full = await service.stub.GetSubscription(pb.GetSubscriptionRequest(key=key), metadata=service.admin)
     assert {o.user_id for o in full.subscription.owners} == {"alice", "bob"}
+    assert any(e.user_id == "alice" for e in full.history)  # what bob's view left out
 
 
 async def test_expired_and_revoked_keys_are_refused(service: SubscriptionUnderTest) -> None:

@@ -3,16 +3,15 @@
 A user sees every subscribed instrument and how many owners it has (the reference count),
 but not who the other owners are: another user's Tier A owner entries stay (so `owners`
 still adds up to `ref_count`) with their `user_id` and `item_id` emptied. In an audit
-history a user sees the entries of their own units and those of no user (Tier B, system);
-another user's actions on the caller's units show the actor as "user" without the id, and
-no reason text (which may name them). Admins and services see everything.
+history a user sees the entries of their own units and those of no user (Tier B, moves);
+an entry whose actor is someone else (an actor is a bare id, a user's as an admin's) shows
+an empty actor and no reason text, which may name another user ("... for user u1").
+Admins and services see everything.
 """
 
 from __future__ import annotations
 
 from dataserver.subscription.v1 import subscription_pb2 as pb
-
-REDACTED_ACTOR = "user"
 
 
 def redact_owners(subscription: pb.Subscription, caller: str) -> None:
@@ -29,8 +28,8 @@ def visible_history(entries: list[pb.AuditEntry], caller: str) -> list[pb.AuditE
     for entry in entries:
         if entry.user_id and entry.user_id != caller:
             continue
-        if entry.actor.startswith("user:") and entry.actor != f"user:{caller}":
-            entry.actor = REDACTED_ACTOR
+        if entry.actor != caller:
+            entry.actor = ""
             entry.reason = ""
         visible.append(entry)
     return visible

@@ -67,7 +67,8 @@ async def running_subscription(
         )
         pool = await open_pool(conninfo, max_size=8)
         admin_token = await create_api_key(pool, "ops", "admin")
-        settings = dataclasses.replace(settings, service_token=admin_token)
+        # The services present a service key to each other, never an admin key.
+        settings = dataclasses.replace(settings, service_token=await create_api_key(pool, "service", "service"))
         subscription = create_server(
             settings, pool, conninfo, prices=prices or NoLastPrices(), clock=clock, recenter_policy=recenter_policy
         )

@@ -311,7 +311,7 @@ async def test_adds_during_a_kill_9_either_commit_or_fail_unavailable_and_retrie
 ) -> None:
     async with running_registry(database_url, masters_dir) as registry:
         pool = await open_pool(database_url, max_size=4)
-        token = await create_api_key(pool, "service", "admin")
+        token = await create_api_key(pool, "service", "service")
         env = {
             **os.environ,
             "DATABASE_URL": database_url,

@@ -34,8 +34,10 @@ async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: Fee
         lambda: len(shard.cache.ticks) == 11 and len(shard.cache.previous_close) == 11, what="a full cache"
     )
     async with grpc.aio.insecure_channel(feed.shards[0].app.address) as channel:
+        # Issue 15: a shard accepts only the deployment's service key.
         stream = shard_pb2_grpc.ShardServiceStub(channel).StreamShardTicks(
-            shard_pb2.StreamShardTicksRequest(gateway_id="test")
+            shard_pb2.StreamShardTicksRequest(gateway_id="test"),
+            metadata=(("authorization", f"Bearer {feed.subscription.settings.service_token}"),),
         )
         hello = await stream.read()
         assert hello.hello.shard_id == 0 and hello.hello.shard_epoch == shard.epoch

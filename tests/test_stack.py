@@ -43,6 +43,8 @@ def test_stack_comes_up_and_serves(stack: Stack) -> None:
     assert "dataserver is up" in text, text
     registry_port = 50051 + OFFSET
     assert f"127.0.0.1:{registry_port} dataserver.registry.v1.RegistryService/SearchInstruments" in text
+    # Issue 15: development tokens for grpcurl with AUTH_MODE=api_key.
+    assert "admin token dsk_" in text and "user token  dsk_" in text and "-H 'authorization: Bearer dsk_" in text
     from services.common.config import load_settings
 
     for process in plan(load_settings({"STACK_PORT_OFFSET": str(OFFSET)})):

@@ -29,7 +29,7 @@ ALLOWED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
 async def replicas(database_url: str, masters_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[list[str], str, Pool]]:
     async with running_registry(database_url, masters_dir) as registry:
         pool = await open_pool(database_url, max_size=4)
-        token = await create_api_key(pool, "service", "admin")
+        token = await create_api_key(pool, "service", "service")
         env = {
             **os.environ,
             "DATABASE_URL": database_url,

@@ -2,16 +2,23 @@
 
 The identity always comes from credentials, never from a request field. In "dev" mode
 (local runs) a call without a token acts as the development admin, so grpcurl works bare.
+
+Roles: "user" (a terminal: its own watchlists and streams), "admin" (an operator) and
+"service" (another of our services: the gateway, the shards, the scheduler). Admin and
+service are both privileged: they may call the internal RPCs (services/common/access.py)
+and act for any user. A key may expire (`expires_at`); an expired or revoked key is refused.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from services.common.db import Pool
 from services.common.errors import PermissionDenied, Unauthenticated
@@ -20,12 +27,16 @@ from services.common.errors import PermissionDenied, Unauthenticated
 @dataclass(frozen=True)
 class Principal:
     user_id: str
-    role: str  # "user" or "admin"
+    role: str  # one of ROLES
 
     @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
+    def privileged(self) -> bool:
+        """An admin or a service: internal RPCs, and acting for any user."""
+        return self.role in PRIVILEGED_ROLES
 
+
+ROLES = ("user", "admin", "service")
+PRIVILEGED_ROLES = frozenset({"admin", "service"})
 
 DEV_PRINCIPAL = Principal(user_id="dev", role="admin")
 
@@ -41,15 +52,28 @@ def new_token() -> str:
 
 
 class Authenticator:
-    """Resolves tokens, caching answers briefly so the database is not asked on every call."""
+    """Resolves tokens, caching answers briefly so the database is not asked on every call
+    (a revoked key is refused within `cache_seconds`; an expired one at once).
 
-    def __init__(self, mode: str, pool: Pool | None, *, cache_seconds: float = 30.0) -> None:
-        if mode == "api_key" and pool is None:
-            raise ValueError("api_key authentication needs a database pool")
+    A server without a database (a feed shard) passes no pool: it accepts only its own
+    `service_token`, the key every service of a deployment presents, as the service role."""
+
+    def __init__(
+        self,
+        mode: str,
+        pool: Pool | None,
+        *,
+        cache_seconds: float = 30.0,
+        service_token: str | None = None,
+    ) -> None:
+        if mode == "api_key" and pool is None and not service_token:
+            raise ValueError("api_key authentication needs a database pool or a service token")
         self._mode = mode
         self._pool = pool
+        self._service_hash = hash_token(service_token) if service_token else None
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # key hash -> (cache deadline (monotonic), principal, expiry (wall clock) or None)
+        self._cache: dict[str, tuple[float, Principal | None, datetime | None]] = {}
 
     async def authenticate(self, metadata: Mapping[str, str | bytes]) -> Principal:
         header = metadata.get("authorization")
@@ -64,25 +88,34 @@ class Authenticator:
             raise Unauthenticated("malformed authorization metadata: expected 'Bearer <api key>'")
         principal = await self._lookup(token.strip())
         if principal is None:
-            raise Unauthenticated("invalid or revoked API key")
+            raise Unauthenticated("invalid, expired or revoked API key")
         return principal
 
     async def _lookup(self, token: str) -> Principal | None:
         key_hash = hash_token(token)
+        if self._pool is None:
+            if self._service_hash is not None and hmac.compare_digest(key_hash, self._service_hash):
+                return SERVICE_PRINCIPAL
+            return None
         now = time.monotonic()
         cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        if self._pool is None:
+        if cached is None or cached[0] <= now:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT user_id, role, expires_at FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+                    (key_hash,),
+                )
+                row = await cursor.fetchone()
+            found = Principal(row["user_id"], row["role"]) if row else None
+            cached = (now + self._cache_seconds, found, row["expires_at"] if row else None)
+            self._cache[key_hash] = cached
+        _, principal, expires_at = cached
+        if expires_at is not None and expires_at <= datetime.now(UTC):
             return None
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT user_id, role FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (key_hash,)
-            )
-            row = await cursor.fetchone()
-        principal = Principal(row["user_id"], row["role"]) if row else None
-        self._cache[key_hash] = (now + self._cache_seconds, principal)
         return principal
+
+
+SERVICE_PRINCIPAL = Principal(user_id="service", role="service")
 
 
 def current_principal() -> Principal:
@@ -92,33 +125,38 @@ def current_principal() -> Principal:
     return principal
 
 
-def require_admin(action: str) -> Principal:
+def require_privileged(action: str) -> Principal:
+    """The caller, when an admin or a service; PERMISSION_DENIED for a user."""
     principal = current_principal()
-    if not principal.is_admin:
+    if not principal.privileged:
         raise PermissionDenied(
-            f"{action} needs the admin role; caller {principal.user_id!r} has role {principal.role!r}"
+            f"{action} needs the admin or service role; caller {principal.user_id!r} has role {principal.role!r}"
         )
     return principal
 
 
 def acting_user(requested_user_id: str) -> str:
-    """The user an action applies to: the caller, or a named user when the caller is admin."""
+    """The user an action applies to: the caller, or a named user when the caller is privileged."""
     principal = current_principal()
     if not requested_user_id or requested_user_id == principal.user_id:
         return principal.user_id
-    if not principal.is_admin:
+    if not principal.privileged:
         raise PermissionDenied(
             f"user {principal.user_id!r} may not act for {requested_user_id!r}; only admins may set user_id"
         )
     return requested_user_id
 
 
-async def create_api_key(pool: Pool, user_id: str, role: str, label: str = "") -> str:
+async def create_api_key(
+    pool: Pool, user_id: str, role: str, label: str = "", expires_at: datetime | None = None
+) -> str:
     """Stores a new key and returns the token, which is shown once and never stored."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
     token = new_token()
     async with pool.connection() as conn:
         await conn.execute(
-            "INSERT INTO api_keys (key_hash, user_id, role, label) VALUES (%s, %s, %s, %s)",
-            (hash_token(token), user_id, role, label),
+            "INSERT INTO api_keys (key_hash, user_id, role, label, expires_at) VALUES (%s, %s, %s, %s, %s)",
+            (hash_token(token), user_id, role, label, expires_at),
         )
     return token

@@ -22,6 +22,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.jsonlog import request_id_var
+from services.common.tls import channel_credentials
 
 T = TypeVar("T")
 
@@ -35,7 +36,12 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[ServiceError]] = {
 
 
 def open_channel(address: str, options: tuple[tuple[str, int], ...] = ()) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 32 * 1024 * 1024), *options])
+    """A channel to another service: TLS when the process trusts a CA (services/common/tls.py)."""
+    settings = [("grpc.max_receive_message_length", 32 * 1024 * 1024), *options]
+    credentials = channel_credentials()
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=settings)
+    return grpc.aio.insecure_channel(address, options=settings)
 
 
 class ServiceCaller:

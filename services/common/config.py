@@ -125,6 +125,15 @@ class Settings:
     # Token rotation (issue 14 §2): how often a shard re-reads its account's mounted token file
     # (a Kubernetes Secret updates it in place) to rotate the account when it changes.
     feed_token_file_poll_seconds: float = 5.0
+    # Security (issue 15 §2): optional TLS from certificate files (a Secret in Kubernetes): a
+    # server serves TLS when given its certificate and key; a client trusts the CA file's
+    # certificates (and plaintext without one). Per-user rate limits on the RPCs that change
+    # subscriptions: a token bucket refilling `rate_limit_per_second`, holding `rate_limit_burst`.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    rate_limit_per_second: float = 5.0
+    rate_limit_burst: int = 30
 
     @property
     def dhan_credentials(self) -> bool:
@@ -252,6 +261,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         **_degrade_settings(env),
         # Token rotation
         feed_token_file_poll_seconds=_float(env, "FEED_TOKEN_FILE_POLL_SECONDS", 5.0, 0.05, 3600.0),
+        **_security_settings(env),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")
@@ -267,6 +277,23 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
             "MASTER_SOURCE=dhan needs a Dhan account (DHAN_CLIENT_ID and DHAN_ACCESS_TOKEN, or DHAN_ACCOUNTS)"
         )
     return settings
+
+
+def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """TLS files (checked to exist: a typo must not silently serve plaintext) and rate limits."""
+    files: dict[str, Path | None] = {}
+    for name in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"):
+        raw = env.get(name) or None
+        if raw is not None and not Path(raw).is_file():
+            raise ConfigError(f"{name}={raw} is not a file (a PEM file)")
+        files[name.lower()] = Path(raw) if raw else None
+    if (files["tls_cert_file"] is None) != (files["tls_key_file"] is None):
+        raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both to serve TLS, or neither")
+    return {
+        **files,
+        "rate_limit_per_second": _float(env, "RATE_LIMIT_PER_SECOND", 5.0, 0.01, 10_000.0),
+        "rate_limit_burst": _int(env, "RATE_LIMIT_BURST", 30, 1, 100_000),
+    }
 
 
 def _feed_settings(env: Mapping[str, str]) -> dict[str, Any]:

@@ -16,6 +16,10 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
 
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Standard error details to send with the status (services/common/ratelimit.py), if any."""
+        return ()
+
 
 def error_with(code: grpc.StatusCode, message: str) -> ServiceError:
     """A ServiceError of any status, for callers that choose the code at run time."""

@@ -31,11 +31,13 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError, ServicerContext
 
+from services.common.access import RATE_LIMITED_RPCS, check_access
 from services.common.auth import Authenticator, principal_var
 from services.common.db import database_down
 from services.common.errors import ServiceError, dependency_unavailable
 from services.common.jsonlog import request_id_var
 from services.common.metrics import RPC_HANDLED, RPC_SECONDS
+from services.common.ratelimit import RateLimiter
 
 log = logging.getLogger("dataserver.access")
 
@@ -102,9 +104,12 @@ class _Outcome:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator | None, access_log: AccessLog) -> None:
+    def __init__(
+        self, authenticator: Authenticator | None, access_log: AccessLog, rate_limiter: RateLimiter | None = None
+    ) -> None:
         self._authenticator = authenticator
         self._access_log = access_log
+        self._rate_limiter = rate_limiter
 
     async def intercept_service(
         self,
@@ -119,6 +124,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service, _, name = method.lstrip("/").rpartition("/")
         streaming = handler.unary_unary is None  # a stream's duration is its life, never "slow"
         scope = _RpcScope(self._authenticator, self._access_log, method, service, name, metadata, streaming)
+        scope.rate_limiter = self._rate_limiter
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 scope.wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
@@ -156,6 +162,7 @@ class _RpcScope:
         self._service = service
         self._name = name
         self._metadata = metadata
+        self.rate_limiter: RateLimiter | None = None
 
     # The behaviours are the servicer's coroutine (unary) and async-generator (streaming)
     # methods; grpc's stubs type handlers as synchronous, hence Callable[..., Any].
@@ -191,10 +198,17 @@ class _RpcScope:
         context.set_trailing_metadata((("x-request-id", request_id),))
         try:
             if self._authenticator is not None:
-                principal_var.set(await self._authenticator.authenticate(self._metadata))
+                principal = await self._authenticator.authenticate(self._metadata)
+                check_access(self._method, principal)
+                principal_var.set(principal)
+                if self.rate_limiter and self._method in RATE_LIMITED_RPCS and not principal.privileged:
+                    self.rate_limiter.take(principal.user_id, self._name)
             yield outcome
         except ServiceError as error:
             outcome.code = error.code
+            details = error.trailing_metadata()
+            if details:  # replaces the trailing metadata set above, so it carries the request id again
+                await context.abort(error.code, error.message, (("x-request-id", request_id), *details))
             await context.abort(error.code, error.message)
         except AbortError:
             outcome.code = context.code() or grpc.StatusCode.UNKNOWN

@@ -36,7 +36,9 @@ from services.common.interceptors import AccessLog, ServerInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.metrics import start_metrics_server
 from services.common.migrate import migrate
+from services.common.ratelimit import RateLimiter
 from services.common.tasks import cancel_and_wait
+from services.common.tls import configure_client_tls
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +156,15 @@ def build_app(
     authenticator: Authenticator | None,
     grace: float = 0.0,
     slow_rpc_seconds: float = Settings.access_log_slow_seconds,
+    tls: grpc.ServerCredentials | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> GrpcApp:
     """Creates the server with the shared interceptors, health (NOT_SERVING) and reflection.
-    A unary call that succeeds in `slow_rpc_seconds` or more is logged at INFO, faster ones at DEBUG."""
+    A unary call that succeeds in `slow_rpc_seconds` or more is logged at INFO, faster ones at DEBUG.
+    `tls` (services/common/tls.py server_credentials): serve TLS rather than plaintext."""
     access_log = AccessLog(slow_rpc_seconds)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(authenticator, access_log)],
+        interceptors=[ServerInterceptor(authenticator, access_log, rate_limiter)],
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -173,7 +178,7 @@ def build_app(
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_secure_port(f"{host}:{port}", tls) if tls else server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind gRPC port {host}:{port}")
     return GrpcApp(
@@ -219,6 +224,7 @@ async def serve_app(settings: Settings, app: GrpcApp) -> int:
 async def _serve_with_database(service: str, default_port: int, create: Callable[[Settings, Pool], Service]) -> int:
     settings = load_settings(grpc_port=default_port)
     configure_logging(service, settings.log_level)
+    configure_client_tls(settings.tls_ca_file)
     conninfo = resolve_database_url(settings)
     await migrate(conninfo)
     pool = await open_pool(
@@ -236,6 +242,7 @@ async def _serve_with_database(service: str, default_port: int, create: Callable
 async def _serve_without_database(service: str, default_port: int, create: Callable[[Settings], Service]) -> int:
     settings = load_settings(grpc_port=default_port)
     configure_logging(service, settings.log_level)
+    configure_client_tls(settings.tls_ca_file)
     return await serve_app(settings, create(settings).app)
 
 

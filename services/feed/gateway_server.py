@@ -15,6 +15,7 @@ from services.common.config import Settings
 from services.common.db import Pool
 from services.common.looplag import watch_loop_lag
 from services.common.server import GrpcApp, build_app, run_service
+from services.common.tls import server_credentials
 from services.feed.gateway import watchlist
 from services.feed.gateway.hub import Hub
 from services.feed.gateway.market import INJECTED_CLOCK_POLL_SECONDS, REAL_CLOCK_POLL_SECONDS, MarketWatch
@@ -35,7 +36,7 @@ class Gateway:
 def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) -> Gateway:
     """`clock` (tests) replaces MARKET_CLOCK's clock for the market state; an injected clock may
     jump, so the market watch looks at it often instead of sleeping until the next change."""
-    hub = Hub(settings.gateway_shard_addrs, gateway_id=f"gateway-{uuid.uuid4().hex[:8]}")
+    hub = Hub(settings.gateway_shard_addrs, f"gateway-{uuid.uuid4().hex[:8]}", settings.service_token)
     terminals = Terminals(hub, settings.gateway_batch_seconds)
     market = MarketWatch(
         clock or clock_from_settings(settings),
@@ -59,6 +60,7 @@ def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) ->
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
         grace=settings.shutdown_grace_seconds,
+        tls=server_credentials(settings),
     )
 
     async def start_background() -> None:

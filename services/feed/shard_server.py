@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from dataserver.feed.v1 import shard_pb2, shard_pb2_grpc
 
+from services.common.auth import Authenticator
 from services.common.clients import open_channel
 from services.common.config import Settings
 from services.common.server import GrpcApp, build_app, run_service_without_database
+from services.common.tls import server_credentials
 from services.feed.shard.health_report import HealthReporter
 from services.feed.shard.runtime import ShardRuntime
 from services.feed.shard.servicer import ShardServicer
@@ -37,8 +39,10 @@ def create_server(settings: Settings) -> Shard:
         lambda server: shard_pb2_grpc.add_ShardServiceServicer_to_server(servicer, server),
         host=settings.grpc_host,
         port=settings.grpc_port,
-        authenticator=None,
+        # No database here: the shard accepts the deployment's service key (the gateway's).
+        authenticator=Authenticator(settings.auth_mode, None, service_token=settings.service_token),
         grace=settings.shutdown_grace_seconds,
+        tls=server_credentials(settings),
     )
     runtime.on_health = lambda serving: app.spawn(app.set_serving(serving), "shard-health")
     reporter = HealthReporter(runtime, channel, settings.service_token)

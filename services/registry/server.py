@@ -12,6 +12,7 @@ from services.common.config import Settings
 from services.common.db import Pool
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
 from services.common.server import GrpcApp, build_app, run_service
+from services.common.tls import server_credentials
 from services.registry.loader import MasterHolder
 from services.registry.servicer import MasterConfig, RegistryServicer
 from services.registry.store import RegistryStore
@@ -60,6 +61,7 @@ def create_server(
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
         grace=settings.shutdown_grace_seconds,
+        tls=server_credentials(settings),
     )
     registry = Registry(app, holder, config, clock)
     app.before_serving.append(registry.load_initial_master)

@@ -11,7 +11,7 @@ import grpc
 from dataserver.common.v1 import common_pb2
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 
-from services.common.auth import require_admin
+from services.common.auth import require_privileged
 from services.common.clock import Clock, trading_date_of
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.instruments import (
@@ -268,7 +268,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ReloadMaster(
         self, request: registry_pb2.ReloadMasterRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ReloadMasterResponse:
-        require_admin("ReloadMaster")
+        require_privileged("ReloadMaster")
         names = {v: k for k, v in {"dhan": 1, "file": 2, "generated": 3}.items()}
         source = names.get(request.source, self._config.default_source)
         trading_date = (

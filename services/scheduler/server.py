@@ -17,6 +17,7 @@ from services.common.clock import Clock, clock_from_settings
 from services.common.config import Settings
 from services.common.db import Pool
 from services.common.server import GrpcApp, build_app, run_service
+from services.common.tls import server_credentials
 from services.scheduler.catalog import JobSpec, build_catalog
 from services.scheduler.jobs import Jobs, PlanSource
 from services.scheduler.leader import LeaderLock
@@ -83,6 +84,7 @@ def create_server(
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
         grace=settings.shutdown_grace_seconds,
+        tls=server_credentials(settings),
     )
 
     async def start() -> None:

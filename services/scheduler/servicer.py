@@ -9,7 +9,7 @@ import grpc
 from dataserver.scheduler.v1 import scheduler_pb2 as pb
 from dataserver.scheduler.v1 import scheduler_pb2_grpc
 
-from services.common.auth import require_admin
+from services.common.auth import require_privileged
 from services.common.clock import Clock
 from services.common.db import Pool
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -78,7 +78,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
 
     async def RunJob(self, request: pb.RunJobRequest, context: grpc.aio.ServicerContext) -> pb.RunJobResponse:
-        principal = require_admin("RunJob")
+        principal = require_privileged("RunJob")
         spec = self._spec(request.name)
         now = self._clock.now()
         skip = ""

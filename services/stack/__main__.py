@@ -28,6 +28,7 @@ from services.common.clock import clock_from_settings, trading_date_of
 from services.common.config import Settings, load_settings
 from services.common.jsonlog import configure_logging
 from services.common.migrate import migrate
+from services.stack.keys import DEV_USER, DevelopmentKeys, development_keys
 from services.stack.postgres import EmbeddedPostgres
 from services.stack.supervisor import ServiceProcess, Supervised
 
@@ -166,15 +167,16 @@ async def wait_serving(process: Process, deadline: float) -> None:
             await asyncio.sleep(0.5)
 
 
-async def seed(subscription_port: int, scheduler_port: int) -> None:
+async def seed(subscription_port: int, scheduler_port: int, user_token: str) -> None:
     """Puts NIFTY's chain on the dev user's watchlist, then waits (bounded) for the
     scheduler's start-up preload of Tier B, so ticks flow as soon as the banner shows."""
+    metadata = (("authorization", f"Bearer {user_token}"),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{subscription_port}") as channel:
         stub = subscription_pb2_grpc.SubscriptionServiceStub(channel)
         item = await stub.AddWatchlistItem(
-            subscription_pb2.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=5), timeout=60
+            subscription_pb2.AddWatchlistItemRequest(symbol="NIFTY", strikes_each_side=5), timeout=60, metadata=metadata
         )
-    preload = await _preload_run(scheduler_port)
+    preload = await _preload_run(scheduler_port, metadata)
     log.info(
         "seeded",
         extra={
@@ -184,7 +186,7 @@ async def seed(subscription_port: int, scheduler_port: int) -> None:
     )
 
 
-async def _preload_run(scheduler_port: int) -> scheduler_pb2.JobRun | None:
+async def _preload_run(scheduler_port: int, metadata: tuple[tuple[str, str], ...]) -> scheduler_pb2.JobRun | None:
     """The scheduler's first successful preload_tier_b run, waited for up to a minute."""
     request = scheduler_pb2.ListJobRunsRequest(
         job_name="preload_tier_b", outcome=scheduler_pb2.JOB_RUN_OUTCOME_SUCCEEDED, page_size=1
@@ -193,7 +195,7 @@ async def _preload_run(scheduler_port: int) -> scheduler_pb2.JobRun | None:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         deadline = asyncio.get_running_loop().time() + 60
         while asyncio.get_running_loop().time() < deadline:
-            runs = (await stub.ListJobRuns(request, timeout=10)).job_runs
+            runs = (await stub.ListJobRuns(request, timeout=10, metadata=metadata)).job_runs
             if runs:
                 return runs[0]
             await asyncio.sleep(0.5)
@@ -212,7 +214,7 @@ def feed_summary(settings: Settings) -> str:
     )
 
 
-def banner(processes: list[Process], feed: str) -> str:
+def banner(processes: list[Process], feed: str, keys: DevelopmentKeys) -> str:
     registry = next(p for p in processes if p.name == "registry").grpc_port
     lines = ["", f"dataserver is up; feed: {feed}"]
     for p in processes:
@@ -225,25 +227,33 @@ def banner(processes: list[Process], feed: str) -> str:
                 f"  {p.name:<13} grpc 127.0.0.1:{p.grpc_port:<6} metrics http://127.0.0.1:{p.metrics_port}/metrics"
             )
     gateway = next(p for p in processes if p.name == "gateway").grpc_port
+    user = keys.user
     lines += [
         "",
+        "Development API keys (new at each start; the previous ones are revoked):",
+        f"  admin token {keys.admin}",
+        f"  user token  {keys.user}  (user {DEV_USER!r}; AUTH_MODE=api_key needs one of them)",
+        "",
         "Try (grpcurl needs no proto files; the server has reflection):",
-        _grpcurl(registry, "registry.v1.RegistryService/SearchInstruments", '{"query": "RELIANCE", "page_size": 5}'),
+        _grpcurl(
+            registry, "registry.v1.RegistryService/SearchInstruments", '{"query": "RELIANCE", "page_size": 5}', user
+        ),
         _grpcurl(
             registry,
             "registry.v1.RegistryService/GetOptionChain",
             '{"underlying_symbol": "NIFTY", "use_last_price": true, "strikes_each_side": 5}',
+            user,
         ),
         "Live NIFTY option ticks (the dev user's watchlist holds NIFTY's chain; Tier B is preloaded):",
-        _grpcurl(gateway, "feed.v1.GatewayService/StreamTicks", '{"my_watchlist": true}'),
+        _grpcurl(gateway, "feed.v1.GatewayService/StreamTicks", '{"my_watchlist": true}', user),
         "",
         "A crashed process is restarted (with back-off); Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
 
 
-def _grpcurl(port: int, method: str, body: str) -> str:
-    return f"  grpcurl -plaintext -d '{body}' 127.0.0.1:{port} dataserver.{method}"
+def _grpcurl(port: int, method: str, body: str, token: str) -> str:
+    return f"  grpcurl -plaintext -H 'authorization: Bearer {token}' -d '{body}' 127.0.0.1:{port} dataserver.{method}"
 
 
 async def run() -> int:
@@ -263,12 +273,13 @@ async def run() -> int:
             await postgres.start()
             conninfo = embedded.conninfo
         await migrate(conninfo)
+        keys = await development_keys(conninfo)
         processes = plan(settings)
-        children = [Supervised(ServiceProcess(p.name, p.argv, _environment(p, conninfo))) for p in processes]
+        children = [Supervised(ServiceProcess(p.name, p.argv, _environment(p, conninfo, keys))) for p in processes]
         for child in children:
             await child.start()
         log.info("starting", extra={"feed": feed_summary(settings), "processes": len(processes)})
-        if stop.is_set() or not await _first_start(processes, feed_summary(settings), stop):
+        if stop.is_set() or not await _first_start(processes, feed_summary(settings), keys, stop):
             return 0 if stop.is_set() else 1
         await stop.wait()
         return 0
@@ -276,8 +287,10 @@ async def run() -> int:
         await _stop_in_order(children, postgres)
 
 
-def _environment(process: Process, conninfo: str) -> dict[str, str]:
+def _environment(process: Process, conninfo: str, keys: DevelopmentKeys) -> dict[str, str]:
     return {
+        # The processes call each other with the service key, unless the operator gave one.
+        "SERVICE_TOKEN": keys.service,
         **os.environ,
         "DATABASE_URL": conninfo,
         "GRPC_PORT": str(process.grpc_port),
@@ -286,7 +299,7 @@ def _environment(process: Process, conninfo: str) -> dict[str, str]:
     }
 
 
-async def _first_start(processes: list[Process], feed: str, stop: asyncio.Event) -> bool:
+async def _first_start(processes: list[Process], feed: str, keys: DevelopmentKeys, stop: asyncio.Event) -> bool:
     """Waits for every process to serve, seeds, prints the banner; false when stopped or it failed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_SECONDS
@@ -301,8 +314,8 @@ async def _first_start(processes: list[Process], feed: str, stop: asyncio.Event)
         log.error("the stack did not come up", extra={"error": str(ready.exception())})
         return False
     ports = {p.name: p.grpc_port for p in processes}
-    await seed(ports["subscription"], ports["scheduler"])
-    print(banner(processes, feed), flush=True)
+    await seed(ports["subscription"], ports["scheduler"], keys.user)
+    print(banner(processes, feed, keys), flush=True)
     return True
 
 

@@ -14,7 +14,9 @@ from services.common.clock import Clock, clock_from_settings
 from services.common.config import Settings
 from services.common.db import Pool
 from services.common.last_prices import GatewayLastPrices, LastPriceSource
+from services.common.ratelimit import RateLimiter
 from services.common.server import GrpcApp, build_app, run_service
+from services.common.tls import server_credentials
 from services.subscription.account_usage import AccountGauges, AccountLayout
 from services.subscription.admin import Admin
 from services.subscription.credentials import Credentials
@@ -98,6 +100,8 @@ def create_server(
         port=settings.grpc_port,
         authenticator=Authenticator(settings.auth_mode, pool),
         grace=settings.shutdown_grace_seconds,
+        tls=server_credentials(settings),
+        rate_limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
     )
 
     async def start_background() -> None:

@@ -10,7 +10,7 @@ from dataserver.subscription.v1 import subscription_pb2 as pb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 from google.protobuf.json_format import MessageToDict, ParseDict
 
-from services.common.auth import acting_user, current_principal, require_admin
+from services.common.auth import acting_user, current_principal, require_privileged
 from services.common.clock import Clock, trading_date_of
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.keys import key_from_proto, key_proto
@@ -30,6 +30,7 @@ from services.subscription.reports import Reports
 from services.subscription.shard_health import HealthReports
 from services.subscription.streams import Streams
 from services.subscription.tier_b import ChainSpec, TierB
+from services.subscription.visibility import redact_owners, visible_history
 from services.subscription.watchlists import Watchlists
 
 ALL_USERS = "-"
@@ -38,7 +39,7 @@ ALL_USERS = "-"
 def _user_scope(requested: str) -> str | None:
     """None (all users) for "-", which only admins may ask for; otherwise the acting user."""
     if requested == ALL_USERS:
-        require_admin("reading every user's data")
+        require_privileged("reading every user's data")
         return None
     return acting_user(requested)
 
@@ -94,7 +95,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         self._credentials = credentials
 
     def _evictions(self, evictions: list[Eviction], caller: str) -> list[pb.EvictedUnit]:
-        admin = current_principal().is_admin
+        admin = current_principal().privileged
         return [convert.evicted_unit(e, show_user=admin or e.user_id == caller) for e in evictions]
 
     # -- Tier A ---------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         status = await self._reports.status()
         fill_account_versions(status, await self._credentials.versions())
         principal = current_principal()
-        if not principal.is_admin:  # users see their own row only
+        if not principal.privileged:  # users see their own row only
             mine = [u for u in status.users if u.user_id == principal.user_id]
             del status.users[:]
             status.users.extend(mine)
@@ -191,6 +192,10 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         subscriptions, total = await self._reports.subscriptions(
             tier=tier, shard_id=shard, user_id=user, offset=offset, limit=size
         )
+        principal = current_principal()
+        if not principal.privileged:
+            for subscription in subscriptions:
+                redact_owners(subscription, principal.user_id)
         return pb.ListSubscriptionsResponse(
             subscriptions=subscriptions,
             next_page_token=next_token(offset, len(subscriptions), total, key),
@@ -218,14 +223,19 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
             before=None,
             limit=min(request.history_limit or 50, 1000),
         )
-        return pb.GetSubscriptionResponse(subscription=subscription, history=[convert.audit_entry(r) for r in rows])
+        history = [convert.audit_entry(r) for r in rows]
+        principal = current_principal()
+        if not principal.privileged:
+            redact_owners(subscription, principal.user_id)
+            history = visible_history(history, principal.user_id)
+        return pb.GetSubscriptionResponse(subscription=subscription, history=history)
 
     async def ListAuditEntries(
         self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAuditEntriesResponse:
         principal = current_principal()
         user = request.user_id or None
-        if not principal.is_admin and user != principal.user_id:
+        if not principal.privileged and user != principal.user_id:
             raise PermissionDenied("only admins may read the whole audit log; set user_id to your own id")
         key = key_from_proto(request.key) if request.HasField("key") else None
         size = page_size(request.page_size, default=100, maximum=1000)
@@ -259,7 +269,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def SetTierBPlan(
         self, request: pb.SetTierBPlanRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetTierBPlanResponse:
-        principal = require_admin("SetTierBPlan")
+        principal = require_privileged("SetTierBPlan")
         entries = []
         for chain in request.chains:
             spec = ChainSpec(
@@ -340,7 +350,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         principal = current_principal()
         target = request.WhichOneof("target")
         if target == "tier_b_chain":
-            require_admin("RecenterChain of a Tier B chain")
+            require_privileged("RecenterChain of a Tier B chain")
         price = request.underlying_price if request.WhichOneof("price") == "underlying_price" else 0.0
         if request.WhichOneof("price") == "underlying_price" and price <= 0:
             raise InvalidArgument(f"underlying_price {price} must be positive, or set use_last_price")
@@ -355,7 +365,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
                 principal.user_id,
                 price=price,
                 hysteresis=hysteresis,
-                owner=None if principal.is_admin else principal.user_id,
+                owner=None if principal.privileged else principal.user_id,
             )
         elif target == "tier_b_chain":
             ref = request.tier_b_chain
@@ -373,7 +383,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def RecenterAllChains(
         self, request: pb.RecenterAllChainsRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecenterAllChainsResponse:
-        principal = require_admin("RecenterAllChains")
+        principal = require_privileged("RecenterAllChains")
         tiers = {pb.TIER_A: ("A",), pb.TIER_B: ("B",)}.get(request.tier, ("A", "B"))
         hysteresis = request.hysteresis_strikes if request.HasField("hysteresis_strikes") else None
         if hysteresis is not None and hysteresis < 0:
@@ -391,7 +401,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     # -- admin ----------------------------------------------------------------------------
 
     async def EndOfDay(self, request: pb.EndOfDayRequest, context: grpc.aio.ServicerContext) -> pb.EndOfDayResponse:
-        principal = require_admin("EndOfDay")
+        principal = require_privileged("EndOfDay")
         trading_date = _date_or_today(request.trading_date, self._clock)
         if not request.force:
             check_after_close(trading_date, self._clock.now())
@@ -408,7 +418,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def ReleaseExpired(
         self, request: pb.ReleaseExpiredRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReleaseExpiredResponse:
-        principal = require_admin("ReleaseExpired")
+        principal = require_privileged("ReleaseExpired")
         trading_date = _date_or_today(request.trading_date, self._clock)
         outcome = await self._admin.release_expired(trading_date, principal.user_id)
         return pb.ReleaseExpiredResponse(
@@ -421,7 +431,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def UnsubscribeAllTierA(
         self, request: pb.UnsubscribeAllTierARequest, context: grpc.aio.ServicerContext
     ) -> pb.UnsubscribeAllTierAResponse:
-        principal = require_admin("UnsubscribeAllTierA")
+        principal = require_privileged("UnsubscribeAllTierA")
         counts = await self._admin.unsubscribe_tier_a(request.user_id or None, principal.user_id, request.reason)
         return pb.UnsubscribeAllTierAResponse(
             units_unsubscribed=counts.units, instruments_unsubscribed=counts.instruments, users_affected=counts.users
@@ -430,7 +440,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def ClearWatchlists(
         self, request: pb.ClearWatchlistsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClearWatchlistsResponse:
-        principal = require_admin("ClearWatchlists")
+        principal = require_privileged("ClearWatchlists")
         scope = request.WhichOneof("scope")
         if (
             scope is None
@@ -444,7 +454,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
         )
 
     async def Rebalance(self, request: pb.RebalanceRequest, context: grpc.aio.ServicerContext) -> pb.RebalanceResponse:
-        principal = require_admin("Rebalance")
+        principal = require_privileged("Rebalance")
         if request.max_moves < 0:
             raise InvalidArgument("max_moves must not be negative; 0 means no limit")
         outcome = await self._admin.rebalance(principal.user_id, dry_run=request.dry_run, max_moves=request.max_moves)
@@ -459,7 +469,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def WatchAssignments(
         self, request: pb.WatchAssignmentsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchAssignmentsResponse]:
-        require_admin("WatchAssignments (feed shards use a service key)")
+        require_privileged("WatchAssignments (feed shards use a service key)")
         if not 0 <= request.shard_id < self._budget.connections:
             raise InvalidArgument(
                 f"shard_id {request.shard_id} is out of range: accepted 0..{self._budget.connections - 1}"
@@ -470,7 +480,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def ReportShardHealth(
         self, request: pb.ReportShardHealthRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportShardHealthResponse:
-        require_admin("ReportShardHealth (feed shards use a service key)")
+        require_privileged("ReportShardHealth (feed shards use a service key)")
         if not 0 <= request.shard_id < self._budget.connections:
             raise InvalidArgument(
                 f"shard_id {request.shard_id} is out of range: accepted 0..{self._budget.connections - 1}"
@@ -494,7 +504,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def RotateAccessToken(
         self, request: pb.RotateAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.RotateAccessTokenResponse:
-        principal = require_admin("RotateAccessToken (admins, or the feed shards' service key)")
+        principal = require_privileged("RotateAccessToken (admins, or the feed shards' service key)")
         rotated = await self._credentials.rotate(request.account_id, request.access_token, principal.user_id)
         response = pb.RotateAccessTokenResponse(account_id=rotated.account_id, credentials_version=rotated.version)
         if rotated.rotated_at is not None:
@@ -504,7 +514,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServiceServicer):
     async def GetAccountCredentials(
         self, request: pb.GetAccountCredentialsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAccountCredentialsResponse:
-        require_admin("GetAccountCredentials (the feed shards' service key)")
+        require_privileged("GetAccountCredentials (the feed shards' service key)")
         current = await self._credentials.current(request.account_id)
         response = pb.GetAccountCredentialsResponse(
             account_id=current.account_id, access_token=current.token, credentials_version=current.version

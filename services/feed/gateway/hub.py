@@ -105,11 +105,13 @@ class ShardLink:
 
 
 class Hub:
-    def __init__(self, shard_addresses: tuple[str, ...], gateway_id: str) -> None:
+    def __init__(self, shard_addresses: tuple[str, ...], gateway_id: str, service_token: str | None = None) -> None:
         self.instruments: dict[int, Instrument] = {}
         self.links = [ShardLink(n, address) for n, address in enumerate(shard_addresses)]
         self.errors = ProtocolErrors()
         self._gateway_id = gateway_id
+        # The shards accept only the deployment's service key (in api_key mode).
+        self._metadata = (("authorization", f"Bearer {service_token}"),) if service_token else ()
         self._channels: list[grpc.aio.Channel] = []
         # Instruments taken off a down shard (break before make): the outage they left, until
         # another shard takes them (announced as moved) or their shard is back.
@@ -158,7 +160,8 @@ class Hub:
         delay = 0.2
         while True:
             try:
-                call = stub.StreamShardTicks(shard_pb2.StreamShardTicksRequest(gateway_id=self._gateway_id))
+                request = shard_pb2.StreamShardTicksRequest(gateway_id=self._gateway_id)
+                call = stub.StreamShardTicks(request, metadata=self._metadata)
                 async for message in call:
                     delay = 0.2
                     self._on_message(link, message)

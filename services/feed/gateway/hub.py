@@ -60,7 +60,7 @@ STALE = Gauge(
 _STALE_REASONS = {
     cause: name.removeprefix("UPSTREAM_CAUSE_").lower()
     for name, cause in feed_pb2.UpstreamCause.items()
-    if cause != feed_pb2.UPSTREAM_CAUSE_UNSPECIFIED
+    if cause not in (feed_pb2.UPSTREAM_CAUSE_UNSPECIFIED, feed_pb2.UPSTREAM_CAUSE_MOVED)  # MOVED ends an outage
 }
 
 

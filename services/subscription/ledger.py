@@ -69,7 +69,7 @@ class Ledger:
         self._budget = budget
         self._locked = locked
         self._journal = Journal(actor)
-        self._evicted: list[str] = []  # reasons, counted in the metrics once committed
+        self._evicted: list[str] = []  # EVICT audits' reasons, counted in the metrics once committed
 
     @classmethod
     @asynccontextmanager
@@ -313,7 +313,7 @@ class Ledger:
         keys = await self.owner_keys(OWNER_UNIT, str(item_id))
         released = await self.release(OWNER_UNIT, str(item_id), reason=message, user_id=unit["user_id"])
         await self.mark_evicted(item_id, reason_kind, message)
-        self._journal.audit(
+        self.audit(
             "EVICT",
             message,
             tier="A",
@@ -378,7 +378,6 @@ class Ledger:
 
     async def mark_evicted(self, item_id: int, reason_kind: str, message: str) -> None:
         await self._run("mark_evicted", {"item_id": item_id, "reason": reason_kind, "message": message})
-        self._evicted.append(reason_kind)
 
     async def delete_items(self, item_ids: Sequence[int]) -> None:
         if item_ids:
@@ -489,6 +488,8 @@ class Ledger:
 
     def audit(self, action: str, reason: str, **fields: Any) -> None:
         self._journal.audit(action, reason, **fields)
+        if action == "EVICT":
+            self._evicted.append(str((fields.get("details") or {}).get("reason", "UNSPECIFIED")))
 
     def event(
         self, user_id: str, kind: str, item_id: int, *, added: Sequence[Key] = (), removed: Sequence[Key] = ()

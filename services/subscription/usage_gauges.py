@@ -1,7 +1,8 @@
 """The budget's use by tier, by shard and by user, published as gauges on the upkeep's period.
 
 Per shard and per tier the figures come from the running counts (cheap every period); per
-user they need a pass over the watchlist items, so they are refreshed less often."""
+user they need a pass over the watchlist items, so they are refreshed only when a watchlist
+event says some user's items changed (adds, removals, evictions, re-centring)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from services.subscription.metrics import (
 from services.subscription.readmodel import ReadModel
 
 TIERS = ("A", "B")
-USERS_EVERY = 20  # upkeep periods between per-user refreshes
 
 
 def user_buckets(figures: Sequence[int], bounds: Sequence[int] = USER_BUCKETS) -> dict[str, int]:
@@ -37,7 +37,7 @@ def user_buckets(figures: Sequence[int], bounds: Sequence[int] = USER_BUCKETS) -
 class UsageGauges:
     def __init__(self, reads: ReadModel) -> None:
         self._reads = reads
-        self._periods = 0
+        self._seen_event: int | None = None  # the watchlist event the per-user gauges reflect
 
     async def refresh(self, loads: Sequence[int], shard_accounts: Sequence[str]) -> None:
         for shard, (load, account) in enumerate(zip(loads, shard_accounts, strict=True)):
@@ -45,9 +45,10 @@ class UsageGauges:
         tiers = await self._reads.tier_loads()
         for tier in TIERS:
             TIER_INSTRUMENTS.labels(tier).set(tiers.get(tier, 0))
-        if self._periods % USERS_EVERY == 0:
+        event = await self._reads.last_event_id()
+        if event != self._seen_event:
             figures = await self._reads.user_instruments()
             for bound, users in user_buckets(figures).items():
                 USERS_BY_INSTRUMENTS.labels(bound).set(users)
             USER_INSTRUMENTS_MAX.set(max(figures, default=0))
-        self._periods += 1
+            self._seen_event = event

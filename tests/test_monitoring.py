@@ -11,12 +11,18 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from dataserver.feed.v1 import feed_pb2, shard_pb2  # noqa: F401 (register their services)
+from dataserver.registry.v1 import registry_pb2  # noqa: F401
+from dataserver.scheduler.v1 import scheduler_pb2  # noqa: F401
+from dataserver.subscription.v1 import subscription_pb2  # noqa: F401
+from google.protobuf import descriptor_pool, json_format, message_factory
 from prometheus_client import REGISTRY
 
 from services.subscription.usage_gauges import user_buckets
@@ -294,3 +300,55 @@ def test_the_structural_check_rejects_what_is_malformed() -> None:
 def test_users_are_counted_into_cumulative_buckets() -> None:
     assert user_buckets([], (10, 100)) == {"10": 0, "100": 0, "+Inf": 0}
     assert user_buckets([1, 10, 11, 100, 101, 5000], (10, 100)) == {"10": 2, "100": 4, "+Inf": 6}
+
+
+# -- the README's admin actions --------------------------------------------------------------
+
+ADMIN_ACTIONS = {
+    "RegistryService/ReloadMaster",
+    "SubscriptionService/GetSubscriptionStatus",
+    "SubscriptionService/SetTierBPlan",
+    "SubscriptionService/RecenterChain",
+    "SubscriptionService/RecenterAllChains",
+    "SubscriptionService/EndOfDay",
+    "SubscriptionService/ReleaseExpired",
+    "SubscriptionService/UnsubscribeAllTierA",
+    "SubscriptionService/ClearWatchlists",
+    "SubscriptionService/Rebalance",
+    "SubscriptionService/RotateAccessToken",
+    "GatewayService/GetShardStatus",
+    "ShardService/GetStatus",
+    "SchedulerService/RunJob",
+    "SchedulerService/ListJobs",
+    "SchedulerService/ListJobRuns",
+}
+
+
+def _admin_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Admin actions\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_every_admin_action_in_the_readme_is_a_valid_call() -> None:
+    """Each grpcurl line names a method the protos define, with a body its request parses,
+    and every admin action is there."""
+    variables: dict[str, str] = {}
+    called: set[str] = set()
+    for line in _admin_block().splitlines():
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        if words[0] != "grpcurl":  # R=...; REG=...
+            for assignment in " ".join(words).split(";"):
+                name, _, value = assignment.strip().partition("=")
+                variables[name] = value
+            continue
+        target = re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], words[-1])
+        service_name, _, method_name = target.rpartition("/")
+        method = descriptor_pool.Default().FindServiceByName(service_name).FindMethodByName(method_name)
+        assert method is not None, target
+        body = words[words.index("-d") + 1] if "-d" in words else "{}"
+        json_format.Parse(body, message_factory.GetMessageClass(method.input_type)())
+        called.add(f"{service_name.rsplit('.', 1)[1]}/{method_name}")
+    assert called >= ADMIN_ACTIONS, ADMIN_ACTIONS - called

@@ -209,7 +209,7 @@ def test_an_805_backs_off_then_reconnects(stack: Stack, db: str, before: Stored)
     assert records_of_shard(stack, "feed disconnected us with 805 (too many connections); backing off", shard)
     until(lambda: reconnected(stack, shard, connection, reconnects), RECOVERY_SECONDS, f"shard {shard} to reconnect")
     reconnects_805 = metric_values(stack.ports.shard_metrics(shard), "feed_shard_reconnects_total")
-    assert reconnects_805.get(f'{{cause="805",shard="{shard}"}}') == 1.0, reconnects_805
+    assert reconnects_805.get(f'{{reason="805",shard="{shard}"}}') == 1.0, reconnects_805
     terminal.wait_ticks(seen.mark, RECOVERY_SECONDS, "ticks after the reconnect")
     assert_nothing_lost(before, healthy(stack, db), before)
     assert simulator(stack)["disconnects_sent"].get("805", 0) == sent + 1, "one 805: ours"
@@ -255,7 +255,7 @@ def test_an_807_stops_the_shard_without_retrying_and_says_why(stack: Stack, db: 
         assert feed_connection(stack, shard) is None
         assert (
             metric_values(stack.ports.shard_metrics(shard), "feed_shard_reconnects_total").get(
-                f'{{cause="807",shard="{shard}"}}'
+                f'{{reason="807",shard="{shard}"}}'
             )
             == 1.0
         )

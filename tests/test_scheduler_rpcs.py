@@ -19,7 +19,7 @@ JOBS = ["end_of_day", "preload_tier_b", "recenter_chains", "release_mcx", "reloa
 
 
 def runs_metric(job: str, outcome: str) -> float:
-    return REGISTRY.get_sample_value("scheduler_job_runs_total", {"job": job, "outcome": outcome}) or 0.0
+    return REGISTRY.get_sample_value("scheduler_job_runs_total", {"job_name": job, "outcome": outcome}) or 0.0
 
 
 async def test_list_jobs_gives_next_run_times_and_the_leader(database_url: str, masters_dir: Path) -> None:

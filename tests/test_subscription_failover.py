@@ -196,7 +196,7 @@ async def test_without_room_they_stay_and_rebalance_evens_out_after(database_url
         await report(service, 1, False)
         # Shard 0 has room for 8; the other 13 stay on shard 1, reported stale to terminals.
         await eventually(
-            lambda: metric("subscription_failover_stranded") == 13, timeout=15, what="13 left without room"
+            lambda: metric("subscription_failover_stranded_instruments") == 13, timeout=15, what="13 left without room"
         )
         await eventually(lambda: settled(service), what="the moves finishing")
         assert await loads(service) == {0: 30, 1: 13}

@@ -17,6 +17,8 @@ from services.common.db import Pool
 from services.subscription.ledger import Ledger
 from services.subscription.metrics import ACCOUNT_CAPACITY, ACCOUNT_INSTRUMENTS, ACCOUNT_SHARDS_CONNECTED
 from services.subscription.model import Budget
+from services.subscription.readmodel import ReadModel
+from services.subscription.usage_gauges import UsageGauges
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,14 @@ def account_figures(
 
 
 class AccountGauges:
-    """Publishes each account's figures as gauges; the upkeep calls `refresh` on its period."""
+    """Publishes each account's figures as gauges, and the budget's use by tier, shard and user;
+    the upkeep calls `refresh` on its period."""
 
     def __init__(self, pool: Pool, budget: Budget, layout: AccountLayout) -> None:
         self._pool = pool
         self._budget = budget
         self._layout = layout
+        self._usage = UsageGauges(ReadModel(pool))
 
     async def refresh(self) -> None:
         async with Ledger.unlocked(self._pool, self._budget) as reader:
@@ -90,3 +94,4 @@ class AccountGauges:
             ACCOUNT_INSTRUMENTS.labels(figures.account_id).set(figures.subscribed)
             ACCOUNT_CAPACITY.labels(figures.account_id).set(figures.capacity)
             ACCOUNT_SHARDS_CONNECTED.labels(figures.account_id).set(figures.connected_shards)
+        await self._usage.refresh(loads, [self._layout.place(shard)[0] for shard in range(len(loads))])

@@ -30,6 +30,7 @@ from services.common.errors import ResourceExhausted, Unavailable
 from services.common.keys import Key
 from services.subscription import sql
 from services.subscription.journal import Journal
+from services.subscription.metrics import EVICTIONS
 from services.subscription.model import (
     LOCK_KEY,
     OWNER_TIER_B,
@@ -68,24 +69,29 @@ class Ledger:
         self._budget = budget
         self._locked = locked
         self._journal = Journal(actor)
+        self._evicted: list[str] = []  # EVICT audits' reasons, counted in the metrics once committed
 
     @classmethod
     @asynccontextmanager
     async def transaction(cls, pool: Pool, budget: Budget, actor: str) -> AsyncIterator[Ledger]:
         """One serialised ledger transaction: locks, yields the ledger, writes its journal and
         commits; rolls back on error."""
-        async with pool.connection() as conn, conn.transaction():
-            ledger = cls(conn, budget, actor, locked=True)
-            await ledger._run("lock_subscriptions", {"lock_key": LOCK_KEY})
-            yield ledger
-            await ledger._flush()
+        async with pool.connection() as conn:
+            async with conn.transaction():
+                ledger = cls(conn, budget, actor, locked=True)
+                await ledger._run("lock_subscriptions", {"lock_key": LOCK_KEY})
+                yield ledger
+                await ledger._flush()
+            ledger._count_evictions()
 
     @classmethod
     @asynccontextmanager
     async def unlocked(cls, pool: Pool, budget: Budget) -> AsyncIterator[Ledger]:
         """Outside the lock, each statement committing on its own: for what changes no ownership."""
         async with pool.connection() as conn:
-            yield cls(conn, budget, "system", locked=False)
+            ledger = cls(conn, budget, "system", locked=False)
+            yield ledger
+            ledger._count_evictions()
 
     async def _rows(self, name: str, params: Params = None) -> list[Row]:
         return await sql.rows(self._conn, QUERIES[name], params)
@@ -307,7 +313,7 @@ class Ledger:
         keys = await self.owner_keys(OWNER_UNIT, str(item_id))
         released = await self.release(OWNER_UNIT, str(item_id), reason=message, user_id=unit["user_id"])
         await self.mark_evicted(item_id, reason_kind, message)
-        self._journal.audit(
+        self.audit(
             "EVICT",
             message,
             tier="A",
@@ -473,10 +479,17 @@ class Ledger:
         await self._run("prune_changes", {"keep_seconds": keep_seconds})
         await self._run("prune_events", {"keep_seconds": keep_seconds})
 
+    def _count_evictions(self) -> None:
+        for reason in self._evicted:
+            EVICTIONS.labels(reason).inc()
+        self._evicted.clear()
+
     # -- journal ------------------------------------------------------------------------------
 
     def audit(self, action: str, reason: str, **fields: Any) -> None:
         self._journal.audit(action, reason, **fields)
+        if action == "EVICT":
+            self._evicted.append(str((fields.get("details") or {}).get("reason", "UNSPECIFIED")))
 
     def event(
         self, user_id: str, kind: str, item_id: int, *, added: Sequence[Key] = (), removed: Sequence[Key] = ()

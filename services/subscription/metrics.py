@@ -14,7 +14,7 @@ SHARDS_DOWN = Gauge(
     "Shards whose broker connection is down by their last report, or that stopped reporting.",
 )
 STRANDED = Gauge(
-    "subscription_failover_stranded",
+    "subscription_failover_stranded_instruments",
     "Instruments left on shards down past the failover time because no live shard has room.",
 )
 # Per broker account (the label is the account's name, never its client id).
@@ -32,4 +32,30 @@ ACCOUNT_SHARDS_CONNECTED = Gauge(
     "subscription_account_shards_connected",
     "Of the account's shards, those whose broker connection is up by their last report.",
     ["account"],
+)
+# The budget by tier and by shard; refreshed with the account gauges.
+TIER_INSTRUMENTS = Gauge(
+    "subscription_tier_instruments", "Instruments subscribed for each tier (moves in flight counted once).", ["tier"]
+)
+SHARD_INSTRUMENTS = Gauge(
+    "subscription_shard_instruments",
+    "Instruments assigned to each shard, moves in flight counted on both sides.",
+    ["shard", "account"],
+)
+# Per user as a distribution, not a series per user: user ids are unbounded and personal, and
+# the question on a dashboard is whether a few users hold the budget. One user's figure is in
+# GetSubscriptionStatus. Cumulative like a histogram's buckets, so histogram_quantile works.
+USER_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+USERS_BY_INSTRUMENTS = Gauge(
+    "subscription_users_by_instruments",
+    "Users whose active watchlist items hold at most `le` instruments.",
+    ["le"],
+)
+USER_INSTRUMENTS_MAX = Gauge(
+    "subscription_user_instruments_max", "The most instruments one user's active watchlist items hold."
+)
+EVICTIONS = Counter(
+    "subscription_evictions_total",
+    "Tier A units evicted, by reason (CAPACITY, TIER_B_PLAN, RECENTER, END_OF_DAY, ADMIN, EXPIRED), counted on commit.",
+    ["reason"],
 )

@@ -56,6 +56,19 @@ class ReadModel:
                 evictions=await self._count(conn, "evictions_since", {"since": evictions_since}),
             )
 
+    async def tier_loads(self) -> dict[str, int]:
+        """Instruments subscribed per tier (A, B), moves in flight counted once."""
+        return {row["tier"]: int(row["n"]) for row in await self._rows("tier_usage")}
+
+    async def last_event_id(self) -> int:
+        """The last watchlist event's id: it changes whenever any user's items do."""
+        row = (await self._rows("last_event_id"))[0]
+        return int(row["event_id"])
+
+    async def user_instruments(self) -> list[int]:
+        """The instruments each user's active items hold, one figure per user, unordered."""
+        return [int(row["n"]) for row in await self._rows("user_instruments")]
+
     async def subscriptions(
         self, *, tier: str | None, shard_id: int | None, user_id: str | None, offset: int, limit: int
     ) -> tuple[list[Row], int]:

@@ -108,3 +108,10 @@ SELECT * FROM watchlist_events
 WHERE event_id > %(after)s AND (%(user_id)s::text IS NULL OR user_id = %(user_id)s)
 ORDER BY event_id
 LIMIT %(limit)s;
+
+-- name: tier_usage
+SELECT tier, coalesce(sum(n) FILTER (WHERE NOT incoming), 0)::int AS n FROM subscription_counts GROUP BY tier;
+
+-- name: user_instruments
+-- One row per user with an active item: the instruments their active items hold.
+SELECT sum(instrument_count)::int AS n FROM watchlist_items WHERE state = 'ACTIVE' GROUP BY user_id;

@@ -52,6 +52,16 @@ INGEST_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0),
 )
 SHARDS_UP = Gauge("feed_gateway_shards_connected", "Shard streams currently open.")
+STALE = Gauge(
+    "feed_gateway_stale_instruments",
+    "Instruments whose values are stale, by the outage's cause (broker_disconnected, shard_unreachable, ...).",
+    ["reason"],
+)
+_STALE_REASONS = {
+    cause: name.removeprefix("UPSTREAM_CAUSE_").lower()
+    for name, cause in feed_pb2.UpstreamCause.items()
+    if cause not in (feed_pb2.UPSTREAM_CAUSE_UNSPECIFIED, feed_pb2.UPSTREAM_CAUSE_MOVED)  # MOVED ends an outage
+}
 
 
 class Subscriber(Protocol):
@@ -268,6 +278,18 @@ class Hub:
         if instrument is None or instrument.shard_id is None:
             return None
         return self._outage_of(instrument.shard_id)
+
+    def publish_stale(self) -> None:
+        """Sets the stale-instruments gauge from the outages as announced (every cause, zeros too)."""
+        counts = dict.fromkeys(_STALE_REASONS.values(), 0)
+        for link in self.links:
+            if link.outage is not None and link.outage.cause in _STALE_REASONS:
+                counts[_STALE_REASONS[link.outage.cause]] += len(link.instruments)
+        for _shard, outage in self._left_stale.values():
+            if outage.cause in _STALE_REASONS:
+                counts[_STALE_REASONS[outage.cause]] += 1
+        for reason, count in counts.items():
+            STALE.labels(reason).set(count)
 
     def _lost(self, link: ShardLink, detail: str) -> None:
         if link.connected:

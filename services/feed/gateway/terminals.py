@@ -19,12 +19,22 @@ from prometheus_client import Gauge
 from services.common.errors import Unavailable
 from services.common.tasks import Spawn
 from services.feed.gateway.hub import Hub
-from services.feed.gateway.streams import CLOCK_SECONDS, MAX_BATCH_TICKS, Dispatcher, Shape, TerminalStream
+from services.feed.gateway.streams import (
+    CLOCK_SECONDS,
+    MAX_BATCH_TICKS,
+    SLOW_WARNING_SECONDS,
+    Dispatcher,
+    Shape,
+    TerminalStream,
+)
 
 PENDING = Gauge("feed_gateway_pending_instruments", "Instruments with a value waiting to be sent, over all streams.")
 PENDING_MAX = Gauge(
-    "feed_gateway_stream_pending_max", "The most instruments pending on one stream (bounded by its size)."
+    "feed_gateway_stream_pending_instruments_max", "The most instruments pending on one stream (bounded by its size)."
 )
+# A stuck stream: its oldest pending tick ages until the stream is cut (streams.SLOW_CLOSE_SECONDS).
+LAG_MAX = Gauge("feed_gateway_stream_lag_seconds_max", "The age of the oldest tick pending on any stream.")
+SLOW = Gauge("feed_gateway_slow_streams", "Streams behind by more than the slow-consumer warning's lag.")
 
 CHECK_SECONDS = 1.0
 DRAINING = "gateway draining; reconnect"
@@ -99,3 +109,7 @@ class Terminals:
                 stream.check(now)
             PENDING.set(sum(len(s.pending) for s in self.streams))
             PENDING_MAX.set(max((len(s.pending) for s in self.streams), default=0))
+            lags = [now - s.pending_since for s in self.streams if s.pending]
+            LAG_MAX.set(max(lags, default=0.0))
+            SLOW.set(sum(1 for lag in lags if lag > SLOW_WARNING_SECONDS))
+            self.hub.publish_stale()

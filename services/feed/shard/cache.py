@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from services.dhan.decode import disconnect_reason
 from services.dhan.protocol import (
@@ -34,6 +34,13 @@ from services.feed.records import RECORD_HEADER
 
 log = logging.getLogger(__name__)
 
+# Observed once per subscription (and again after a reconnect resubscribes), never per packet after.
+FIRST_TICK = Histogram(
+    "feed_shard_first_tick_seconds",
+    "From asking the broker for an instrument to its first packet.",
+    ["shard"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
 PROTOCOL_ERRORS = Counter(
     "feed_shard_protocol_errors_total", "Feed bytes dropped as no valid packet, by kind.", ["shard", "kind"]
 )
@@ -126,6 +133,7 @@ class Ingest:
         self.cache = cache
         self.counters = Counters()
         self.errors = ProtocolErrorLog(shard)
+        self._first_tick = FIRST_TICK.labels(str(shard))
         self._on_disconnect = on_disconnect
         self._pending: list[bytes] = []
         self._pending_count = 0
@@ -175,7 +183,7 @@ class Ingest:
             sequence = sequences.get(key, 0) + 1
             sequences[key] = sequence
             if awaiting and key in awaiting:
-                del awaiting[key]
+                self._first_tick.observe(now_monotonic - awaiting.pop(key))
             pending.append(pack_header(sequence, now_us))
             pending.append(packet)
             self._pending_count += 1

@@ -71,9 +71,15 @@ MODES = {1: FeedMode.TICKER, 2: FeedMode.QUOTE, 3: FeedMode.FULL}
 PROTO_MODES = {mode: cast(common_pb2.FeedMode, proto) for proto, mode in MODES.items()}
 
 PACKETS = Counter("feed_shard_packets_total", "Packets applied to the last-value cache.", ["shard"])
-RECONNECTS = Counter("feed_shard_reconnects_total", "Broker reconnects, by cause.", ["shard", "cause"])
+RECONNECTS = Counter(
+    "feed_shard_reconnects_total",
+    "Broker reconnects, by reason (the disconnect code, closed, rotated).",
+    ["shard", "reason"],
+)
 AWAITING = Gauge(
-    "feed_shard_awaiting_first_tick", "Subscribed instruments with no packet after the first-tick deadline.", ["shard"]
+    "feed_shard_awaiting_first_tick_instruments",
+    "Subscribed instruments with no packet after the first-tick deadline.",
+    ["shard"],
 )
 STATE = Gauge("feed_shard_connected", "1 while the broker connection is up.", ["shard"])
 

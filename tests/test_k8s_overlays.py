@@ -12,6 +12,7 @@ installed, the renders must equal `kubectl kustomize` of the overlays. To refres
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -213,9 +214,10 @@ def test_replicas_pdbs_and_the_gateways_autoscaler(overlay: str) -> None:
 
 
 def container_env(docs: list[Doc], container: Doc) -> dict[str, str]:
-    """Every variable the container gets from the manifests: literal values, ConfigMap values;
-    a Secret's key (the prod Secrets are created by hand) as "<secret name/key>"; a field
-    reference as "<fieldPath>"."""
+    """Every variable the container gets from the manifests: literal values, ConfigMap values,
+    the values of Secrets in the render (dev's); a key of a Secret created by hand (prod's) as
+    "<secret name/key>"; a field reference as "<fieldPath>"."""
+    secrets = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "Secret"}
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -227,7 +229,10 @@ def container_env(docs: list[Doc], container: Doc) -> dict[str, str]:
             env[item["name"]] = item["value"]
         elif "secretKeyRef" in item["valueFrom"]:
             ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = f"<{ref['name']}/{ref['key']}>"
+            if ref["name"] in secrets:
+                env[item["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+            else:
+                env[item["name"]] = f"<{ref['name']}/{ref['key']}>"
         else:
             env[item["name"]] = f"<{item['valueFrom']['fieldRef']['fieldPath']}>"
     return env
@@ -285,6 +290,10 @@ def test_load_settings_accepts_every_workloads_environment(overlay: str, tmp_pat
             if env.get(key, "").startswith("<"):
                 env[key] = "1100000001" if key == "DHAN_CLIENT_ID" else "secret"
         settings = load_settings(env)
+        if overlay == "dev":
+            assert settings.service_token is None, name  # AUTH_MODE=dev rejects an unknown token
+        if overlay == "dev" and "DATABASE_URL" in REQUIRED_ENV[APPS[name]]:
+            assert settings.database_url == "postgresql://dataserver:dataserver-dev@postgres:5432/dataserver", name
         assert settings.grpc_host == "0.0.0.0" and settings.metrics_port == 9464, name
         assert settings.market_clock == OVERLAY_VALUES[overlay]["MARKET_CLOCK"], name
         assert settings.dhan_credentials is (overlay == "prod" and name in ("registry", "subscription", "feed-shard"))

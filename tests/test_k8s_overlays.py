@@ -78,6 +78,10 @@ def rendered(overlay: str) -> list[Doc]:
     return [doc for doc in yaml.safe_load_all((K8S / "rendered" / f"{overlay}.yaml").read_text()) if doc]
 
 
+def identity(doc: Doc) -> tuple[str, str]:
+    return doc["kind"], doc["metadata"]["name"]
+
+
 def find(docs: list[Doc], kind: str, name: str) -> Doc:
     (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
     return doc
@@ -115,8 +119,10 @@ def test_committed_renders_are_what_the_overlays_render(overlay: str) -> None:
         ["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    fresh = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
-    assert fresh == rendered(overlay), f"deploy/k8s/rendered/{overlay}.yaml is stale; refresh it (module docstring)"
+    fresh = sorted((doc for doc in yaml.safe_load_all(out.stdout) if doc), key=identity)
+    assert fresh == sorted(rendered(overlay), key=identity), (
+        f"deploy/k8s/rendered/{overlay}.yaml is stale; refresh it (module docstring)"
+    )
 
 
 def test_calendar_copies_equal_the_files_the_code_ships() -> None:

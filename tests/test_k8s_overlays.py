@@ -44,7 +44,7 @@ Doc = dict[str, Any]
 # start-up that have no default safe in a cluster: a default of 127.0.0.1, port 0, dev auth,
 # the simulated clock, the embedded database, or a value that must agree across workloads.
 _SERVICE = {"GRPC_HOST", "GRPC_PORT", "METRICS_PORT", "AUTH_MODE", "SERVICE_TOKEN", "MARKET_CLOCK"}
-_ALL = {"MARKET_HOLIDAYS_FILE", "LOG_LEVEL"}
+_ALL = {"MARKET_HOLIDAYS_FILE"}
 _ACCOUNTS = {"FEED_CONNECTIONS", "ACCOUNTS"}  # ACCOUNTS: the overlay's way of naming them (below)
 REQUIRED_ENV: dict[str, set[str]] = {
     "services.common.migrate": _ALL | {"DATABASE_URL"},

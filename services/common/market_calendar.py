@@ -2,8 +2,9 @@
 
 Pure functions over dates, no I/O after import. Two calendars: NSE (which BSE shares, for
 equity, equity derivatives and the indices) and MCX (its own holidays, most of them with the
-evening session open). The holidays are data, in holidays.csv beside this module, read and
-validated once at import: a malformed line fails the import naming the line.
+evening session open). The holidays are data, in holidays.csv beside this module (or the file
+MARKET_HOLIDAYS_FILE names, e.g. a mounted Kubernetes ConfigMap), read and validated once at
+import: a malformed line fails the import naming the line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import calendar
 import csv
 import io
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -27,7 +29,8 @@ MONDAY, TUESDAY, WEDNESDAY, THURSDAY, FRIDAY, SATURDAY, SUNDAY = range(7)
 CalendarName = Literal["NSE", "MCX"]
 Closure = Literal["day", "morning"]  # "morning": MCX trades only its evening session
 
-HOLIDAYS_FILE: Final = Path(__file__).resolve().parent / "holidays.csv"
+# Read here rather than in config.py: the calendar is module data, loaded before any Settings.
+HOLIDAYS_FILE: Final = Path(os.environ.get("MARKET_HOLIDAYS_FILE") or Path(__file__).resolve().parent / "holidays.csv")
 _HOLIDAY_HEADER: Final = ["calendar", "date", "closed", "name"]
 
 

@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
+from services.common.keys import proto_wire_key
 from services.feed.shard.cache import BAD_LENGTH, TRUNCATED_HEADER, UNKNOWN_CODE
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
 from tests.test_feed_gateway import behind_history, open_stream, subscribed_keys
@@ -75,8 +76,17 @@ async def test_garbage_is_exported_and_logged_at_most_once_per_interval(
 async def test_a_stalled_stream_shows_conflation_while_it_is_stalled(feed: FeedUnderTest) -> None:
     await add(feed.subscription, "alice", "SBIN", strikes_each_side=10)  # 43 instruments
     keys = await subscribed_keys(feed, "alice")
+    # Every instrument has a value before the stream starts, so its snapshot numbers them all:
+    # a gap can only be counted from a value the terminal saw.
+    hub = feed.gateway.hub
+    await eventually(
+        lambda: all((i := hub.instruments.get(proto_wire_key(k))) and i.latest for k in keys),
+        timeout=30,
+        what="a value of every instrument at the gateway",
+    )
     async with grpc.aio.insecure_channel(feed.gateway.app.address, options=SMALL_WINDOW) as channel:
         stream, seen, terminal = await open_stream(feed, channel, keys)
+        assert len(seen) == len(keys), "the snapshot numbers every instrument"
         # What the stream counted while it was being opened (a RESTORED snapshot of a shard
         # still starting, say) is in the metric already.
         before, counted_before = conflated_metric(), terminal.conflated
@@ -102,7 +112,7 @@ async def test_a_stalled_stream_shows_conflation_while_it_is_stalled(feed: FeedU
                 previous = seen.get(tick.key.security_id)
                 gaps += tick.sequence - previous - 1 if previous is not None else 0
                 seen[tick.key.security_id] = tick.sequence
-            return gaps > 0 and gaps == terminal.conflated
+            return gaps > 0 and gaps == terminal.conflated - counted_before
 
         await eventually(caught_up, timeout=20, what="the terminal's gaps matching the conflation counted")
         stream.cancel()

@@ -17,6 +17,10 @@ from dataserver.subscription.v1 import subscription_pb2 as spb
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
+from services.common.config import load_settings
+from services.stack.__main__ import banner, plan
+from services.stack.keys import DevelopmentKeys
+from terminal.__main__ import parse
 from terminal.app import TerminalApp
 from terminal.chain import ChainView, chain_view
 from terminal.client import Connection
@@ -218,3 +222,12 @@ async def test_against_a_live_gateway_shows_a_watchlist_row_with_a_live_price(li
             await asyncio.sleep(0)
     finally:
         await connection.close()
+
+
+def test_make_run_prints_how_to_start_the_terminal() -> None:
+    processes = plan(load_settings({"STACK_PORT_OFFSET": "100"}))
+    text = banner(processes, "simulator", DevelopmentKeys(service="s", admin="a", user="dsk_user"))
+    line = next(line for line in text.splitlines() if "dataserver-terminal" in line)
+    assert "--gateway 127.0.0.1:50153 --subscription 127.0.0.1:50152 --registry 127.0.0.1:50151" in line
+    assert "--token dsk_user" in line
+    assert parse(["--gateway", "127.0.0.1:50153", "--token", "dsk_user"]).gateway == "127.0.0.1:50153"

@@ -184,7 +184,8 @@ class TerminalApp(App[None]):
             return
         item_id = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         if item_id is not None:
-            await self._run(self._remove(item_id), f"removing {self.model.items[item_id].symbol}")
+            item = self.model.items.get(item_id)
+            await self._run(self._remove(item_id), f"removing {item.symbol if item else item_id}")
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         symbol = event.value.strip().upper()

@@ -4,7 +4,6 @@ chain with its ATM row), and once against a live gateway (a watchlist row with a
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -201,7 +200,13 @@ async def test_against_a_live_gateway_shows_a_watchlist_row_with_a_live_price(li
     registry = live.subscription.settings.registry_addr
     connection = Connection(live.gateway.app.address, live.subscription.address, registry, token)
     model = TerminalModel()
-    app = TerminalApp(model, follow=connection.follow, add=connection.add, remove=connection.remove)
+    app = TerminalApp(
+        model,
+        follow=connection.follow,
+        add=connection.add,
+        remove=connection.remove,
+        chain=connection.chain_source(model),
+    )
     started = time.monotonic()
     try:
         async with app.run_test() as pilot:
@@ -219,7 +224,22 @@ async def test_against_a_live_gateway_shows_a_watchlist_row_with_a_live_price(li
             await pilot.press("a")
             await pilot.press(*"sbin", "enter")
             await eventually(lambda: {i.symbol for i in model.items.values()} >= {"RELIANCE", "SBIN"}, timeout=20)
-            await asyncio.sleep(0)
+            # The option chain of an underlying typed in: its legs priced by the live stream.
+            await pilot.press("c", *"sbin", "enter")
+            chain = app.query_one("#chain", DataTable)
+
+            def chain_priced() -> bool:
+                app.render_model()
+                return app.showing == "chain" and any(
+                    str(chain.get_row_at(r)[6]).replace(" STALE", "") not in ("—", "") for r in range(chain.row_count)
+                )
+
+            await eventually(chain_priced, timeout=20, what="a priced call in SBIN's chain")
+            await pilot.press("w")
+            # Removing the selected row (RELIANCE, first by symbol) takes it off the watchlist.
+            app.render_model()
+            await pilot.press("d")
+            await eventually(lambda: "RELIANCE" not in {i.symbol for i in model.items.values()}, timeout=20)
     finally:
         await connection.close()
 

@@ -5,11 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench gen check-gen install clean-data help style types lint
+.PHONY: run terminal test bench gen check-gen install clean-data help style types lint
 
 help:
 	@echo "make run    - the whole system on embedded defaults (Postgres, generated master, simulator)"
 	@echo "make test   - install, check generated code, run the test suite"
+	@echo "make terminal - the terminal app (watchlist, option chain) on the stack of make run"
 	@echo "make bench  - benchmarks with figures and ratios"
 	@echo "make gen    - regenerate Python code from protos/"
 
@@ -31,6 +32,10 @@ check-gen: $(STAMP)
 run: $(STAMP)
 	$(PY) -m services.stack
 
+# The terminal app on the local stack (`make run` in another shell); TOKEN= an API key when AUTH_MODE=api_key.
+terminal: $(STAMP)
+	$(PY) -m terminal $(if $(TOKEN),--token $(TOKEN))
+
 test: $(STAMP) check-gen lint
 	$(PY) -m pytest -q
 
@@ -41,7 +46,7 @@ clean-data:
 	rm -rf var/
 
 # Style and types: what CI checks before the tests.
-LINT_PATHS := services simulator bench tests
+LINT_PATHS := services simulator bench tests terminal
 
 style: $(STAMP)
 	$(VENV)/bin/ruff format $(LINT_PATHS)

@@ -246,10 +246,21 @@ def banner(processes: list[Process], feed: str, keys: DevelopmentKeys) -> str:
         ),
         "Live NIFTY option ticks (the dev user's watchlist holds NIFTY's chain; Tier B is preloaded):",
         _grpcurl(gateway, "feed.v1.GatewayService/StreamTicks", '{"my_watchlist": true}', user),
+        _terminal(processes, user),
         "",
         "A crashed process is restarted (with back-off); Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _terminal(processes: list[Process], token: str) -> str:
+    """The one line that starts the terminal app on this stack (`make terminal` on the default ports)."""
+    port = {p.name: p.grpc_port for p in processes}
+    return (
+        "The terminal app (watchlist; c: an option chain): .venv/bin/dataserver-terminal"
+        f" --gateway 127.0.0.1:{port['gateway']} --subscription 127.0.0.1:{port['subscription']}"
+        f" --registry 127.0.0.1:{port['registry']} --token {token}"
+    )
 
 
 def _grpcurl(port: int, method: str, body: str, token: str) -> str:

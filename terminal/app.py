@@ -1,0 +1,216 @@
+"""The terminal's screen (textual): the watchlist table, the option chain table, the status
+line and the messages. It renders the model on a timer, so the tick rate only costs the
+model's updates, never a redraw per tick."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Footer, Input, Static
+
+from terminal.chain import ChainSource, ChainView, Leg
+from terminal.model import NONE, TerminalModel, count, price, signed
+
+REFRESH_SECONDS = 0.25
+MESSAGES_SHOWN = 4
+WATCH_COLUMNS = ("Symbol", "LTP", "Change", "% Change", "Bid", "Ask", "Volume", "OI", "")
+LEG_COLUMNS = ("OI", "Volume", "IV", "Delta", "Bid", "Ask", "LTP", "Change")
+CHAIN_COLUMNS = (*(f"CE {c}" for c in LEG_COLUMNS), "Strike", *(f"PE {c}" for c in reversed(LEG_COLUMNS)))
+ATM_STYLE = "bold reverse"
+
+
+def leg_cells(leg: Leg | None) -> list[str]:
+    if leg is None:
+        return [NONE] * len(LEG_COLUMNS)
+    iv = NONE if leg.implied_volatility is None else f"{leg.implied_volatility:.1%}"
+    delta = NONE if leg.delta is None else f"{leg.delta:+.2f}"
+    ltp = price(leg.ltp) + (" STALE" if leg.stale else "")
+    return [
+        count(leg.open_interest),
+        count(leg.volume),
+        iv,
+        delta,
+        price(leg.bid),
+        price(leg.ask),
+        ltp,
+        signed(leg.change),
+    ]
+
+
+def chain_cells(view: ChainView) -> list[tuple[str, list[str | Text]]]:
+    rows: list[tuple[str, list[str | Text]]] = []
+    for row in view.rows:
+        cells: list[str | Text] = [*leg_cells(row.call), f"{row.strike:g}", *reversed(leg_cells(row.put))]
+        if row.atm:
+            cells = [Text(str(c), style=ATM_STYLE) for c in cells]
+        rows.append((f"{row.strike:g}", cells))
+    return rows
+
+
+class TerminalApp(App[None]):
+    """`follow` reads the stream into the model (None: the model is fed from outside, as in a
+    test); `add`/`remove` change the watchlist; `chain` is the option chain's source."""
+
+    CSS = """
+    #status { height: 1; background: $boost; }
+    #messages { height: auto; max-height: 5; color: $warning; }
+    #prompt { display: none; }
+    #chain { display: none; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("a", "add", "Add"),
+        Binding("d", "remove", "Remove selected"),
+        Binding("c", "chain", "Option chain"),
+        Binding("w", "watchlist", "Watchlist"),
+        Binding("escape", "cancel", "Cancel", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        model: TerminalModel,
+        *,
+        follow: Callable[[TerminalModel], Awaitable[None]] | None = None,
+        add: Callable[[str], Awaitable[str]] | None = None,
+        remove: Callable[[str], Awaitable[None]] | None = None,
+        chain: ChainSource | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self._follow = follow
+        self._add = add
+        self._remove = remove
+        self._chain = chain
+        self._prompting = ""
+        self.showing = "watchlist"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        yield DataTable(id="watchlist", cursor_type="row")
+        yield DataTable(id="chain", cursor_type="row")
+        yield Input(id="prompt")
+        yield Static(id="messages")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#watchlist", DataTable).add_columns(*WATCH_COLUMNS)
+        self.query_one("#chain", DataTable).add_columns(*CHAIN_COLUMNS)
+        self.render_model()
+        self.set_interval(REFRESH_SECONDS, self.render_model)
+        if self._follow is not None:
+            self.run_worker(self._follow(self.model), name="stream", exclusive=True)
+
+    def render_model(self) -> None:
+        model = self.model
+        following = f" | watchlist {model.following}" if model.following else ""
+        stale = f" | {len(model.stale)} stale" if model.stale else ""
+        self.query_one("#status", Static).update(
+            f"{model.connection} | {model.updates_per_second():,.0f} updates/s{following}{stale} | {self.showing}"
+        )
+        self._render_watchlist()
+        self._render_chain()
+        self.query_one("#messages", Static).update("\n".join(list(model.messages)[-MESSAGES_SHOWN:]))
+
+    def _render_watchlist(self) -> None:
+        table = self.query_one("#watchlist", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for r in self.model.rows():
+            marker = "EVICTED" if r.evicted else "STALE" if r.stale else ""
+            table.add_row(
+                r.symbol,
+                price(r.ltp),
+                signed(r.change),
+                signed(r.change_percent, "%"),
+                price(r.bid),
+                price(r.ask),
+                count(r.volume),
+                count(r.open_interest),
+                marker,
+                key=r.item_id,
+            )
+        if table.row_count:
+            table.move_cursor(row=min(row, table.row_count - 1))
+
+    def _render_chain(self) -> None:
+        view = self._chain.view() if self._chain is not None else None
+        if view is None or self.showing != "chain":
+            return
+        table = self.query_one("#chain", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for key, cells in chain_cells(view):
+            table.add_row(*cells, key=key)
+        underlying = price(view.underlying_price)
+        table.border_title = f"{view.symbol} {view.expiry_date}  underlying {underlying}  ATM {view.atm_strike:g}"
+        if table.row_count:
+            table.move_cursor(row=min(row, table.row_count - 1))
+
+    def _prompt(self, purpose: str, placeholder: str) -> None:
+        self._prompting = purpose
+        prompt = self.query_one("#prompt", Input)
+        prompt.placeholder = placeholder
+        prompt.value = ""
+        prompt.display = True
+        prompt.focus()
+
+    def action_add(self) -> None:
+        self._prompt("add", "symbol to add to the watchlist, e.g. RELIANCE (Enter; Esc cancels)")
+
+    def action_chain(self) -> None:
+        self._prompt("chain", "underlying for the option chain, e.g. NIFTY (Enter; Esc cancels)")
+
+    def action_watchlist(self) -> None:
+        self._show("watchlist")
+
+    def action_cancel(self) -> None:
+        self.query_one("#prompt", Input).display = False
+        self._prompting = ""
+
+    def _show(self, which: str) -> None:
+        self.showing = which
+        self.query_one("#watchlist", DataTable).display = which == "watchlist"
+        self.query_one("#chain", DataTable).display = which == "chain"
+        self.query_one(f"#{which}", DataTable).focus()
+        self.render_model()
+
+    async def action_remove(self) -> None:
+        table = self.query_one("#watchlist", DataTable)
+        if self._remove is None or not table.row_count or self.showing != "watchlist":
+            return
+        item_id = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        if item_id is not None:
+            item = self.model.items.get(item_id)
+            await self._run(self._remove(item_id), f"removing {item.symbol if item else item_id}")
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        symbol = event.value.strip().upper()
+        purpose = self._prompting
+        self.action_cancel()
+        if not symbol:
+            return
+        if purpose == "add" and self._add is not None:
+            await self._run(self._add(symbol), f"adding {symbol}")
+        elif (
+            purpose == "chain"
+            and self._chain is not None
+            and await self._run(self._chain.open(symbol), f"opening {symbol}'s option chain")
+        ):
+            self._show("chain")
+
+    async def _run(self, action: Awaitable[object], what: str) -> bool:
+        """Runs a command; its failure is a message, not a crash."""
+        try:
+            result = await action
+        except Exception as error:
+            details = getattr(error, "details", None)  # a gRPC error says why in its details
+            self.model.say(f"{what} failed: {details() if callable(details) else error}")
+            return False
+        if isinstance(result, str):
+            self.model.say(result)
+        self.render_model()
+        return True

@@ -1,0 +1,253 @@
+"""The terminal app (terminal/): rendered headless by textual's pilot from a recorded stream
+(what is on screen: the watchlist cells, a stale marker, an eviction message, the option
+chain with its ATM row), and once against a live gateway (a watchlist row with a live price)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+from dataserver.common.v1 import common_pb2
+from dataserver.feed.v1 import feed_pb2
+from dataserver.registry.v1 import registry_pb2
+from dataserver.subscription.v1 import subscription_pb2 as spb
+from textual.coordinate import Coordinate
+from textual.widgets import DataTable, Static
+
+from services.common.config import load_settings
+from services.stack.__main__ import banner, plan
+from services.stack.keys import DevelopmentKeys
+from terminal.__main__ import parse
+from terminal.app import TerminalApp
+from terminal.chain import ChainView, chain_view
+from terminal.client import Connection
+from terminal.model import TerminalModel
+from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
+from tests.test_subscription_capacity import add
+
+IDX = common_pb2.EXCHANGE_SEGMENT_IDX_I
+FNO = common_pb2.EXCHANGE_SEGMENT_NSE_FNO
+NSE_EQ = common_pb2.EXCHANGE_SEGMENT_NSE_EQ
+NIFTY = common_pb2.InstrumentKey(exchange_segment=IDX, security_id=13)
+SBIN = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=3045)
+
+
+def item(item_id: str, symbol: str, key: common_pb2.InstrumentKey) -> spb.WatchlistItem:
+    return spb.WatchlistItem(item_id=item_id, symbol=symbol, underlying=key, state=spb.WATCHLIST_ITEM_STATE_ACTIVE)
+
+
+def tick(key: common_pb2.InstrumentKey, last: float, close: float, volume: int = 0) -> feed_pb2.Tick:
+    return feed_pb2.Tick(
+        key=key,
+        last_price=last,
+        previous_close=close,
+        volume=volume,
+        depth=[feed_pb2.DepthLevel(bid_price=last - 0.5, ask_price=last + 0.5)],
+    )
+
+
+def recorded() -> list[feed_pb2.StreamTicksResponse]:
+    """A my-watchlist stream: snapshot, a batch, SBIN's shard interrupted, then SBIN evicted."""
+    evicted = item("i2", "SBIN", SBIN)
+    evicted.state = spb.WATCHLIST_ITEM_STATE_EVICTED
+    evicted.eviction_message = "evicted to make room for a newer watchlist item"
+    return [
+        feed_pb2.StreamTicksResponse(
+            snapshot=feed_pb2.TickSnapshot(ticks=[tick(NIFTY, 24000.0, 23900.0), tick(SBIN, 800.0, 790.0, 1200)])
+        ),
+        feed_pb2.StreamTicksResponse(batch=feed_pb2.TickBatch(ticks=[tick(NIFTY, 24100.0, 23900.0, 5000)])),
+        feed_pb2.StreamTicksResponse(
+            event=feed_pb2.StreamEvent(
+                upstream=feed_pb2.UpstreamStatusChange(
+                    state=feed_pb2.UPSTREAM_STATE_INTERRUPTED,
+                    instruments=[SBIN],
+                    affected_instruments=1,
+                    cause=feed_pb2.UPSTREAM_CAUSE_RECONNECTING,
+                    reason="shard 0 reconnecting",
+                )
+            )
+        ),
+        feed_pb2.StreamTicksResponse(
+            event=feed_pb2.StreamEvent(
+                watchlist=spb.WatchlistEvent(kind=spb.WATCHLIST_EVENT_KIND_EVICTED, watchlist_item=evicted)
+            )
+        ),
+    ]
+
+
+def replayed() -> TerminalModel:
+    model = TerminalModel()
+    model.set_items([item("i1", "NIFTY", NIFTY), item("i2", "SBIN", SBIN)])
+    for response in recorded():
+        model.apply(response)
+    return model
+
+
+def cells(table: DataTable, key: str) -> list[str]:
+    return [str(c) for c in table.get_row(key)]
+
+
+async def test_watchlist_renders_prices_stale_and_eviction_from_a_recorded_stream() -> None:
+    app = TerminalApp(replayed())
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        table = app.query_one("#watchlist", DataTable)
+        assert cells(table, "i1")[:6] == ["NIFTY", "24,100.00", "+200.00", "+0.84%", "24,099.50", "24,100.50"]
+        assert cells(table, "i1")[6] == "5,000"
+        assert cells(table, "i1")[8] == ""
+        assert cells(table, "i2")[8] == "EVICTED"
+        messages = str(app.query_one("#messages", Static).content)
+        assert "STALE: 1 instrument(s), reconnecting: shard 0 reconnecting" in messages
+        assert "EVICTED SBIN: evicted to make room for a newer watchlist item" in messages
+        assert "live" in str(app.query_one("#status", Static).content)
+
+
+async def test_a_stale_instrument_is_marked_and_a_tick_clears_it() -> None:
+    model = TerminalModel()
+    model.set_items([item("i2", "SBIN", SBIN)])
+    for response in recorded()[:3]:
+        model.apply(response)
+    app = TerminalApp(model)
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        table = app.query_one("#watchlist", DataTable)
+        assert cells(table, "i2")[8] == "STALE"
+        model.apply(feed_pb2.StreamTicksResponse(batch=feed_pb2.TickBatch(ticks=[tick(SBIN, 801.0, 790.0)])))
+        app.render_model()
+        await pilot.pause()
+        assert cells(table, "i2")[8] == ""
+
+
+class RecordedChain:
+    """A ChainSource over a recorded registry chain, priced by the model's ticks."""
+
+    def __init__(self, model: TerminalModel, chain: registry_pb2.GetOptionChainResponse) -> None:
+        self.model = model
+        self.chain = chain
+        self.opened = ""
+
+    async def open(self, symbol: str) -> None:
+        self.opened = symbol
+
+    def view(self) -> ChainView | None:
+        return chain_view(self.chain, self.model) if self.opened else None
+
+
+def option(security_id: int, strike: float, kind: common_pb2.OptionType) -> common_pb2.Instrument:
+    return common_pb2.Instrument(
+        key=common_pb2.InstrumentKey(exchange_segment=FNO, security_id=security_id),
+        strike_price=strike,
+        option_type=kind,
+    )
+
+
+async def test_option_chain_view_switched_with_a_key_shows_ce_strike_pe_and_the_atm() -> None:
+    model = replayed()  # NIFTY at 24,100
+    strikes = [
+        registry_pb2.ChainStrike(
+            strike_price=s,
+            call=option(1000 + n, s, common_pb2.OPTION_TYPE_CALL),
+            put=option(2000 + n, s, common_pb2.OPTION_TYPE_PUT),
+        )
+        for n, s in enumerate((24000.0, 24100.0, 24200.0))
+    ]
+    chain = registry_pb2.GetOptionChainResponse(
+        underlying=common_pb2.Instrument(key=NIFTY, underlying_symbol="NIFTY"),
+        expiry_date="2026-12-10",
+        atm_strike=24000.0,
+        strikes=strikes,
+    )
+    model.apply(
+        feed_pb2.StreamTicksResponse(
+            batch=feed_pb2.TickBatch(
+                ticks=[tick(strikes[1].call.key, 120.0, 100.0), tick(strikes[1].put.key, 90.0, 95.0)]
+            )
+        )
+    )
+    source = RecordedChain(model, chain)
+    app = TerminalApp(model, chain=source)
+    async with app.run_test() as pilot:
+        await pilot.press("c")
+        await pilot.press(*"nifty", "enter")
+        await pilot.pause()
+        assert source.opened == "NIFTY"
+        assert app.showing == "chain"
+        table = app.query_one("#chain", DataTable)
+        assert table.display and not app.query_one("#watchlist", DataTable).display
+        atm = table.get_row("24100")
+        middle = len(atm) // 2
+        assert str(atm[middle]) == "24100"
+        assert str(atm[middle - 2]) == "120.00"  # CE LTP left of the strike
+        assert str(atm[middle + 2]) == "90.00"  # PE LTP right of it
+        assert str(atm[3]) == "—"  # CE IV: the chain RPC is not used yet
+        assert "reverse" in str(atm[middle].style)  # the ATM row is highlighted
+        assert "reverse" not in str(getattr(table.get_row("24000")[middle], "style", ""))
+        await pilot.press("w")
+        assert app.showing == "watchlist"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def live(database_url: str, masters_dir: Path) -> AsyncIterator[FeedUnderTest]:
+    async with running_feed(database_url, masters_dir) as running:
+        yield running
+
+
+async def test_against_a_live_gateway_shows_a_watchlist_row_with_a_live_price(live: FeedUnderTest) -> None:
+    await add(live.subscription, "trader", "RELIANCE", underlying_only=True)
+    token = dict(await live.subscription.user("trader"))["authorization"].removeprefix("Bearer ")
+    registry = live.subscription.settings.registry_addr
+    connection = Connection(live.gateway.app.address, live.subscription.address, registry, token)
+    model = TerminalModel()
+    app = TerminalApp(
+        model,
+        follow=connection.follow,
+        add=connection.add,
+        remove=connection.remove,
+        chain=connection.chain_source(model),
+    )
+    started = time.monotonic()
+    try:
+        async with app.run_test() as pilot:
+            await pilot.pause()
+            assert time.monotonic() - started < 2.0, "the app takes over 2 s to start"
+            table = app.query_one("#watchlist", DataTable)
+
+            def priced() -> bool:
+                app.render_model()
+                return table.row_count > 0 and str(table.get_cell_at(Coordinate(0, 1))) not in ("—", "")
+
+            await eventually(priced, timeout=20, what="RELIANCE priced on screen")
+            assert str(table.get_cell_at(Coordinate(0, 0))) == "RELIANCE"
+            assert model.connection == "live"
+            await pilot.press("a")
+            await pilot.press(*"sbin", "enter")
+            await eventually(lambda: {i.symbol for i in model.items.values()} >= {"RELIANCE", "SBIN"}, timeout=20)
+            # The option chain of an underlying typed in: its legs priced by the live stream.
+            await pilot.press("c", *"sbin", "enter")
+            chain = app.query_one("#chain", DataTable)
+
+            def chain_priced() -> bool:
+                app.render_model()
+                return app.showing == "chain" and any(
+                    str(chain.get_row_at(r)[6]).replace(" STALE", "") not in ("—", "") for r in range(chain.row_count)
+                )
+
+            await eventually(chain_priced, timeout=20, what="a priced call in SBIN's chain")
+            await pilot.press("w")
+            # Removing the selected row (RELIANCE, first by symbol) takes it off the watchlist.
+            app.render_model()
+            await pilot.press("d")
+            await eventually(lambda: "RELIANCE" not in {i.symbol for i in model.items.values()}, timeout=20)
+    finally:
+        await connection.close()
+
+
+def test_make_run_prints_how_to_start_the_terminal() -> None:
+    processes = plan(load_settings({"STACK_PORT_OFFSET": "100"}))
+    text = banner(processes, "simulator", DevelopmentKeys(service="s", admin="a", user="dsk_user"))
+    line = next(line for line in text.splitlines() if "dataserver-terminal" in line)
+    assert "--gateway 127.0.0.1:50153 --subscription 127.0.0.1:50152 --registry 127.0.0.1:50151" in line
+    assert "--token dsk_user" in line
+    assert parse(["--gateway", "127.0.0.1:50153", "--token", "dsk_user"]).gateway == "127.0.0.1:50153"

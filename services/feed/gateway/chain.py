@@ -1,0 +1,277 @@
+"""A live option chain: the window of strikes the registry resolves, its values from the hub's
+last-value cache, and each update's forward, IV and greeks (chain_math).
+
+A ChainWatch attaches to the hub only while a stream is open, so a chain nobody watches costs
+nothing; the stream recomputes at most once per interval, and only after a value changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from dataserver.common.v1 import common_pb2
+from dataserver.feed.v1 import feed_pb2
+from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
+from dataserver.subscription.v1 import subscription_pb2 as spb
+from dataserver.subscription.v1 import subscription_pb2_grpc
+
+from services.common.clients import ServiceCaller
+from services.common.errors import InvalidArgument
+from services.common.keys import proto_wire_key, wire_key_proto
+from services.common.timestamps import timestamp
+from services.feed.gateway import chain_math
+from services.feed.gateway.hub import Hub, Instrument
+from services.feed.gateway.values import Value
+
+DEFAULT_STRIKES_EACH_SIDE = 10
+MAX_STRIKES_EACH_SIDE = 50
+DEFAULT_INTERVAL_SECONDS = 0.25
+MIN_INTERVAL_SECONDS = 0.05
+MAX_INTERVAL_SECONDS = 10.0
+# Indian cost of carry / discount rate, used to discount parity and to carry the spot when no
+# strike is priced on both sides.
+DEFAULT_RATE = 0.065
+
+_NO_PRICE = feed_pb2.GREEKS_STATUS_NO_PRICE
+_NO_IV = feed_pb2.GREEKS_STATUS_NO_IMPLIED_VOLATILITY
+_NO_FORWARD = feed_pb2.GREEKS_STATUS_NO_FORWARD
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    strike: float
+    call: int | None  # wire keys
+    put: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The strikes of one chain around the ATM, as the registry resolved them."""
+
+    underlying: int
+    expiry: date
+    rows: tuple[Row, ...]
+
+    @property
+    def keys(self) -> list[int]:
+        legs = [k for row in self.rows for k in (row.call, row.put) if k is not None]
+        return [self.underlying, *legs]
+
+    @classmethod
+    def of(cls, response: registry_pb2.GetOptionChainResponse) -> Window:
+        def key(strike: registry_pb2.ChainStrike, leg: str) -> int | None:
+            return proto_wire_key(getattr(strike, leg).key) if strike.HasField(leg) else None
+
+        rows = tuple(Row(s.strike_price, key(s, "call"), key(s, "put")) for s in response.strikes)
+        return cls(proto_wire_key(response.underlying.key), date.fromisoformat(response.expiry_date), rows)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRequest:
+    symbol: str
+    expiry_date: str
+    strikes_each_side: int
+    interval: float
+
+    @classmethod
+    def of(cls, request: feed_pb2.StreamOptionChainRequest) -> ChainRequest:
+        symbol = request.underlying_symbol.strip().upper()
+        if not symbol:
+            raise InvalidArgument("underlying_symbol is empty: give the underlying, e.g. NIFTY")
+        each = request.strikes_each_side or DEFAULT_STRIKES_EACH_SIDE
+        if not 1 <= each <= MAX_STRIKES_EACH_SIDE:
+            raise InvalidArgument(
+                f"strikes_each_side is {each}; accepted 0 (the default, 10) to {MAX_STRIKES_EACH_SIDE}"
+            )
+        interval = request.update_interval.ToTimedelta().total_seconds() or DEFAULT_INTERVAL_SECONDS
+        if not MIN_INTERVAL_SECONDS <= interval <= MAX_INTERVAL_SECONDS:
+            raise InvalidArgument(f"update_interval is {interval} s; accepted 0 (the default, 250 ms) or 50 ms to 10 s")
+        return cls(symbol, request.expiry_date, each, interval)
+
+
+async def open_window(
+    request: ChainRequest,
+    user_id: str,
+    caller: ServiceCaller,
+    subscription: subscription_pb2_grpc.SubscriptionServiceStub,
+    registry: registry_pb2_grpc.RegistryServiceStub,
+) -> Window:
+    """Adds the chain to the user's watchlist (its budget, quota and eviction apply), then takes
+    the same window (the item's expiry and ATM) from the registry with its strikes' instruments."""
+    added = await caller.call(
+        subscription.AddWatchlistItem,
+        spb.AddWatchlistItemRequest(
+            symbol=request.symbol,
+            expiry_date=request.expiry_date,
+            strikes_each_side=request.strikes_each_side,
+            user_id=user_id,
+        ),
+    )
+    item = added.watchlist_item
+    chain = await caller.call(
+        registry.GetOptionChain,
+        registry_pb2.GetOptionChainRequest(
+            underlying_symbol=request.symbol,
+            expiry_date=item.expiry_date,
+            underlying_price=item.atm_strike,
+            strikes_each_side=request.strikes_each_side,
+        ),
+    )
+    return Window.of(chain)
+
+
+@dataclass(slots=True)
+class Leg:
+    """One instrument's values as the chain uses them, decoded once per value."""
+
+    value: Value | None = None
+    tick: feed_pb2.Tick | None = None
+
+    def of(self, value: Value | None) -> feed_pb2.Tick | None:
+        if value is not self.value:
+            self.value = value
+            self.tick = value.message(common_pb2.FEED_MODE_FULL) if value is not None else None
+        return self.tick
+
+
+class ChainWatch:
+    """A hub subscriber for one stream: any change to the chain's instruments sets `changed`."""
+
+    def __init__(self, hub: Hub, window: Window) -> None:
+        self.hub = hub
+        self.window = window
+        self.changed = asyncio.Event()
+        self.changed.set()  # the first update goes out at once
+        self._instruments: dict[int, Instrument] = {}
+        self._legs: dict[int, Leg] = {}
+
+    def mark(self, key: int, sequence: int) -> None:
+        self.changed.set()
+
+    def upstream_changed(self, event: feed_pb2.UpstreamStatusChange) -> None:
+        self.changed.set()
+
+    def status_changed(self, instrument: Instrument) -> None:
+        self.changed.set()
+
+    def attach(self) -> None:
+        keys = self.window.keys
+        self.hub.attach(self, keys)
+        self._instruments = {k: self.hub.instrument(k) for k in keys}
+        self._legs = {k: Leg() for k in keys}
+
+    def detach(self) -> None:
+        self.hub.detach(self, self.window.keys)
+        self._instruments, self._legs = {}, {}
+
+    def tick(self, key: int) -> feed_pb2.Tick | None:
+        return self._legs[key].of(self._instruments[key].latest)
+
+    def stale(self, key: int) -> bool:
+        return self.hub.outage(key) is not None
+
+    async def updates(
+        self, interval: float, compute: Callable[[], feed_pb2.OptionChainUpdate]
+    ) -> AsyncIterator[feed_pb2.OptionChainUpdate]:
+        self.attach()
+        try:
+            while True:
+                await self.changed.wait()
+                self.changed.clear()
+                yield compute()
+                await asyncio.sleep(interval)
+        finally:
+            self.detach()
+
+
+def _price(tick: feed_pb2.Tick | None) -> float:
+    return tick.last_price if tick is not None and tick.last_price > 0.0 else math.nan
+
+
+def chain_update(
+    window: Window,
+    tick: Callable[[int], feed_pb2.Tick | None],
+    stale: Callable[[int], bool],
+    now: datetime,
+    rate: float,
+) -> feed_pb2.OptionChainUpdate:
+    """The chain's message from the instruments' last values: forward, then each leg's greeks."""
+    years = chain_math.years_to_expiry(now, window.expiry)
+    spot = _price(tick(window.underlying))
+    strikes = [r.strike for r in window.rows]
+    calls = [_price(tick(r.call)) if r.call is not None else math.nan for r in window.rows]
+    puts = [_price(tick(r.put)) if r.put is not None else math.nan for r in window.rows]
+    centre = spot if not math.isnan(spot) else (strikes[len(strikes) // 2] if strikes else math.nan)
+    update = feed_pb2.OptionChainUpdate(
+        underlying=wire_key_proto(window.underlying),
+        expiry_date=window.expiry.isoformat(),
+        underlying_price=0.0 if math.isnan(spot) else spot,
+        years_to_expiry=years,
+        rate=rate,
+        as_of=timestamp(now),
+    )
+    forward = chain_math.forward_from_parity(strikes, calls, puts, centre, years, rate) if strikes else None
+    if forward is not None:
+        update.forward_source = feed_pb2.FORWARD_SOURCE_PUT_CALL_PARITY
+    elif not math.isnan(spot):
+        forward = spot * math.exp(rate * years)
+        update.forward_source = feed_pb2.FORWARD_SOURCE_SPOT_CARRY
+    if forward is not None:
+        update.forward_price = forward
+    atm = chain_math.atm_strike(strikes, centre) if not math.isnan(centre) else None
+    update.atm_strike = atm or 0.0
+    call_oi = put_oi = 0
+    for row, call_price, put_price in zip(window.rows, calls, puts, strict=True):
+        out = update.rows.add(strike_price=row.strike)
+        if row.call is not None:
+            call_oi += _leg(
+                out.call, row.call, tick(row.call), call_price, stale, forward, row.strike, years, rate, True
+            )
+        if row.put is not None:
+            put_oi += _leg(out.put, row.put, tick(row.put), put_price, stale, forward, row.strike, years, rate, False)
+    update.put_call_ratio = put_oi / call_oi if call_oi else 0.0
+    return update
+
+
+def _leg(
+    out: feed_pb2.ChainOption,
+    key: int,
+    tick: feed_pb2.Tick | None,
+    price: float,
+    stale: Callable[[int], bool],
+    forward: float | None,
+    strike: float,
+    years: float,
+    rate: float,
+    is_call: bool,
+) -> int:
+    """Fills one option's fields; returns its open interest (for the put-call ratio)."""
+    out.key.CopyFrom(tick.key if tick is not None else wire_key_proto(key))
+    out.stale = stale(key)
+    if tick is not None:
+        out.last_price = tick.last_price
+        if tick.previous_close:
+            out.change = tick.last_price - tick.previous_close
+        if tick.depth:
+            out.bid_price, out.ask_price = tick.depth[0].bid_price, tick.depth[0].ask_price
+        out.volume = tick.volume
+        out.open_interest = tick.open_interest
+        if tick.previous_open_interest:
+            out.open_interest_change = tick.open_interest - tick.previous_open_interest
+    if math.isnan(price):
+        out.greeks_status = _NO_PRICE
+    elif forward is None:
+        out.greeks_status = _NO_FORWARD
+    else:
+        greeks = chain_math.option_greeks(price, forward, strike, years, rate, is_call)
+        if greeks is None:
+            out.greeks_status = _NO_IV
+        else:
+            out.greeks_status = feed_pb2.GREEKS_STATUS_COMPUTED
+            out.implied_volatility, out.delta, out.gamma = greeks.implied_volatility, greeks.delta, greeks.gamma
+            out.theta, out.vega = greeks.theta, greeks.vega
+    return out.open_interest

@@ -23,8 +23,11 @@ from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument
 from services.common.keys import proto_wire_key, wire_key_proto
 from services.common.timestamps import timestamp
+from services.dhan.decode import ProtocolErrors, decode_packet
+from services.dhan.packets import FullPacket, OIPacket, Packet, PrevClosePacket, QuotePacket, TickerPacket
 from services.feed.gateway import chain_math
 from services.feed.gateway.hub import Hub, Instrument
+from services.feed.gateway.prices import SCALES, rounded
 from services.feed.gateway.values import Value
 
 DEFAULT_STRIKES_EACH_SIDE = 10
@@ -36,6 +39,7 @@ MAX_INTERVAL_SECONDS = 10.0
 # strike is priced on both sides.
 DEFAULT_RATE = 0.065
 
+_DECODE_ERRORS = ProtocolErrors()  # never counts: the hub keeps only packets of the right code and size
 _NO_PRICE = feed_pb2.GREEKS_STATUS_NO_PRICE
 _NO_IV = feed_pb2.GREEKS_STATUS_NO_IMPLIED_VOLATILITY
 _NO_FORWARD = feed_pb2.GREEKS_STATUS_NO_FORWARD
@@ -124,18 +128,55 @@ async def open_window(
     return Window.of(chain)
 
 
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What the chain shows of one instrument's last value, prices as terminals see them."""
+
+    key: common_pb2.InstrumentKey
+    last_price: float
+    previous_close: float
+    bid_price: float
+    ask_price: float
+    volume: int
+    open_interest: int
+    previous_open_interest: int
+
+    @classmethod
+    def of(cls, value: Value) -> Quote:
+        tick, oi, prev = _decoded(value.tick), _decoded(value.oi), _decoded(value.prev)
+        ltp = bid = ask = close = 0.0
+        volume = open_interest = prev_oi = 0
+        if isinstance(tick, (TickerPacket, QuotePacket, FullPacket)):
+            scale = SCALES[tick.segment]
+            ltp = rounded(tick.ltp, scale)
+            if not isinstance(tick, TickerPacket):
+                volume = tick.volume
+            if isinstance(tick, FullPacket):
+                open_interest = tick.oi
+                bid, ask = rounded(tick.bid_price_1, scale), rounded(tick.ask_price_1, scale)
+        if isinstance(oi, OIPacket):
+            open_interest = oi.oi
+        if isinstance(prev, PrevClosePacket):
+            close, prev_oi = rounded(prev.prev_close, SCALES[prev.segment]), prev.prev_oi
+        return cls(value.instrument.key_proto, ltp, close, bid, ask, volume, open_interest, prev_oi)
+
+
+def _decoded(packet: bytes | None) -> Packet | None:
+    return decode_packet(packet, _DECODE_ERRORS) if packet is not None else None
+
+
 @dataclass(slots=True)
 class Leg:
-    """One instrument's values as the chain uses them, decoded once per value."""
+    """One instrument's Quote, decoded once per value."""
 
     value: Value | None = None
-    tick: feed_pb2.Tick | None = None
+    quote: Quote | None = None
 
-    def of(self, value: Value | None) -> feed_pb2.Tick | None:
+    def of(self, value: Value | None) -> Quote | None:
         if value is not self.value:
             self.value = value
-            self.tick = value.message(common_pb2.FEED_MODE_FULL) if value is not None else None
-        return self.tick
+            self.quote = Quote.of(value) if value is not None else None
+        return self.quote
 
 
 class ChainWatch:
@@ -168,7 +209,7 @@ class ChainWatch:
         self.hub.detach(self, self.window.keys)
         self._instruments, self._legs = {}, {}
 
-    def tick(self, key: int) -> feed_pb2.Tick | None:
+    def quote(self, key: int) -> Quote | None:
         return self._legs[key].of(self._instruments[key].latest)
 
     def stale(self, key: int) -> bool:
@@ -188,23 +229,23 @@ class ChainWatch:
             self.detach()
 
 
-def _price(tick: feed_pb2.Tick | None) -> float:
-    return tick.last_price if tick is not None and tick.last_price > 0.0 else math.nan
+def _price(quote: Quote | None) -> float:
+    return quote.last_price if quote is not None and quote.last_price > 0.0 else math.nan
 
 
 def chain_update(
     window: Window,
-    tick: Callable[[int], feed_pb2.Tick | None],
+    quote: Callable[[int], Quote | None],
     stale: Callable[[int], bool],
     now: datetime,
     rate: float,
 ) -> feed_pb2.OptionChainUpdate:
     """The chain's message from the instruments' last values: forward, then each leg's greeks."""
     years = chain_math.years_to_expiry(now, window.expiry)
-    spot = _price(tick(window.underlying))
+    spot = _price(quote(window.underlying))
     strikes = [r.strike for r in window.rows]
-    calls = [_price(tick(r.call)) if r.call is not None else math.nan for r in window.rows]
-    puts = [_price(tick(r.put)) if r.put is not None else math.nan for r in window.rows]
+    calls = [_price(quote(r.call)) if r.call is not None else math.nan for r in window.rows]
+    puts = [_price(quote(r.put)) if r.put is not None else math.nan for r in window.rows]
     centre = spot if not math.isnan(spot) else (strikes[len(strikes) // 2] if strikes else math.nan)
     update = feed_pb2.OptionChainUpdate(
         underlying=wire_key_proto(window.underlying),
@@ -229,10 +270,10 @@ def chain_update(
         out = update.rows.add(strike_price=row.strike)
         if row.call is not None:
             call_oi += _leg(
-                out.call, row.call, tick(row.call), call_price, stale, forward, row.strike, years, rate, True
+                out.call, row.call, quote(row.call), call_price, stale, forward, row.strike, years, rate, True
             )
         if row.put is not None:
-            put_oi += _leg(out.put, row.put, tick(row.put), put_price, stale, forward, row.strike, years, rate, False)
+            put_oi += _leg(out.put, row.put, quote(row.put), put_price, stale, forward, row.strike, years, rate, False)
     update.put_call_ratio = put_oi / call_oi if call_oi else 0.0
     return update
 
@@ -240,7 +281,7 @@ def chain_update(
 def _leg(
     out: feed_pb2.ChainOption,
     key: int,
-    tick: feed_pb2.Tick | None,
+    quote: Quote | None,
     price: float,
     stale: Callable[[int], bool],
     forward: float | None,
@@ -250,18 +291,17 @@ def _leg(
     is_call: bool,
 ) -> int:
     """Fills one option's fields; returns its open interest (for the put-call ratio)."""
-    out.key.CopyFrom(tick.key if tick is not None else wire_key_proto(key))
+    out.key.CopyFrom(quote.key if quote is not None else wire_key_proto(key))
     out.stale = stale(key)
-    if tick is not None:
-        out.last_price = tick.last_price
-        if tick.previous_close:
-            out.change = tick.last_price - tick.previous_close
-        if tick.depth:
-            out.bid_price, out.ask_price = tick.depth[0].bid_price, tick.depth[0].ask_price
-        out.volume = tick.volume
-        out.open_interest = tick.open_interest
-        if tick.previous_open_interest:
-            out.open_interest_change = tick.open_interest - tick.previous_open_interest
+    if quote is not None:
+        out.last_price = quote.last_price
+        if quote.previous_close:
+            out.change = quote.last_price - quote.previous_close
+        out.bid_price, out.ask_price = quote.bid_price, quote.ask_price
+        out.volume = quote.volume
+        out.open_interest = quote.open_interest
+        if quote.previous_open_interest:
+            out.open_interest_change = quote.open_interest - quote.previous_open_interest
     if math.isnan(price):
         out.greeks_status = _NO_PRICE
     elif forward is None:

@@ -279,7 +279,7 @@ class GatewayServicer:
         clock, rate = self.chain_clock, self.chain_rate
 
         def compute() -> feed_pb2.OptionChainUpdate:
-            return chain_update(window, watch.tick, watch.stale, clock.now(), rate)
+            return chain_update(window, watch.quote, watch.stale, clock.now(), rate)
 
         async for update in watch.updates(asked.interval, compute):
             yield feed_pb2.StreamOptionChainResponse(update=update)

@@ -69,7 +69,7 @@ def _market(now: datetime, expiry: date) -> tuple[Window, list[tuple[Instrument,
             quotes.append((Instrument(key), _full(security_id, FNO, round(price, 2), 100_000 + leg), prev))
             keys.append(key)
         rows.append(Row(strike, keys[0], keys[1]))
-    return Window(underlying, expiry, tuple(rows)), quotes
+    return Window(underlying, expiry, tuple(rows), rows[STRIKES // 2].strike), quotes
 
 
 def _ours(window: Window, quotes: list[tuple[Instrument, bytes, bytes]], now: datetime) -> tuple[float, bytes]:

@@ -4,6 +4,7 @@ leaves nothing attached at the gateway once it ends."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -127,3 +128,24 @@ async def test_bad_chain_requests_are_refused(feed: FeedUnderTest) -> None:
                     raise AssertionError("a refused request streamed")
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_chain_follows_the_atm(feed: FeedUnderTest) -> None:
+    carol = await feed.subscription.user("carol")
+    feed.gateway.servicer.chain_recentre_seconds = 0.0
+    channel = grpc.aio.insecure_channel(feed.gateway.app.address)
+    async with channel:
+        stub = feed_pb2_grpc.GatewayServiceStub(channel)
+        stream = stub.StreamOptionChain(
+            feed_pb2.StreamOptionChainRequest(underlying_symbol="NIFTY", strikes_each_side=3), metadata=carol
+        )
+        first = (await stream.read()).update
+        assert first.atm_strike == first.rows[3].strike_price
+        assert feed.simulator.market is not None
+        feed.simulator.market.move("index", "NIFTY", 0.6)  # a few strikes up, inside the listed strikes
+        while True:
+            update = (await asyncio.wait_for(stream.read(), 10)).update
+            if update.atm_strike > first.atm_strike and update.rows[0].strike_price > first.rows[0].strike_price:
+                break
+        assert update.atm_strike in [r.strike_price for r in update.rows]
+        stream.cancel()

@@ -8,8 +8,10 @@ nothing; the stream recomputes at most once per interval, and only after a value
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -20,7 +22,7 @@ from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.clients import ServiceCaller
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ServiceError
 from services.common.keys import proto_wire_key, wire_key_proto
 from services.common.timestamps import timestamp
 from services.dhan.decode import ProtocolErrors, decode_packet
@@ -38,6 +40,8 @@ MAX_INTERVAL_SECONDS = 10.0
 # Indian cost of carry / discount rate, used to discount parity and to carry the spot when no
 # strike is priced on both sides.
 DEFAULT_RATE = 0.065
+# Least time between two moves of a window following the ATM.
+RECENTRE_SECONDS = 5.0
 
 _DECODE_ERRORS = ProtocolErrors()  # never counts: the hub keeps only packets of the right code and size
 _NO_PRICE = feed_pb2.GREEKS_STATUS_NO_PRICE
@@ -59,6 +63,8 @@ class Window:
     underlying: int
     expiry: date
     rows: tuple[Row, ...]
+    atm: float  # the strike the window is centred on
+    item_id: str = ""  # the caller's watchlist item holding the chain's subscriptions
 
     @property
     def keys(self) -> list[int]:
@@ -66,12 +72,13 @@ class Window:
         return [self.underlying, *legs]
 
     @classmethod
-    def of(cls, response: registry_pb2.GetOptionChainResponse) -> Window:
+    def of(cls, response: registry_pb2.GetOptionChainResponse, item_id: str = "") -> Window:
         def key(strike: registry_pb2.ChainStrike, leg: str) -> int | None:
             return proto_wire_key(getattr(strike, leg).key) if strike.HasField(leg) else None
 
         rows = tuple(Row(s.strike_price, key(s, "call"), key(s, "put")) for s in response.strikes)
-        return cls(proto_wire_key(response.underlying.key), date.fromisoformat(response.expiry_date), rows)
+        expiry = date.fromisoformat(response.expiry_date)
+        return cls(proto_wire_key(response.underlying.key), expiry, rows, response.atm_strike, item_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +123,45 @@ async def open_window(
         ),
     )
     item = added.watchlist_item
+    return await _window(request, item.item_id, item.expiry_date, item.atm_strike, caller, registry)
+
+
+async def recentred(
+    request: ChainRequest,
+    window: Window,
+    price: float,
+    caller: ServiceCaller,
+    subscription: subscription_pb2_grpc.SubscriptionServiceStub,
+    registry: registry_pb2_grpc.RegistryServiceStub,
+) -> Window:
+    """The window moved to `price`'s ATM: the watchlist item is re-centred (the subscription
+    service's hysteresis decides whether its subscriptions move), and the registry gives the
+    strikes around the new ATM."""
+    with contextlib.suppress(ServiceError):  # the item may be gone (evicted); the window still moves
+        await caller.call(
+            subscription.RecenterChain, spb.RecenterChainRequest(item_id=window.item_id, underlying_price=price)
+        )
+    return await _window(request, window.item_id, window.expiry.isoformat(), price, caller, registry)
+
+
+async def _window(
+    request: ChainRequest,
+    item_id: str,
+    expiry_date: str,
+    price: float,
+    caller: ServiceCaller,
+    registry: registry_pb2_grpc.RegistryServiceStub,
+) -> Window:
     chain = await caller.call(
         registry.GetOptionChain,
         registry_pb2.GetOptionChainRequest(
             underlying_symbol=request.symbol,
-            expiry_date=item.expiry_date,
-            underlying_price=item.atm_strike,
+            expiry_date=expiry_date,
+            underlying_price=price,
             strikes_each_side=request.strikes_each_side,
         ),
     )
-    return Window.of(chain)
+    return Window.of(chain, item_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +218,10 @@ class Leg:
 class ChainWatch:
     """A hub subscriber for one stream: any change to the chain's instruments sets `changed`."""
 
-    def __init__(self, hub: Hub, window: Window) -> None:
+    def __init__(self, hub: Hub, window: Window, recentre_seconds: float = RECENTRE_SECONDS) -> None:
         self.hub = hub
         self.window = window
+        self.recentre_seconds = recentre_seconds
         self.changed = asyncio.Event()
         self.changed.set()  # the first update goes out at once
         self._instruments: dict[int, Instrument] = {}
@@ -216,17 +253,34 @@ class ChainWatch:
         return self.hub.outage(key) is not None
 
     async def updates(
-        self, interval: float, compute: Callable[[], feed_pb2.OptionChainUpdate]
+        self,
+        interval: float,
+        compute: Callable[[Window], feed_pb2.OptionChainUpdate],
+        recentre: Callable[[Window, float], Awaitable[Window]],
     ) -> AsyncIterator[feed_pb2.OptionChainUpdate]:
+        """Updates at most once per `interval` after a change; the window follows the ATM, moved
+        at most once per recentre_seconds."""
         self.attach()
+        moved_at = time.monotonic()
         try:
             while True:
                 await self.changed.wait()
                 self.changed.clear()
-                yield compute()
+                update = compute(self.window)
+                yield update
+                atm = update.atm_strike
+                if atm and atm != self.window.atm and time.monotonic() - moved_at >= self.recentre_seconds:
+                    moved_at = time.monotonic()
+                    await self._move(await recentre(self.window, update.underlying_price))
                 await asyncio.sleep(interval)
         finally:
             self.detach()
+
+    async def _move(self, window: Window) -> None:
+        self.detach()
+        self.window = window
+        self.attach()
+        self.changed.set()
 
 
 def _price(quote: Quote | None) -> float:

@@ -20,7 +20,16 @@ from services.common.clock import Clock, WallClock
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.keys import checked_wire_key
 from services.common.timestamps import timestamp
-from services.feed.gateway.chain import DEFAULT_RATE, ChainRequest, ChainWatch, chain_update, open_window
+from services.feed.gateway.chain import (
+    DEFAULT_RATE,
+    RECENTRE_SECONDS,
+    ChainRequest,
+    ChainWatch,
+    Window,
+    chain_update,
+    open_window,
+    recentred,
+)
 from services.feed.gateway.hub import Hub
 from services.feed.gateway.market import MarketWatch, requested_segments
 from services.feed.gateway.streams import INTERACTIVE, MAX_BATCH_TICKS, MAX_DELAY_SECONDS, STREAM_TICKS, TerminalStream
@@ -74,6 +83,7 @@ class GatewayServicer:
         # Time to expiry is real time, whatever the market clock says (tests align it with the simulator's).
         self.chain_clock: Clock = WallClock()
         self.chain_rate = DEFAULT_RATE
+        self.chain_recentre_seconds = RECENTRE_SECONDS
 
     async def _states(
         self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]
@@ -274,14 +284,18 @@ class GatewayServicer:
         self, request: feed_pb2.StreamOptionChainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[feed_pb2.StreamOptionChainResponse]:
         asked = ChainRequest.of(request)
-        window = await open_window(asked, current_principal().user_id, self._caller, self._subscription, self._registry)
-        watch = ChainWatch(self._hub, window)
+        user_id = current_principal().user_id
+        stubs = (self._caller, self._subscription, self._registry)
+        watch = ChainWatch(self._hub, await open_window(asked, user_id, *stubs), self.chain_recentre_seconds)
         clock, rate = self.chain_clock, self.chain_rate
 
-        def compute() -> feed_pb2.OptionChainUpdate:
+        def compute(window: Window) -> feed_pb2.OptionChainUpdate:
             return chain_update(window, watch.quote, watch.stale, clock.now(), rate)
 
-        async for update in watch.updates(asked.interval, compute):
+        async def recentre(window: Window, price: float) -> Window:
+            return await recentred(asked, window, price, *stubs)
+
+        async for update in watch.updates(asked.interval, compute, recentre):
             yield feed_pb2.StreamOptionChainResponse(update=update)
 
 

@@ -54,6 +54,7 @@ def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) ->
         ServiceCaller("subscription", settings.service_token),
         market,
     )
+    servicer.chain_rate = settings.option_chain_rate
     app = build_app(
         [SERVICE_NAME],
         lambda server: register(servicer, server),

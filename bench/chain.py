@@ -73,8 +73,13 @@ def _market(now: datetime, expiry: date) -> tuple[Window, list[tuple[Instrument,
 
 
 def _ours(window: Window, quotes: list[tuple[Instrument, bytes, bytes]], now: datetime) -> tuple[float, bytes]:
-    values = {i.key: Value(i, 1, 0, tick, None, prev) for i, tick, prev in quotes}  # fresh: nothing decoded yet
-    legs = {k: Leg() for k in values}
+    # Fresh values of new ticks (nothing decoded yet); the previous-close packets are carried
+    # from value to value as the hub does, so each leg has decoded its own already.
+    values = {i.key: Value(i, 1, 0, tick, None, prev) for i, tick, prev in quotes}
+    legs = {}
+    for i, _, prev in quotes:
+        leg = legs[i.key] = Leg()
+        leg.of(Value(i, 0, 0, None, None, prev))
     began = time.perf_counter()
     update = chain_update(window, lambda k: legs[k].of(values[k]), lambda k: False, now, RISK_FREE_RATE)
     message = update.SerializeToString()

@@ -178,10 +178,11 @@ class Quote:
     previous_open_interest: int
 
     @classmethod
-    def of(cls, value: Value) -> Quote:
-        tick, oi, prev = _decoded(value.tick), _decoded(value.oi), _decoded(value.prev)
-        ltp = bid = ask = close = 0.0
-        volume = open_interest = prev_oi = 0
+    def of(cls, value: Value, previous: tuple[float, int]) -> Quote:
+        """`previous`: the previous close and OI, decoded apart (they change once a day)."""
+        tick, oi = _decoded(value.tick), _decoded(value.oi)
+        ltp = bid = ask = 0.0
+        volume = open_interest = 0
         if isinstance(tick, (TickerPacket, QuotePacket, FullPacket)):
             scale = SCALES[tick.segment]
             ltp = rounded(tick.ltp, scale)
@@ -192,9 +193,14 @@ class Quote:
                 bid, ask = rounded(tick.bid_price_1, scale), rounded(tick.ask_price_1, scale)
         if isinstance(oi, OIPacket):
             open_interest = oi.oi
-        if isinstance(prev, PrevClosePacket):
-            close, prev_oi = rounded(prev.prev_close, SCALES[prev.segment]), prev.prev_oi
-        return cls(value.instrument.key_proto, ltp, close, bid, ask, volume, open_interest, prev_oi)
+        return cls(value.instrument.key_proto, ltp, previous[0], bid, ask, volume, open_interest, previous[1])
+
+
+def _previous(packet: bytes | None) -> tuple[float, int]:
+    prev = _decoded(packet)
+    if isinstance(prev, PrevClosePacket):
+        return rounded(prev.prev_close, SCALES[prev.segment]), prev.prev_oi
+    return 0.0, 0
 
 
 def _decoded(packet: bytes | None) -> Packet | None:
@@ -203,15 +209,20 @@ def _decoded(packet: bytes | None) -> Packet | None:
 
 @dataclass(slots=True)
 class Leg:
-    """One instrument's Quote, decoded once per value."""
+    """One instrument's Quote, decoded once per value (its previous-close packet, carried from
+    value to value, once per packet)."""
 
     value: Value | None = None
     quote: Quote | None = None
+    prev: bytes | None = None
+    previous: tuple[float, int] = (0.0, 0)
 
     def of(self, value: Value | None) -> Quote | None:
         if value is not self.value:
             self.value = value
-            self.quote = Quote.of(value) if value is not None else None
+            if value is not None and value.prev is not self.prev:
+                self.prev, self.previous = value.prev, _previous(value.prev)
+            self.quote = Quote.of(value, self.previous) if value is not None else None
         return self.quote
 
 

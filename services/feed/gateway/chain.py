@@ -282,7 +282,8 @@ class ChainWatch:
                 atm = update.atm_strike
                 if atm and atm != self.window.atm and time.monotonic() - moved_at >= self.recentre_seconds:
                     moved_at = time.monotonic()
-                    await self._move(await recentre(self.window, update.underlying_price))
+                    with contextlib.suppress(ServiceError):  # the registry is away: keep the window, try later
+                        await self._move(await recentre(self.window, update.underlying_price))
                 await asyncio.sleep(interval)
         finally:
             self.detach()

@@ -101,10 +101,12 @@ async def running_feed(
     simulator: dict[str, Any] | None = None,
     clock: Clock | None = None,
     subscription: dict[str, Any] | None = None,
+    simulator_clock: Callable[[], float] | None = None,
     **settings: Any,
 ) -> AsyncIterator[FeedUnderTest]:
     """`clock`, when given, is the gateway's market clock (the shards keep streaming at any hour);
     `subscription`: running_subscription's arguments (its budget, its prices) over the defaults;
+    `simulator_clock`: the simulator's clock (UTC epoch seconds; its prices' time to expiry);
     `settings`: the shards' settings over SHARD_TEST_SETTINGS."""
     async with running_subscription(
         conninfo,
@@ -120,7 +122,8 @@ async def running_feed(
                 seed=1,
                 ticks_per_second=20.0,
                 **(simulator or {}),
-            )
+            ),
+            clock=simulator_clock or time.time,
         )
         ws_port, _ = await sim.start()
         try:

@@ -48,7 +48,15 @@ USER_RPCS = (
         "GetMasterStatus",
     )
     | _methods(_SCHEDULER, "ListJobs", "ListJobRuns")
-    | _methods(_GATEWAY, "StreamTicks", "InteractiveStreamTicks", "GetSnapshot", "GetShardStatus", "GetMarketState")
+    | _methods(
+        _GATEWAY,
+        "StreamTicks",
+        "InteractiveStreamTicks",
+        "GetSnapshot",
+        "GetShardStatus",
+        "GetMarketState",
+        "StreamOptionChain",
+    )
 )
 
 # Admin or service only.

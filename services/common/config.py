@@ -134,6 +134,9 @@ class Settings:
     tls_ca_file: Path | None = None
     rate_limit_per_second: float = 5.0
     rate_limit_burst: int = 30
+    # Option chain (issue 16 §1): the discount rate (annual, continuously compounded) that
+    # discounts put-call parity and carries the spot when no strike is priced on both sides.
+    option_chain_rate: float = 0.065
 
     @property
     def dhan_credentials(self) -> bool:
@@ -262,6 +265,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, grpc_port: int = 0) -
         # Token rotation
         feed_token_file_poll_seconds=_float(env, "FEED_TOKEN_FILE_POLL_SECONDS", 5.0, 0.05, 3600.0),
         **_security_settings(env),
+        # Option chain
+        option_chain_rate=_float(env, "OPTION_CHAIN_RATE", 0.065, -0.1, 1.0),
     )
     if "TIER_B_PLAN_FILE" in env and not settings.tier_b_plan_file.is_file():
         raise ConfigError(f"TIER_B_PLAN_FILE={settings.tier_b_plan_file} is not a file (the Tier B plan, TOML)")

@@ -31,6 +31,7 @@ class Gateway:
     hub: Hub
     terminals: Terminals
     market: MarketWatch
+    servicer: GatewayServicer
 
 
 def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) -> Gateway:
@@ -53,6 +54,7 @@ def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) ->
         ServiceCaller("subscription", settings.service_token),
         market,
     )
+    servicer.chain_rate = settings.option_chain_rate
     app = build_app(
         [SERVICE_NAME],
         lambda server: register(servicer, server),
@@ -72,7 +74,7 @@ def create_server(settings: Settings, pool: Pool, clock: Clock | None = None) ->
     app.before_serving.append(start_background)
     app.on_drain.append(lambda: terminals.drain(settings.gateway_drain_seconds))
     app.on_stop.extend((hub.close, subscription_channel.close, registry_channel.close))
-    return Gateway(app, hub, terminals, market)
+    return Gateway(app, hub, terminals, market, servicer)
 
 
 def serve() -> None:

@@ -16,9 +16,20 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 
 from services.common.auth import current_principal, principal_var
 from services.common.clients import ServiceCaller
+from services.common.clock import Clock, WallClock
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.keys import checked_wire_key
 from services.common.timestamps import timestamp
+from services.feed.gateway.chain import (
+    DEFAULT_RATE,
+    RECENTRE_SECONDS,
+    ChainRequest,
+    ChainWatch,
+    Window,
+    chain_update,
+    open_window,
+    recentred,
+)
 from services.feed.gateway.hub import Hub
 from services.feed.gateway.market import MarketWatch, requested_segments
 from services.feed.gateway.streams import INTERACTIVE, MAX_BATCH_TICKS, MAX_DELAY_SECONDS, STREAM_TICKS, TerminalStream
@@ -69,6 +80,10 @@ class GatewayServicer:
         self._subscription = subscription
         self._registry = registry
         self._caller = caller
+        # Time to expiry is real time, whatever the market clock says (tests align it with the simulator's).
+        self.chain_clock: Clock = WallClock()
+        self.chain_rate = DEFAULT_RATE
+        self.chain_recentre_seconds = RECENTRE_SECONDS
 
     async def _states(
         self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]
@@ -265,6 +280,24 @@ class GatewayServicer:
         as_of, states = self._market.states_now(segments)
         return feed_pb2.GetMarketStateResponse(segments=[s.message() for s in states], as_of=timestamp(as_of))
 
+    async def StreamOptionChain(
+        self, request: feed_pb2.StreamOptionChainRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[feed_pb2.StreamOptionChainResponse]:
+        asked = ChainRequest.of(request)
+        user_id = current_principal().user_id
+        stubs = (self._caller, self._subscription, self._registry)
+        watch = ChainWatch(self._hub, await open_window(asked, user_id, *stubs), self.chain_recentre_seconds)
+        clock, rate = self.chain_clock, self.chain_rate
+
+        def compute(window: Window) -> feed_pb2.OptionChainUpdate:
+            return chain_update(window, watch.quote, watch.stale, clock.now(), rate)
+
+        async def recentre(window: Window, price: float) -> Window:
+            return await recentred(asked, window, price, *stubs)
+
+        async for update in watch.updates(asked.interval, compute, recentre):
+            yield feed_pb2.StreamOptionChainResponse(update=update)
+
 
 def _serialize(message: Any) -> bytes:
     """Stream responses may be pre-serialised bytes (tick batches) or messages."""
@@ -299,6 +332,11 @@ def register(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
             servicer.GetMarketState,
             request_deserializer=feed_pb2.GetMarketStateRequest.FromString,
             response_serializer=feed_pb2.GetMarketStateResponse.SerializeToString,
+        ),
+        "StreamOptionChain": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamOptionChain,
+            request_deserializer=feed_pb2.StreamOptionChainRequest.FromString,
+            response_serializer=feed_pb2.StreamOptionChainResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -68,6 +68,20 @@ class ConnectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONNECTION_STATE_CONNECTED: _ClassVar[ConnectionState]
     CONNECTION_STATE_BACKING_OFF: _ClassVar[ConnectionState]
     CONNECTION_STATE_STOPPED: _ClassVar[ConnectionState]
+
+class GreeksStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GREEKS_STATUS_UNSPECIFIED: _ClassVar[GreeksStatus]
+    GREEKS_STATUS_COMPUTED: _ClassVar[GreeksStatus]
+    GREEKS_STATUS_NO_PRICE: _ClassVar[GreeksStatus]
+    GREEKS_STATUS_NO_IMPLIED_VOLATILITY: _ClassVar[GreeksStatus]
+    GREEKS_STATUS_NO_FORWARD: _ClassVar[GreeksStatus]
+
+class ForwardSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FORWARD_SOURCE_UNSPECIFIED: _ClassVar[ForwardSource]
+    FORWARD_SOURCE_PUT_CALL_PARITY: _ClassVar[ForwardSource]
+    FORWARD_SOURCE_SPOT_CARRY: _ClassVar[ForwardSource]
 TICK_PART_UNSPECIFIED: TickPart
 TICK_PART_TICKER: TickPart
 TICK_PART_QUOTE: TickPart
@@ -103,6 +117,14 @@ CONNECTION_STATE_CONNECTING: ConnectionState
 CONNECTION_STATE_CONNECTED: ConnectionState
 CONNECTION_STATE_BACKING_OFF: ConnectionState
 CONNECTION_STATE_STOPPED: ConnectionState
+GREEKS_STATUS_UNSPECIFIED: GreeksStatus
+GREEKS_STATUS_COMPUTED: GreeksStatus
+GREEKS_STATUS_NO_PRICE: GreeksStatus
+GREEKS_STATUS_NO_IMPLIED_VOLATILITY: GreeksStatus
+GREEKS_STATUS_NO_FORWARD: GreeksStatus
+FORWARD_SOURCE_UNSPECIFIED: ForwardSource
+FORWARD_SOURCE_PUT_CALL_PARITY: ForwardSource
+FORWARD_SOURCE_SPOT_CARRY: ForwardSource
 
 class DepthLevel(_message.Message):
     __slots__ = ("bid_price", "bid_quantity", "bid_orders", "ask_price", "ask_quantity", "ask_orders")
@@ -481,3 +503,91 @@ class GetShardStatusResponse(_message.Message):
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
     def __init__(self, shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ...) -> None: ...
+
+class StreamOptionChainRequest(_message.Message):
+    __slots__ = ("underlying_symbol", "expiry_date", "strikes_each_side", "update_interval")
+    UNDERLYING_SYMBOL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRY_DATE_FIELD_NUMBER: _ClassVar[int]
+    STRIKES_EACH_SIDE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    underlying_symbol: str
+    expiry_date: str
+    strikes_each_side: int
+    update_interval: _duration_pb2.Duration
+    def __init__(self, underlying_symbol: _Optional[str] = ..., expiry_date: _Optional[str] = ..., strikes_each_side: _Optional[int] = ..., update_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ChainOption(_message.Message):
+    __slots__ = ("key", "last_price", "change", "bid_price", "ask_price", "volume", "open_interest", "open_interest_change", "greeks_status", "implied_volatility", "delta", "gamma", "theta", "vega", "stale")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    BID_PRICE_FIELD_NUMBER: _ClassVar[int]
+    ASK_PRICE_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    OPEN_INTEREST_FIELD_NUMBER: _ClassVar[int]
+    OPEN_INTEREST_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    GREEKS_STATUS_FIELD_NUMBER: _ClassVar[int]
+    IMPLIED_VOLATILITY_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    THETA_FIELD_NUMBER: _ClassVar[int]
+    VEGA_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    key: _common_pb2.InstrumentKey
+    last_price: float
+    change: float
+    bid_price: float
+    ask_price: float
+    volume: int
+    open_interest: int
+    open_interest_change: int
+    greeks_status: GreeksStatus
+    implied_volatility: float
+    delta: float
+    gamma: float
+    theta: float
+    vega: float
+    stale: bool
+    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., last_price: _Optional[float] = ..., change: _Optional[float] = ..., bid_price: _Optional[float] = ..., ask_price: _Optional[float] = ..., volume: _Optional[int] = ..., open_interest: _Optional[int] = ..., open_interest_change: _Optional[int] = ..., greeks_status: _Optional[_Union[GreeksStatus, str]] = ..., implied_volatility: _Optional[float] = ..., delta: _Optional[float] = ..., gamma: _Optional[float] = ..., theta: _Optional[float] = ..., vega: _Optional[float] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class OptionChainRow(_message.Message):
+    __slots__ = ("strike_price", "call", "put")
+    STRIKE_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    strike_price: float
+    call: ChainOption
+    put: ChainOption
+    def __init__(self, strike_price: _Optional[float] = ..., call: _Optional[_Union[ChainOption, _Mapping]] = ..., put: _Optional[_Union[ChainOption, _Mapping]] = ...) -> None: ...
+
+class OptionChainUpdate(_message.Message):
+    __slots__ = ("underlying", "expiry_date", "underlying_price", "atm_strike", "put_call_ratio", "forward_price", "forward_source", "years_to_expiry", "rate", "rows", "as_of")
+    UNDERLYING_FIELD_NUMBER: _ClassVar[int]
+    EXPIRY_DATE_FIELD_NUMBER: _ClassVar[int]
+    UNDERLYING_PRICE_FIELD_NUMBER: _ClassVar[int]
+    ATM_STRIKE_FIELD_NUMBER: _ClassVar[int]
+    PUT_CALL_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_PRICE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    YEARS_TO_EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    underlying: _common_pb2.InstrumentKey
+    expiry_date: str
+    underlying_price: float
+    atm_strike: float
+    put_call_ratio: float
+    forward_price: float
+    forward_source: ForwardSource
+    years_to_expiry: float
+    rate: float
+    rows: _containers.RepeatedCompositeFieldContainer[OptionChainRow]
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, underlying: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., expiry_date: _Optional[str] = ..., underlying_price: _Optional[float] = ..., atm_strike: _Optional[float] = ..., put_call_ratio: _Optional[float] = ..., forward_price: _Optional[float] = ..., forward_source: _Optional[_Union[ForwardSource, str]] = ..., years_to_expiry: _Optional[float] = ..., rate: _Optional[float] = ..., rows: _Optional[_Iterable[_Union[OptionChainRow, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StreamOptionChainResponse(_message.Message):
+    __slots__ = ("update",)
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    update: OptionChainUpdate
+    def __init__(self, update: _Optional[_Union[OptionChainUpdate, _Mapping]] = ...) -> None: ...

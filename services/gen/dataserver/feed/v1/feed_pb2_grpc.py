@@ -65,6 +65,11 @@ class GatewayServiceStub:
                 request_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateRequest.SerializeToString,
                 response_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateResponse.FromString,
                 _registered_method=True)
+        self.StreamOptionChain = channel.unary_stream(
+                '/dataserver.feed.v1.GatewayService/StreamOptionChain',
+                request_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.StreamOptionChainRequest.SerializeToString,
+                response_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.StreamOptionChainResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -116,6 +121,16 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamOptionChain(self, request, context):
+        """Streams a live option chain of one underlying and expiry, with Black-76 implied
+        volatility and greeks computed on the server. The chain's instruments are added to the
+        caller's watchlist (its budget, quota and eviction apply); an update is sent at most
+        once per update_interval, and only when a value changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +158,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetMarketState,
                     request_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateRequest.FromString,
                     response_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateResponse.SerializeToString,
+            ),
+            'StreamOptionChain': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamOptionChain,
+                    request_deserializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.StreamOptionChainRequest.FromString,
+                    response_serializer=dataserver_dot_feed_dot_v1_dot_feed__pb2.StreamOptionChainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -286,6 +306,33 @@ class GatewayService:
             '/dataserver.feed.v1.GatewayService/GetMarketState',
             dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateRequest.SerializeToString,
             dataserver_dot_feed_dot_v1_dot_feed__pb2.GetMarketStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamOptionChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dataserver.feed.v1.GatewayService/StreamOptionChain',
+            dataserver_dot_feed_dot_v1_dot_feed__pb2.StreamOptionChainRequest.SerializeToString,
+            dataserver_dot_feed_dot_v1_dot_feed__pb2.StreamOptionChainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,15 +1,19 @@
 """The option chain view's data: a source that says what the chain of an underlying is and
-prices it. Today the registry gives the strikes and the watchlist stream the ticks (no IV
-or greeks: shown as "—"); a source over the gateway's StreamOptionChain can replace it
-behind the same `ChainSource` interface.
+prices it. The gateway's StreamOptionChain (IV and greeks computed on the server) is the
+source the app uses; the registry's strikes priced from the watchlist stream's ticks (no IV:
+shown as "—") is the fallback for a gateway without it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import grpc
 from dataserver.common.v1 import common_pb2
+from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
@@ -143,3 +147,67 @@ class RegistryChainSource:
 
     def view(self) -> ChainView | None:
         return chain_view(self._chain, self._model) if self._chain is not None else None
+
+
+def gateway_leg(option: feed_pb2.ChainOption | None) -> Leg | None:
+    if option is None:
+        return None
+    computed = option.greeks_status == feed_pb2.GREEKS_STATUS_COMPUTED
+    return Leg(
+        ltp=option.last_price or None,
+        change=option.change if option.last_price else None,
+        bid=option.bid_price or None,
+        ask=option.ask_price or None,
+        volume=option.volume,
+        open_interest=option.open_interest,
+        implied_volatility=option.implied_volatility if computed else None,
+        delta=option.delta if computed else None,
+        stale=option.stale,
+    )
+
+
+def gateway_view(symbol: str, update: feed_pb2.OptionChainUpdate) -> ChainView:
+    """The server's chain update as the view shows it (IV and delta computed by the gateway)."""
+    rows = [
+        ChainRow(
+            strike=row.strike_price,
+            call=gateway_leg(row.call if row.HasField("call") else None),
+            put=gateway_leg(row.put if row.HasField("put") else None),
+            atm=row.strike_price == update.atm_strike,
+        )
+        for row in update.rows
+    ]
+    return ChainView(symbol, update.expiry_date, update.underlying_price or None, update.atm_strike, rows)
+
+
+class GatewayChainSource:
+    """The gateway's StreamOptionChain: the server subscribes the chain as the caller's
+    watchlist item, follows the ATM and sends IV and greeks at its cadence."""
+
+    def __init__(self, gateway: feed_pb2_grpc.GatewayServiceStub, metadata: Metadata) -> None:
+        self._gateway = gateway
+        self._metadata = metadata
+        self._symbol = ""
+        self._latest: feed_pb2.OptionChainUpdate | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def open(self, symbol: str) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        call = self._gateway.StreamOptionChain(
+            feed_pb2.StreamOptionChainRequest(underlying_symbol=symbol, strikes_each_side=STRIKES_EACH_SIDE),
+            metadata=self._metadata,
+        )
+        first = await call.read()  # the first update, or the refusal as an error
+        if not isinstance(first, feed_pb2.StreamOptionChainResponse):
+            raise RuntimeError(f"the gateway ended the option chain of {symbol}")
+        self._symbol, self._latest = symbol.upper(), first.update
+        self._reader = asyncio.create_task(self._follow(call))
+
+    async def _follow(self, call: Any) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while isinstance(message := await call.read(), feed_pb2.StreamOptionChainResponse):
+                self._latest = message.update
+
+    def view(self) -> ChainView | None:
+        return gateway_view(self._symbol, self._latest) if self._latest is not None else None

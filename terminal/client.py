@@ -12,7 +12,7 @@ from dataserver.registry.v1 import registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
-from terminal.chain import RegistryChainSource
+from terminal.chain import GatewayChainSource
 from terminal.model import TerminalModel
 
 RETRY_FIRST_SECONDS = 0.5
@@ -33,8 +33,8 @@ class Connection:
         self.subscription = subscription_pb2_grpc.SubscriptionServiceStub(self._channels[1])
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channels[2])
 
-    def chain_source(self, model: TerminalModel) -> RegistryChainSource:
-        return RegistryChainSource(model, self.registry, self.subscription, self.metadata)
+    def chain_source(self, model: TerminalModel) -> GatewayChainSource:
+        return GatewayChainSource(self.gateway, self.metadata)
 
     async def items(self) -> list[spb.WatchlistItem]:
         items: list[spb.WatchlistItem] = []

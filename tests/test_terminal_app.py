@@ -181,7 +181,7 @@ async def test_option_chain_view_switched_with_a_key_shows_ce_strike_pe_and_the_
         assert str(atm[middle]) == "24100"
         assert str(atm[middle - 2]) == "120.00"  # CE LTP left of the strike
         assert str(atm[middle + 2]) == "90.00"  # PE LTP right of it
-        assert str(atm[3]) == "—"  # CE IV: the chain RPC is not used yet
+        assert str(atm[3]) == "—"  # CE IV: the registry source has none (the gateway source computes it)
         assert "reverse" in str(atm[middle].style)  # the ATM row is highlighted
         assert "reverse" not in str(getattr(table.get_row("24000")[middle], "style", ""))
         await pilot.press("w")
@@ -224,7 +224,7 @@ async def test_against_a_live_gateway_shows_a_watchlist_row_with_a_live_price(li
             await pilot.press("a")
             await pilot.press(*"sbin", "enter")
             await eventually(lambda: {i.symbol for i in model.items.values()} >= {"RELIANCE", "SBIN"}, timeout=20)
-            # The option chain of an underlying typed in: its legs priced by the live stream.
+            # The option chain of an underlying typed in, from the gateway's StreamOptionChain.
             await pilot.press("c", *"sbin", "enter")
             chain = app.query_one("#chain", DataTable)
 

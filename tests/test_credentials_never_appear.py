@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, TypeVar
 
 import grpc
@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from services.common.clock import clock_from_settings, trading_date_of
 from services.common.config import load_settings
 from services.stack.__main__ import plan
-from tests.stack_fixtures import free_offset
+from tests.stack_fixtures import free_offset, until
 
 OFFSET = free_offset(3600)
 SIMULATOR_PORT = 8765 + OFFSET + 10  # beside the stack's own ports
@@ -33,17 +33,6 @@ TOKENS = {"alpha": "TOKALPHAold7f3e9", "beta": "TOKBETAold9c1d2"}
 NEW_TOKEN = "TOKALPHAnew55aa1"
 SECRETS = (*CLIENT_IDS.values(), *TOKENS.values(), NEW_TOKEN)
 T = TypeVar("T")
-
-
-def _until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _drain(stream: IO[str], into: list[str]) -> None:
@@ -117,7 +106,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
             env,
         )
         stack = processes.start([sys.executable, "-m", "services.stack"], env)
-        _until(
+        until(
             lambda: any("Ctrl-C stops everything" in line for line in processes.lines) or stack.poll() is not None,
             150,
             "the stack's banner",
@@ -151,14 +140,14 @@ def test_no_credential_appears_in_logs_metrics_or_status(stack: Processes) -> No
         subscription = subscription_pb2_grpc.SubscriptionServiceStub(subscription_channel)
         gateway = feed_pb2_grpc.GatewayServiceStub(gateway_channel)
         connected = feed_pb2.CONNECTION_STATE_CONNECTED
-        _until(lambda: all(s.connection_state == connected for s in _shards(gateway)), 60, "both shards connected")
+        until(lambda: all(s.connection_state == connected for s in _shards(gateway)), 60, "both shards connected")
         rotated = subscription.RotateAccessToken(
             subscription_pb2.RotateAccessTokenRequest(account_id="alpha", access_token=NEW_TOKEN), timeout=10
         )
         assert rotated.credentials_version == 1
         # Shard 0 (alpha's) reconnects with the new token.
-        _until(lambda: any("access token replaced" in line for line in stack.lines), 30, "the shard to take the token")
-        _until(
+        until(lambda: any("access token replaced" in line for line in stack.lines), 30, "the shard to take the token")
+        until(
             lambda: (
                 all(s.connection_state == connected for s in _shards(gateway)) and _shards(gateway)[0].reconnect_count
             ),

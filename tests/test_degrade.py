@@ -39,7 +39,7 @@ from tests.feed_fixtures import FeedUnderTest, eventually, gateway_settings, run
 from tests.registry_fixtures import bearer, running_registry
 from tests.subscription_fixtures import running_subscription
 from tests.test_subscription_capacity import add
-from tests.test_subscription_replicas import CONNECTIONS, PER_CONNECTION, SYMBOLS, check_invariants
+from tests.test_subscription_replicas import SYMBOLS, check_invariants, process_env
 
 PAUSED = feed_pb2.WATCHLIST_FOLLOWING_STATE_PAUSED
 RESUMED = feed_pb2.WATCHLIST_FOLLOWING_STATE_RESUMED
@@ -312,18 +312,7 @@ async def test_adds_during_a_kill_9_either_commit_or_fail_unavailable_and_retrie
     async with running_registry(database_url, masters_dir) as registry:
         pool = await open_pool(database_url, max_size=4)
         token = await create_api_key(pool, "service", "service")
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "AUTH_MODE": "api_key",
-            "SERVICE_TOKEN": token,
-            "REGISTRY_ADDR": registry.address,
-            "GATEWAY_ADDR": "127.0.0.1:1",
-            "GRPC_PORT": "0",
-            "LOG_LEVEL": "INFO",  # the "started" line carries the port
-            "FEED_CONNECTIONS": str(CONNECTIONS),
-            "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
-        }
+        env = process_env(database_url, token, registry.address)
         users = [(f"user{n}", SYMBOLS[n % len(SYMBOLS)]) for n in range(ADDS)]
         keys = {user: bearer(await create_api_key(pool, user, "user")) for user, _ in users}
         (process, channel), stub = await _subscription_process(env, tmp_path / "first.log")

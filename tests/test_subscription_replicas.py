@@ -25,23 +25,28 @@ SYMBOLS = ("RELIANCE", "SBIN", "INFY", "TCS", "HDFCBANK", "NIFTY", "BANKNIFTY", 
 ALLOWED = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
 
 
+def process_env(database_url: str, service_token: str, registry_address: str) -> dict[str, str]:
+    """The environment of a subscription service run as its own process (`python -m`)."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "AUTH_MODE": "api_key",
+        "SERVICE_TOKEN": service_token,
+        "REGISTRY_ADDR": registry_address,
+        "GATEWAY_ADDR": "127.0.0.1:1",
+        "GRPC_PORT": "0",
+        "LOG_LEVEL": "INFO",  # the "started" line carries the port
+        "FEED_CONNECTIONS": str(CONNECTIONS),
+        "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
+    }
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def replicas(database_url: str, masters_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[list[str], str, Pool]]:
     async with running_registry(database_url, masters_dir) as registry:
         pool = await open_pool(database_url, max_size=4)
         token = await create_api_key(pool, "service", "service")
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "AUTH_MODE": "api_key",
-            "SERVICE_TOKEN": token,
-            "REGISTRY_ADDR": registry.address,
-            "GATEWAY_ADDR": "127.0.0.1:1",
-            "GRPC_PORT": "0",
-            "LOG_LEVEL": "INFO",  # the "started" line carries the port
-            "FEED_CONNECTIONS": str(CONNECTIONS),
-            "FEED_INSTRUMENTS_PER_CONNECTION": str(PER_CONNECTION),
-        }
+        env = process_env(database_url, token, registry.address)
         started = [
             await start_logged_service("services.subscription", env, tmp_path / f"replica-{n}.log") for n in range(2)
         ]

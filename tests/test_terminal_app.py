@@ -19,10 +19,9 @@ from textual.widgets import DataTable, Static
 from services.common.config import load_settings
 from services.stack.__main__ import banner, plan
 from services.stack.keys import DevelopmentKeys
-from terminal.__main__ import parse
+from terminal.__main__ import build, parse
 from terminal.app import TerminalApp
 from terminal.chain import ChainView, chain_view
-from terminal.client import Connection
 from terminal.model import TerminalModel
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
 from tests.test_subscription_capacity import add
@@ -198,15 +197,9 @@ async def test_against_a_live_gateway_shows_a_watchlist_row_with_a_live_price(li
     await add(live.subscription, "trader", "RELIANCE", underlying_only=True)
     token = dict(await live.subscription.user("trader"))["authorization"].removeprefix("Bearer ")
     registry = live.subscription.settings.registry_addr
-    connection = Connection(live.gateway.app.address, live.subscription.address, registry, token)
-    model = TerminalModel()
-    app = TerminalApp(
-        model,
-        follow=connection.follow,
-        add=connection.add,
-        remove=connection.remove,
-        chain=connection.chain_source(model),
-    )
+    args = ["--gateway", live.gateway.app.address, "--subscription", live.subscription.address]
+    app, connection = build(parse([*args, "--registry", registry, "--token", token]))
+    model = app.model
     started = time.monotonic()
     try:
         async with app.run_test() as pilot:

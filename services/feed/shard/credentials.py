@@ -91,16 +91,19 @@ class ShardCredentials:
 
     # -- following the service --------------------------------------------------------------
 
+    async def _fetch(self) -> subscription_pb2.GetAccountCredentialsResponse:
+        return await self._stub.GetAccountCredentials(
+            subscription_pb2.GetAccountCredentialsRequest(account_id=self.account_id),
+            metadata=self._caller.metadata(),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+
     async def load(self) -> None:
         """At start-up: the database's token when the account was rotated there, unless the
         token file changed after that rotation (then the file's is pushed as the new one).
         Best effort: without the service the configuration's token is used."""
         try:
-            current = await self._stub.GetAccountCredentials(
-                subscription_pb2.GetAccountCredentialsRequest(account_id=self.account_id),
-                metadata=self._caller.metadata(),
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
+            current = await self._fetch()
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:  # the service may start after the shard
                 log.info(
@@ -123,11 +126,7 @@ class ShardCredentials:
         if version <= self.version:
             return
         try:
-            current = await self._stub.GetAccountCredentials(
-                subscription_pb2.GetAccountCredentialsRequest(account_id=self.account_id),
-                metadata=self._caller.metadata(),
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
+            current = await self._fetch()
         except grpc.aio.AioRpcError as error:
             log.warning(
                 "cannot read the account's rotated token; retrying with the next report",

@@ -82,6 +82,7 @@ class ForwardSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FORWARD_SOURCE_UNSPECIFIED: _ClassVar[ForwardSource]
     FORWARD_SOURCE_PUT_CALL_PARITY: _ClassVar[ForwardSource]
     FORWARD_SOURCE_SPOT_CARRY: _ClassVar[ForwardSource]
+    FORWARD_SOURCE_LISTED_FUTURE: _ClassVar[ForwardSource]
 TICK_PART_UNSPECIFIED: TickPart
 TICK_PART_TICKER: TickPart
 TICK_PART_QUOTE: TickPart
@@ -125,6 +126,7 @@ GREEKS_STATUS_NO_FORWARD: GreeksStatus
 FORWARD_SOURCE_UNSPECIFIED: ForwardSource
 FORWARD_SOURCE_PUT_CALL_PARITY: ForwardSource
 FORWARD_SOURCE_SPOT_CARRY: ForwardSource
+FORWARD_SOURCE_LISTED_FUTURE: ForwardSource
 
 class DepthLevel(_message.Message):
     __slots__ = ("bid_price", "bid_quantity", "bid_orders", "ask_price", "ask_quantity", "ask_orders")
@@ -517,7 +519,7 @@ class StreamOptionChainRequest(_message.Message):
     def __init__(self, underlying_symbol: _Optional[str] = ..., expiry_date: _Optional[str] = ..., strikes_each_side: _Optional[int] = ..., update_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ChainOption(_message.Message):
-    __slots__ = ("key", "last_price", "change", "bid_price", "ask_price", "volume", "open_interest", "open_interest_change", "greeks_status", "implied_volatility", "delta", "gamma", "theta", "vega", "stale")
+    __slots__ = ("key", "last_price", "change", "bid_price", "ask_price", "volume", "open_interest", "open_interest_change", "greeks_status", "implied_volatility", "delta", "gamma", "theta", "vega", "stale", "stale_reason")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LAST_PRICE_FIELD_NUMBER: _ClassVar[int]
     CHANGE_FIELD_NUMBER: _ClassVar[int]
@@ -533,6 +535,7 @@ class ChainOption(_message.Message):
     THETA_FIELD_NUMBER: _ClassVar[int]
     VEGA_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    STALE_REASON_FIELD_NUMBER: _ClassVar[int]
     key: _common_pb2.InstrumentKey
     last_price: float
     change: float
@@ -548,7 +551,8 @@ class ChainOption(_message.Message):
     theta: float
     vega: float
     stale: bool
-    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., last_price: _Optional[float] = ..., change: _Optional[float] = ..., bid_price: _Optional[float] = ..., ask_price: _Optional[float] = ..., volume: _Optional[int] = ..., open_interest: _Optional[int] = ..., open_interest_change: _Optional[int] = ..., greeks_status: _Optional[_Union[GreeksStatus, str]] = ..., implied_volatility: _Optional[float] = ..., delta: _Optional[float] = ..., gamma: _Optional[float] = ..., theta: _Optional[float] = ..., vega: _Optional[float] = ..., stale: _Optional[bool] = ...) -> None: ...
+    stale_reason: str
+    def __init__(self, key: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., last_price: _Optional[float] = ..., change: _Optional[float] = ..., bid_price: _Optional[float] = ..., ask_price: _Optional[float] = ..., volume: _Optional[int] = ..., open_interest: _Optional[int] = ..., open_interest_change: _Optional[int] = ..., greeks_status: _Optional[_Union[GreeksStatus, str]] = ..., implied_volatility: _Optional[float] = ..., delta: _Optional[float] = ..., gamma: _Optional[float] = ..., theta: _Optional[float] = ..., vega: _Optional[float] = ..., stale: _Optional[bool] = ..., stale_reason: _Optional[str] = ...) -> None: ...
 
 class OptionChainRow(_message.Message):
     __slots__ = ("strike_price", "call", "put")
@@ -561,7 +565,7 @@ class OptionChainRow(_message.Message):
     def __init__(self, strike_price: _Optional[float] = ..., call: _Optional[_Union[ChainOption, _Mapping]] = ..., put: _Optional[_Union[ChainOption, _Mapping]] = ...) -> None: ...
 
 class OptionChainUpdate(_message.Message):
-    __slots__ = ("underlying", "expiry_date", "underlying_price", "atm_strike", "put_call_ratio", "forward_price", "forward_source", "years_to_expiry", "rate", "rows", "as_of")
+    __slots__ = ("underlying", "expiry_date", "underlying_price", "atm_strike", "put_call_ratio", "forward_price", "forward_source", "years_to_expiry", "rate", "rows", "as_of", "future")
     UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     EXPIRY_DATE_FIELD_NUMBER: _ClassVar[int]
     UNDERLYING_PRICE_FIELD_NUMBER: _ClassVar[int]
@@ -573,6 +577,7 @@ class OptionChainUpdate(_message.Message):
     RATE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
+    FUTURE_FIELD_NUMBER: _ClassVar[int]
     underlying: _common_pb2.InstrumentKey
     expiry_date: str
     underlying_price: float
@@ -584,7 +589,8 @@ class OptionChainUpdate(_message.Message):
     rate: float
     rows: _containers.RepeatedCompositeFieldContainer[OptionChainRow]
     as_of: _timestamp_pb2.Timestamp
-    def __init__(self, underlying: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., expiry_date: _Optional[str] = ..., underlying_price: _Optional[float] = ..., atm_strike: _Optional[float] = ..., put_call_ratio: _Optional[float] = ..., forward_price: _Optional[float] = ..., forward_source: _Optional[_Union[ForwardSource, str]] = ..., years_to_expiry: _Optional[float] = ..., rate: _Optional[float] = ..., rows: _Optional[_Iterable[_Union[OptionChainRow, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    future: _common_pb2.InstrumentKey
+    def __init__(self, underlying: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ..., expiry_date: _Optional[str] = ..., underlying_price: _Optional[float] = ..., atm_strike: _Optional[float] = ..., put_call_ratio: _Optional[float] = ..., forward_price: _Optional[float] = ..., forward_source: _Optional[_Union[ForwardSource, str]] = ..., years_to_expiry: _Optional[float] = ..., rate: _Optional[float] = ..., rows: _Optional[_Iterable[_Union[OptionChainRow, _Mapping]]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., future: _Optional[_Union[_common_pb2.InstrumentKey, _Mapping]] = ...) -> None: ...
 
 class StreamOptionChainResponse(_message.Message):
     __slots__ = ("update",)

@@ -151,7 +151,7 @@ class ChainStrike(_message.Message):
     def __init__(self, strike_price: _Optional[float] = ..., call: _Optional[_Union[_common_pb2.Instrument, _Mapping]] = ..., put: _Optional[_Union[_common_pb2.Instrument, _Mapping]] = ...) -> None: ...
 
 class GetOptionChainResponse(_message.Message):
-    __slots__ = ("underlying", "expiry_date", "underlying_price", "price_source", "atm_strike", "strike_step", "strikes", "strike_count", "listed_strike_count", "clipped_below", "clipped_above")
+    __slots__ = ("underlying", "expiry_date", "underlying_price", "price_source", "atm_strike", "strike_step", "strikes", "strike_count", "listed_strike_count", "clipped_below", "clipped_above", "future")
     UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     EXPIRY_DATE_FIELD_NUMBER: _ClassVar[int]
     UNDERLYING_PRICE_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,7 @@ class GetOptionChainResponse(_message.Message):
     LISTED_STRIKE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_BELOW_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    FUTURE_FIELD_NUMBER: _ClassVar[int]
     underlying: _common_pb2.Instrument
     expiry_date: str
     underlying_price: float
@@ -174,7 +175,8 @@ class GetOptionChainResponse(_message.Message):
     listed_strike_count: int
     clipped_below: int
     clipped_above: int
-    def __init__(self, underlying: _Optional[_Union[_common_pb2.Instrument, _Mapping]] = ..., expiry_date: _Optional[str] = ..., underlying_price: _Optional[float] = ..., price_source: _Optional[_Union[PriceSource, str]] = ..., atm_strike: _Optional[float] = ..., strike_step: _Optional[float] = ..., strikes: _Optional[_Iterable[_Union[ChainStrike, _Mapping]]] = ..., strike_count: _Optional[int] = ..., listed_strike_count: _Optional[int] = ..., clipped_below: _Optional[int] = ..., clipped_above: _Optional[int] = ...) -> None: ...
+    future: _common_pb2.Instrument
+    def __init__(self, underlying: _Optional[_Union[_common_pb2.Instrument, _Mapping]] = ..., expiry_date: _Optional[str] = ..., underlying_price: _Optional[float] = ..., price_source: _Optional[_Union[PriceSource, str]] = ..., atm_strike: _Optional[float] = ..., strike_step: _Optional[float] = ..., strikes: _Optional[_Iterable[_Union[ChainStrike, _Mapping]]] = ..., strike_count: _Optional[int] = ..., listed_strike_count: _Optional[int] = ..., clipped_below: _Optional[int] = ..., clipped_above: _Optional[int] = ..., future: _Optional[_Union[_common_pb2.Instrument, _Mapping]] = ...) -> None: ...
 
 class ReloadMasterRequest(_message.Message):
     __slots__ = ("source", "file_path", "trading_date")

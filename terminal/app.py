@@ -18,37 +18,61 @@ from terminal.model import NONE, TerminalModel, count, price, signed
 REFRESH_SECONDS = 0.25
 MESSAGES_SHOWN = 4
 WATCH_COLUMNS = ("Symbol", "LTP", "Change", "% Change", "Bid", "Ask", "Volume", "OI", "")
+# Per side of the chain, CE mirrored on the left: market values, or (`g`) IV and the greeks.
 LEG_COLUMNS = ("OI", "Volume", "IV", "Delta", "Bid", "Ask", "LTP", "Change")
-CHAIN_COLUMNS = (*(f"CE {c}" for c in LEG_COLUMNS), "Strike", *(f"PE {c}" for c in reversed(LEG_COLUMNS)))
+GREEK_COLUMNS = ("IV", "Delta", "Gamma", "Theta", "Vega", "LTP")
 ATM_STYLE = "bold reverse"
 
 
-def leg_cells(leg: Leg | None) -> list[str]:
+def chain_columns(legs: tuple[str, ...]) -> tuple[str, ...]:
+    return (*(f"CE {c}" for c in legs), "Strike", *(f"PE {c}" for c in reversed(legs)))
+
+
+def _greek(value: float | None, spec: str) -> str:
+    return NONE if value is None else format(value, spec)
+
+
+def leg_cells(leg: Leg | None, legs: tuple[str, ...] = LEG_COLUMNS) -> list[str]:
     if leg is None:
-        return [NONE] * len(LEG_COLUMNS)
-    iv = NONE if leg.implied_volatility is None else f"{leg.implied_volatility:.1%}"
-    delta = NONE if leg.delta is None else f"{leg.delta:+.2f}"
-    ltp = price(leg.ltp) + (" STALE" if leg.stale else "")
-    return [
-        count(leg.open_interest),
-        count(leg.volume),
-        iv,
-        delta,
-        price(leg.bid),
-        price(leg.ask),
-        ltp,
-        signed(leg.change),
-    ]
+        return [NONE] * len(legs)
+    cells = {
+        "OI": count(leg.open_interest),
+        "Volume": count(leg.volume),
+        "IV": _greek(leg.implied_volatility, ".1%"),
+        "Delta": _greek(leg.delta, "+.2f"),
+        "Gamma": _greek(leg.gamma, ".5f"),
+        "Theta": _greek(leg.theta, "+.2f"),
+        "Vega": _greek(leg.vega, ".2f"),
+        "Bid": price(leg.bid),
+        "Ask": price(leg.ask),
+        "LTP": price(leg.ltp) + (" STALE" if leg.stale else ""),
+        "Change": signed(leg.change),
+    }
+    return [cells[c] for c in legs]
 
 
-def chain_cells(view: ChainView) -> list[tuple[str, list[str | Text]]]:
+def chain_cells(view: ChainView, legs: tuple[str, ...] = LEG_COLUMNS) -> list[tuple[str, list[str | Text]]]:
     rows: list[tuple[str, list[str | Text]]] = []
     for row in view.rows:
-        cells: list[str | Text] = [*leg_cells(row.call), f"{row.strike:g}", *reversed(leg_cells(row.put))]
+        cells: list[str | Text] = [*leg_cells(row.call, legs), f"{row.strike:g}", *reversed(leg_cells(row.put, legs))]
         if row.atm:
             cells = [Text(str(c), style=ATM_STYLE) for c in cells]
         rows.append((f"{row.strike:g}", cells))
     return rows
+
+
+def chain_header(view: ChainView) -> str:
+    parts = [
+        f"{view.symbol} {view.expiry_date}",
+        f"underlying {price(view.underlying_price)}",
+        f"ATM {view.atm_strike:g}",
+    ]
+    if view.forward:
+        parts.append(f"forward {view.forward}")
+    if view.put_call_ratio is not None:
+        parts.append(f"PCR {view.put_call_ratio:.2f}")
+    parts.append(view.state)
+    return " | ".join(parts)
 
 
 class TerminalApp(App[None]):
@@ -60,12 +84,14 @@ class TerminalApp(App[None]):
     #messages { height: auto; max-height: 5; color: $warning; }
     #prompt { display: none; }
     #chain { display: none; }
+    #chain-info { height: 1; display: none; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "add", "Add"),
         Binding("d", "remove", "Remove selected"),
         Binding("c", "chain", "Option chain"),
         Binding("w", "watchlist", "Watchlist"),
+        Binding("g", "greeks", "Greeks/market"),
         Binding("escape", "cancel", "Cancel", show=False),
         Binding("q", "quit", "Quit"),
     ]
@@ -87,10 +113,12 @@ class TerminalApp(App[None]):
         self._chain = chain
         self._prompting = ""
         self.showing = "watchlist"
+        self.leg_columns: tuple[str, ...] = LEG_COLUMNS
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
         yield DataTable(id="watchlist", cursor_type="row")
+        yield Static(id="chain-info")
         yield DataTable(id="chain", cursor_type="row")
         yield Input(id="prompt")
         yield Static(id="messages")
@@ -98,7 +126,7 @@ class TerminalApp(App[None]):
 
     def on_mount(self) -> None:
         self.query_one("#watchlist", DataTable).add_columns(*WATCH_COLUMNS)
-        self.query_one("#chain", DataTable).add_columns(*CHAIN_COLUMNS)
+        self.query_one("#chain", DataTable).add_columns(*chain_columns(self.leg_columns))
         self.render_model()
         self.set_interval(REFRESH_SECONDS, self.render_model)
         if self._follow is not None:
@@ -143,10 +171,9 @@ class TerminalApp(App[None]):
         table = self.query_one("#chain", DataTable)
         row = table.cursor_row
         table.clear()
-        for key, cells in chain_cells(view):
+        for key, cells in chain_cells(view, self.leg_columns):
             table.add_row(*cells, key=key)
-        underlying = price(view.underlying_price)
-        table.border_title = f"{view.symbol} {view.expiry_date}  underlying {underlying}  ATM {view.atm_strike:g}"
+        self.query_one("#chain-info", Static).update(chain_header(view))
         if table.row_count:
             table.move_cursor(row=min(row, table.row_count - 1))
 
@@ -167,6 +194,13 @@ class TerminalApp(App[None]):
     def action_watchlist(self) -> None:
         self._show("watchlist")
 
+    def action_greeks(self) -> None:
+        self.leg_columns = GREEK_COLUMNS if self.leg_columns == LEG_COLUMNS else LEG_COLUMNS
+        table = self.query_one("#chain", DataTable)
+        table.clear(columns=True)
+        table.add_columns(*chain_columns(self.leg_columns))
+        self.render_model()
+
     def action_cancel(self) -> None:
         self.query_one("#prompt", Input).display = False
         self._prompting = ""
@@ -175,6 +209,7 @@ class TerminalApp(App[None]):
         self.showing = which
         self.query_one("#watchlist", DataTable).display = which == "watchlist"
         self.query_one("#chain", DataTable).display = which == "chain"
+        self.query_one("#chain-info", Static).display = which == "chain"
         self.query_one(f"#{which}", DataTable).focus()
         self.render_model()
 

@@ -7,7 +7,7 @@ shown as "—") is the fallback for a gateway without it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +21,8 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 from terminal.model import TerminalModel, best_bid_ask, change_of
 
 STRIKES_EACH_SIDE = 10
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -37,6 +39,9 @@ class Leg:
     implied_volatility: float | None
     delta: float | None
     stale: bool
+    gamma: float | None = None
+    theta: float | None = None
+    vega: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class ChainView:
     underlying_price: float | None
     atm_strike: float
     rows: list[ChainRow]
+    forward: str = ""  # the forward and where it came from, for the header
+    put_call_ratio: float | None = None
+    state: str = "live"  # or why the chain is not updating
 
 
 class ChainSource(Protocol):
@@ -163,11 +171,21 @@ def gateway_leg(option: feed_pb2.ChainOption | None) -> Leg | None:
         implied_volatility=option.implied_volatility if computed else None,
         delta=option.delta if computed else None,
         stale=option.stale,
+        gamma=option.gamma if computed else None,
+        theta=option.theta if computed else None,
+        vega=option.vega if computed else None,
     )
 
 
-def gateway_view(symbol: str, update: feed_pb2.OptionChainUpdate) -> ChainView:
-    """The server's chain update as the view shows it (IV and delta computed by the gateway)."""
+FORWARD_SOURCES = {
+    feed_pb2.FORWARD_SOURCE_PUT_CALL_PARITY: "put-call parity",
+    feed_pb2.FORWARD_SOURCE_LISTED_FUTURE: "the future",
+    feed_pb2.FORWARD_SOURCE_SPOT_CARRY: "spot carried",
+}
+
+
+def gateway_view(symbol: str, update: feed_pb2.OptionChainUpdate, state: str = "live") -> ChainView:
+    """The server's chain update as the view shows it (IV and greeks computed by the gateway)."""
     rows = [
         ChainRow(
             strike=row.strike_price,
@@ -177,37 +195,65 @@ def gateway_view(symbol: str, update: feed_pb2.OptionChainUpdate) -> ChainView:
         )
         for row in update.rows
     ]
-    return ChainView(symbol, update.expiry_date, update.underlying_price or None, update.atm_strike, rows)
+    source = FORWARD_SOURCES.get(update.forward_source)
+    forward = f"{update.forward_price:,.2f} ({source})" if source and update.forward_price else ""
+    pcr = update.put_call_ratio or None
+    return ChainView(
+        symbol, update.expiry_date, update.underlying_price or None, update.atm_strike, rows, forward, pcr, state
+    )
 
 
 class GatewayChainSource:
     """The gateway's StreamOptionChain: the server subscribes the chain as the caller's
-    watchlist item, follows the ATM and sends IV and greeks at its cadence."""
+    watchlist item, follows the ATM and sends IV and greeks at its cadence. A broken stream
+    is reopened with back-off; until then the view says the chain is not updating, and why."""
 
-    def __init__(self, gateway: feed_pb2_grpc.GatewayServiceStub, metadata: Metadata) -> None:
+    def __init__(
+        self,
+        gateway: Callable[[], feed_pb2_grpc.GatewayServiceStub],
+        metadata: Metadata,
+        say: Callable[[str], None] = lambda message: None,
+    ) -> None:
         self._gateway = gateway
         self._metadata = metadata
+        self._say = say
         self._symbol = ""
+        self._state = "live"
         self._latest: feed_pb2.OptionChainUpdate | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def open(self, symbol: str) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        call = self._gateway.StreamOptionChain(
-            feed_pb2.StreamOptionChainRequest(underlying_symbol=symbol, strikes_each_side=STRIKES_EACH_SIDE),
-            metadata=self._metadata,
-        )
+        call = self._call(symbol)
         first = await call.read()  # the first update, or the refusal as an error
         if not isinstance(first, feed_pb2.StreamOptionChainResponse):
             raise RuntimeError(f"the gateway ended the option chain of {symbol}")
-        self._symbol, self._latest = symbol.upper(), first.update
+        if self._reader is not None:
+            self._reader.cancel()
+        self._symbol, self._latest, self._state = symbol.upper(), first.update, "live"
         self._reader = asyncio.create_task(self._follow(call))
 
+    def _call(self, symbol: str) -> Any:
+        request = feed_pb2.StreamOptionChainRequest(underlying_symbol=symbol, strikes_each_side=STRIKES_EACH_SIDE)
+        return self._gateway().StreamOptionChain(request, metadata=self._metadata)
+
     async def _follow(self, call: Any) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            while isinstance(message := await call.read(), feed_pb2.StreamOptionChainResponse):
-                self._latest = message.update
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                while isinstance(message := await call.read(), feed_pb2.StreamOptionChainResponse):
+                    self._latest, self._state, delay = message.update, "live", RETRY_FIRST_SECONDS
+                error = "the stream ended"
+            except grpc.aio.AioRpcError as failure:
+                error = f"{failure.code().name}: {failure.details()}"
+            finally:
+                call.cancel()
+            self._state = f"not updating ({error}); reopening in {delay:g} s"
+            self._say(f"option chain of {self._symbol} lost: {error}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            call = self._call(self._symbol)
 
     def view(self) -> ChainView | None:
-        return gateway_view(self._symbol, self._latest) if self._latest is not None else None
+        if self._latest is None:
+            return None
+        return gateway_view(self._symbol, self._latest, self._state)

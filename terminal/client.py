@@ -4,6 +4,7 @@ back-off when it breaks) and the watchlist commands. No widgets here."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 import grpc
@@ -12,11 +13,8 @@ from dataserver.registry.v1 import registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
-from terminal.chain import GatewayChainSource
+from terminal.chain import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, GatewayChainSource
 from terminal.model import TerminalModel
-
-RETRY_FIRST_SECONDS = 0.5
-RETRY_MAX_SECONDS = 5.0
 
 
 def why(error: Exception) -> str:
@@ -26,15 +24,33 @@ def why(error: Exception) -> str:
 
 
 class Connection:
+    """The three services' stubs. Channels open on first use, so in the loop that uses them
+    (textual's `App.run` starts its own loop: a channel made before it is bound to another)."""
+
     def __init__(self, gateway: str, subscription: str, registry: str, token: str = "") -> None:
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channels = [grpc.aio.insecure_channel(a) for a in (gateway, subscription, registry)]
-        self.gateway = feed_pb2_grpc.GatewayServiceStub(self._channels[0])
-        self.subscription = subscription_pb2_grpc.SubscriptionServiceStub(self._channels[1])
-        self.registry = registry_pb2_grpc.RegistryServiceStub(self._channels[2])
+        self._addresses = (gateway, subscription, registry)
+        self._channels: list[grpc.aio.Channel] = []
+
+    def _channel(self, index: int) -> grpc.aio.Channel:
+        if not self._channels:
+            self._channels = [grpc.aio.insecure_channel(a) for a in self._addresses]
+        return self._channels[index]
+
+    @functools.cached_property
+    def gateway(self) -> feed_pb2_grpc.GatewayServiceStub:
+        return feed_pb2_grpc.GatewayServiceStub(self._channel(0))
+
+    @functools.cached_property
+    def subscription(self) -> subscription_pb2_grpc.SubscriptionServiceStub:
+        return subscription_pb2_grpc.SubscriptionServiceStub(self._channel(1))
+
+    @functools.cached_property
+    def registry(self) -> registry_pb2_grpc.RegistryServiceStub:
+        return registry_pb2_grpc.RegistryServiceStub(self._channel(2))
 
     def chain_source(self, model: TerminalModel) -> GatewayChainSource:
-        return GatewayChainSource(self.gateway, self.metadata)
+        return GatewayChainSource(lambda: self.gateway, self.metadata, model.say)
 
     async def items(self) -> list[spb.WatchlistItem]:
         items: list[spb.WatchlistItem] = []

@@ -4,9 +4,11 @@ chain with its ATM row), and once against a live gateway (a watchlist row with a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest_asyncio
 from dataserver.common.v1 import common_pb2
@@ -14,6 +16,7 @@ from dataserver.feed.v1 import feed_pb2
 from dataserver.registry.v1 import registry_pb2
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from textual.coordinate import Coordinate
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from services.common.config import load_settings
@@ -235,6 +238,57 @@ async def test_against_a_live_gateway_shows_a_watchlist_row_with_a_live_price(li
             await eventually(lambda: "RELIANCE" not in {i.symbol for i in model.items.values()}, timeout=20)
     finally:
         await connection.close()
+
+
+def _greek_cells(table: DataTable[Any]) -> list[str]:
+    """The chain's IV and greek cells, each side, every row, as shown."""
+    return [str(cell) for r in range(table.row_count) for cell in table.get_row_at(r) if "%" in str(cell)]
+
+
+async def test_the_command_shows_nifty_chain_with_iv_and_greeks_that_change(live: FeedUnderTest) -> None:
+    """The app as `dataserver-terminal` runs it: built before any event loop, then `App.run`
+    with a loop of its own (here on a thread, headless, driven by an autopilot), so its gRPC
+    channels must open in that loop. The c key opens NIFTY's chain with server IV and delta
+    that move as ticks arrive; g switches to the greeks."""
+    token = dict(await live.subscription.user("trader"))["authorization"].removeprefix("Bearer ")
+    registry = live.subscription.settings.registry_addr
+    args = ["--gateway", live.gateway.app.address, "--subscription", live.subscription.address]
+    seen: dict[str, Any] = {}
+
+    async def drive(pilot: Pilot[None]) -> None:
+        app = cast(TerminalApp, pilot.app)
+        try:
+            await pilot.press("c", *"nifty", "enter")
+            chain = app.query_one("#chain", DataTable)
+
+            def ivs() -> list[str]:
+                app.render_model()
+                return _greek_cells(chain) if app.showing == "chain" else []
+
+            await eventually(lambda: len(ivs()) > 10, timeout=30, what="NIFTY's chain with IVs on screen")
+            first = ivs()
+            seen["header"] = str(app.query_one("#chain-info", Static).render())
+            await eventually(lambda: ivs() != first, timeout=30, what="IVs that change as ticks arrive")
+            await pilot.press("g")
+            app.render_model()
+            seen["columns"] = [str(c.label) for c in chain.columns.values()]
+            seen["greeks"] = [str(chain.get_row_at(r)[2]) for r in range(chain.row_count)]  # CE Gamma
+        except BaseException as error:
+            seen["error"] = error
+        finally:
+            app.exit()
+
+    def run() -> None:
+        app, connection = build(parse([*args, "--registry", registry, "--token", token]))
+        app.run(headless=True, size=(200, 40), auto_pilot=drive)
+        asyncio.run(connection.close())
+
+    await asyncio.wait_for(asyncio.to_thread(run), timeout=120)
+    if "error" in seen:
+        raise seen["error"]
+    assert seen["header"].startswith("NIFTY ") and "forward" in seen["header"] and seen["header"].endswith("live")
+    assert seen["columns"][:6] == ["CE IV", "CE Delta", "CE Gamma", "CE Theta", "CE Vega", "CE LTP"]
+    assert any(g.replace(".", "").isdigit() for g in seen["greeks"]), seen["greeks"]
 
 
 def test_make_run_prints_how_to_start_the_terminal() -> None:

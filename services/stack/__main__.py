@@ -35,6 +35,8 @@ from services.stack.supervisor import ServiceProcess, Supervised
 log = logging.getLogger("stack")
 
 READY_TIMEOUT_SECONDS = 180.0
+# The gateway's port at offset 0, which `make terminal` (dataserver-terminal's default) dials.
+DEFAULT_GATEWAY_PORT = 50053
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def plan(settings: Settings) -> list[Process]:
         Process(
             "gateway",
             (py, "-m", "services.feed", "gateway"),
-            50053 + offset,
+            DEFAULT_GATEWAY_PORT + offset,
             9466 + offset,
             (("GATEWAY_SHARD_ADDRS", ",".join(f"127.0.0.1:{port}" for port in shard_ports)),),
         ),
@@ -115,7 +117,7 @@ def plan(settings: Settings) -> list[Process]:
     addresses = {
         "REGISTRY_ADDR": f"127.0.0.1:{50051 + offset}",
         "SUBSCRIPTION_ADDR": f"127.0.0.1:{50052 + offset}",
-        "GATEWAY_ADDR": f"127.0.0.1:{50053 + offset}",
+        "GATEWAY_ADDR": f"127.0.0.1:{DEFAULT_GATEWAY_PORT + offset}",
     }
     processes = [dataclasses.replace(p, env=(*addresses.items(), *p.env)) for p in processes]
     _check_ports(processes)
@@ -246,21 +248,34 @@ def banner(processes: list[Process], feed: str, keys: DevelopmentKeys) -> str:
         ),
         "Live NIFTY option ticks (the dev user's watchlist holds NIFTY's chain; Tier B is preloaded):",
         _grpcurl(gateway, "feed.v1.GatewayService/StreamTicks", '{"my_watchlist": true}', user),
-        _terminal(processes, user),
+        "NIFTY's live option chain with IV and greeks, computed by the gateway:",
+        _grpcurl(
+            gateway,
+            "feed.v1.GatewayService/StreamOptionChain",
+            '{"underlying_symbol": "NIFTY", "strikes_each_side": 5}',
+            user,
+        ),
+        *_terminal(processes, user),
         "",
         "A crashed process is restarted (with back-off); Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
 
 
-def _terminal(processes: list[Process], token: str) -> str:
-    """The one line that starts the terminal app on this stack (`make terminal` on the default ports)."""
+def _terminal(processes: list[Process], token: str) -> list[str]:
+    """How to start the terminal app on this stack: `make terminal` on the default ports."""
     port = {p.name: p.grpc_port for p in processes}
-    return (
-        "The terminal app (watchlist; c: an option chain): .venv/bin/dataserver-terminal"
+    command = (
+        ".venv/bin/dataserver-terminal"
         f" --gateway 127.0.0.1:{port['gateway']} --subscription 127.0.0.1:{port['subscription']}"
         f" --registry 127.0.0.1:{port['registry']} --token {token}"
     )
+    if port["gateway"] == DEFAULT_GATEWAY_PORT:
+        command = f"make terminal TOKEN={token}   (or {command})"
+    return [
+        "The terminal app, in another shell (watchlist; c: an option chain, g: its greeks):",
+        f"  {command}",
+    ]
 
 
 def _grpcurl(port: int, method: str, body: str, token: str) -> str:

@@ -255,7 +255,7 @@ async def test_the_command_shows_nifty_chain_with_iv_and_greeks_that_change(live
     args = ["--gateway", live.gateway.app.address, "--subscription", live.subscription.address]
     seen: dict[str, Any] = {}
 
-    async def drive(pilot: Pilot[None]) -> None:
+    async def drive(pilot: Pilot[object]) -> None:
         app = cast(TerminalApp, pilot.app)
         try:
             await pilot.press("c", *"nifty", "enter")

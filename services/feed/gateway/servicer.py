@@ -3,6 +3,7 @@ snapshot, shard status and market state."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -19,6 +20,7 @@ from services.common.clients import ServiceCaller
 from services.common.clock import Clock, WallClock
 from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.keys import checked_wire_key
+from services.common.tasks import cancel_soon
 from services.common.timestamps import timestamp
 from services.feed.gateway.chain import (
     DEFAULT_RATE,
@@ -34,7 +36,7 @@ from services.feed.gateway.hub import Hub
 from services.feed.gateway.market import MarketWatch, requested_segments
 from services.feed.gateway.streams import INTERACTIVE, MAX_BATCH_TICKS, MAX_DELAY_SECONDS, STREAM_TICKS, TerminalStream
 from services.feed.gateway.terminals import Terminals
-from services.feed.gateway.watchlist import WatchlistFollower
+from services.feed.gateway.watchlist import TOUCH_SECONDS, WatchlistFollower
 
 SERVICE_NAME = feed_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 MAX_INSTRUMENTS_PER_STREAM = 5000
@@ -84,6 +86,7 @@ class GatewayServicer:
         self.chain_clock: Clock = WallClock()
         self.chain_rate = DEFAULT_RATE
         self.chain_recentre_seconds = RECENTRE_SECONDS
+        self.chain_touch_seconds = TOUCH_SECONDS
 
     async def _states(
         self, stream: TerminalStream, keys: list[int], protos: list[common_pb2.InstrumentKey]
@@ -295,8 +298,23 @@ class GatewayServicer:
         async def recentre(window: Window, price: float) -> Window:
             return await recentred(asked, window, price, *stubs)
 
-        async for update in watch.updates(asked.interval, compute, recentre):
-            yield feed_pb2.StreamOptionChainResponse(update=update)
+        touching = asyncio.create_task(self._touch_chain(user_id, watch), name=f"chain-touch-{user_id}")
+        try:
+            async for update in watch.updates(asked.interval, compute, recentre):
+                yield feed_pb2.StreamOptionChainResponse(update=update)
+        finally:
+            cancel_soon([touching])
+
+    async def _touch_chain(self, user_id: str, watch: ChainWatch) -> None:
+        """A watched chain is in use: its item keeps its place in the LRU order, as the items
+        of a followed watchlist do, so the budget evicts what nobody looks at first."""
+        while True:
+            await asyncio.sleep(self.chain_touch_seconds)
+            with contextlib.suppress(ServiceError):  # best effort: the next touch retries
+                await self._caller.call(
+                    self._subscription.RecordUsage,
+                    spb.RecordUsageRequest(user_id=user_id, item_ids=[watch.window.item_id]),
+                )
 
 
 def _serialize(message: Any) -> bytes:

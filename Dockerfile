@@ -25,10 +25,12 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install -c constraints.txt -r /tmp/requirements.txt
 
 # The project itself (generated gRPC code under services/gen is committed, so no protoc here).
-# Only services/ is copied, so the simulator package is not found and not installed.
+# Only services/ is copied, so the simulator and terminal packages are not found and not
+# installed; the terminal's console script would only fail there, so it goes too.
 COPY services ./services
 RUN pip install -c constraints.txt . \
- && pip check
+ && pip check \
+ && rm /opt/venv/bin/dataserver-terminal
 
 # ---- build-dev: the same, plus the simulator and its extra (websockets) -----------------
 FROM build AS build-dev

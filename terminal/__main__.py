@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import TYPE_CHECKING
 
-from terminal.app import TerminalApp
 from terminal.client import Connection
 from terminal.model import TerminalModel
+
+if TYPE_CHECKING:
+    from terminal.app import TerminalApp
+
+# The UI libraries are the `terminal` extra, not dependencies of the services' install.
+MISSING_EXTRA = "the terminal needs its extra: pip install 'dataserver[terminal]'"
+_EXTRA_MODULES = frozenset({"textual", "rich"})
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,6 +32,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> tuple[TerminalApp, Connection]:
+    from terminal.app import TerminalApp  # imports textual, so only once the app is wanted
+
     connection = Connection(args.gateway, args.subscription, args.registry, args.token)
     model = TerminalModel()
     app = TerminalApp(
@@ -37,7 +47,14 @@ def build(args: argparse.Namespace) -> tuple[TerminalApp, Connection]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    app, _ = build(parse(argv))
+    args = parse(argv)
+    try:
+        app, _ = build(args)
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] not in _EXTRA_MODULES:
+            raise
+        print(MISSING_EXTRA, file=sys.stderr)
+        raise SystemExit(2) from None
     app.run()
 
 

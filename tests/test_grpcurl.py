@@ -126,12 +126,13 @@ async def test_the_readme_grpcurl_line_streams_the_option_chain(feed: FeedUnderT
         assert (0 < leg["delta"] < 1) if is_call else (-1 < leg["delta"] < 0)
     assert {is_call for _, is_call in priced} == {True, False}
 
-    # Reflection is all grpcurl needs to find the service and describe the method. The method is
-    # described within its service: grpcio-reflection resolves no method symbol (grpc/grpc#34743).
+    # Reflection is all grpcurl needs to find the service and describe the method.
     service = METHOD.partition("/")[0]
     assert service in (await _grpcurl(str(grpcurl), "-plaintext", address, "list")).split()
-    described = await _grpcurl(str(grpcurl), "-plaintext", address, "describe", service)
-    assert (
+    signature = (
         "rpc StreamOptionChain ( .dataserver.feed.v1.StreamOptionChainRequest )"
         " returns ( stream .dataserver.feed.v1.StreamOptionChainResponse );"
-    ) in described
+    )
+    assert signature in await _grpcurl(str(grpcurl), "-plaintext", address, "describe", service)
+    described = await _grpcurl(str(grpcurl), "-plaintext", address, "describe", METHOD.replace("/", "."))
+    assert "is a method" in described and signature in described

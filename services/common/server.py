@@ -22,10 +22,11 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 import uvloop
+from google.protobuf import descriptor, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -147,6 +148,28 @@ class GrpcApp:
             await callback()
 
 
+class MethodAwarePool:
+    """The default descriptor pool, which also finds the file of a method's full name
+    (`grpcurl describe pkg.Service.Method`): grpcio-reflection asks the pool for it as a
+    symbol and the pool knows services, not methods (grpc/grpc#34743)."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool | None = None) -> None:
+        self._pool = pool or descriptor_pool.Default()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> descriptor.FileDescriptor:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            service = self._pool.FindServiceByName(service_name)  # KeyError when not a service either
+            if method not in service.methods_by_name:
+                raise
+            return service.file
+
+
 def build_app(
     service_names: Sequence[str],
     register: Callable[[grpc.aio.Server], None],
@@ -177,6 +200,7 @@ def build_app(
     reflection.enable_server_reflection(
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
+        pool=cast(descriptor_pool.DescriptorPool, MethodAwarePool()),
     )
     bound = server.add_secure_port(f"{host}:{port}", tls) if tls else server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

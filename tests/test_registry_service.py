@@ -258,6 +258,37 @@ async def test_option_chain_for_a_commodity_uses_its_future(stub, registry) -> N
     assert reply.underlying.expiry_date >= reply.expiry_date and reply.strike_count > 0
 
 
+async def test_option_chain_names_the_future_listed_for_its_expiry(stub, registry) -> None:
+    async def chain(symbol: str, expiry: str = "") -> pb.GetOptionChainResponse:
+        request = pb.GetOptionChainRequest(underlying_symbol=symbol, expiry_date=expiry, use_last_price=True)
+        return await stub.GetOptionChain(request, metadata=registry.user)
+
+    # NIFTY's nearest expiry is also its monthly one (the Tuesday holiday moves both to Monday):
+    # the index future expiring that day is listed.
+    monthly = await chain("NIFTY", NIFTY_WEEKLY)
+    assert monthly.HasField("future")
+    assert monthly.future.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTIDX
+    assert monthly.future.expiry_date == monthly.expiry_date and monthly.future.underlying_symbol == "NIFTY"
+    # A weekly expiry has no future.
+    expiries = await stub.ListExpiries(
+        pb.ListExpiriesRequest(underlying_symbol="NIFTY", kind=pb.DERIVATIVE_KIND_OPTIONS), metadata=registry.user
+    )
+    weekly = [e.expiry_date for e in expiries.expiries if e.expiry_flag == common_pb2.EXPIRY_FLAG_WEEKLY]
+    assert weekly and not (await chain("NIFTY", weekly[0])).HasField("future")
+    # A stock's monthly options: the stock future of the same day.
+    stock = await chain("RELIANCE")
+    assert stock.future.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTSTK
+    assert stock.future.expiry_date == stock.expiry_date
+    # A commodity's options exercise into the first future expiring on or after them, which is
+    # also the chain's underlying.
+    crude = await chain("CRUDEOIL")
+    assert crude.future.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTCOM
+    assert crude.future.expiry_date > crude.expiry_date
+    assert crude.future.key == crude.underlying.key
+    # The cached window keeps it.
+    assert (await chain("NIFTY", NIFTY_WEEKLY)).future == monthly.future
+
+
 async def test_option_chain_bad_input(stub, registry) -> None:
     zero = pb.GetOptionChainRequest(underlying_symbol="NIFTY", underlying_price=0.0)
     assert "price" in await expect_status(

@@ -180,7 +180,7 @@ async def test_end_of_day_clears_tier_a_keeps_tier_b_and_runs_once(service: Subs
     await add(service, "bob", "NIFTY", strikes_each_side=2)
     done = await service.stub.EndOfDay(pb.EndOfDayRequest(trading_date="2026-11-20"), metadata=service.admin)
     assert (done.already_done, done.units_unsubscribed, done.items_deleted, done.users_affected) == (False, 2, 2, 2)
-    # Each unit: 2 strikes x CE/PE, its underlying and its expiry's future; NIFTY's index value
+    # Each unit: 5 strikes x CE/PE, its underlying and its expiry's future; NIFTY's index value
     # stays with Tier B.
     assert done.instruments_unsubscribed == 12 + 11
     # A second run of the date clears what exists now (nothing): counts are the run's own.

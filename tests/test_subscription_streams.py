@@ -132,7 +132,7 @@ async def test_subscriptions_can_be_listed_filtered_and_inspected(service: Subsc
     await add(service, "bob", "INFY", underlying_only=True)
     alice = await service.user("alice")
     mine = await service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(user_id="alice"), metadata=alice)
-    assert mine.total_size == 12  # the stock, 2 strikes x CE/PE, the expiry's future
+    assert mine.total_size == 12  # the stock, 5 strikes x CE/PE, the expiry's future
     bobs = await service.stub.ListSubscriptions(
         pb.ListSubscriptionsRequest(user_id="bob", page_size=5), metadata=service.admin
     )

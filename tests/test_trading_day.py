@@ -145,7 +145,7 @@ async def monday_morning(day: Day) -> None:
     assert (counts["instruments_total"], counts["instruments_added"], counts["evictions"]) == (31, 31, 0)
     chains = await tier_b(service)
     assert chains["NIFTY"].expiry_date == "2026-11-23"  # the weekly, moved off Tuesday's holiday
-    await day.on_broker(30)
+    await day.on_broker(31)
     await day.live(NIFTY)
     # The chains were centred on previous closes (no tick yet at 09:00): the next run
     # centres them on the live price, whatever the hysteresis.

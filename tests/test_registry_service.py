@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,8 @@ from dataserver.registry.v1 import registry_pb2_grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.clients import health_stub
+from services.dhan.master import parse_master
+from services.registry.catalog import Catalog
 from tests.conftest import clone_database
 from tests.registry_fixtures import (
     NIFTY_WEEKLY,
@@ -287,6 +290,25 @@ async def test_option_chain_names_the_future_listed_for_its_expiry(stub, registr
     assert crude.future.key == crude.underlying.key
     # The cached window keeps it.
     assert (await chain("NIFTY", NIFTY_WEEKLY)).future == monthly.future
+
+
+def test_the_listed_future_of_a_real_stock_is_the_one_of_the_same_day() -> None:
+    # Real rows: RELIANCE's cash line and its monthly futures of July-September 2025.
+    seed = Path(__file__).resolve().parents[1] / "services" / "dhan" / "seed"
+    records = []
+    for name in (
+        "dhan-scrip-master-equities-indices-2026-07.csv",
+        "dhan-scrip-master-detailed-stock-futures-2025-07.csv",
+    ):
+        with (seed / name).open(newline="") as handle:
+            records += parse_master(handle).records
+    group = Catalog(records, date(2025, 7, 1)).groups["RELIANCE"]
+    monthly = group.listed_future(date(2025, 8, 28))
+    assert monthly is not None and monthly.trading_symbol == "RELIANCE-Aug2025-FUT"
+    assert group.listed_future(date(2025, 8, 21)) is None  # no future expires that day
+    # What an option of that day settles on is still the next future (the chain's underlying
+    # rule for commodities), which is not its forward for a stock.
+    assert group.future_for(date(2025, 8, 21)) == monthly
 
 
 async def test_option_chain_bad_input(stub, registry) -> None:

@@ -81,7 +81,7 @@ def _ours(window: Window, quotes: list[tuple[Instrument, bytes, bytes]], now: da
         leg = legs[i.key] = Leg()
         leg.of(Value(i, 0, 0, None, None, prev))
     began = time.perf_counter()
-    update = chain_update(window, lambda k: legs[k].of(values[k]), lambda k: False, now, RISK_FREE_RATE)
+    update = chain_update(window, lambda k: legs[k].of(values[k]), lambda k: "", now, RISK_FREE_RATE)
     message = update.SerializeToString()
     return time.perf_counter() - began, message
 

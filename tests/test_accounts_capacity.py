@@ -41,8 +41,9 @@ TIER_B = [
 
 
 def most_instruments(strikes_each_side: int) -> int:
-    """The most a stock unit can subscribe: calls and puts of 2k+1 strikes, and the stock."""
-    return 2 * (2 * strikes_each_side + 1) + 1
+    """The most a stock unit can subscribe: calls and puts of 2k+1 strikes, the stock, and the
+    future of the expiry."""
+    return 2 * (2 * strikes_each_side + 1) + 2
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -111,7 +112,7 @@ async def fill(service: SubscriptionUnderTest, pairs: list[tuple[str, str]]) -> 
 
     await asyncio.gather(*(client(n) for n in range(FILL_CLIENTS)))
     while (room := CAPACITY - await count(service)) >= most_instruments(1):
-        await add(service, "trader-last", next(queue), min(WIDE, (room - 3) // 4))
+        await add(service, "trader-last", next(queue), min(WIDE, (room - 4) // 4))
     stocks = iter(dict.fromkeys(symbol for symbol, _ in pairs))
     while await count(service) < CAPACITY:  # the last few: stocks on their own
         request = pb.AddWatchlistItemRequest(symbol=next(stocks), underlying_only=True, user_id="trader-last")
@@ -228,7 +229,7 @@ async def test_an_account_down_fails_over_to_the_other_and_rebalances_back(
         move_settle_seconds=0.3,
     ) as service:
         for user, symbol, width in (("alice", "RELIANCE", 12), ("bob", "SBIN", 12), ("carol", "INFY", 5)):
-            await small_add(service, user, symbol, strikes_each_side=width)  # 51 + 51 + 23
+            await small_add(service, user, symbol, strikes_each_side=width)  # 52 + 52 + 24
         assert set(await loads(service)) == set(range(10))
         long_ago = datetime.now(UTC) - timedelta(hours=1)
         for shard in range(PER_ACCOUNT):
@@ -238,19 +239,19 @@ async def test_an_account_down_fails_over_to_the_other_and_rebalances_back(
             return await settled(service) and set(await loads(service)) == {5, 6, 7, 8, 9}
 
         await eventually(failed_over, what="sim-1's instruments on sim-2's shards")
-        assert sum((await loads(service)).values()) == 125 and max((await loads(service)).values()) <= 30
+        assert sum((await loads(service)).values()) == 128 and max((await loads(service)).values()) <= 30
         await invariants(service)
         now = await status(service)
         assert [(a.account_id, a.connected_shards, a.subscribed_count) for a in now.accounts] == [
             ("sim-1", 0, 0),
-            ("sim-2", PER_ACCOUNT, 125),
+            ("sim-2", PER_ACCOUNT, 128),
         ]
         assert all(s.down_reason == expired for s in now.shards[:PER_ACCOUNT])
         await eventually(
             partial(gauge_is, "subscription_account_shards_connected", "sim-1", 0), what="sim-1's connected gauge"
         )
-        await small_add(service, "dave", "TCS", strikes_each_side=2)  # 11 more, on sim-2's shards only
-        assert set(await loads(service)) == {5, 6, 7, 8, 9} and sum((await loads(service)).values()) == 136
+        await small_add(service, "dave", "TCS", strikes_each_side=2)  # 12 more, on sim-2's shards only
+        assert set(await loads(service)) == {5, 6, 7, 8, 9} and sum((await loads(service)).values()) == 140
         for shard in range(PER_ACCOUNT):
             await report(service, shard, True)
         moved = await service.stub.Rebalance(pb.RebalanceRequest(), metadata=service.admin)
@@ -259,7 +260,7 @@ async def test_an_account_down_fails_over_to_the_other_and_rebalances_back(
         assert set(await loads(service)) == set(range(10)) and max((await loads(service)).values()) <= 14
         after = await status(service)
         assert [(a.account_id, a.connected_shards) for a in after.accounts] == [("sim-1", 5), ("sim-2", 5)]
-        assert sum(a.subscribed_count for a in after.accounts) == 136
+        assert sum(a.subscribed_count for a in after.accounts) == 140
         await invariants(service)
 
 

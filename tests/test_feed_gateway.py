@@ -81,10 +81,10 @@ def behind_history(feed: FeedUnderTest, terminal: TerminalStream) -> Callable[[]
 
 
 async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed: FeedUnderTest) -> None:
-    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)  # the stock, 10 options, the future
     keys = await subscribed_keys(feed, "alice")
     await eventually(
-        lambda: len([i for i in feed.gateway.hub.instruments.values() if i.latest is not None and i.mode]) >= 11,
+        lambda: len([i for i in feed.gateway.hub.instruments.values() if i.latest is not None and i.mode]) >= 12,
         what="values at the gateway",
     )
     unknown = common_pb2.InstrumentKey(exchange_segment=NSE_EQ, security_id=999_999_999)
@@ -100,8 +100,8 @@ async def test_stream_by_list_starts_with_last_values_then_numbered_batches(feed
         statuses = {(s.key.security_id): s.status for s in first.snapshot.instruments}
         assert statuses[999_999_999] == feed_pb2.INSTRUMENT_STATUS_NOT_FOUND
         assert statuses[11536] == feed_pb2.INSTRUMENT_STATUS_NOT_SUBSCRIBED_UPSTREAM
-        assert sum(1 for s in statuses.values() if s == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED) == 11
-        assert len(first.snapshot.ticks) == 11
+        assert sum(1 for s in statuses.values() if s == feed_pb2.INSTRUMENT_STATUS_SUBSCRIBED) == 12
+        assert len(first.snapshot.ticks) == 12
         last = {t.key.security_id: t.sequence for t in first.snapshot.ticks}
         full = first.snapshot.ticks[0]
         assert full.last_price > 0 and len(full.depth) == 5 and full.depth[0].bid_price < full.depth[0].ask_price
@@ -189,12 +189,12 @@ async def test_get_snapshot_gives_last_quotes(feed: FeedUnderTest) -> None:
 
 async def test_my_watchlist_follows_changes_and_shows_evictions(feed: FeedUnderTest) -> None:
     alice = await feed.subscription.user("alice")
-    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=1)  # 3 strikes x CE/PE + the stock
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=1)  # 3 strikes x CE/PE, the stock, the future
     channel, stub = gateway_stub(feed)
     async with channel:
         stream = stub.StreamTicks(feed_pb2.StreamTicksRequest(my_watchlist=True), metadata=alice)
         first = await stream.read()
-        assert len(first.snapshot.instruments) == 7
+        assert len(first.snapshot.instruments) == 8
         added = await add(feed.subscription, "alice", "SBIN", strikes_each_side=1)
         event = await read_until(stream, lambda m: m.WhichOneof("body") == "event" and m.event.HasField("watchlist"))
         assert event.event.watchlist.kind == spb.WATCHLIST_EVENT_KIND_ADDED

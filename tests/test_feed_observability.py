@@ -53,8 +53,8 @@ async def test_garbage_is_exported_and_logged_at_most_once_per_interval(
     caplog.set_level(logging.WARNING, logger="services.feed.shard.cache")
     shard = feed.shards[0].runtime
     shard.ingest.errors.interval = 2.0  # the shipped interval, shorter so the summary line comes soon
-    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)  # the stock, 10 options, the future
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="subscriptions")
     counted, exported = shard.ingest.counters.protocol_errors, protocol_errors_metric("0")
 
     def warnings() -> list[logging.LogRecord]:

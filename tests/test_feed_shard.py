@@ -26,12 +26,13 @@ async def feed(database_url: str, masters_dir: Path) -> AsyncIterator[FeedUnderT
 
 async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: FeedUnderTest) -> None:
     shard = feed.shards[0].runtime
-    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)  # 11 instruments
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="11 subscriptions on the broker")
+    # 12 instruments: the stock, 5 strikes x CE/PE, the expiry's future.
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="12 subscriptions on the broker")
     connection = feed.simulator.connections()[0]
     assert {mode for _, _, mode in connection.subscriptions} == {"FULL"}
     await eventually(
-        lambda: len(shard.cache.ticks) == 11 and len(shard.cache.previous_close) == 11, what="a full cache"
+        lambda: len(shard.cache.ticks) == 12 and len(shard.cache.previous_close) == 12, what="a full cache"
     )
     async with grpc.aio.insecure_channel(feed.shards[0].app.address) as channel:
         # Issue 15: a shard accepts only the deployment's service key.
@@ -42,7 +43,7 @@ async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: Fee
         hello = await stream.read()
         assert hello.hello.shard_id == 0 and hello.hello.shard_epoch == shard.epoch
         snapshot = (await stream.read()).snapshot
-        assert len(snapshot.instruments) == 11 and snapshot.packets.count >= 22
+        assert len(snapshot.instruments) == 12 and snapshot.packets.count >= 24
         assert all(i.subscribed for i in snapshot.instruments)
         last: dict[bytes, int] = {}
         for sequence, _, packet in iter_records(snapshot.packets.records):
@@ -61,9 +62,9 @@ async def test_shard_subscribes_its_assignment_and_streams_last_values(feed: Fee
 
 
 async def test_more_than_100_instruments_go_in_several_messages(feed: FeedUnderTest) -> None:
-    await add(feed.subscription, "alice", "SBIN", strikes_each_side=30)  # 123 instruments
+    await add(feed.subscription, "alice", "SBIN", strikes_each_side=30)  # 124 instruments
     await add(feed.subscription, "bob", "HDFCBANK", strikes_each_side=30)
-    await eventually(lambda: feed.subscriptions_on_broker() == [246], what="246 subscriptions")
+    await eventually(lambda: feed.subscriptions_on_broker() == [248], what="248 subscriptions")
     assert feed.simulator.connections()[0].requests >= 3  # the simulator refuses > 100 per message
     items = await feed.subscription.stub.ListWatchlistItems(
         pb.ListWatchlistItemsRequest(), metadata=await feed.subscription.user("bob")
@@ -72,27 +73,27 @@ async def test_more_than_100_instruments_go_in_several_messages(feed: FeedUnderT
         pb.RemoveWatchlistItemRequest(item_id=items.watchlist_items[0].item_id),
         metadata=await feed.subscription.user("bob"),
     )
-    await eventually(lambda: feed.subscriptions_on_broker() == [123], what="the removal reaching the broker")
+    await eventually(lambda: feed.subscriptions_on_broker() == [124], what="the removal reaching the broker")
 
 
 async def test_reconnect_resubscribes_everything(feed: FeedUnderTest) -> None:
     shard = feed.shards[0].runtime
     await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="subscriptions")
     first = feed.simulator.connections()[0].id
     feed.simulator.drop("all")
     await eventually(lambda: [c.id for c in feed.simulator.connections()] not in ([], [first]), what="a new connection")
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="a full resubscribe")
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="a full resubscribe")
     assert shard.reconnect_count >= 1
 
 
 async def test_a_silent_feed_trips_the_watchdog(feed: FeedUnderTest) -> None:
     await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="subscriptions")
     first = feed.simulator.connections()[0].id
     feed.simulator.silence("all")
     await eventually(
-        lambda: any(c.id != first and len(c.subscriptions) == 11 for c in feed.simulator.connections()),
+        lambda: any(c.id != first and len(c.subscriptions) == 12 for c in feed.simulator.connections()),
         timeout=10,
         what="a reconnect after silence",
     )
@@ -101,13 +102,13 @@ async def test_a_silent_feed_trips_the_watchdog(feed: FeedUnderTest) -> None:
 async def test_805_backs_off_long_and_807_stops(feed: FeedUnderTest) -> None:
     shard = feed.shards[0].runtime
     await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="subscriptions")
     feed.simulator.disconnect("all", 805)
     await eventually(lambda: shard.state == feed_pb2.CONNECTION_STATE_BACKING_OFF, what="backing off")
     status = shard.status()
     assert status.last_disconnect_code == 805 and "too many" in status.last_disconnect_reason
     assert status.next_retry_at.ToSeconds() - status.last_disconnect_at.ToSeconds() >= 0.9  # the long back-off
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], timeout=5, what="the reconnect after 805")
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], timeout=5, what="the reconnect after 805")
     health: list[bool] = []
     shard.on_health = health.append
     feed.simulator.disconnect("all", 807)
@@ -122,7 +123,7 @@ async def test_805_backs_off_long_and_807_stops(feed: FeedUnderTest) -> None:
 async def test_garbage_is_counted_not_fatal(feed: FeedUnderTest) -> None:
     shard = feed.shards[0].runtime
     await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="subscriptions")
     before = shard.ingest.counters.packets
     feed.simulator.garbage("all", size=37, count=5)
     await eventually(lambda: shard.ingest.counters.protocol_errors >= 1, what="protocol errors counted")
@@ -140,7 +141,7 @@ async def test_instruments_without_a_first_tick_are_flagged(database_url: str, m
         flagged = await eventually(
             lambda: shard.status().instruments_awaiting_first_tick, timeout=5, what="late first ticks flagged"
         )
-        assert flagged == 7
+        assert flagged == 8  # the stock, 1 strike each side x CE/PE, the expiry's future
         # The watchdog reconnects; the resubscribed instruments tick and the flag clears.
         await eventually(
             lambda: shard.status().instruments_awaiting_first_tick == 0 and shard.reconnect_count >= 1,

@@ -55,10 +55,10 @@ async def test_budget_gauges_and_evictions_follow_the_ledger(service: Subscripti
         pb.SetTierBPlanRequest(instruments=[idx(13), pb.TierBInstrument(key=RELIANCE)]), metadata=service.admin
     )
     assert plan.instruments_added == 2
-    await add(service, "alice", "RELIANCE")  # 51, the stock shared with Tier B
-    await add(service, "bob", "SBIN")  # 51
+    await add(service, "alice", "RELIANCE")  # 52, the stock shared with Tier B
+    await add(service, "bob", "SBIN")  # 52
     tiers = await by_tier(service)
-    assert tiers["B"] == 2 and sum(tiers.values()) == 103
+    assert tiers["B"] == 2 and sum(tiers.values()) == 105
 
     def tier_gauges_are(expected: dict[str, int]) -> bool:
         return all(sample("subscription_tier_instruments", tier=t) == expected.get(t, 0) for t in ("A", "B"))
@@ -68,9 +68,9 @@ async def test_budget_gauges_and_evictions_follow_the_ledger(service: Subscripti
     connections = BUDGET["feed_connections"]
     await eventually(lambda: shard_gauges(connections) == shards, what=f"shard gauges {shards}")
     await eventually(
-        lambda: users_by_instruments() == {"50": 0, "100": 2, "+Inf": 2}, what="two users of 51 instruments"
+        lambda: users_by_instruments() == {"50": 0, "100": 2, "+Inf": 2}, what="two users of 52 instruments"
     )
-    assert sample("subscription_user_instruments_max") == 51
+    assert sample("subscription_user_instruments_max") == 52
 
     # Reading alice's list touches her unit: bob's is the least recently used, and goes.
     await service.stub.ListWatchlistItems(pb.ListWatchlistItemsRequest(), metadata=await service.user("alice"))

@@ -32,15 +32,15 @@ async def test_first_ticks_ticks_in_reconnects_and_stale_instruments(feed: FeedU
     first_ticks = sample("feed_shard_first_tick_seconds_count", shard="0")
     packets = sample("feed_shard_packets_total", shard="0")
     kicked = sample("feed_shard_reconnects_total", shard="0", reason="807")
-    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)
-    await eventually(lambda: feed.subscriptions_on_broker() == [11], what="subscriptions")
+    await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)  # the stock, 10 options, the future
+    await eventually(lambda: feed.subscriptions_on_broker() == [12], what="subscriptions")
     # Each instrument's first packet is timed once.
     await eventually(
-        lambda: sample("feed_shard_first_tick_seconds_count", shard="0") == first_ticks + 11,
-        what="eleven first ticks timed",
+        lambda: sample("feed_shard_first_tick_seconds_count", shard="0") == first_ticks + 12,
+        what="twelve first ticks timed",
     )
     assert sample("feed_shard_first_tick_seconds_sum", shard="0") > 0
-    await eventually(lambda: sample("feed_shard_packets_total", shard="0") > packets + 11, what="ticks in")
+    await eventually(lambda: sample("feed_shard_packets_total", shard="0") > packets + 12, what="ticks in")
     assert sample("feed_shard_awaiting_first_tick_instruments", shard="0") == 0
     assert sample("feed_gateway_stale_instruments", reason="stopped") == 0
 
@@ -51,7 +51,7 @@ async def test_first_ticks_ticks_in_reconnects_and_stale_instruments(feed: FeedU
     assert sample("feed_shard_reconnects_total", shard="0", reason="807") == kicked + 1
     assert sample("feed_shard_connected", shard="0") == 0
     await eventually(
-        lambda: sample("feed_gateway_stale_instruments", reason="stopped") == 11, what="eleven stale, stopped"
+        lambda: sample("feed_gateway_stale_instruments", reason="stopped") == 12, what="twelve stale, stopped"
     )
     assert sample("feed_gateway_stale_instruments", reason="reconnecting") == 0
 

@@ -215,10 +215,10 @@ async def test_silencing_one_of_five_connections_kicks_no_other(database_url: st
     # The shards' watchdog is short in running_feed (1.5 s) and the instruments spread over
     # all five shards (least loaded first).
     async with running_feed(database_url, masters_dir, shards=5) as feed:
-        await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)  # 11 instruments
+        await add(feed.subscription, "alice", "RELIANCE", strikes_each_side=2)  # 12 instruments
         await add(feed.subscription, "bob", "SBIN", strikes_each_side=2)
         await eventually(
-            lambda: len(feed.subscriptions_on_broker()) == 5 and sum(feed.subscriptions_on_broker()) == 22,
+            lambda: len(feed.subscriptions_on_broker()) == 5 and sum(feed.subscriptions_on_broker()) == 24,
             what="five connections with every subscription",
         )
         before = {c.id: _shard_of_connection(feed, c.id) for c in feed.simulator.connections()}

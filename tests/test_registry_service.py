@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,8 @@ from dataserver.registry.v1 import registry_pb2_grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.clients import health_stub
+from services.dhan.master import parse_master
+from services.registry.catalog import Catalog
 from tests.conftest import clone_database
 from tests.registry_fixtures import (
     NIFTY_WEEKLY,
@@ -256,6 +259,56 @@ async def test_option_chain_for_a_commodity_uses_its_future(stub, registry) -> N
     )
     assert reply.underlying.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTCOM
     assert reply.underlying.expiry_date >= reply.expiry_date and reply.strike_count > 0
+
+
+async def test_option_chain_names_the_future_listed_for_its_expiry(stub, registry) -> None:
+    async def chain(symbol: str, expiry: str = "") -> pb.GetOptionChainResponse:
+        request = pb.GetOptionChainRequest(underlying_symbol=symbol, expiry_date=expiry, use_last_price=True)
+        return await stub.GetOptionChain(request, metadata=registry.user)
+
+    # NIFTY's nearest expiry is also its monthly one (the Tuesday holiday moves both to Monday):
+    # the index future expiring that day is listed.
+    monthly = await chain("NIFTY", NIFTY_WEEKLY)
+    assert monthly.HasField("future")
+    assert monthly.future.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTIDX
+    assert monthly.future.expiry_date == monthly.expiry_date and monthly.future.underlying_symbol == "NIFTY"
+    # A weekly expiry has no future.
+    expiries = await stub.ListExpiries(
+        pb.ListExpiriesRequest(underlying_symbol="NIFTY", kind=pb.DERIVATIVE_KIND_OPTIONS), metadata=registry.user
+    )
+    weekly = [e.expiry_date for e in expiries.expiries if e.expiry_flag == common_pb2.EXPIRY_FLAG_WEEKLY]
+    assert weekly and not (await chain("NIFTY", weekly[0])).HasField("future")
+    # A stock's monthly options: the stock future of the same day.
+    stock = await chain("RELIANCE")
+    assert stock.future.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTSTK
+    assert stock.future.expiry_date == stock.expiry_date
+    # A commodity's options exercise into the first future expiring on or after them, which is
+    # also the chain's underlying.
+    crude = await chain("CRUDEOIL")
+    assert crude.future.instrument_type == common_pb2.INSTRUMENT_TYPE_FUTCOM
+    assert crude.future.expiry_date > crude.expiry_date
+    assert crude.future.key == crude.underlying.key
+    # The cached window keeps it.
+    assert (await chain("NIFTY", NIFTY_WEEKLY)).future == monthly.future
+
+
+def test_the_listed_future_of_a_real_stock_is_the_one_of_the_same_day() -> None:
+    # Real rows: RELIANCE's cash line and its monthly futures of July-September 2025.
+    seed = Path(__file__).resolve().parents[1] / "services" / "dhan" / "seed"
+    records = []
+    for name in (
+        "dhan-scrip-master-equities-indices-2026-07.csv",
+        "dhan-scrip-master-detailed-stock-futures-2025-07.csv",
+    ):
+        with (seed / name).open(newline="") as handle:
+            records += parse_master(handle).records
+    group = Catalog(records, date(2025, 7, 1)).groups["RELIANCE"]
+    monthly = group.listed_future(date(2025, 8, 28))
+    assert monthly is not None and monthly.trading_symbol == "RELIANCE-Aug2025-FUT"
+    assert group.listed_future(date(2025, 8, 21)) is None  # no future expires that day
+    # What an option of that day settles on is still the next future (the chain's underlying
+    # rule for commodities), which is not its forward for a stock.
+    assert group.future_for(date(2025, 8, 21)) == monthly
 
 
 async def test_option_chain_bad_input(stub, registry) -> None:

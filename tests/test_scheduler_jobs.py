@@ -43,7 +43,9 @@ async def test_a_trading_day_runs_itself(database_url: str, masters_dir: Path) -
         assert preload.outcome == SUCCEEDED, preload
         counts = preload.counts
         assert counts["instruments_total"] == counts["instruments_added"] > 0
-        assert counts["chain:NIFTY"] == 7 * 2 + 1 and counts["chain:CRUDEOIL"] == 7 * 2 + 1
+        # 7 strikes x CE/PE and the underlying; NIFTY's monthly expiry lists its future too
+        # (CRUDEOIL's is its underlying).
+        assert counts["chain:NIFTY"] == 7 * 2 + 2 and counts["chain:CRUDEOIL"] == 7 * 2 + 1
         assert counts["instruments"] == 1
         assert await tier_b_symbols(subscription) == {"NIFTY", "CRUDEOIL"}
 

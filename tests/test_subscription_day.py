@@ -108,7 +108,10 @@ async def test_tier_b_chains_centre_on_the_last_price_else_the_previous_close(
         prices.prices[("IDX_I", 13)] = close * 1.02  # the first live price
         after = await service.stub.SetTierBPlan(pb.SetTierBPlanRequest(chains=[chain]), metadata=service.admin)
         assert after.chains[0].atm_strike == await atm_at(close * 1.02, expiry) > before[0].atm_strike
-        assert after.instrument_count == 1 + 2 * 5 and after.instruments_added == after.instruments_removed > 0
+        # The index, 2 strikes each side x CE/PE, and the expiry's future: the index and the
+        # future stay as the window moves.
+        assert after.instrument_count == 1 + 2 * 5 + 1 and after.instruments_added == after.instruments_removed > 0
+        assert after.instruments_kept == 2
         # Tier B chains are re-centred by admins only.
         ref = pb.TierBChainRef(underlying_symbol="NIFTY", expiry_date=expiry)
         await expect(

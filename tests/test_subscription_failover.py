@@ -131,7 +131,7 @@ async def test_new_instruments_avoid_a_down_shard(database_url: str, masters_dir
     async with subscription(database_url, masters_dir) as service:
         reply = await report(service, 1, False)
         assert reply.report_interval.ToTimedelta() == timedelta(seconds=service.settings.shard_health_report_seconds)
-        await add(service, "alice", "RELIANCE", strikes_each_side=2)  # 11 instruments
+        await add(service, "alice", "RELIANCE", strikes_each_side=2)  # 12 instruments
         assert set(await loads(service)) == {0, 2}
         shards = (await status(service)).shards
         assert [s.connected for s in shards] == [True, False, True]  # 0 and 2 never reported: up
@@ -148,9 +148,10 @@ async def test_new_instruments_avoid_a_down_shard(database_url: str, masters_dir
 async def test_a_full_pool_places_on_a_down_shard_rather_than_refuse(database_url: str, masters_dir: Path) -> None:
     async with subscription(database_url, masters_dir, feed_connections=2, feed_instruments_per_connection=30) as svc:
         await report(svc, 1, False)
-        reply = await add(svc, "alice", "RELIANCE", strikes_each_side=10)  # 43: more than shard 0 holds
+        # 44 (21 strikes x CE/PE, the stock, the expiry's future): more than shard 0 holds.
+        reply = await add(svc, "alice", "RELIANCE", strikes_each_side=10)
         assert reply.watchlist_item.state == pb.WATCHLIST_ITEM_STATE_ACTIVE
-        assert await loads(svc) == {0: 30, 1: 13}
+        assert await loads(svc) == {0: 30, 1: 14}
         await invariants(svc)
 
 
@@ -158,7 +159,7 @@ async def test_a_shard_down_past_the_failover_time_moves_make_before_break(
     database_url: str, masters_dir: Path
 ) -> None:
     async with subscription(database_url, masters_dir, feed_failover_seconds=1.0) as service:
-        await add(service, "alice", "RELIANCE", strikes_each_side=10)  # 43 over 3 shards
+        await add(service, "alice", "RELIANCE", strikes_each_side=10)  # 44 over 3 shards
         leaving = await on_shard(service, 1)
         assert leaving
         before = metric("subscription_shard_moves_total", reason="failover")
@@ -191,28 +192,28 @@ async def test_without_room_they_stay_and_rebalance_evens_out_after(database_url
         feed_failover_seconds=0.5,
         move_settle_seconds=0.3,
     ) as service:
-        await add(service, "alice", "RELIANCE", strikes_each_side=10)  # 43: 22 + 21
-        assert await loads(service) == {0: 22, 1: 21}
+        await add(service, "alice", "RELIANCE", strikes_each_side=10)  # 44: 22 + 22
+        assert await loads(service) == {0: 22, 1: 22}
         await report(service, 1, False)
-        # Shard 0 has room for 8; the other 13 stay on shard 1, reported stale to terminals.
+        # Shard 0 has room for 8; the other 14 stay on shard 1, reported stale to terminals.
         await eventually(
-            lambda: metric("subscription_failover_stranded_instruments") == 13, timeout=15, what="13 left without room"
+            lambda: metric("subscription_failover_stranded_instruments") == 14, timeout=15, what="14 left without room"
         )
         await eventually(lambda: settled(service), what="the moves finishing")
-        assert await loads(service) == {0: 30, 1: 13}
+        assert await loads(service) == {0: 30, 1: 14}
         # Back up: nothing is forced back, but an admin rebalance evens the shards out.
         await report(service, 1, True)
-        assert await loads(service) == {0: 30, 1: 13}
+        assert await loads(service) == {0: 30, 1: 14}
         moved = await service.stub.Rebalance(pb.RebalanceRequest(), metadata=service.admin)
-        assert moved.spread_before == 17 and moved.spread_after <= 1
+        assert moved.spread_before == 16 and moved.spread_after <= 1
         await invariants(service)
 
 
 async def test_a_shard_back_up_is_refilled_by_the_automatic_rebalance(database_url: str, masters_dir: Path) -> None:
     async with subscription(database_url, masters_dir, feed_connections=2, feed_rebalance_spread=4) as service:
         await report(service, 1, False)  # e.g. still connecting when the preload placed Tier B
-        await add(service, "alice", "RELIANCE", strikes_each_side=10)  # 43, all on shard 0
-        assert await loads(service) == {0: 43}
+        await add(service, "alice", "RELIANCE", strikes_each_side=10)  # 44, all on shard 0
+        assert await loads(service) == {0: 44}
         await report(service, 1, True)
         await eventually(lambda: settled(service), what="the moves finishing")
 
@@ -227,7 +228,7 @@ async def test_a_shard_back_up_is_refilled_by_the_automatic_rebalance(database_u
             )
         ).audit_entries
         assert {e.reason for e in entries} == {
-            "automatic rebalance (spread over 4, every shard up): spread 43 -> 1",
+            "automatic rebalance (spread over 4, every shard up): spread 44 -> 0",
             "target shard subscribed; source released",  # each move's end
         }
         await invariants(service)
@@ -285,7 +286,7 @@ async def test_a_real_shard_kicked_with_805_is_avoided_then_failed_over(database
         service = feed.subscription
         up = "SELECT shard_id FROM shard_health WHERE connected ORDER BY 1"
         await eventually(lambda: _ids(service, up, [0, 1]), what="both shards reporting connected", timeout=15)
-        await add(service, "alice", "RELIANCE", strikes_each_side=2)  # 11 over both shards
+        await add(service, "alice", "RELIANCE", strikes_each_side=2)  # 12 over both shards
         kicked = await on_shard(service, 1)
         assert kicked
         await eventually(
@@ -305,7 +306,7 @@ async def test_a_real_shard_kicked_with_805_is_avoided_then_failed_over(database
         assert not {key_from_proto(k) for k in reply.watchlist_item.instruments} & await on_shard(service, 1)
         # Past the failover time its instruments move to shard 0, which subscribes them.
         await eventually(lambda: _all_on_shard_0(service), what="shard 1 emptied", timeout=20)
-        await eventually(lambda: feed.subscriptions_on_broker() == [22], what="shard 0 holding all 22", timeout=15)
+        await eventually(lambda: feed.subscriptions_on_broker() == [24], what="shard 0 holding all 24", timeout=15)
 
 
 async def _ids(service: SubscriptionUnderTest, query: str, expected: list[int]) -> bool:
@@ -320,7 +321,7 @@ def _connection_holding(feed: Any, keys: set[Key]) -> int | None:
 
 
 async def _all_on_shard_0(service: SubscriptionUnderTest) -> bool:
-    return await loads(service) == {0: 22} and await moving(service) == 0
+    return await loads(service) == {0: 24} and await moving(service) == 0
 
 
 async def test_a_shard_keeps_running_while_its_reports_fail() -> None:

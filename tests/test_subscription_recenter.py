@@ -174,7 +174,8 @@ async def test_release_expired_evicts_units_and_removes_chains_on_a_passed_expir
         # The day after the first expiry (the second expiry's date will do: it is still live).
         reply = await service.stub.ReleaseExpired(pb.ReleaseExpiredRequest(trading_date=second), metadata=service.admin)
         assert (reply.units_evicted, reply.chains_removed) == (1, 1)
-        assert reply.instruments_unsubscribed == 2 * 5  # the first expiry's options; the index stays
+        # The first expiry's options and its future (expiring the same day); the index stays.
+        assert reply.instruments_unsubscribed == 2 * 5 + 1
         items = {
             i.item_id: i
             for i in (

@@ -167,7 +167,8 @@ async def test_invariants_hold_across_two_replicas_under_concurrent_load(replica
                 "WHERE o.owner_kind = 'unit' AND o.owner_id = w.item_id::text)"
             )
         ).fetchone()
-    assert plan["instrument_count"] == held["n"] == 23  # Tier B (NIFTY +/-5 strikes) was never evicted
+    # Tier B (NIFTY, +/-5 strikes, the expiry's future) was never evicted.
+    assert plan["instrument_count"] == held["n"] == 24
     assert active["n"] == 0  # every active unit is whole
     for channel in channels:
         await channel.close()

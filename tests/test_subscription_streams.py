@@ -38,7 +38,7 @@ async def next_message(stream, kinds=(pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT, pb.AS
 
 
 async def test_a_shard_gets_a_snapshot_then_one_change_set_per_add(service: SubscriptionUnderTest) -> None:
-    await add(service, "alice", "RELIANCE", strikes_each_side=2)  # 11 instruments spread over 3 shards
+    await add(service, "alice", "RELIANCE", strikes_each_side=2)  # 12 instruments spread over 3 shards
     stream = service.stub.WatchAssignments(
         pb.WatchAssignmentsRequest(shard_id=0, watcher_id="test"), metadata=service.admin
     )
@@ -46,10 +46,10 @@ async def test_a_shard_gets_a_snapshot_then_one_change_set_per_add(service: Subs
     assert snapshot.kind == pb.ASSIGNMENT_MESSAGE_KIND_SNAPSHOT and snapshot.shard_limit == 100
     on_shard_0 = await service.rows("SELECT count(*) AS n FROM subscriptions WHERE shard_id = 0")
     assert len(snapshot.assignments) == on_shard_0[0]["n"] == 4
-    unit = await add(service, "bob", "SBIN", strikes_each_side=20)  # 83 instruments
+    unit = await add(service, "bob", "SBIN", strikes_each_side=20)  # 84 instruments
     changes = await next_message(stream)
     assert changes.kind == pb.ASSIGNMENT_MESSAGE_KIND_CHANGES and changes.version > snapshot.version
-    assert len(changes.added) == 28 and not changes.removed  # one change set, ~a third of 83
+    assert len(changes.added) == 28 and not changes.removed  # one change set, ~a third of 84
     await service.stub.RemoveWatchlistItem(
         pb.RemoveWatchlistItemRequest(item_id=unit.watchlist_item.item_id), metadata=await service.user("bob")
     )
@@ -132,11 +132,11 @@ async def test_subscriptions_can_be_listed_filtered_and_inspected(service: Subsc
     await add(service, "bob", "INFY", underlying_only=True)
     alice = await service.user("alice")
     mine = await service.stub.ListSubscriptions(pb.ListSubscriptionsRequest(user_id="alice"), metadata=alice)
-    assert mine.total_size == 11
+    assert mine.total_size == 12  # the stock, 5 strikes x CE/PE, the expiry's future
     bobs = await service.stub.ListSubscriptions(
         pb.ListSubscriptionsRequest(user_id="bob", page_size=5), metadata=service.admin
     )
-    assert bobs.total_size == 12 and len(bobs.subscriptions) == 5 and bobs.next_page_token
+    assert bobs.total_size == 13 and len(bobs.subscriptions) == 5 and bobs.next_page_token
     on_shard = await service.stub.ListSubscriptions(
         pb.ListSubscriptionsRequest(shard_id=1, tier=pb.TIER_A), metadata=alice
     )
@@ -162,7 +162,7 @@ async def test_subscriptions_can_be_listed_filtered_and_inspected(service: Subsc
     await expect(service.stub.GetSubscription(missing, metadata=alice), grpc.StatusCode.NOT_FOUND)
     status = await service.stub.GetSubscriptionStatus(pb.GetSubscriptionStatusRequest(), metadata=alice)
     assert [u.user_id for u in status.users] == ["alice"] and status.user_count == 2
-    assert status.subscribed_count == 12 and abs(status.utilization - 12 / 300) < 1e-9
+    assert status.subscribed_count == 13 and abs(status.utilization - 13 / 300) < 1e-9
     audit = await service.stub.ListAuditEntries(
         pb.ListAuditEntriesRequest(user_id="alice", page_size=4), metadata=alice
     )
@@ -181,7 +181,7 @@ async def test_watchlist_events_show_adds_and_evictions(service: SubscriptionUnd
     event = await asyncio.wait_for(events.read(), TIMEOUT)
     while not event.HasField("event"):
         event = await asyncio.wait_for(events.read(), TIMEOUT)
-    assert event.event.kind == pb.WATCHLIST_EVENT_KIND_ADDED and len(event.event.instruments_added) == 11
+    assert event.event.kind == pb.WATCHLIST_EVENT_KIND_ADDED and len(event.event.instruments_added) == 12
     assert event.event.watchlist_item.item_id == added.watchlist_item.item_id
     await service.stub.UnsubscribeAllTierA(pb.UnsubscribeAllTierARequest(user_id="alice"), metadata=service.admin)
     event = await asyncio.wait_for(events.read(), TIMEOUT)

@@ -8,9 +8,12 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from dataserver.common.v1 import common_pb2
 from dataserver.subscription.v1 import subscription_pb2 as pb
 
 from tests.subscription_fixtures import SubscriptionUnderTest, running_subscription
+
+RELIANCE_NOV_FUTURE = 522910976  # the generated master's RELIANCE future of 2026-11-23
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -53,12 +56,14 @@ async def test_add_stock_subscribes_underlying_and_chain(service: SubscriptionUn
     assert reply.created and item.user_id == "alice" and item.symbol == "RELIANCE"
     assert item.state == pb.WATCHLIST_ITEM_STATE_ACTIVE and item.strikes_each_side == 12
     assert item.underlying.security_id == 2885 and item.instrument_count == len(item.instruments)
-    assert item.instrument_count == 51  # the stock and 25 strikes x CE/PE
+    assert item.instrument_count == 52  # the stock, 25 strikes x CE/PE and the expiry's future
+    futures = [i for i in item.instruments if i.security_id == RELIANCE_NOV_FUTURE]
+    assert len(futures) == 1 and futures[0].exchange_segment == common_pb2.EXCHANGE_SEGMENT_NSE_FNO
     rows = await service.rows("SELECT count(*) AS n FROM subscriptions")
-    assert rows[0]["n"] == 51
+    assert rows[0]["n"] == 52
     again = await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="reliance"), metadata=alice)
     assert not again.created and again.watchlist_item.item_id == item.item_id
-    assert (await service.rows("SELECT count(*) AS n FROM subscriptions"))[0]["n"] == 51
+    assert (await service.rows("SELECT count(*) AS n FROM subscriptions"))[0]["n"] == 52
     await invariants(service)
 
 
@@ -68,17 +73,17 @@ async def test_shared_instruments_are_subscribed_once_and_released_per_owner(ser
     b = await service.stub.AddWatchlistItem(pb.AddWatchlistItemRequest(symbol="RELIANCE"), metadata=bob)
     assert a.watchlist_item.item_id != b.watchlist_item.item_id
     refs = await service.rows("SELECT ref_count, count(*) AS n FROM subscriptions GROUP BY ref_count")
-    assert [(r["ref_count"], r["n"]) for r in refs] == [(2, 51)]
+    assert [(r["ref_count"], r["n"]) for r in refs] == [(2, 52)]
     removed = await service.stub.RemoveWatchlistItem(
         pb.RemoveWatchlistItemRequest(item_id=a.watchlist_item.item_id), metadata=alice
     )
     assert removed.instruments_released == 0
     refs = await service.rows("SELECT ref_count, count(*) AS n FROM subscriptions GROUP BY ref_count")
-    assert [(r["ref_count"], r["n"]) for r in refs] == [(1, 51)]
+    assert [(r["ref_count"], r["n"]) for r in refs] == [(1, 52)]
     removed = await service.stub.RemoveWatchlistItem(
         pb.RemoveWatchlistItemRequest(item_id=b.watchlist_item.item_id), metadata=bob
     )
-    assert removed.instruments_released == 51
+    assert removed.instruments_released == 52
     assert (await service.rows("SELECT count(*) AS n FROM subscriptions"))[0]["n"] == 0
     await invariants(service)
 
@@ -93,7 +98,8 @@ async def test_watchlist_listing_and_identity(service: SubscriptionUnderTest) ->
         pb.ListWatchlistItemsRequest(include_instruments=True, page_size=1), metadata=alice
     )
     assert listed.total_size == 2 and len(listed.watchlist_items) == 1 and listed.next_page_token
-    assert listed.watchlist_items[0].instrument_count == 23 == len(listed.watchlist_items[0].instruments)
+    # NIFTY +/-5 strikes x CE/PE, the index and the future of the (monthly) expiry.
+    assert listed.watchlist_items[0].instrument_count == 24 == len(listed.watchlist_items[0].instruments)
     rest = await service.stub.ListWatchlistItems(
         pb.ListWatchlistItemsRequest(include_instruments=True, page_size=1, page_token=listed.next_page_token),
         metadata=alice,

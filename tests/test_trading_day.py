@@ -137,14 +137,15 @@ async def monday_morning(day: Day) -> None:
     scheduler.clock.set(at(MONDAY, 9, 0))
     [preload] = await scheduler.ended("preload_tier_b")
     assert preload.outcome == SUCCEEDED, preload
-    # NIFTY and CRUDEOIL: 3 strikes each side of ATM, a call and a put each, and the
-    # underlying (the NIFTY index, which the plan also names; CRUDEOIL's future).
+    # NIFTY and CRUDEOIL: 3 strikes each side of ATM, a call and a put each, the underlying
+    # (the NIFTY index, which the plan also names; CRUDEOIL's future) and the future listed for
+    # the expiry (NIFTY's of the same day; CRUDEOIL's is its underlying, counted once).
     counts = dict(preload.counts)
-    assert (counts["chain:NIFTY"], counts["chain:CRUDEOIL"], counts["instruments"]) == (15, 15, 1)
-    assert (counts["instruments_total"], counts["instruments_added"], counts["evictions"]) == (30, 30, 0)
+    assert (counts["chain:NIFTY"], counts["chain:CRUDEOIL"], counts["instruments"]) == (16, 15, 1)
+    assert (counts["instruments_total"], counts["instruments_added"], counts["evictions"]) == (31, 31, 0)
     chains = await tier_b(service)
     assert chains["NIFTY"].expiry_date == "2026-11-23"  # the weekly, moved off Tuesday's holiday
-    await day.on_broker(30)
+    await day.on_broker(31)
     await day.live(NIFTY)
     # The chains were centred on previous closes (no tick yet at 09:00): the next run
     # centres them on the live price, whatever the hysteresis.
@@ -194,16 +195,17 @@ async def monday_session(day: Day) -> None:
     ), audit
     await invariants(service)  # within the budget, refs and counts consistent
     tier_b_count = len(await subscribed(service))
-    assert tier_b_count == 30 - old.instrument_count + new.instrument_count
+    assert tier_b_count == 31 - old.instrument_count + new.instrument_count
     await day.on_broker(tier_b_count)
 
-    # Users: 11-instrument stock units beside Tier B; the fourth does not fit in 60.
+    # Users: 12-instrument stock units (2 strikes each side, the stock, the expiry's future)
+    # beside Tier B; the fourth does not fit in 60.
     alice, bob, carol, dave = [await day.user(n) for n in ("alice", "bob", "carol", "dave")]
 
     async def add(user: tuple[tuple[str, str], ...], symbol: str) -> pb.AddWatchlistItemResponse:
         request = pb.AddWatchlistItemRequest(symbol=symbol, strikes_each_side=2)
         reply = await service.stub.AddWatchlistItem(request, metadata=user)
-        assert reply.watchlist_item.instrument_count == 11, reply
+        assert reply.watchlist_item.instrument_count == 12, reply
         return reply
 
     a = await add(alice, "RELIANCE")
@@ -211,8 +213,8 @@ async def monday_session(day: Day) -> None:
     await service.stub.RemoveWatchlistItem(
         pb.RemoveWatchlistItemRequest(item_id=a.watchlist_item.item_id), metadata=alice
     )
-    assert not (await add(carol, "INFY")).evictions and len(await subscribed(service)) == tier_b_count + 22
-    assert tier_b_count + 33 > BUDGET
+    assert not (await add(carol, "INFY")).evictions and len(await subscribed(service)) == tier_b_count + 24
+    assert tier_b_count + 36 > BUDGET
     d = await add(dave, "TCS")
     # Bob's unit, the least recently used, goes whole; Tier B is never evicted.
     assert [(e.symbol, e.reason) for e in d.evictions] == [("SBIN", pb.EVICTION_REASON_CAPACITY)]
@@ -223,10 +225,10 @@ async def monday_session(day: Day) -> None:
         ("carol", "ACTIVE", None),
         ("dave", "ACTIVE", None),
     ]
-    assert len(await subscribed(service)) == tier_b_count + 22 <= BUDGET
+    assert len(await subscribed(service)) == tier_b_count + 24 <= BUDGET
     assert len(await subscribed(service, "B")) == tier_b_count
     await invariants(service)
-    await day.on_broker(tier_b_count + 22)
+    await day.on_broker(tier_b_count + 24)
 
 
 async def monday_close(day: Day) -> None:

@@ -66,6 +66,15 @@ class UnderlyingGroup:
                 return future
         return self.feed_instrument
 
+    def listed_future(self, expiry: date) -> InstrumentRecord | None:
+        """The future listed for the options of `expiry`, whose price is their forward: for an
+        index or a stock the future expiring that same day (a weekly expiry has none); for a
+        commodity (no cash or index) the future its options exercise into."""
+        cash, index, futures, _ = self.by_kind
+        if cash or index:
+            return next((f for f in futures if f.expiry == expiry), None)
+        return next((f for f in futures if f.expiry is not None and f.expiry >= expiry), None)
+
 
 def _order_key(record: InstrumentRecord) -> tuple[object, ...]:
     return (

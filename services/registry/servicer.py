@@ -53,7 +53,7 @@ def parse_date(text: str, field: str) -> date:
 
 
 def _chain_response(
-    underlying: InstrumentRecord, expiry: date, window: ChainWindow
+    underlying: InstrumentRecord, future: InstrumentRecord | None, expiry: date, window: ChainWindow
 ) -> registry_pb2.GetOptionChainResponse:
     """A chain window as a response, without the price it was centred on (per call)."""
     return registry_pb2.GetOptionChainResponse(
@@ -73,6 +73,7 @@ def _chain_response(
         listed_strike_count=window.listed_strike_count,
         clipped_below=window.clipped_below,
         clipped_above=window.clipped_above,
+        future=instrument_proto(future) if future is not None else None,
     )
 
 
@@ -232,7 +233,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         key = (master.version.version, group.symbol, expiry, window.atm_strike, each_side)
         cached = self._chains.get(key)
         if cached is None:
-            cached = _chain_response(underlying, expiry, window)
+            cached = _chain_response(underlying, group.listed_future(expiry), expiry, window)
             # Recomputed only when the ATM strike changes: persist once per (underlying, expiry, ATM).
             await self._store.save_chain_window(master.version.version, group.symbol, expiry, each_side, price, window)
             self._chains[key] = cached

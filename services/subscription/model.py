@@ -36,7 +36,8 @@ class Instrument:
 
 @dataclass(frozen=True)
 class ResolvedUnit:
-    """What a watchlist item or Tier B chain subscribes: the underlying and its window."""
+    """What a watchlist item or Tier B chain subscribes: the underlying, its window, and the
+    future listed for the expiry (the chain's forward; it stays put when the window moves)."""
 
     symbol: str
     underlying: Instrument
@@ -48,9 +49,15 @@ class ResolvedUnit:
     price_source: registry_pb2.PriceSource
     strikes_each_side: int
     options: tuple[Instrument, ...] = ()
+    future: Instrument | None = None
 
     def instruments(self, include_underlying: bool = True) -> list[Instrument]:
-        return [self.underlying, *self.options] if include_underlying else list(self.options)
+        """Each instrument once: a commodity's future is its underlying too, so it comes (or not)
+        with the underlying."""
+        chosen = [self.underlying, *self.options] if include_underlying else list(self.options)
+        if self.future is not None and self.future.key != self.underlying.key:
+            chosen.append(self.future)
+        return chosen
 
 
 @dataclass(frozen=True)

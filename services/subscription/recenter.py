@@ -214,7 +214,8 @@ class Recentering:
             await ledger.save_tier_b_entry({**current, "price_source": str(window.price_source)})
 
     async def _move(self, ledger: Ledger, target: _Target, window: ResolvedUnit) -> RecenterOutcome:
-        """Adds the window's new strikes, then drops the ones that left it."""
+        """Adds the window's new strikes, then drops the ones that left it (the underlying and
+        the expiry's future are in every window: they stay)."""
         row, kind, owner_id, user_id = target.row, target.owner_kind, target.owner_id, target.user_id
         what = f"{target.symbol} {row['expiry_date'].isoformat()}"
         wanted = window.instruments(kind == OWNER_UNIT or row["include_underlying"])

@@ -1,4 +1,5 @@
-"""Turns a symbol into a unit (underlying + option window) through the registry.
+"""Turns a symbol into a unit (underlying + option window + the expiry's listed future) through
+the registry.
 
 The ATM price comes from the feed's last price, else the caller's price, else the master's
 previous close (the registry's "use last price" fallback).
@@ -152,6 +153,7 @@ class UnitResolver:
             price_source=chain.price_source,
             strikes_each_side=width,
             options=tuple(options),
+            future=_instrument(chain.future) if chain.HasField("future") else None,
         )
 
     async def instrument(self, key: Key) -> Instrument:

@@ -1,6 +1,11 @@
 """A live option chain: the window of strikes the registry resolves, its values from the hub's
 last-value cache, and each update's forward, IV and greeks (chain_math).
 
+The forward is put-call parity's where a strike near the money is priced on both sides, else
+the last price of the future listed for the expiry (a future's price is the forward: no carry),
+else the underlying carried at the rate. A leg is stale while its shard has an outage or while
+no shard subscribes it (its watchlist item evicted, or the subscription still being placed).
+
 A ChainWatch attaches to the hub only while a stream is open, so a chain nobody watches costs
 nothing; the stream recomputes at most once per interval, and only after a value changed.
 """
@@ -14,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 
 from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2
@@ -24,12 +30,14 @@ from dataserver.subscription.v1 import subscription_pb2_grpc
 from services.common.clients import ServiceCaller
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.keys import proto_wire_key, wire_key_proto
+from services.common.market_calendar import IST
 from services.common.timestamps import timestamp
 from services.dhan.decode import ProtocolErrors, decode_packet
 from services.dhan.packets import FullPacket, OIPacket, Packet, PrevClosePacket, QuotePacket, TickerPacket
 from services.feed.gateway import chain_math
 from services.feed.gateway.hub import Hub, Instrument
 from services.feed.gateway.prices import SCALES, rounded
+from services.feed.gateway.upstream import Outage
 from services.feed.gateway.values import Value
 
 DEFAULT_STRIKES_EACH_SIDE = 10
@@ -47,6 +55,7 @@ _DECODE_ERRORS = ProtocolErrors()  # never counts: the hub keeps only packets of
 _NO_PRICE = feed_pb2.GREEKS_STATUS_NO_PRICE
 _NO_IV = feed_pb2.GREEKS_STATUS_NO_IMPLIED_VOLATILITY
 _NO_FORWARD = feed_pb2.GREEKS_STATUS_NO_FORWARD
+NOT_SUBSCRIBED = "not subscribed upstream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +74,13 @@ class Window:
     rows: tuple[Row, ...]
     atm: float  # the strike the window is centred on
     item_id: str = ""  # the caller's watchlist item holding the chain's subscriptions
+    future: int | None = None  # the future listed for the expiry (a commodity's is its underlying)
 
     @property
     def keys(self) -> list[int]:
         legs = [k for row in self.rows for k in (row.call, row.put) if k is not None]
-        return [self.underlying, *legs]
+        listed = [self.future] if self.future is not None and self.future != self.underlying else []
+        return [self.underlying, *legs, *listed]
 
     @classmethod
     def of(cls, response: registry_pb2.GetOptionChainResponse, item_id: str = "") -> Window:
@@ -78,7 +89,8 @@ class Window:
 
         rows = tuple(Row(s.strike_price, key(s, "call"), key(s, "put")) for s in response.strikes)
         expiry = date.fromisoformat(response.expiry_date)
-        return cls(proto_wire_key(response.underlying.key), expiry, rows, response.atm_strike, item_id)
+        future = proto_wire_key(response.future.key) if response.HasField("future") else None
+        return cls(proto_wire_key(response.underlying.key), expiry, rows, response.atm_strike, item_id, future)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +272,12 @@ class ChainWatch:
     def quote(self, key: int) -> Quote | None:
         return self._legs[key].of(self._instruments[key].latest)
 
-    def stale(self, key: int) -> bool:
-        return self.hub.outage(key) is not None
+    def stale(self, key: int) -> str:
+        """Why the instrument's last value is stale, for people; empty while it is live."""
+        if not self._instruments[key].mode:
+            return NOT_SUBSCRIBED
+        outage = self.hub.outage(key)
+        return "" if outage is None else stale_reason(outage, self._instruments[key].shard_id)
 
     async def updates(
         self,
@@ -295,6 +311,14 @@ class ChainWatch:
         self.changed.set()
 
 
+@lru_cache(maxsize=64)
+def stale_reason(outage: Outage, shard_id: int | None) -> str:
+    """An outage as a leg's stale_reason: the shard, its reason and since when (IST)."""
+    since = datetime.fromtimestamp(outage.since, IST).strftime("%H:%M:%S")
+    shard = "" if shard_id is None or outage.reason.startswith("shard ") else f"shard {shard_id}: "
+    return f"{shard}{outage.reason}, since {since} IST"
+
+
 def _price(quote: Quote | None) -> float:
     return quote.last_price if quote is not None and quote.last_price > 0.0 else math.nan
 
@@ -302,11 +326,12 @@ def _price(quote: Quote | None) -> float:
 def chain_update(
     window: Window,
     quote: Callable[[int], Quote | None],
-    stale: Callable[[int], bool],
+    stale: Callable[[int], str],
     now: datetime,
     rate: float,
 ) -> feed_pb2.OptionChainUpdate:
-    """The chain's message from the instruments' last values: forward, then each leg's greeks."""
+    """The chain's message from the instruments' last values: forward, then each leg's greeks.
+    `stale` says why an instrument's value is stale ("" while live)."""
     years = chain_math.years_to_expiry(now, window.expiry)
     spot = _price(quote(window.underlying))
     strikes = [r.strike for r in window.rows]
@@ -321,14 +346,9 @@ def chain_update(
         rate=rate,
         as_of=timestamp(now),
     )
-    forward = chain_math.forward_from_parity(strikes, calls, puts, centre, years, rate) if strikes else None
-    if forward is not None:
-        update.forward_source = feed_pb2.FORWARD_SOURCE_PUT_CALL_PARITY
-    elif not math.isnan(spot):
-        forward = spot * math.exp(rate * years)
-        update.forward_source = feed_pb2.FORWARD_SOURCE_SPOT_CARRY
-    if forward is not None:
-        update.forward_price = forward
+    if window.future is not None:
+        update.future.CopyFrom(wire_key_proto(window.future))
+    forward = _forward(update, window, quote, strikes, calls, puts, centre, spot)
     atm = chain_math.atm_strike(strikes, centre) if not math.isnan(centre) else None
     update.atm_strike = atm or 0.0
     call_oi = put_oi = 0
@@ -344,12 +364,42 @@ def chain_update(
     return update
 
 
+def _forward(
+    update: feed_pb2.OptionChainUpdate,
+    window: Window,
+    quote: Callable[[int], Quote | None],
+    strikes: list[float],
+    calls: list[float],
+    puts: list[float],
+    centre: float,
+    spot: float,
+) -> float | None:
+    """Parity, else the listed future's price, else the spot carried; sets the update's forward
+    and its source. A commodity's underlying is the future its options exercise into (the
+    listed one): its price is the forward already, never carried again."""
+    years, rate = update.years_to_expiry, update.rate
+    forward = chain_math.forward_from_parity(strikes, calls, puts, centre, years, rate) if strikes else None
+    if forward is not None:
+        update.forward_source = feed_pb2.FORWARD_SOURCE_PUT_CALL_PARITY
+    else:
+        listed = _price(quote(window.future)) if window.future is not None else math.nan
+        if not math.isnan(listed):
+            forward = listed
+            update.forward_source = feed_pb2.FORWARD_SOURCE_LISTED_FUTURE
+        elif not math.isnan(spot):  # never a commodity's future: the branch above took its price
+            forward = spot * math.exp(rate * years)
+            update.forward_source = feed_pb2.FORWARD_SOURCE_SPOT_CARRY
+    if forward is not None:
+        update.forward_price = forward
+    return forward
+
+
 def _leg(
     out: feed_pb2.ChainOption,
     key: int,
     quote: Quote | None,
     price: float,
-    stale: Callable[[int], bool],
+    stale: Callable[[int], str],
     forward: float | None,
     strike: float,
     years: float,
@@ -358,7 +408,9 @@ def _leg(
 ) -> int:
     """Fills one option's fields; returns its open interest (for the put-call ratio)."""
     out.key.CopyFrom(quote.key if quote is not None else wire_key_proto(key))
-    out.stale = stale(key)
+    reason = stale(key)
+    if reason:
+        out.stale, out.stale_reason = True, reason
     if quote is not None:
         out.last_price = quote.last_price
         if quote.previous_close:

@@ -195,6 +195,10 @@ def gateway_view(symbol: str, update: feed_pb2.OptionChainUpdate, state: str = "
         )
         for row in update.rows
     ]
+    stale = [leg for row in update.rows for leg in (row.call, row.put) if leg.stale]
+    if stale and state == "live":
+        reasons = sorted({leg.stale_reason for leg in stale if leg.stale_reason})
+        state = f"{len(stale)} options stale" + (f": {'; '.join(reasons)}" if reasons else "")
     source = FORWARD_SOURCES.get(update.forward_source)
     forward = f"{update.forward_price:,.2f} ({source})" if source and update.forward_price else ""
     pcr = update.put_call_ratio or None

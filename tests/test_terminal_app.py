@@ -23,8 +23,8 @@ from services.common.config import load_settings
 from services.stack.__main__ import banner, plan
 from services.stack.keys import DevelopmentKeys
 from terminal.__main__ import build, parse
-from terminal.app import TerminalApp
-from terminal.chain import ChainView, chain_view
+from terminal.app import TerminalApp, chain_header
+from terminal.chain import ChainView, chain_view, gateway_view
 from terminal.model import TerminalModel
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
 from tests.test_subscription_capacity import add
@@ -298,3 +298,27 @@ def test_make_run_prints_how_to_start_the_terminal() -> None:
     assert "--gateway 127.0.0.1:50153 --subscription 127.0.0.1:50152 --registry 127.0.0.1:50151" in line
     assert "--token dsk_user" in line
     assert parse(["--gateway", "127.0.0.1:50153", "--token", "dsk_user"]).gateway == "127.0.0.1:50153"
+
+
+def test_the_chain_header_says_which_options_are_stale_and_why() -> None:
+    def option(stale_reason: str = "") -> feed_pb2.ChainOption:
+        return feed_pb2.ChainOption(last_price=10.0, stale=bool(stale_reason), stale_reason=stale_reason)
+
+    update = feed_pb2.OptionChainUpdate(
+        expiry_date="2026-12-08",
+        underlying_price=25_900.0,
+        atm_strike=25_900.0,
+        forward_price=25_905.5,
+        forward_source=feed_pb2.FORWARD_SOURCE_LISTED_FUTURE,
+        put_call_ratio=0.97,
+        rows=[
+            feed_pb2.OptionChainRow(strike_price=25_850.0, call=option(), put=option("not subscribed upstream")),
+            feed_pb2.OptionChainRow(strike_price=25_900.0, call=option("not subscribed upstream"), put=option()),
+        ],
+    )
+    header = chain_header(gateway_view("NIFTY", update))
+    assert header == (
+        "NIFTY 2026-12-08 | underlying 25,900.00 | ATM 25900 | forward 25,905.50 (the future) | PCR 0.97"
+        " | 2 options stale: not subscribed upstream"
+    )
+    assert chain_header(gateway_view("NIFTY", feed_pb2.OptionChainUpdate(rows=update.rows[:1]), "x")).endswith("| x")

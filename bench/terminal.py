@@ -14,7 +14,7 @@ watchlist seeded with NIFTY's chain), with NIFTY's option chain open, as `make t
 
 A frame is what textual's compositor renders for the screen (headless it is computed, not
 written): the app's `_display`, the one place every frame passes, is wrapped to see them.
-Knobs: BENCH_TERMINAL_ROUNDS (live/idle pairs, default 2), BENCH_TERMINAL_PRESSES (per
+Knobs: BENCH_TERMINAL_ROUNDS (live/idle pairs, default 3), BENCH_TERMINAL_PRESSES (per
 session, default 50), BENCH_TERMINAL_WINDOW (seconds followed per session, default 8).
 """
 
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +38,18 @@ from bench.children import REPO_ROOT, Child, cpu_seconds
 from bench.feed.procs import Children, metrics, service_env
 from bench.report import Report, percentile
 
-ROUNDS = int(os.environ.get("BENCH_TERMINAL_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_TERMINAL_ROUNDS", "3"))
 PRESSES = int(os.environ.get("BENCH_TERMINAL_PRESSES", "50"))
 WINDOW_SECONDS = float(os.environ.get("BENCH_TERMINAL_WINDOW", "8"))
 SIZE = (160, 50)
 STARTUP_TARGET = 2.0
-# Live press latency against idle: the stream may cost the keys at most one more frame
-# interval's worth on top of what the render timer already costs (see README).
+# The stream's cost to the keys (live p99 over idle p99): at make run's rate the stream adds a
+# few small messages a second to a screen already redrawn on a timer, so a key should wait
+# behind at most one more frame's work; a redraw per message, or a model falling behind,
+# shows as several times.
 RATIO_TARGET = 2.0
+# A key's effect within 0.1 s feels instantaneous (the classic limit of perceived response).
+KEY_P99_TARGET_MS = 100.0
 KEEP_UP_TARGET = 0.95
 LAG_SLEEP = 0.01
 FRAME_SECONDS = 10.0  # the longest wait for a frame showing something
@@ -65,6 +69,7 @@ class Session:
     applied: int = 0
     sent: float = 0.0
     shown_rate: float = 0.0
+    closing_error: str = ""
 
 
 class Frames:
@@ -106,12 +111,16 @@ async def _press_latencies(app: Any, frames: Frames, presses: int, seed: int) ->
     from textual.widgets import DataTable
 
     table = app.query_one("#chain", DataTable)
+
+    def cursor_on(row: int) -> Callable[[], bool]:
+        return lambda: table.cursor_row == row
+
     gaps = random.Random(seed)
     latencies = []
     for n in range(presses):
         key, row = ("down", table.cursor_row + 1) if n % 2 == 0 else ("up", table.cursor_row - 1)
         await asyncio.sleep(gaps.uniform(0.03, 0.12))
-        waiter = frames.shown(lambda row=row: table.cursor_row == row)
+        waiter = frames.shown(cursor_on(row))
         began = time.perf_counter()
         app.post_message(events.Key(key, None))
         latencies.append(await asyncio.wait_for(waiter, FRAME_SECONDS) - began)
@@ -166,24 +175,43 @@ async def _open_chain(app: Any, pilot: Any, frames: Frames) -> None:
     await asyncio.wait_for(shown, FRAME_SECONDS)
 
 
+async def _session(app: Any, body: Callable[[Any, Frames], Awaitable[Session]]) -> Session:
+    """`body(pilot, frames)` in the app's headless run; an error the app raises as it closes,
+    once the body has measured, is kept in the session's note rather than losing the figures."""
+    measured: list[Session] = []
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            measured.append(await body(pilot, Frames(app)))
+    except Exception as error:
+        if not measured:
+            raise
+        measured[0].closing_error = f"{type(error).__name__}: {error}"
+    return measured[0]
+
+
 async def _live(addresses: dict[str, str], gateway_metrics: int, seed: int) -> tuple[Session, Any, Any]:
     """The app as `make terminal` builds it; returns its session, and its model and chain as they were."""
     from terminal.__main__ import build, parse
 
-    session = Session()
     began = time.perf_counter()
     app, connection = build(parse([f"--{name}={address}" for name, address in addresses.items()]))
+    chain: list[Any] = []
+
+    async def body(pilot: Any, frames: Frames) -> Session:
+        session = Session(startup=await _when_shown(frames, _priced(app), "a priced watchlist row") - began)
+        await _open_chain(app, pilot, frames)
+        await _follow_window(session, app.model, gateway_metrics)
+        session.presses = await _press_latencies(app, frames, PRESSES, seed)
+        source = app._chain  # the app's own source: the view its screen shows
+        assert source is not None
+        chain.append(source.view())
+        return session
+
     try:
-        async with app.run_test(size=SIZE) as pilot:
-            frames = Frames(app)
-            session.startup = await _when_shown(frames, _priced(app), "a priced watchlist row") - began
-            await _open_chain(app, pilot, frames)
-            await _follow_window(session, app.model, gateway_metrics)
-            session.presses = await _press_latencies(app, frames, PRESSES, seed)
-            model, chain = app.model, app._chain.view()
+        session = await _session(app, body)
     finally:
         await connection.close()
-    return session, model, chain
+    return session, app.model, chain[0]
 
 
 class FrozenChain:
@@ -205,15 +233,17 @@ async def _idle(model: Any, chain: Any, seed: int) -> Session:
     from terminal.model import TerminalModel
 
     frozen = TerminalModel(connection=model.connection, ticks=dict(model.ticks), items=dict(model.items))
-    session = Session()
     app = TerminalApp(frozen, chain=FrozenChain(chain))
-    async with app.run_test(size=SIZE) as pilot:
-        frames = Frames(app)
+
+    async def body(pilot: Any, frames: Frames) -> Session:
+        session = Session()
         await _when_shown(frames, _priced(app), "the frozen watchlist")
         await _open_chain(app, pilot, frames)
         await _follow_window(session, frozen, None)
         session.presses = await _press_latencies(app, frames, PRESSES, seed)
-    return session
+        return session
+
+    return await _session(app, body)
 
 
 async def _rounds(addresses: dict[str, str], gateway_metrics: int) -> tuple[list[Session], list[Session]]:
@@ -296,7 +326,7 @@ def _report(report: Report, live: list[Session], idle: list[Session]) -> None:
             f"key -> frame, {name}: p50 {_p(values, 50):.1f} ms, p99 {_p(values, 99):.1f} ms, "
             f"max {max(values):.1f} ms over {len(values)} presses"
         )
-    report.add("terminal key -> frame p99, live", _p(pressed["live"], 99), "ms")
+    report.add("terminal key -> frame p99, live", _p(pressed["live"], 99), "ms", target=KEY_P99_TARGET_MS)
     report.add("terminal key -> frame p50, live / idle", _p(pressed["live"], 50) / _p(pressed["idle"], 50), "x")
     ratio = _p(pressed["live"], 99) / _p(pressed["idle"], 99)
     report.add("terminal key -> frame p99, live / idle", ratio, "x", target=RATIO_TARGET)
@@ -315,6 +345,10 @@ def _report(report: Report, live: list[Session], idle: list[Session]) -> None:
     )
     report.add("terminal CPU following the stream", 100 * statistics.mean(s.cpu_share for s in live), "% of a core")
     report.add("terminal CPU with no stream", 100 * statistics.mean(s.cpu_share for s in idle), "% of a core")
+    for name, sessions in (("live", live), ("idle", idle)):
+        for n, s in enumerate(sessions):
+            if s.closing_error:
+                report.note(f"!! the {name} app of round {n + 1} raised as it closed: {s.closing_error}")
 
 
 def run(report: Report) -> None:

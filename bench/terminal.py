@@ -295,6 +295,11 @@ def _free(port: int) -> bool:
     return True
 
 
+def _seeded(record: dict[str, Any]) -> bool:
+    """The stack's line once the dev user's watchlist is seeded (its banner follows)."""
+    return record.get("msg") == "seeded"
+
+
 def _start_stack(children: Children, folder: Path) -> tuple[Child, dict[str, str], int]:
     """`make run` (python -m services.stack) in `folder`; ready once it has seeded the dev watchlist."""
     from services.common.config import load_settings
@@ -303,8 +308,7 @@ def _start_stack(children: Children, folder: Path) -> tuple[Child, dict[str, str
     offset = _free_offset()
     env = service_env(DATASERVER_DATA_DIR=str(folder), STACK_PORT_OFFSET=str(offset))
     env.pop("DATABASE_URL", None)
-    ready: Callable[[dict[str, Any]], bool] = lambda r: r.get("msg") == "seeded"  # noqa: E731
-    stack = children.spawn("stack", ["-m", "services.stack"], env, ready, timeout=STACK_START_SECONDS)
+    stack = children.spawn("stack", ["-m", "services.stack"], env, _seeded, timeout=STACK_START_SECONDS)
     processes = {p.name: p for p in plan(load_settings({"STACK_PORT_OFFSET": str(offset)}))}
     addresses = {name: f"127.0.0.1:{processes[name].grpc_port}" for name in ("gateway", "subscription", "registry")}
     return stack, addresses, processes["gateway"].metrics_port
@@ -314,10 +318,7 @@ def _p(values: list[float], p: float) -> float:
     return percentile(sorted(values), p)
 
 
-def _report(report: Report, live: list[Session], idle: list[Session]) -> None:
-    startups = [s.startup for s in live if s.startup is not None]
-    report.add("terminal start-up (app created -> first LTP on screen)", startups[0], "s", target=STARTUP_TARGET)
-    report.note(f"every round's start-up: {', '.join(f'{s:.2f}' for s in startups)} s (the first is cold)")
+def _report_keys(report: Report, live: list[Session], idle: list[Session]) -> None:
     pressed = {
         name: [x * 1000 for s in sessions for x in s.presses] for name, sessions in (("live", live), ("idle", idle))
     }
@@ -343,6 +344,13 @@ def _report(report: Report, live: list[Session], idle: list[Session]) -> None:
             f"{1000 * _p(a.presses, 99):.0f}/{1000 * _p(b.presses, 99):.0f}" for a, b in zip(live, idle, strict=True)
         )
     )
+
+
+def _report(report: Report, live: list[Session], idle: list[Session]) -> None:
+    startups = [s.startup for s in live if s.startup is not None]
+    report.add("terminal start-up (app created -> first LTP on screen)", startups[0], "s", target=STARTUP_TARGET)
+    report.note(f"every round's start-up: {', '.join(f'{s:.2f}' for s in startups)} s (the first is cold)")
+    _report_keys(report, live, idle)
     lags = {name: [x * 1000 for s in sessions for x in s.lags] for name, sessions in (("live", live), ("idle", idle))}
     report.add("terminal event loop lag p99, live", _p(lags["live"], 99), "ms")
     report.note(

@@ -55,6 +55,7 @@ LAG_SLEEP = 0.01
 FRAME_SECONDS = 10.0  # the longest wait for a frame showing something
 STACK_START_SECONDS = 240.0
 STACK_STOP_SECONDS = 60.0
+STREAMING_SECONDS = 60.0
 CHAIN = "NIFTY"
 
 
@@ -214,17 +215,17 @@ async def _live(addresses: dict[str, str], gateway_metrics: int, seed: int) -> t
     return session, app.model, chain[0]
 
 
+@dataclass
 class FrozenChain:
     """A chain source that shows one view as it was (the reference: no stream)."""
 
-    def __init__(self, view: Any) -> None:
-        self._view = view
+    shown: Any
 
     async def open(self, symbol: str) -> None:
         return None
 
     def view(self) -> Any:
-        return self._view
+        return self.shown
 
 
 async def _idle(model: Any, chain: Any, seed: int) -> Session:
@@ -246,7 +247,35 @@ async def _idle(model: Any, chain: Any, seed: int) -> Session:
     return await _session(app, body)
 
 
-async def _rounds(addresses: dict[str, str], gateway_metrics: int) -> tuple[list[Session], list[Session]]:
+async def _until_streaming(gateway: str, instruments: int) -> None:
+    """Until the dev user's watchlist stream has carried a live tick of each of its instruments:
+    the stack's banner comes once the watchlist is seeded, not once every shard ticks it."""
+    import grpc
+    from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
+
+    seen: set[tuple[int, int]] = set()
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        call = feed_pb2_grpc.GatewayServiceStub(channel).StreamTicks(feed_pb2.StreamTicksRequest(my_watchlist=True))
+        try:
+            async with asyncio.timeout(STREAMING_SECONDS):
+                async for response in call:
+                    seen.update((t.key.exchange_segment, t.key.security_id) for t in response.batch.ticks)
+                    if len(seen) >= instruments:
+                        return
+        except TimeoutError:
+            raise TimeoutError(f"{len(seen)} of {instruments} instruments ticked in {STREAMING_SECONDS:g} s") from None
+        finally:
+            call.cancel()
+
+
+async def _rounds(
+    addresses: dict[str, str], gateway_metrics: int, instruments: int, report: Report
+) -> tuple[list[Session], list[Session]]:
+    began = time.perf_counter()
+    await _until_streaming(addresses["gateway"], instruments)
+    report.note(
+        f"every one of the dev watchlist's {instruments} instruments ticking {time.perf_counter() - began:.1f} s later"
+    )
     live, idle = [], []
     for n in range(ROUNDS):
         session, model, chain = await _live(addresses, gateway_metrics, seed=n)
@@ -274,25 +303,20 @@ def _free_offset() -> int:
     from services.common.config import load_settings
     from services.stack.__main__ import plan
 
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
     for offset in range(3100, 9000, 300):
-        ports = [
-            port
-            for p in plan(load_settings({"STACK_PORT_OFFSET": str(offset)}))
-            for port in (p.grpc_port, p.metrics_port, p.http_health_port, p.http_health_port - 1)
-            if port > 0
-        ]
-        if all(_free(port) for port in ports):
+        processes = plan(load_settings({"STACK_PORT_OFFSET": str(offset)}))
+        ports = [port for p in processes for port in (p.grpc_port, p.metrics_port, p.http_health_port) if port > 0]
+        if all(free(port) for port in ports + [p.http_health_port - 1 for p in processes if p.http_health_port]):
             return offset
     raise RuntimeError("no free port offset for the stack")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _seeded(record: dict[str, Any]) -> bool:
@@ -381,7 +405,8 @@ def run(report: Report) -> None:
             began = time.perf_counter()
             stack, addresses, gateway_metrics = _start_stack(children, folder)
             report.note(f"make run's stack up and seeded in {time.perf_counter() - began:.1f} s (pid {stack.pid})")
-            live, idle = asyncio.run(_rounds(addresses, gateway_metrics))
+            instruments = int(stack.info.get("watchlist_instruments", 1))
+            live, idle = asyncio.run(_rounds(addresses, gateway_metrics, instruments, report))
             report.note(f"load average after the rounds (2 cores shared): {os.getloadavg()[0]:.1f}")
             _report(report, live, idle)
         finally:

@@ -16,7 +16,7 @@ import traceback
 from bench.report import Report, summary_table
 
 # Run in this order; add e.g. "subscription", "feed" as their modules appear under bench/.
-BENCHMARKS: tuple[str, ...] = ("registry", "codec", "chain", "subscription", "feed")
+BENCHMARKS: tuple[str, ...] = ("registry", "codec", "chain", "subscription", "feed", "terminal")
 
 
 def main(argv: list[str]) -> int:

@@ -64,6 +64,7 @@ class TerminalModel:
     items: dict[str, spb.WatchlistItem] = field(default_factory=dict)
     stale: dict[int, str] = field(default_factory=dict)  # wire key -> why
     messages: deque[str] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT))
+    ticks_applied: int = 0  # since the start, for a benchmark's keep-up ratio against the gateway's count
     _updates: deque[tuple[float, int]] = field(default_factory=deque)
 
     def set_items(self, items: Iterable[spb.WatchlistItem]) -> None:
@@ -92,6 +93,7 @@ class TerminalModel:
             self.stale.pop(key, None)
             count += 1
         if count:
+            self.ticks_applied += count
             self._updates.append((self.now(), count))
 
     def _state(self, state: feed_pb2.InstrumentState) -> None:

@@ -1,19 +1,22 @@
 """The terminal's screen (textual): the watchlist table, the option chain table, the status
 line and the messages. It renders the model on a timer, so the tick rate only costs the
-model's updates, never a redraw per tick."""
+model's updates, never a redraw per tick, and redraws only the cells that changed."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Static
 
 from terminal.chain import ChainSource, ChainView, Leg
 from terminal.model import NONE, TerminalModel, count, price, signed
+from terminal.tables import Cell, Rows, ShownRows
 
 REFRESH_SECONDS = 0.25
 MESSAGES_SHOWN = 4
@@ -51,13 +54,32 @@ def leg_cells(leg: Leg | None, legs: tuple[str, ...] = LEG_COLUMNS) -> list[str]
     return [cells[c] for c in legs]
 
 
-def chain_cells(view: ChainView, legs: tuple[str, ...] = LEG_COLUMNS) -> list[tuple[str, list[str | Text]]]:
-    rows: list[tuple[str, list[str | Text]]] = []
+def chain_cells(view: ChainView, legs: tuple[str, ...] = LEG_COLUMNS) -> Rows:
+    rows: Rows = []
     for row in view.rows:
-        cells: list[str | Text] = [*leg_cells(row.call, legs), f"{row.strike:g}", *reversed(leg_cells(row.put, legs))]
+        cells: list[Cell] = [*leg_cells(row.call, legs), f"{row.strike:g}", *reversed(leg_cells(row.put, legs))]
         if row.atm:
             cells = [Text(str(c), style=ATM_STYLE) for c in cells]
         rows.append((f"{row.strike:g}", cells))
+    return rows
+
+
+def watchlist_cells(model: TerminalModel) -> Rows:
+    rows: Rows = []
+    for r in model.rows():
+        marker = "EVICTED" if r.evicted else "STALE" if r.stale else ""
+        cells: list[Cell] = [
+            r.symbol,
+            price(r.ltp),
+            signed(r.change),
+            signed(r.change_percent, "%"),
+            price(r.bid),
+            price(r.ask),
+            count(r.volume),
+            count(r.open_interest),
+            marker,
+        ]
+        rows.append((r.item_id, cells))
     return rows
 
 
@@ -114,6 +136,8 @@ class TerminalApp(App[None]):
         self._prompting = ""
         self.showing = "watchlist"
         self.leg_columns: tuple[str, ...] = LEG_COLUMNS
+        self._shown: dict[str, ShownRows] = {}  # per table, once mounted
+        self._texts: dict[str, str] = {}  # what each Static shows, so an unchanged one is not redrawn
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -125,57 +149,40 @@ class TerminalApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#watchlist", DataTable).add_columns(*WATCH_COLUMNS)
-        self.query_one("#chain", DataTable).add_columns(*chain_columns(self.leg_columns))
+        watchlist, chain = self.query_one("#watchlist", DataTable), self.query_one("#chain", DataTable)
+        watchlist.add_columns(*WATCH_COLUMNS)
+        chain.add_columns(*chain_columns(self.leg_columns))
+        self._shown.update(watchlist=ShownRows(watchlist), chain=ShownRows(chain))
         self.render_model()
         self.set_interval(REFRESH_SECONDS, self.render_model)
         if self._follow is not None:
             self.run_worker(self._follow(self.model), name="stream", exclusive=True)
 
     def render_model(self) -> None:
+        with contextlib.suppress(NoMatches):  # the timer can fire once more as the app closes
+            self._render()
+
+    def _render(self) -> None:
         model = self.model
         following = f" | watchlist {model.following}" if model.following else ""
         stale = f" | {len(model.stale)} stale" if model.stale else ""
-        self.query_one("#status", Static).update(
-            f"{model.connection} | {model.updates_per_second():,.0f} updates/s{following}{stale} | {self.showing}"
-        )
-        self._render_watchlist()
+        rate = model.updates_per_second()
+        self._text("#status", f"{model.connection} | {rate:,.0f} updates/s{following}{stale} | {self.showing}")
+        self._shown["watchlist"].show(watchlist_cells(model))
         self._render_chain()
-        self.query_one("#messages", Static).update("\n".join(list(model.messages)[-MESSAGES_SHOWN:]))
+        self._text("#messages", "\n".join(list(model.messages)[-MESSAGES_SHOWN:]))
 
-    def _render_watchlist(self) -> None:
-        table = self.query_one("#watchlist", DataTable)
-        row = table.cursor_row
-        table.clear()
-        for r in self.model.rows():
-            marker = "EVICTED" if r.evicted else "STALE" if r.stale else ""
-            table.add_row(
-                r.symbol,
-                price(r.ltp),
-                signed(r.change),
-                signed(r.change_percent, "%"),
-                price(r.bid),
-                price(r.ask),
-                count(r.volume),
-                count(r.open_interest),
-                marker,
-                key=r.item_id,
-            )
-        if table.row_count:
-            table.move_cursor(row=min(row, table.row_count - 1))
+    def _text(self, selector: str, text: str) -> None:
+        if self._texts.get(selector) != text:
+            self._texts[selector] = text
+            self.query_one(selector, Static).update(text)
 
     def _render_chain(self) -> None:
         view = self._chain.view() if self._chain is not None else None
         if view is None or self.showing != "chain":
             return
-        table = self.query_one("#chain", DataTable)
-        row = table.cursor_row
-        table.clear()
-        for key, cells in chain_cells(view, self.leg_columns):
-            table.add_row(*cells, key=key)
-        self.query_one("#chain-info", Static).update(chain_header(view))
-        if table.row_count:
-            table.move_cursor(row=min(row, table.row_count - 1))
+        self._shown["chain"].show(chain_cells(view, self.leg_columns))
+        self._text("#chain-info", chain_header(view))
 
     def _prompt(self, purpose: str, placeholder: str) -> None:
         self._prompting = purpose
@@ -199,6 +206,7 @@ class TerminalApp(App[None]):
         table = self.query_one("#chain", DataTable)
         table.clear(columns=True)
         table.add_columns(*chain_columns(self.leg_columns))
+        self._shown["chain"].reset()
         self.render_model()
 
     def action_cancel(self) -> None:

@@ -102,3 +102,21 @@ def test_the_terminal_without_its_extra_says_how_to_install_it(tmp_path: Path) -
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"the terminal needs its extra: pip install '{_project()['name']}[terminal]'\n"
+
+
+def test_each_feed_role_loads_only_its_own_server() -> None:
+    """`python -m services.feed shard` must not load the gateway's option-chain math (vollib,
+    numpy, scipy): five shards per account would each carry it (measured: twice the RSS)."""
+    heavy = ("numpy", "scipy", "vollib")
+    probe = (
+        "import sys; from services.feed.__main__ import server; server(sys.argv[1]); "
+        f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {set(heavy)!r})))"
+    )
+    loaded = {
+        role: subprocess.run(
+            [sys.executable, "-c", probe, role], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split()
+        for role in ("shard", "gateway")
+    }
+    assert loaded["shard"] == []
+    assert set(loaded["gateway"]) >= {"vollib"}  # the probe sees what it looks for

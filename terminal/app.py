@@ -41,7 +41,7 @@ def leg_cells(leg: Leg | None, legs: tuple[str, ...] = LEG_COLUMNS) -> list[str]
     cells = {
         "OI": count(leg.open_interest),
         "Volume": count(leg.volume),
-        "IV": _greek(leg.implied_volatility, ".1%"),
+        "IV": leg.no_iv or _greek(leg.implied_volatility, ".1%"),
         "Delta": _greek(leg.delta, "+.2f"),
         "Gamma": _greek(leg.gamma, ".5f"),
         "Theta": _greek(leg.theta, "+.2f"),

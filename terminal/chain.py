@@ -42,6 +42,7 @@ class Leg:
     gamma: float | None = None
     theta: float | None = None
     vega: float | None = None
+    no_iv: str = ""  # why there is no IV, in a word or two, when the server says
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,16 @@ def gateway_leg(option: feed_pb2.ChainOption | None) -> Leg | None:
         gamma=option.gamma if computed else None,
         theta=option.theta if computed else None,
         vega=option.vega if computed else None,
+        no_iv=NO_IV.get(option.greeks_status, ""),
     )
 
+
+# Why an option shows no IV: no valid price, a price with no Black-76 IV, or no forward yet.
+NO_IV = {
+    feed_pb2.GREEKS_STATUS_NO_PRICE: "no price",
+    feed_pb2.GREEKS_STATUS_NO_IMPLIED_VOLATILITY: "no IV",
+    feed_pb2.GREEKS_STATUS_NO_FORWARD: "no fwd",
+}
 
 FORWARD_SOURCES = {
     feed_pb2.FORWARD_SOURCE_PUT_CALL_PARITY: "put-call parity",

@@ -23,7 +23,7 @@ from services.common.config import load_settings
 from services.stack.__main__ import banner, plan
 from services.stack.keys import DevelopmentKeys
 from terminal.__main__ import build, parse
-from terminal.app import TerminalApp, chain_header
+from terminal.app import TerminalApp, chain_header, leg_cells
 from terminal.chain import ChainView, chain_view, gateway_view
 from terminal.model import TerminalModel
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
@@ -316,7 +316,15 @@ def test_the_chain_header_says_which_options_are_stale_and_why() -> None:
             feed_pb2.OptionChainRow(strike_price=25_900.0, call=option("not subscribed upstream"), put=option()),
         ],
     )
-    header = chain_header(gateway_view("NIFTY", update))
+    update.rows[0].call.greeks_status = feed_pb2.GREEKS_STATUS_NO_IMPLIED_VOLATILITY
+    update.rows[1].put.greeks_status = feed_pb2.GREEKS_STATUS_COMPUTED
+    update.rows[1].put.implied_volatility = 0.125
+    view = gateway_view("NIFTY", update)
+    assert [leg_cells(row.call, ("IV",)) + leg_cells(row.put, ("IV",)) for row in view.rows] == [
+        ["no IV", "—"],  # a price with no Black-76 IV says so; no status, no reason
+        ["—", "12.5%"],
+    ]
+    header = chain_header(view)
     assert header == (
         "NIFTY 2026-12-08 | underlying 25,900.00 | ATM 25900 | forward 25,905.50 (the future) | PCR 0.97"
         " | 2 options stale: not subscribed upstream"

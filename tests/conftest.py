@@ -3,7 +3,9 @@ database, and a fresh clone of it per test (CREATE DATABASE ... TEMPLATE is a fi
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,23 @@ from services.common.embedded_pg import start_embedded_postgres
 from services.common.migrate import migrate
 
 TEMPLATE = "dataserver_template"
+# Under pytest-timeout's limit (pyproject.toml): a hung test's tasks are dumped before it is stopped.
+HUNG_SECONDS = float(os.environ.get("TEST_HUNG_SECONDS", "240"))
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="session")
+async def tasks_dumped_when_hung(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test still running after HUNG_SECONDS prints every asyncio task's stack, i.e. what
+    each one awaits: pytest-timeout's thread stacks show only an event loop waiting."""
+    handle = asyncio.get_running_loop().call_later(HUNG_SECONDS, _dump_tasks, request.node.nodeid)
+    yield
+    handle.cancel()
+
+
+def _dump_tasks(nodeid: str) -> None:
+    print(f"{nodeid} still running after {HUNG_SECONDS:g} s; its asyncio tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -298,27 +297,6 @@ def _import_seconds() -> float:
     return best("import terminal.__main__") - best("pass")
 
 
-def _free_offset() -> int:
-    """A STACK_PORT_OFFSET whose every planned port is free now."""
-    from services.common.config import load_settings
-    from services.stack.__main__ import plan
-
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-            return True
-
-    for offset in range(3100, 9000, 300):
-        processes = plan(load_settings({"STACK_PORT_OFFSET": str(offset)}))
-        ports = [port for p in processes for port in (p.grpc_port, p.metrics_port, p.http_health_port) if port > 0]
-        if all(free(port) for port in ports + [p.http_health_port - 1 for p in processes if p.http_health_port]):
-            return offset
-    raise RuntimeError("no free port offset for the stack")
-
-
 def _seeded(record: dict[str, Any]) -> bool:
     """The stack's line once the dev user's watchlist is seeded (its banner follows)."""
     return record.get("msg") == "seeded"
@@ -327,9 +305,9 @@ def _seeded(record: dict[str, Any]) -> bool:
 def _start_stack(children: Children, folder: Path) -> tuple[Child, dict[str, str], int]:
     """`make run` (python -m services.stack) in `folder`; ready once it has seeded the dev watchlist."""
     from services.common.config import load_settings
-    from services.stack.__main__ import plan
+    from services.stack.__main__ import free_offset, plan
 
-    offset = _free_offset()
+    offset = free_offset(3100, step=300)
     env = service_env(DATASERVER_DATA_DIR=str(folder), STACK_PORT_OFFSET=str(offset))
     env.pop("DATABASE_URL", None)
     stack = children.spawn("stack", ["-m", "services.stack"], env, _seeded, timeout=STACK_START_SECONDS)

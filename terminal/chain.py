@@ -1,8 +1,6 @@
-"""The option chain view's data: a source that says what the chain of an underlying is and
-prices it. The gateway's StreamOptionChain (IV and greeks computed on the server) is the
-source the app uses; the registry's strikes priced from the watchlist stream's ticks (no IV:
-shown as "—") is the fallback for a gateway without it.
-"""
+"""The option chain view's data: a source that follows the chain of an underlying, the
+gateway's StreamOptionChain (prices with IV and greeks computed on the server), and the view
+the app draws from its latest update."""
 
 from __future__ import annotations
 
@@ -12,13 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
-from dataserver.registry.v1 import registry_pb2, registry_pb2_grpc
-from dataserver.subscription.v1 import subscription_pb2 as spb
-from dataserver.subscription.v1 import subscription_pb2_grpc
-
-from terminal.model import TerminalModel, best_bid_ask, change_of
 
 STRIKES_EACH_SIDE = 10
 RETRY_FIRST_SECONDS = 0.5
@@ -71,91 +63,6 @@ class ChainSource(Protocol):
 
     def view(self) -> ChainView | None:
         """The chain as it stands now; None before `open` succeeded."""
-
-
-def leg(model: TerminalModel, instrument: common_pb2.Instrument | None) -> Leg | None:
-    if instrument is None:
-        return None
-    tick = model.tick(instrument.key)
-    bid, ask = best_bid_ask(tick)
-    return Leg(
-        ltp=tick.last_price if tick else None,
-        change=change_of(tick)[0],
-        bid=bid,
-        ask=ask,
-        volume=tick.volume if tick else None,
-        open_interest=tick.open_interest if tick else None,
-        implied_volatility=None,
-        delta=None,
-        stale=model.is_stale(instrument.key),
-    )
-
-
-def nearest_strike(strikes: list[float], price: float | None, fallback: float) -> float:
-    if not strikes or not price:
-        return fallback
-    return min(strikes, key=lambda s: abs(s - price))
-
-
-def chain_view(chain: registry_pb2.GetOptionChainResponse, model: TerminalModel) -> ChainView:
-    """The registry's chain priced from the model's ticks; ATM follows the underlying's last price."""
-    underlying = model.tick(chain.underlying.key)
-    price = underlying.last_price if underlying and underlying.last_price else None
-    strikes = [s.strike_price for s in chain.strikes]
-    atm = nearest_strike(strikes, price, chain.atm_strike)
-    rows = [
-        ChainRow(
-            strike=s.strike_price,
-            call=leg(model, s.call if s.HasField("call") else None),
-            put=leg(model, s.put if s.HasField("put") else None),
-            atm=s.strike_price == atm,
-        )
-        for s in chain.strikes
-    ]
-    return ChainView(
-        chain.underlying.underlying_symbol or chain.underlying.trading_symbol, chain.expiry_date, price, atm, rows
-    )
-
-
-class RegistryChainSource:
-    """Adds the chain to the user's watchlist (so its ticks arrive on the watchlist stream,
-    under the user's budget and eviction) and takes its strikes from the registry."""
-
-    def __init__(
-        self,
-        model: TerminalModel,
-        registry: registry_pb2_grpc.RegistryServiceStub,
-        subscription: subscription_pb2_grpc.SubscriptionServiceStub,
-        metadata: Metadata,
-    ) -> None:
-        self._model = model
-        self._registry = registry
-        self._subscription = subscription
-        self._metadata = metadata
-        self._chain: registry_pb2.GetOptionChainResponse | None = None
-
-    async def open(self, symbol: str) -> None:
-        added = await self._subscription.AddWatchlistItem(
-            spb.AddWatchlistItemRequest(symbol=symbol, strikes_each_side=STRIKES_EACH_SIDE),
-            metadata=self._metadata,
-            timeout=30,
-        )
-        item = added.watchlist_item
-        self._model.items[item.item_id] = item
-        # The item's own window: the same expiry and ATM as the instruments it subscribed.
-        request = registry_pb2.GetOptionChainRequest(
-            underlying_symbol=symbol,
-            expiry_date=item.expiry_date,
-            strikes_each_side=item.strikes_each_side or STRIKES_EACH_SIDE,
-        )
-        if item.atm_strike:
-            request.underlying_price = item.atm_strike
-        else:
-            request.use_last_price = True
-        self._chain = await self._registry.GetOptionChain(request, metadata=self._metadata, timeout=30)
-
-    def view(self) -> ChainView | None:
-        return chain_view(self._chain, self._model) if self._chain is not None else None
 
 
 def gateway_leg(option: feed_pb2.ChainOption | None) -> Leg | None:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import load_settings
 from services.stack.__main__ import Process, plan
+from services.stack.__main__ import free_offset as stack_free_offset
 
 T = TypeVar("T")
 START_TIMEOUT_SECONDS = 150.0
@@ -33,28 +33,9 @@ START_TIMEOUT_SECONDS = 150.0
 _EXTRA_PORTS = 10  # beside the plan's own, for a test's extra processes (a second simulator)
 
 
-def free_offset(preferred: int, step: int = 97, tries: int = 20) -> int:
-    """`preferred`, or the next offset whose ports are all free: another test session on the
-    same machine (a second checkout's suite) may hold a stack on the same offset."""
-    for attempt in range(tries):
-        offset = preferred + attempt * step
-        ports: set[int] = set()
-        for process in plan(load_settings({"STACK_PORT_OFFSET": str(offset)})):
-            feed = process.http_health_port - 1 if process.http_health_port else 0
-            ports.update(p for p in (process.grpc_port, process.metrics_port, process.http_health_port, feed) if p)
-        ports.update(8765 + offset + n for n in range(_EXTRA_PORTS, _EXTRA_PORTS + 2))
-        if all(_port_free(port) for port in ports):
-            return offset
-    raise RuntimeError(f"no free stack port offset from {preferred} in {tries} tries")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def free_offset(preferred: int) -> int:
+    """A free STACK_PORT_OFFSET from `preferred` on, with room for a test's extra processes."""
+    return stack_free_offset(preferred, also=tuple(8765 + n for n in range(_EXTRA_PORTS, _EXTRA_PORTS + 2)))
 
 
 @dataclass(frozen=True)

@@ -293,6 +293,15 @@ def _legs_of(update: feed_pb2.OptionChainUpdate) -> list[feed_pb2.ChainOption]:
     return [leg for row in update.rows for leg in (row.call, row.put)]
 
 
+def _reliance_chain(channel: grpc.aio.Channel, user: tuple[tuple[str, str], ...]) -> Any:
+    """RELIANCE's chain, 2 strikes each side, every 50 ms: no Tier B plan holds RELIANCE here,
+    so nothing but the stream's own watchlist item keeps its options subscribed."""
+    request = feed_pb2.StreamOptionChainRequest(
+        underlying_symbol="RELIANCE", strikes_each_side=2, update_interval=Duration(nanos=50_000_000)
+    )
+    return feed_pb2_grpc.GatewayServiceStub(channel).StreamOptionChain(request, metadata=user)
+
+
 async def _read_until(
     stream: Any, done: Callable[[feed_pb2.OptionChainUpdate], bool], what: str
 ) -> feed_pb2.OptionChainUpdate:
@@ -308,17 +317,9 @@ async def _read_until(
 
 
 async def test_legs_of_a_removed_chain_item_are_stale_not_subscribed_upstream(feed: FeedUnderTest) -> None:
-    # RELIANCE: no Tier B plan here, so nothing else keeps its options subscribed.
     erin = await feed.subscription.user("erin")
-    channel = grpc.aio.insecure_channel(feed.gateway.app.address)
-    async with channel:
-        stub = feed_pb2_grpc.GatewayServiceStub(channel)
-        stream = stub.StreamOptionChain(
-            feed_pb2.StreamOptionChainRequest(
-                underlying_symbol="RELIANCE", strikes_each_side=2, update_interval=Duration(nanos=50_000_000)
-            ),
-            metadata=erin,
-        )
+    async with grpc.aio.insecure_channel(feed.gateway.app.address) as channel:
+        stream = _reliance_chain(channel, erin)
         # Right after the stream opens, legs may not be subscribed yet: wait until they all are.
         live = await _read_until(
             stream, lambda u: all(not leg.stale for leg in _legs_of(u)), "every leg subscribed upstream"
@@ -337,15 +338,8 @@ async def test_legs_of_a_removed_chain_item_are_stale_not_subscribed_upstream(fe
 
 async def test_legs_on_an_unreachable_shard_are_stale_with_the_outage_s_reason(feed: FeedUnderTest) -> None:
     fay = await feed.subscription.user("fay")
-    channel = grpc.aio.insecure_channel(feed.gateway.app.address)
-    async with channel:
-        stub = feed_pb2_grpc.GatewayServiceStub(channel)
-        stream = stub.StreamOptionChain(
-            feed_pb2.StreamOptionChainRequest(
-                underlying_symbol="RELIANCE", strikes_each_side=2, update_interval=Duration(nanos=50_000_000)
-            ),
-            metadata=fay,
-        )
+    async with grpc.aio.insecure_channel(feed.gateway.app.address) as channel:
+        stream = _reliance_chain(channel, fay)
         await _read_until(stream, lambda u: all(not leg.stale for leg in _legs_of(u)), "every leg live")
         await feed.shards[0].app.stop(0)
         down = await _read_until(stream, lambda u: all(leg.stale for leg in _legs_of(u)), "every leg stale")

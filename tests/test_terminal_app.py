@@ -13,7 +13,6 @@ from typing import Any, cast
 import pytest_asyncio
 from dataserver.common.v1 import common_pb2
 from dataserver.feed.v1 import feed_pb2
-from dataserver.registry.v1 import registry_pb2
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from textual.coordinate import Coordinate
 from textual.pilot import Pilot
@@ -24,7 +23,7 @@ from services.stack.__main__ import banner, plan
 from services.stack.keys import DevelopmentKeys
 from terminal.__main__ import build, parse
 from terminal.app import TerminalApp, chain_header, leg_cells
-from terminal.chain import ChainView, chain_view, gateway_view
+from terminal.chain import ChainView, gateway_view
 from terminal.model import TerminalModel
 from tests.feed_fixtures import FeedUnderTest, eventually, running_feed
 from tests.test_subscription_capacity import add
@@ -123,52 +122,34 @@ async def test_a_stale_instrument_is_marked_and_a_tick_clears_it() -> None:
 
 
 class RecordedChain:
-    """A ChainSource over a recorded registry chain, priced by the model's ticks."""
+    """A ChainSource over a recorded StreamOptionChain update."""
 
-    def __init__(self, model: TerminalModel, chain: registry_pb2.GetOptionChainResponse) -> None:
-        self.model = model
-        self.chain = chain
+    def __init__(self, update: feed_pb2.OptionChainUpdate) -> None:
+        self.update = update
         self.opened = ""
 
     async def open(self, symbol: str) -> None:
         self.opened = symbol
 
     def view(self) -> ChainView | None:
-        return chain_view(self.chain, self.model) if self.opened else None
-
-
-def option(security_id: int, strike: float, kind: common_pb2.OptionType) -> common_pb2.Instrument:
-    return common_pb2.Instrument(
-        key=common_pb2.InstrumentKey(exchange_segment=FNO, security_id=security_id),
-        strike_price=strike,
-        option_type=kind,
-    )
+        return gateway_view(self.opened, self.update) if self.opened else None
 
 
 async def test_option_chain_view_switched_with_a_key_shows_ce_strike_pe_and_the_atm() -> None:
     model = replayed()  # NIFTY at 24,100
-    strikes = [
-        registry_pb2.ChainStrike(
+    # As the gateway sends it: the ATM follows NIFTY's price; no IV computed (no status).
+    rows = [
+        feed_pb2.OptionChainRow(
             strike_price=s,
-            call=option(1000 + n, s, common_pb2.OPTION_TYPE_CALL),
-            put=option(2000 + n, s, common_pb2.OPTION_TYPE_PUT),
+            call=feed_pb2.ChainOption(last_price=ce, change=ce - 100.0),
+            put=feed_pb2.ChainOption(last_price=pe, change=pe - 95.0),
         )
-        for n, s in enumerate((24000.0, 24100.0, 24200.0))
+        for s, ce, pe in ((24000.0, 150.0, 60.0), (24100.0, 120.0, 90.0), (24200.0, 80.0, 130.0))
     ]
-    chain = registry_pb2.GetOptionChainResponse(
-        underlying=common_pb2.Instrument(key=NIFTY, underlying_symbol="NIFTY"),
-        expiry_date="2026-12-10",
-        atm_strike=24000.0,
-        strikes=strikes,
+    update = feed_pb2.OptionChainUpdate(
+        underlying=NIFTY, expiry_date="2026-12-10", underlying_price=24100.0, atm_strike=24100.0, rows=rows
     )
-    model.apply(
-        feed_pb2.StreamTicksResponse(
-            batch=feed_pb2.TickBatch(
-                ticks=[tick(strikes[1].call.key, 120.0, 100.0), tick(strikes[1].put.key, 90.0, 95.0)]
-            )
-        )
-    )
-    source = RecordedChain(model, chain)
+    source = RecordedChain(update)
     app = TerminalApp(model, chain=source)
     async with app.run_test() as pilot:
         await pilot.press("c")

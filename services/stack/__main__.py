@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,12 @@ class Process:
     env: tuple[tuple[str, str], ...] = ()
     # Processes without gRPC health (the simulator) answer GET /health on this port.
     http_health_port: int = 0
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port it listens on; the simulator's feed listens just below its health port."""
+        feed = self.http_health_port - 1 if self.http_health_port else 0
+        return tuple(p for p in (self.grpc_port, self.metrics_port, self.http_health_port, feed) if p)
 
 
 def plan(settings: Settings) -> list[Process]:
@@ -129,11 +136,30 @@ def _check_ports(processes: list[Process]) -> None:
     running into another service's as accounts add shards)."""
     owners: dict[int, str] = {}
     for p in processes:
-        # The simulator's feed listens just below its control (health) port.
-        feed_port = p.http_health_port - 1 if p.http_health_port else 0
-        for port in (p.grpc_port, p.metrics_port, p.http_health_port, feed_port):
-            if port and owners.setdefault(port, p.name) != p.name:
+        for port in p.ports:
+            if owners.setdefault(port, p.name) != p.name:
                 raise ValueError(f"port {port} is planned for both {owners[port]} and {p.name}")
+
+
+def free_offset(preferred: int, step: int = 97, tries: int = 20, also: tuple[int, ...] = ()) -> int:
+    """`preferred`, or the next STACK_PORT_OFFSET whose planned ports (and the ports `also`,
+    moved by the offset too) are all free now: another stack on the machine (a second
+    checkout's tests, a bench) may hold the same offset."""
+    for attempt in range(tries):
+        offset = preferred + attempt * step
+        ports = {port for p in plan(load_settings({"STACK_PORT_OFFSET": str(offset)})) for port in p.ports}
+        if all(_port_free(port) for port in ports | {base + offset for base in also}):
+            return offset
+    raise RuntimeError(f"no free stack port offset from {preferred} in {tries} tries")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 async def _http_healthy(port: int) -> bool:

@@ -59,21 +59,26 @@ class UnderlyingGroup:
             return cash[0]
         return futures[0] if futures else None
 
+    @property
+    def is_commodity(self) -> bool:
+        """Known only by its contracts: no cash line and no index."""
+        cash, index, _, _ = self.by_kind
+        return not (cash or index)
+
     def future_for(self, expiry: date) -> InstrumentRecord | None:
         """The future an option of `expiry` settles on: the first expiring on or after it."""
-        for future in self.by_kind[2]:
-            if future.expiry is not None and future.expiry >= expiry:
-                return future
-        return self.feed_instrument
+        return self._exercised_into(expiry) or self.feed_instrument
 
     def listed_future(self, expiry: date) -> InstrumentRecord | None:
         """The future listed for the options of `expiry`, whose price is their forward: for an
         index or a stock the future expiring that same day (a weekly expiry has none); for a
-        commodity (no cash or index) the future its options exercise into."""
-        cash, index, futures, _ = self.by_kind
-        if cash or index:
-            return next((f for f in futures if f.expiry == expiry), None)
-        return next((f for f in futures if f.expiry is not None and f.expiry >= expiry), None)
+        commodity the future its options exercise into."""
+        if self.is_commodity:
+            return self._exercised_into(expiry)
+        return next((f for f in self.by_kind[2] if f.expiry == expiry), None)
+
+    def _exercised_into(self, expiry: date) -> InstrumentRecord | None:
+        return next((f for f in self.by_kind[2] if f.expiry is not None and f.expiry >= expiry), None)
 
 
 def _order_key(record: InstrumentRecord) -> tuple[object, ...]:

@@ -222,7 +222,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         else:
             expiry = listed[0]
         listing = group.chains[expiry]
-        underlying = group.future_for(expiry) if not (group.by_kind[0] or group.by_kind[1]) else group.feed_instrument
+        underlying = group.future_for(expiry) if group.is_commodity else group.feed_instrument
         if underlying is None:  # an option group with no priceable underlying in the master
             raise FailedPrecondition(f"{group.symbol} has no underlying instrument in the master to price the chain")
         price, source = await self._underlying_price(

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 import grpc
 from dataserver.feed.v1 import feed_pb2, feed_pb2_grpc
 
+from terminal.retry import Backoff, why
+
 STRIKES_EACH_SIDE = 10
-RETRY_FIRST_SECONDS = 0.5
-RETRY_MAX_SECONDS = 5.0
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -157,20 +157,20 @@ class GatewayChainSource:
         return self._gateway().StreamOptionChain(request, metadata=self._metadata)
 
     async def _follow(self, call: Any) -> None:
-        delay = RETRY_FIRST_SECONDS
+        backoff = Backoff()
         while True:
             try:
                 while isinstance(message := await call.read(), feed_pb2.StreamOptionChainResponse):
-                    self._latest, self._state, delay = message.update, "live", RETRY_FIRST_SECONDS
+                    self._latest, self._state = message.update, "live"
+                    backoff.reset()
                 error = "the stream ended"
-            except grpc.aio.AioRpcError as failure:
-                error = f"{failure.code().name}: {failure.details()}"
+            except (grpc.aio.AioRpcError, OSError) as failure:
+                error = why(failure)
             finally:
                 call.cancel()
-            self._state = f"not updating ({error}); reopening in {delay:g} s"
+            self._state = f"not updating ({error}); reopening in {backoff.delay:g} s"
             self._say(f"option chain of {self._symbol} lost: {error}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            await backoff.wait()
             call = self._call(self._symbol)
 
     def view(self) -> ChainView | None:

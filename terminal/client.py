@@ -3,7 +3,6 @@ back-off when it breaks) and the watchlist commands. No widgets here."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable
 
@@ -13,14 +12,9 @@ from dataserver.registry.v1 import registry_pb2_grpc
 from dataserver.subscription.v1 import subscription_pb2 as spb
 from dataserver.subscription.v1 import subscription_pb2_grpc
 
-from terminal.chain import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, GatewayChainSource
+from terminal.chain import GatewayChainSource
 from terminal.model import TerminalModel
-
-
-def why(error: Exception) -> str:
-    if isinstance(error, grpc.aio.AioRpcError):
-        return f"{error.code().name}: {error.details()}"
-    return str(error) or type(error).__name__
+from terminal.retry import Backoff, why
 
 
 class Connection:
@@ -66,7 +60,7 @@ class Connection:
 
     async def follow(self, model: TerminalModel, changed: Callable[[], None] = lambda: None) -> None:
         """Reads the my-watchlist stream into `model` until cancelled, reopening it after a break."""
-        delay = RETRY_FIRST_SECONDS
+        backoff = Backoff()
         while True:
             model.connection = "connecting"
             changed()
@@ -75,18 +69,17 @@ class Connection:
                 model.set_items(await self.items())
                 async for response in call:
                     model.apply(response)
-                    delay = RETRY_FIRST_SECONDS
+                    backoff.reset()
                     changed()
                 error = "the stream ended"
             except (grpc.aio.AioRpcError, OSError) as failure:
                 error = why(failure)
             finally:
                 call.cancel()
-            model.connection = f"disconnected ({error}); retrying in {delay:g} s"
+            model.connection = f"disconnected ({error}); retrying in {backoff.delay:g} s"
             model.say(f"stream lost: {error}")
             changed()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            await backoff.wait()
 
     async def add(self, symbol: str) -> str:
         reply = await self.subscription.AddWatchlistItem(
